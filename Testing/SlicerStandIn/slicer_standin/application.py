@@ -1,0 +1,73 @@
+"""``slicer.app``: the application object of the stand-in, a QApplication like Slicer's qSlicerApplication.
+
+It answers what scripted modules and Slicer's ``slicer/util.py`` ask of the application: testing mode,
+temporary and cache folders, settings, the MRML scene and application logic, the I/O manager and the
+module manager. Settings go to an ini file in a private folder, never to the user's own Slicer settings.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PySide6 import QtCore, QtWidgets
+
+from .io_manager import CoreIOManager
+from .modules import ModuleManager
+from .mrml import CoreLogics
+
+
+def _slicer_core_version() -> tuple:
+    from importlib.metadata import version
+
+    major, minor = version("slicer-core").split(".")[:2]
+    return int(major), int(minor)
+
+
+class StandInApplication(QtWidgets.QApplication):
+    """The one QApplication of a stand-in session; ``state_directory`` holds its settings and temp files."""
+
+    def __init__(self, core: CoreLogics, state_directory: str) -> None:
+        super().__init__(["SlicerStandIn"])
+        self.setOrganizationName("SlicerDeepLearning")
+        self.setApplicationName("Slicer")
+        self._core = core
+        self._temporary_path = os.path.join(state_directory, "temp")
+        self._cache_path = os.path.join(state_directory, "cache")
+        for folder in (self._temporary_path, self._cache_path):
+            os.makedirs(folder, exist_ok=True)
+        QtCore.QSettings.setDefaultFormat(QtCore.QSettings.IniFormat)
+        settings_directory = os.path.join(state_directory, "settings")
+        QtCore.QSettings.setPath(QtCore.QSettings.IniFormat, QtCore.QSettings.UserScope, settings_directory)
+        self._io_manager = CoreIOManager(core.scene, core.module_logics)
+        self._module_manager = ModuleManager()
+        self._major_version, self._minor_version = _slicer_core_version()
+
+    temporaryPath = QtCore.Property(str, lambda self: self._temporary_path)
+    cachePath = QtCore.Property(str, lambda self: self._cache_path)
+    majorVersion = QtCore.Property(int, lambda self: self._major_version)
+    minorVersion = QtCore.Property(int, lambda self: self._minor_version)
+
+    def testingEnabled(self) -> bool:
+        return True
+
+    def settings(self) -> QtCore.QSettings:
+        return QtCore.QSettings()
+
+    def userSettings(self) -> QtCore.QSettings:
+        return QtCore.QSettings()
+
+    def mrmlScene(self):
+        return self._core.scene
+
+    def applicationLogic(self):
+        return self._core.application_logic
+
+    def coreIOManager(self) -> CoreIOManager:
+        return self._io_manager
+
+    def moduleManager(self) -> ModuleManager:
+        return self._module_manager
+
+    def layoutManager(self):
+        """No views exist in the stand-in, as in Slicer started with ``--no-main-window``."""
+        return None

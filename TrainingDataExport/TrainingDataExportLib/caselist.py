@@ -1,0 +1,600 @@
+"""The case list of an annotation project: one row per case, kept as a CSV file next to the data.
+
+Columns: ``case_id``, ``patient_id``, the image files (``image`` for a single channel, ``image_<channel>``
+for several: ``image_t1``, ``image_flair``...), and ``segmentation`` (a label map or a Slicer ``.seg.nrrd``;
+empty while the case is not annotated yet). Other columns are kept as they are, so a column a user or a
+later version adds survives a read and a write. Paths inside the CSV's folder are stored relative to it,
+so the project folder can be moved or shared as a whole.
+
+Every check names the row (row 1 is the header, as in a spreadsheet) and the column, because a case list
+is often edited by hand and a message a user can act on beats an export that fails much later.
+
+Example::
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("ct01.nrrd", "ct01_seg.nrrd", "ct02.nrrd"):
+    ...     open(os.path.join(folder, name), "wb").close()
+    >>> cases = case_list_from_folder(folder)
+    >>> [(case.case_id, case.patient_id, case.annotated) for case in cases]
+    [('ct01', 'ct01', True), ('ct02', 'ct02', False)]
+    >>> path = os.path.join(folder, "cases.csv")
+    >>> write_case_list(path, cases)
+    >>> print(open(path, encoding="utf-8").read(), end="")
+    case_id,patient_id,image,segmentation
+    ct01,ct01,ct01.nrrd,ct01_seg.nrrd
+    ct02,ct02,ct02.nrrd,
+    >>> read_case_list(path) == cases
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+
+CASE_ID = "case_id"
+PATIENT_ID = "patient_id"
+IMAGE = "image"
+IMAGE_PREFIX = "image_"
+SEGMENTATION = "segmentation"
+
+DEFAULT_CASE_LIST_NAME = "cases.csv"
+BACKUP_SUFFIX = ".bak"
+
+# Longest first where one ends another (".nii.gz" before ".nii" would not matter, ".seg.nrrd" before ".nrrd" does).
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
+# File-name endings that mark a label map as the segmentation of the image with the rest of the name.
+SEGMENTATION_SUFFIXES = ("_segmentation", "_labelmap", "_labels", "_label", "_seg")
+
+# Case ids become file names in every export format (nnU-Net's ``<case>_0000.nii.gz``...): no separators,
+# no control characters, and "." or ".." would name a folder.
+_FORBIDDEN_IN_CASE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+_MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass
+class Case:
+    """One case: its images by channel name, its segmentation ("" while not annotated), other columns.
+
+    Paths are absolute after :func:`read_case_list` and :func:`case_list_from_folder`.
+    """
+
+    case_id: str
+    patient_id: str
+    images: dict[str, str]
+    segmentation: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def annotated(self) -> bool:
+        return bool(self.segmentation)
+
+    @property
+    def channels(self) -> tuple:
+        return tuple(self.images)
+
+
+@dataclass(frozen=True)
+class CaseListProblem:
+    """One thing wrong with a case list, and where: ``row`` (1 is the header), ``column``, ``case_id``."""
+
+    message: str
+    row: int | None = None
+    column: str | None = None
+    case_id: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}" + (f" (case {self.case_id!r})" if self.case_id else ""))
+        elif self.case_id:
+            where.append(f"case {self.case_id!r}")
+        if self.column:
+            where.append(f"column {self.column}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class CaseListError(ValueError):
+    """A case list (or a folder to build one from) has problems; ``problems`` lists every one found.
+
+    All problems are reported at once, so that a user fixes a hand-edited CSV in one pass.
+    """
+
+    def __init__(self, problems: Sequence[CaseListProblem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            text = prefix + str(self.problems[0])
+        else:
+            lines = [str(problem) for problem in self.problems[:_MAX_LISTED_PROBLEMS]]
+            if len(self.problems) > _MAX_LISTED_PROBLEMS:
+                lines.append(f"... and {len(self.problems) - _MAX_LISTED_PROBLEMS} more")
+            text = f"{prefix}{len(self.problems)} problems:\n  " + "\n  ".join(lines)
+        super().__init__(text)
+
+
+def backup_path(path: str) -> str:
+    """Where :func:`write_case_list` keeps the previous version of ``path``."""
+    return os.fspath(path) + BACKUP_SUFFIX
+
+
+def image_column(channel: str, channels: Sequence[str]) -> str:
+    """The CSV column of ``channel``: ``image`` when it is the only channel and is called so."""
+    return IMAGE if tuple(channels) == (IMAGE,) else IMAGE_PREFIX + channel
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+def _case_id_problem(case_id: str) -> str | None:
+    if not case_id:
+        return "is empty"
+    if case_id != case_id.strip():
+        return "has leading or trailing spaces"
+    if case_id in (".", "..") or _FORBIDDEN_IN_CASE_ID.search(case_id):
+        return f"{case_id!r} is not usable as a file name (no '/', '\\', control characters, '.' or '..')"
+    return None
+
+
+def _case_problems(cases: Sequence[Case], rows: Sequence[int] | None = None) -> list[CaseListProblem]:
+    """Problems of cases already parsed; ``rows`` gives each case's CSV row when they come from a file."""
+    problems = []
+    first_row_of = {}
+    reference_channels = cases[0].channels if cases else ()
+    for index, case in enumerate(cases):
+        row = rows[index] if rows is not None else None
+        case_id = case.case_id or None
+
+        def problem(message, column, row=row, case_id=case_id):
+            problems.append(CaseListProblem(message, row=row, column=column, case_id=case_id))
+
+        id_problem = _case_id_problem(case.case_id)
+        if id_problem:
+            problem(id_problem, CASE_ID)
+        else:
+            # Compared ignoring letter case: "Case1" and "case1" would overwrite each other's exported files
+            # on Windows and macOS file systems.
+            key = case.case_id.casefold()
+            if key in first_row_of:
+                first = first_row_of[key]
+                seen = f"row {first}" if rows is not None else f"case number {first}"
+                problem(f"duplicate case id {case.case_id!r} (first on {seen})", CASE_ID)
+            else:
+                first_row_of[key] = row if rows is not None else index + 1
+        if not case.patient_id.strip():
+            problem("is empty (use the case id when each case is its own patient)", PATIENT_ID)
+        elif case.patient_id != case.patient_id.strip():
+            # Reading strips cells (hand-edited CSVs have spaces after commas): " p1" would come back as "p1".
+            problem("has leading or trailing spaces", PATIENT_ID)
+        if not case.images:
+            problem("has no image", IMAGE)
+        if set(case.channels) != set(reference_channels):
+            # Every case needs the same inputs: a model takes a fixed list of channels. (Their order in a Case
+            # does not matter: the CSV columns follow the first case's order.)
+            problem(
+                f"has channels {', '.join(case.channels) or '(none)'} but the first case has "
+                f"{', '.join(reference_channels) or '(none)'}",
+                IMAGE,
+            )
+        for channel, path in case.images.items():
+            if not channel or channel != channel.strip():
+                problem(f"channel name {channel!r} is empty or has surrounding spaces", IMAGE)
+            elif not path:
+                problem("is empty: every case needs a file for every channel", image_column(channel, case.channels))
+        for column in case.extra:
+            if column in (CASE_ID, PATIENT_ID, IMAGE, SEGMENTATION) or column.startswith(IMAGE_PREFIX):
+                problem("is a reserved column name and cannot be an extra column", column)
+    return problems
+
+
+def validate_cases(cases: Sequence[Case]) -> None:
+    """Raise :class:`CaseListError` listing every problem of ``cases``; return quietly when there is none.
+
+    >>> try:
+    ...     validate_cases([Case("a", "p1", {"image": "a.nrrd"}), Case("A", "", {"image": "b.nrrd"})])
+    ... except CaseListError as error:
+    ...     print(error)
+    2 problems:
+      case 'A', column case_id: duplicate case id 'A' (first on case number 1)
+      case 'A', column patient_id: is empty (use the case id when each case is its own patient)
+    """
+    problems = _case_problems(list(cases))
+    if problems:
+        raise CaseListError(problems)
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def _resolved_path(cell: str, folder: str) -> str:
+    if not cell:
+        return ""
+    return os.path.normpath(cell if os.path.isabs(cell) else os.path.join(folder, cell))
+
+
+def _header_problems(header: Sequence[str]) -> list[CaseListProblem]:
+    problems = []
+    seen = set()
+    for index, name in enumerate(header):
+        if not name:
+            problems.append(CaseListProblem(f"column {index + 1} has no name", row=1))
+        elif name in seen:
+            problems.append(CaseListProblem("appears twice in the header", row=1, column=name))
+        seen.add(name)
+    for required in (CASE_ID, PATIENT_ID, SEGMENTATION):
+        if required not in header:
+            problems.append(CaseListProblem("required column is missing from the header", row=1, column=required))
+    image_columns = [name for name in header if name == IMAGE or name.startswith(IMAGE_PREFIX)]
+    if not image_columns:
+        problems.append(
+            CaseListProblem(
+                "no image column: name it 'image' for a single channel, 'image_<channel>' for several", row=1
+            )
+        )
+    elif IMAGE in image_columns and len(image_columns) > 1:
+        problems.append(
+            CaseListProblem(
+                "inconsistent channels: 'image' (single channel) cannot be mixed with 'image_<channel>' columns",
+                row=1,
+                column=IMAGE,
+            )
+        )
+    if IMAGE_PREFIX in header:
+        problems.append(CaseListProblem("names no channel after 'image_'", row=1, column=IMAGE_PREFIX))
+    return problems
+
+
+def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
+    """Parse CSV text; relative paths are taken relative to ``folder``. See :func:`read_case_list`."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise CaseListError(
+            [CaseListProblem("the file is empty: it needs a header row (case_id, patient_id, image, segmentation)")],
+            source,
+        )
+    header = [name.strip() for name in header]
+    problems = _header_problems(header)
+    if problems:
+        raise CaseListError(problems, source)
+    image_columns = [name for name in header if name == IMAGE or name.startswith(IMAGE_PREFIX)]
+    channels = [IMAGE if name == IMAGE else name[len(IMAGE_PREFIX) :] for name in image_columns]
+    extra_columns = [name for name in header if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *image_columns)]
+
+    cases, rows = [], []
+    for cells in reader:
+        row = reader.line_num
+        cells = [cell.strip() for cell in cells]
+        # Spreadsheets often leave blank lines at the end of a sheet.
+        if not any(cells):
+            continue
+        if len(cells) > len(header):
+            problems.append(CaseListProblem(f"has {len(cells)} cells but the header has {len(header)}", row=row))
+            continue
+        values = dict(zip(header, cells + [""] * (len(header) - len(cells))))
+        cases.append(
+            Case(
+                case_id=values[CASE_ID],
+                patient_id=values[PATIENT_ID],
+                images={
+                    channel: _resolved_path(values[column], folder) for channel, column in zip(channels, image_columns)
+                },
+                segmentation=_resolved_path(values[SEGMENTATION], folder),
+                extra={column: values[column] for column in extra_columns},
+            )
+        )
+        rows.append(row)
+    problems.extend(_case_problems(cases, rows))
+    if problems:
+        raise CaseListError(sorted(problems, key=lambda p: p.row or 0), source)
+    return cases
+
+
+def read_case_list(path: str) -> list[Case]:
+    """Read and validate a case list CSV; paths come back absolute.
+
+    Raises :class:`CaseListError` naming the row and column of every problem: missing required columns,
+    duplicate case ids, empty patient ids or image cells, inconsistent channel columns.
+    """
+    path = os.fspath(path)
+    # utf-8-sig: spreadsheet programs often write a byte-order mark at the start of a CSV.
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        text = file.read()
+    return parse_case_list(text, os.path.dirname(os.path.abspath(path)), source=os.path.basename(path))
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def _stored_path(path: str, folder: str) -> str:
+    """Relative to ``folder`` with '/' when inside it (portable across machines and systems), else absolute."""
+    if not path:
+        return ""
+    absolute = os.path.normpath(path if os.path.isabs(path) else os.path.join(folder, path))
+    try:
+        relative = os.path.relpath(absolute, folder)
+    except ValueError:  # another drive on Windows: no relative path exists
+        return absolute
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep) or os.path.isabs(relative):
+        return absolute
+    return relative.replace(os.sep, "/")
+
+
+def format_case_list(cases: Sequence[Case], folder: str) -> str:
+    """The CSV text of ``cases`` (validated first); paths inside ``folder`` are written relative to it."""
+    cases = list(cases)
+    validate_cases(cases)
+    channels = cases[0].channels if cases else (IMAGE,)
+    extra_columns = []
+    for case in cases:
+        extra_columns.extend(column for column in case.extra if column not in extra_columns)
+    output = io.StringIO()
+    # "\n" line ends: the same bytes on every system, and clean diffs when the list is kept under version control.
+    writer = csv.writer(output, lineterminator="\n")
+    writer.writerow(
+        [CASE_ID, PATIENT_ID, *(image_column(channel, channels) for channel in channels), SEGMENTATION, *extra_columns]
+    )
+    for case in cases:
+        writer.writerow(
+            [
+                case.case_id,
+                case.patient_id,
+                *(_stored_path(case.images[channel], folder) for channel in channels),
+                _stored_path(case.segmentation, folder),
+                *(case.extra.get(column, "") for column in extra_columns),
+            ]
+        )
+    return output.getvalue()
+
+
+def _write_new_file(path: str, data: bytes, mode: int | None) -> None:
+    # os.open with 0o666 lets the user's umask decide the permissions, as for any file the user creates;
+    # tempfile.mkstemp would make it private (0600) and lock out the rest of a shared project's group.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+        file.flush()
+        # On disk before the rename: otherwise a power cut can leave the new name pointing at empty data.
+        os.fsync(file.fileno())
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def _temporary_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    # Same folder as the target, so that os.replace is a rename within one file system (atomic).
+    return os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _replace_atomically(path: str, data: bytes) -> None:
+    """Write ``path`` so that it holds, at every moment, either its old or its new content, never a mix."""
+    mode = None
+    previous = None
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode & 0o7777
+        with open(path, "rb") as file:
+            previous = file.read()
+    temporaries = []
+    try:
+        if previous is not None:
+            # The backup is a copy, written atomically too: renaming the old file away would leave a moment
+            # with no case list at all.
+            temporaries.append(_temporary_name(backup_path(path)))
+            _write_new_file(temporaries[-1], previous, mode)
+            os.replace(temporaries[-1], backup_path(path))
+        temporaries.append(_temporary_name(path))
+        _write_new_file(temporaries[-1], data, mode)
+        os.replace(temporaries[-1], path)
+    finally:
+        for temporary in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+    _sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the renames durable (POSIX); Windows cannot open a folder for this and needs no such step."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some network file systems refuse fsync on folders; the rename itself is done
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_case_list(path: str, cases: Iterable[Case]) -> None:
+    """Validate ``cases`` and write them to ``path`` atomically, keeping the previous version as ``path.bak``.
+
+    Paths inside the CSV's folder are stored relative to it; a relative path in a :class:`Case` is taken as
+    relative to that folder too. Writing content identical to the file's leaves the file and its backup
+    untouched, so the backup stays the last *different* version.
+    """
+    path = os.fspath(path)
+    data = format_case_list(list(cases), os.path.dirname(os.path.abspath(path))).encode("utf-8")
+    if os.path.isfile(path):
+        with open(path, "rb") as file:
+            if file.read() == data:
+                return
+    _replace_atomically(path, data)
+
+
+# --- building from a folder -----------------------------------------------------------------------------
+
+
+def _split_extension(name: str) -> tuple:
+    """``("ct01", ".nii.gz")`` for ``ct01.nii.gz``; ``(name, "")`` when the file is not an image."""
+    lower = name.lower()
+    for extension in SEGMENTATION_EXTENSIONS + IMAGE_EXTENSIONS:
+        if lower.endswith(extension) and len(name) > len(extension):
+            return name[: -len(extension)], extension
+    return name, ""
+
+
+def _segmentation_base(stem: str, extension: str) -> str | None:
+    """The image name a segmentation file belongs to, or None when the file is not marked as one."""
+    if extension in SEGMENTATION_EXTENSIONS:
+        return stem
+    lower = stem.lower()
+    for suffix in SEGMENTATION_SUFFIXES:
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _image_files(folder: str, recursive: bool, skip: str = "") -> list[str]:
+    """Image files of ``folder`` (and its subfolders when ``recursive``, except ``skip``), sorted."""
+    found = []
+    for directory, subdirectories, files in os.walk(folder):
+        # Hidden files and folders are tools' leftovers (.DS_Store, our own .tmp files), never cases.
+        subdirectories[:] = (
+            sorted(d for d in subdirectories if not d.startswith(".") and os.path.join(directory, d) != skip)
+            if recursive
+            else []
+        )
+        found.extend(
+            os.path.join(directory, name)
+            for name in sorted(files)
+            if not name.startswith(".") and _split_extension(name)[1]
+        )
+    return found
+
+
+def natural_sort_key(text: str) -> list:
+    """Sort key putting ``case2`` before ``case10``, as people number cases."""
+    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", text)]
+
+
+def _patient_id(case_id: str, pattern: re.Pattern | None) -> str | None:
+    if pattern is None:
+        return case_id
+    match = pattern.search(case_id)
+    if match is None:
+        return None
+    if "patient" in pattern.groupindex:
+        return match.group("patient")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def case_list_from_folder(
+    folder: str,
+    patient_pattern: str | None = None,
+    channels: Sequence[str] | None = None,
+    segmentation_folder: str | None = None,
+    recursive: bool = False,
+) -> list[Case]:
+    """Build a case list from the image files (.nii, .nii.gz, .nrrd, .mha, .mhd) of ``folder``.
+
+    - Without ``channels``, every image file is a case (single channel ``image``) whose id is the file name
+      without extension. With ``channels`` (e.g. ``["t1", "flair"]`` or nnU-Net's ``["0000", "0001"]``),
+      ``<case>_<channel>.<ext>`` files are the channels of case ``<case>``.
+    - Files marked as segmentations (``<case>.seg.nrrd``, or ``<case>_seg``, ``_label``, ``_labels``,
+      ``_labelmap``, ``_segmentation`` before the extension) are paired to their case. Every file of
+      ``segmentation_folder``, when given, is a segmentation named after its case (with or without a mark).
+    - ``patient_pattern`` (a regular expression searched in the case id) gives the patient id: its group
+      named ``patient``, else its first group, else the whole match; without it, each case is its own patient.
+
+    Cases come sorted by case id, numbers in their numeric order. Raises :class:`CaseListError` listing
+    every file that cannot be placed (unpaired segmentation, missing channel, two files for one case...).
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("p7_visit2_t1.nii.gz", "p7_visit2_flair.nii.gz", "p7_visit2.seg.nrrd"):
+    ...     open(os.path.join(folder, name), "wb").close()
+    >>> (case,) = case_list_from_folder(folder, patient_pattern=r"^(p\\d+)_", channels=["t1", "flair"])
+    >>> case.case_id, case.patient_id, case.channels, os.path.basename(case.segmentation)
+    ('p7_visit2', 'p7', ('t1', 'flair'), 'p7_visit2.seg.nrrd')
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(folder):
+        raise CaseListError([CaseListProblem(f"folder {folder} does not exist")])
+    try:
+        pattern = re.compile(patient_pattern) if patient_pattern else None
+    except re.error as error:
+        raise CaseListError([CaseListProblem(f"patient id pattern {patient_pattern!r} is invalid: {error}")]) from None
+    channel_names = list(channels) if channels else [IMAGE]
+    problems = []
+    images = {}  # case id -> {channel: path}
+    segmentation_files = []  # (case id it names, path)
+
+    segmentation_folder = os.path.abspath(os.fspath(segmentation_folder)) if segmentation_folder else ""
+    # A segmentation folder inside the image folder holds no images, even in a recursive scan.
+    for path in _image_files(folder, recursive, skip=segmentation_folder):
+        stem, extension = _split_extension(os.path.basename(path))
+        base = _segmentation_base(stem, extension)
+        if base is not None:
+            segmentation_files.append((base, path))
+            continue
+        if channels:
+            # Longest channel name first: with channels "t1" and "ce_t1", "x_ce_t1" is channel ce_t1 of x.
+            matching = [c for c in sorted(channel_names, key=len, reverse=True) if stem.endswith("_" + c)]
+            if not matching or len(stem) == len(matching[0]) + 1:
+                problems.append(
+                    CaseListProblem(f"{path}: the name ends with none of the channels _{', _'.join(channel_names)}")
+                )
+                continue
+            channel, case_id = matching[0], stem[: -len(matching[0]) - 1]
+        else:
+            channel, case_id = IMAGE, stem
+        caseImages = images.setdefault(case_id, {})
+        if channel in caseImages:
+            problems.append(
+                CaseListProblem(f"two files for channel {channel}: {caseImages[channel]} and {path}", case_id=case_id)
+            )
+            continue
+        caseImages[channel] = path
+
+    if segmentation_folder:
+        for path in _image_files(segmentation_folder, recursive):
+            stem, extension = _split_extension(os.path.basename(path))
+            base = _segmentation_base(stem, extension)
+            segmentation_files.append((stem if base is None else base, path))
+
+    segmentations = {}
+    for case_id, path in segmentation_files:
+        if case_id not in images:
+            problems.append(
+                CaseListProblem(f"segmentation {path} matches no image (expected an image named {case_id})")
+            )
+        elif case_id in segmentations:
+            problems.append(CaseListProblem(f"two segmentations: {segmentations[case_id]} and {path}", case_id=case_id))
+        else:
+            segmentations[case_id] = path
+
+    cases = []
+    for case_id in sorted(images, key=natural_sort_key):
+        missing = [channel for channel in channel_names if channel not in images[case_id]]
+        if missing:
+            problems.append(CaseListProblem(f"no file for channel {', '.join(missing)}", case_id=case_id))
+            continue
+        patient_id = _patient_id(case_id, pattern)
+        if not patient_id:
+            problems.append(
+                CaseListProblem(f"patient id pattern {patient_pattern!r} finds no patient id", case_id=case_id)
+            )
+            continue
+        cases.append(
+            Case(
+                case_id=case_id,
+                patient_id=patient_id,
+                images={channel: images[case_id][channel] for channel in channel_names},
+                segmentation=segmentations.get(case_id, ""),
+            )
+        )
+    if not images and not problems:
+        problems.append(CaseListProblem(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"))
+    problems.extend(_case_problems(cases))
+    if problems:
+        raise CaseListError(problems, source=folder)
+    return cases
