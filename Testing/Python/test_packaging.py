@@ -7,6 +7,7 @@ extension, which then fails on users' machines only.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 
@@ -64,3 +65,30 @@ def test_extension_builds_every_module():
     assert sorted(re.findall(r"add_subdirectory\((\w+)\)", text)) == MODULE_NAMES
     for required in ("find_package(Slicer REQUIRED)", "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
         assert required in text
+
+
+def imported_modules(path: str) -> set:
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_module_code_uses_neither_the_stand_in_nor_pyside(name):
+    """The stand-in is test infrastructure, and PySide-only API does not exist in Slicer's PythonQt."""
+    for path in {f"{name}.py"} | files_under(name, f"{name}Lib", ".py"):
+        forbidden = imported_modules(os.path.join(REPOSITORY, name, path)) & {"slicer_standin", "PySide6", "shiboken6"}
+        assert not forbidden, f"{path} imports {forbidden}"
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_lib_is_free_of_qt(name):
+    """A Lib runs in Slicer, its Python console, a command line and tests: no Qt there."""
+    for path in files_under(name, f"{name}Lib", ".py"):
+        assert not imported_modules(os.path.join(REPOSITORY, name, path)) & {"qt", "ctk"}, path

@@ -421,6 +421,21 @@ class ctkPathLineEdit(QWidget):
             self.setCurrentPath(path)
 
 
+def _spinBoxProperty(name, synchronize=False):
+    """Getter and setter of a ctkSliderWidget property kept by its spin box, as CTK forwards them."""
+    setterName = "set" + name[0].upper() + name[1:]
+
+    def getter(self):
+        return getattr(self._spinBox, name)
+
+    def setter(self, value):
+        getattr(self._spinBox, setterName)(value)
+        if synchronize:
+            self._synchronizeSlider()
+
+    return getter, setter
+
+
 class ctkSliderWidget(QWidget):
     """A slider with a spin box for a ``double`` value (CTK ``ctkSliderWidget``).
 
@@ -466,44 +481,22 @@ class ctkSliderWidget(QWidget):
             self.valueIsChanging.emit(value)
         self._spinBox.setValue(value)
 
-    def _getValue(self):
-        return self._spinBox.value
-
-    def setValue(self, value):
-        self._spinBox.setValue(value)
-
-    value = Property(float, _getValue, setValue)
-
-    def _getMinimum(self):
-        return self._spinBox.minimum
-
-    def setMinimum(self, minimum):
-        self._spinBox.setMinimum(minimum)
-        self._synchronizeSlider()
-
-    minimum = Property(float, _getMinimum, setMinimum)
-
-    def _getMaximum(self):
-        return self._spinBox.maximum
-
-    def setMaximum(self, maximum):
-        self._spinBox.setMaximum(maximum)
-        self._synchronizeSlider()
-
-    maximum = Property(float, _getMaximum, setMaximum)
+    value = Property(float, *_spinBoxProperty("value"))
+    minimum = Property(float, *_spinBoxProperty("minimum", synchronize=True))
+    maximum = Property(float, *_spinBoxProperty("maximum", synchronize=True))
+    singleStep = Property(float, *_spinBoxProperty("singleStep", synchronize=True))
+    prefix = Property(str, *_spinBoxProperty("prefix"))
+    suffix = Property(str, *_spinBoxProperty("suffix"))
+    setValue = value.fset
+    setMinimum = minimum.fset
+    setMaximum = maximum.fset
+    setSingleStep = singleStep.fset
+    setPrefix = prefix.fset
+    setSuffix = suffix.fset
 
     def setRange(self, minimum, maximum):
         self._spinBox.setRange(minimum, maximum)
         self._synchronizeSlider()
-
-    def _getSingleStep(self):
-        return self._spinBox.singleStep
-
-    def setSingleStep(self, step):
-        self._spinBox.setSingleStep(step)
-        self._synchronizeSlider()
-
-    singleStep = Property(float, _getSingleStep, setSingleStep)
 
     def _getPageStep(self):
         return self._slider.pageStep * self._spinBox.singleStep
@@ -522,22 +515,6 @@ class ctkSliderWidget(QWidget):
             self.decimalsChanged.emit(decimals)
 
     decimals = Property(int, _getDecimals, setDecimals, notify=decimalsChanged)
-
-    def _getPrefix(self):
-        return self._spinBox.prefix
-
-    def setPrefix(self, prefix):
-        self._spinBox.setPrefix(prefix)
-
-    prefix = Property(str, _getPrefix, setPrefix)
-
-    def _getSuffix(self):
-        return self._spinBox.suffix
-
-    def setSuffix(self, suffix):
-        self._spinBox.setSuffix(suffix)
-
-    suffix = Property(str, _getSuffix, setSuffix)
 
     def hasTracking(self):
         return self._slider.hasTracking()
