@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +17,8 @@ REPOSITORY = os.path.dirname(os.path.abspath(__file__))
 
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Models installed by tests go to a private folder, never to the user's cache.
+os.environ["SLICER_DEEPLEARNING_CACHE_DIR"] = tempfile.mkdtemp(prefix="SlicerDeepLearning-test-cache-")
 sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "SlicerStandIn"))
 
 

@@ -1,5 +1,13 @@
+import http.server
 import json
+import functools
+import hashlib
 import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
 
 import qt
 
@@ -11,7 +19,21 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-from ModelRegistryLib import load_index, search
+from ModelRegistryLib import (
+    NOT_INSTALLED,
+    UNKNOWN,
+    UPDATE_AVAILABLE,
+    BackgroundTask,
+    IndexSource,
+    Registry,
+    RegistryError,
+    bundled_source,
+    card_html,
+    default_cache_dir,
+    format_bytes,
+    save_user_sources,
+    user_sources,
+)
 
 #
 # ModelRegistry
@@ -19,7 +41,7 @@ from ModelRegistryLib import load_index, search
 
 
 class ModelRegistry(ScriptedLoadableModule):
-    """Browse the segmentation models that registry indexes offer."""
+    """Find, install and keep deep-learning models from registry indexes."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -28,8 +50,10 @@ class ModelRegistry(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
-            "Find deep-learning models in registry indexes: search by name, task, modality or anatomy."
-            " Model indexes are JSON documents described by the schema in this module's Resources/Schema folder."
+            "Find deep-learning models in registry indexes, read their model cards, and install, update,"
+            " verify or remove them. Downloads are checked against their sha256, resume after an"
+            " interruption and can be cancelled; installed models work offline. Indexes are JSON documents"
+            " described by the schema in this module's Resources/Schema folder."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its registry design learns from SlicerMONAIAuto3DSeg,"
@@ -43,12 +67,16 @@ class ModelRegistry(ScriptedLoadableModule):
 
 
 class ModelRegistryWidget(ScriptedLoadableModuleWidget):
-    """Panel: a search box over the models of the registry and a table of the matches."""
+    """Panel: search and filter models, read a model's card, install/update/remove/verify in the background."""
+
+    ANY = "Any"
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
+        self.task = None
+        self.taskTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -58,18 +86,171 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.logic = ModelRegistryLogic()
         self.ui.modelTable.setColumnCount(len(ModelRegistryLogic.TABLE_COLUMNS))
         self.ui.modelTable.setHorizontalHeaderLabels(ModelRegistryLogic.TABLE_COLUMNS)
+        header = self.ui.modelTable.horizontalHeader()
+        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
+        self.taskTimer = qt.QTimer()
+        self.taskTimer.setInterval(100)
+        self.taskTimer.connect("timeout()", self.pollTask)
+
         self.ui.searchBox.connect("textChanged(QString)", self.updateModelTable)
+        for combo in (self.ui.modalityFilter, self.ui.taskFilter, self.ui.anatomyFilter):
+            combo.connect("currentIndexChanged(int)", self.updateModelTable)
+        self.ui.installedOnlyCheckBox.connect("toggled(bool)", self.updateModelTable)
+        self.ui.modelTable.connect("itemSelectionChanged()", self.updateSelection)
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.removeButton.connect("clicked(bool)", self.onRemove)
+        self.ui.verifyButton.connect("clicked(bool)", self.onVerify)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.addSourceButton.connect("clicked(bool)", self.onAddSource)
+        self.ui.removeSourceButton.connect("clicked(bool)", self.onRemoveSource)
+        self.ui.refreshButton.connect("clicked(bool)", self.onRefresh)
         self.layout.addStretch(1)
+        self.ui.progressBar.visible = False
+        self.ui.cancelButton.visible = False
+        self.refresh(offline=True)
+
+    def cleanup(self):
+        if self.task is not None:
+            self.task.cancel()
+        self.taskTimer.stop()
+
+    # -- listing ------------------------------------------------------------------------------------------
+
+    def refresh(self, offline=False):
+        """Read the sources again and rebuild filters, table and source list."""
+        statuses = self.logic.refresh(offline=offline)
+        self.ui.sourceList.clear()
+        for status in statuses:
+            self.ui.sourceList.addItem(self.logic.sourceStatusText(status))
+        choices = self.logic.filterChoices()
+        for combo, key in ((self.ui.modalityFilter, "modality"), (self.ui.taskFilter, "task"),
+                           (self.ui.anatomyFilter, "anatomy")):
+            current = combo.currentText
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems([self.ANY, *choices[key]])
+            combo.setCurrentIndex(max(0, combo.findText(current)))
+            combo.blockSignals(False)
+        self.ui.cacheLabel.text = self.logic.cacheSummary()
         self.updateModelTable()
 
-    def updateModelTable(self, _text=None):
-        rows = self.logic.tableRows(self.ui.searchBox.text)
+    def _filterValue(self, combo):
+        return "" if combo.currentText == self.ANY else combo.currentText
+
+    def updateModelTable(self, _unused=None):
+        selected = self.selectedModelId()
+        models = self.logic.search(
+            self.ui.searchBox.text,
+            modality=self._filterValue(self.ui.modalityFilter),
+            task=self._filterValue(self.ui.taskFilter),
+            anatomy=self._filterValue(self.ui.anatomyFilter),
+            installedOnly=self.ui.installedOnlyCheckBox.checked,
+        )
         table = self.ui.modelTable
-        table.setRowCount(len(rows))
-        for rowIndex, row in enumerate(rows):
+        table.blockSignals(True)
+        table.setRowCount(len(models))
+        for rowIndex, (model, row) in enumerate(zip(models, self.logic.tableRows(models))):
             for columnIndex, value in enumerate(row):
-                table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(value))
-        self.ui.statusLabel.text = self.logic.statusText(len(rows))
+                item = qt.QTableWidgetItem(value)
+                item.setData(qt.Qt.UserRole, model.id)
+                table.setItem(rowIndex, columnIndex, item)
+            if model.id == selected:
+                table.selectRow(rowIndex)
+        table.blockSignals(False)
+        self.ui.statusLabel.text = self.logic.statusText(len(models))
+        self.updateSelection()
+
+    def selectedModelId(self):
+        items = self.ui.modelTable.selectedItems()
+        return items[0].data(qt.Qt.UserRole) if items else None
+
+    def selectModel(self, modelId):
+        for row in range(self.ui.modelTable.rowCount):
+            if self.ui.modelTable.item(row, 0).data(qt.Qt.UserRole) == modelId:
+                self.ui.modelTable.selectRow(row)
+                return True
+        return False
+
+    def updateSelection(self):
+        modelId = self.selectedModelId()
+        self.ui.cardBrowser.setHtml(self.logic.cardHtml(modelId) if modelId else "")
+        actions = self.logic.actions(modelId)
+        busy = self.task is not None
+        self.ui.installButton.text = actions["installLabel"]
+        self.ui.installButton.enabled = actions["install"] and not busy
+        self.ui.removeButton.enabled = actions["remove"] and not busy
+        self.ui.verifyButton.enabled = actions["verify"] and not busy
+
+    # -- background work --------------------------------------------------------------------------------
+
+    def _start(self, task):
+        self.task = task.start()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.cancelButton.visible = True
+        self.ui.progressLabel.text = task.description
+        self.updateSelection()
+        self.taskTimer.start()
+
+    def pollTask(self):
+        """Runs on the main thread every 100 ms while a task runs: shows progress, then its outcome."""
+        task = self.task
+        if task is None:
+            return
+        step = task.progress
+        if step is not None:
+            if step.fraction is not None:
+                self.ui.progressBar.setRange(0, 1000)
+                self.ui.progressBar.value = int(step.fraction * 1000)
+            else:
+                self.ui.progressBar.setRange(0, 0)
+            self.ui.progressLabel.text = step.text
+        if not task.finished:
+            return
+        self.taskTimer.stop()
+        self.task = None
+        self.ui.progressBar.visible = False
+        self.ui.cancelButton.visible = False
+        self.ui.progressLabel.text = self.logic.taskOutcomeText(task)
+        self.updateModelTable()
+
+    def onInstall(self):
+        self._start(self.logic.installTask(self.selectedModelId()))
+
+    def onVerify(self):
+        self._start(self.logic.verifyTask(self.selectedModelId()))
+
+    def onCancel(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.ui.progressLabel.text = "Cancelling…"
+
+    def onRemove(self):
+        modelId = self.selectedModelId()
+        if not slicer.util.confirmOkCancelDisplay(f"Remove every installed version of {modelId}?"):
+            return
+        with slicer.util.tryWithErrorDisplay("Removing the model failed."):
+            self.ui.progressLabel.text = self.logic.remove(modelId)
+        self.updateModelTable()
+
+    # -- sources ---------------------------------------------------------------------------------------------
+
+    def onAddSource(self):
+        with slicer.util.tryWithErrorDisplay("Adding the index failed."):
+            self.logic.addSource(self.ui.sourceLineEdit.text.strip())
+            self.ui.sourceLineEdit.text = ""
+        self.refresh(offline=True)
+
+    def onRemoveSource(self):
+        row = self.ui.sourceList.currentRow
+        with slicer.util.tryWithErrorDisplay("Removing the index failed."):
+            self.logic.removeSourceAt(row)
+        self.refresh(offline=True)
+
+    def onRefresh(self):
+        with slicer.util.tryWithErrorDisplay("Refreshing the indexes failed.", waitCursor=True):
+            self.refresh(offline=False)
 
 
 #
@@ -78,51 +259,137 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
 
 
 class ModelRegistryLogic(ScriptedLoadableModuleLogic):
-    """Reads registry indexes and answers searches; usable from the Python console without the panel.
+    """Everything the panel decides, usable from Slicer's Python console without the panel.
 
     Example (Slicer's Python console)::
 
         logic = slicer.util.getModuleLogic("ModelRegistry")
-        [model.id for model in logic.search("brain MR")]
+        [model.id for model in logic.search("brain", modality="MR")]
+        installed = logic.registry.ensure_installed("brain-tissue-demo")   # downloads, verifies, unpacks
+        installed.path
     """
 
-    TABLE_COLUMNS = ("Title", "ID", "Version", "Modality")
+    TABLE_COLUMNS = ("Title", "Version", "Modality", "Size", "State")
+    CACHE_DIRECTORY_SETTING = "DeepLearning/ModelCacheDirectory"
 
-    def __init__(self, indexPaths=None):
+    def __init__(self, cacheDir=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.indexPaths = list(indexPaths) if indexPaths is not None else [self.bundledIndexPath()]
-        self._models = None
+        self.cacheDir = cacheDir or self.configuredCacheDirectory()
+        self.registry = Registry([bundled_source(), *user_sources(self.cacheDir)], self.cacheDir)
+        self.registry.refresh(offline=True)
+
+    @classmethod
+    def configuredCacheDirectory(cls):
+        """The Slicer setting if set, else the environment variable or the user's cache folder."""
+        return slicer.util.settingsValue(cls.CACHE_DIRECTORY_SETTING, "") or default_cache_dir()
+
+    def refresh(self, offline=False):
+        """Read the sources again; remote ones only from their cached copies when ``offline``."""
+        self.registry.sources = [bundled_source(), *user_sources(self.cacheDir)]
+        return self.registry.refresh(offline=offline)
+
+    def addSource(self, location, name=""):
+        """Add an index (URL, file or folder) after the others, then read it from the network once."""
+        if not location:
+            raise ValueError("Enter the URL of an index, or the path of an index file or folder.")
+        sources = user_sources(self.cacheDir)
+        if any(source.location == location for source in sources):
+            raise ValueError(f"{location} is already a source.")
+        save_user_sources(self.cacheDir, [*sources, IndexSource(location, name=name)])
+        statuses = self.refresh(offline=False)
+        failed = [s for s in statuses if s.source.location == location and not s.ok]
+        if failed:
+            raise RegistryError(f"Added {location}, but it could not be read: {failed[0].error}")
+
+    def removeSourceAt(self, row):
+        """Remove the user's source shown at ``row`` of the source list (the bundled index stays)."""
+        sources = user_sources(self.cacheDir)
+        userRow = row - 1
+        if not 0 <= userRow < len(sources):
+            raise ValueError("Select an index you added: the bundled index cannot be removed.")
+        save_user_sources(self.cacheDir, sources[:userRow] + sources[userRow + 1:])
 
     @staticmethod
-    def bundledIndexPath():
-        return os.path.join(os.path.dirname(__file__), "Resources", "Registry", "bundled-index.json")
+    def sourceStatusText(status):
+        label = status.source.name or status.source.location
+        if status.ok and not status.from_cache:
+            return f"{label}: {status.model_count} models"
+        if status.ok:
+            return f"{label}: {status.model_count} models (offline copy)"
+        return f"{label}: unavailable — {status.error}"
 
-    def setIndexPaths(self, indexPaths):
-        """Use these index files, in this order; a model id found in several keeps its first entry."""
-        self.indexPaths = list(indexPaths)
-        self._models = None
+    def filterChoices(self):
+        models = self.registry.models()
+        return {
+            "modality": sorted({m.modality for m in models if m.modality}),
+            "task": sorted({m.task for m in models if m.task}),
+            "anatomy": sorted({a for m in models for a in m.anatomy}),
+        }
 
-    def models(self):
-        if self._models is None:
-            byId = {}
-            for path in self.indexPaths:
-                for model in load_index(path):
-                    byId.setdefault(model.id, model)
-            self._models = list(byId.values())
-        return self._models
+    def search(self, text="", modality="", task="", anatomy="", installedOnly=False):
+        return self.registry.search(text, modality=modality, task=task, anatomy=anatomy,
+                                    installed=True if installedOnly else None)
 
-    def search(self, text=""):
-        return search(self.models(), text)
-
-    def tableRows(self, text=""):
-        """One row of strings per matching model, in ``TABLE_COLUMNS`` order."""
-        return [(model.title, model.id, model.latest.version, model.modality) for model in self.search(text)]
+    def tableRows(self, models):
+        """One row of strings per model, in ``TABLE_COLUMNS`` order."""
+        return [
+            (model.title, model.latest_release.version, model.modality, _downloadSizeText(model.latest_release),
+             self.registry.state(model.id))
+            for model in models
+        ]
 
     def statusText(self, matchCount):
-        total = len(self.models())
+        total = len(self.registry.models())
         if total == 0:
             return "No models in the registry indexes."
         return f"{matchCount} of {total} models match."
+
+    def cardHtml(self, modelId):
+        entry = self.registry.find(modelId)
+        if entry is None:
+            return ""
+        return card_html(entry, installed_versions=self.registry.store.installed_versions(modelId))
+
+    def actions(self, modelId):
+        """Which buttons apply to the model: install (labelled Install or Update), remove, verify."""
+        state = self.registry.state(modelId) if modelId else UNKNOWN
+        installed = bool(modelId) and bool(self.registry.store.installed_versions(modelId))
+        return {
+            "install": state in (NOT_INSTALLED, UPDATE_AVAILABLE),
+            "installLabel": "Update" if state == UPDATE_AVAILABLE else "Install",
+            "remove": installed,
+            "verify": installed,
+        }
+
+    def cacheSummary(self):
+        return f"Models are kept in {self.cacheDir} ({self.registry.store.disk_usage() / 1e6:.1f} MB used)."
+
+    def installTask(self, modelId):
+        """A not yet started task installing the newest (or pinned) version of ``modelId``."""
+        return BackgroundTask(
+            lambda progress, cancel: self.registry.ensure_installed(modelId, progress=progress, cancel=cancel),
+            f"Installing {modelId}",
+        )
+
+    def verifyTask(self, modelId):
+        return BackgroundTask(lambda progress, cancel: self.registry.verify(modelId), f"Verifying {modelId}")
+
+    @staticmethod
+    def taskOutcomeText(task):
+        if task.state == "cancelled":
+            return f"{task.description}: cancelled (a later install resumes the download)."
+        if task.state == "failed":
+            return f"{task.description} failed: {task.error}"
+        if isinstance(task.result, list):  # verify results
+            return " ".join(result.text for result in task.result) or "Nothing installed to verify."
+        return f"{task.description}: done ({task.result.path})."
+
+    def remove(self, modelId):
+        return f"Removed {modelId} " + ", ".join(self.registry.remove(modelId)) + "."
+
+
+def _downloadSizeText(version):
+    return "container" if version.image is not None else format_bytes(version.download_size)
 
 
 #
@@ -131,7 +398,10 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
 
 
 class ModelRegistryTest(ScriptedLoadableModuleTest):
-    """Self-test: runs in Slicer (Developer mode > Test, or headless) and in the test stand-in."""
+    """Self-test: runs in Slicer (Developer mode > Test, or headless) and in the test stand-in.
+
+    It serves a small model package from a web server on 127.0.0.1 and installs it through the panel.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -139,40 +409,89 @@ class ModelRegistryTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_BundledIndexLoads()
-        self.test_SearchFiltersPanelTable()
+        self.test_InstallFromLoopbackServerThroughPanel()
 
     def test_BundledIndexLoads(self):
-        self.delayDisplay("Loading the bundled registry index")
-        logic = ModelRegistryLogic()
-        self.assertEqual(len(logic.models()), len(load_index(logic.bundledIndexPath())))
+        self.delayDisplay("Reading the bundled registry index")
+        logic = ModelRegistryLogic(cacheDir=tempfile.mkdtemp(dir=slicer.app.temporaryPath))
+        statuses = logic.refresh(offline=True)
+        self.assertTrue(statuses[0].ok, statuses[0].error)
 
-    def test_SearchFiltersPanelTable(self):
-        self.delayDisplay("Searching a registry index from the panel")
-        indexPath = os.path.join(slicer.app.temporaryPath, "ModelRegistryTest-index.json")
-        with open(indexPath, "w", encoding="utf-8") as indexFile:
-            json.dump(_twoModelIndex(), indexFile)
-        widget = slicer.modules.modelregistry.widgetRepresentation().self()
-        widget.logic.setIndexPaths([indexPath])
-        widget.ui.searchBox.text = ""
-        widget.updateModelTable()
-        self.assertEqual(widget.ui.modelTable.rowCount, 2)
-        widget.ui.searchBox.text = "brain"
-        self.assertEqual(widget.ui.modelTable.rowCount, 1)
-        self.assertEqual(widget.ui.modelTable.item(0, 1).text(), "brain-demo")
-        self.assertEqual(widget.ui.statusLabel.text, "1 of 2 models match.")
-        widget.logic.setIndexPaths([ModelRegistryLogic.bundledIndexPath()])
-        widget.ui.searchBox.text = ""
+    def test_InstallFromLoopbackServerThroughPanel(self):
+        self.delayDisplay("Installing a model from a local web server through the panel")
+        folder = tempfile.mkdtemp(dir=slicer.app.temporaryPath)
+        with _ServedModelPackage(folder) as indexUrl:
+            widget = slicer.modules.modelregistry.widgetRepresentation().self()
+            originalLogic = widget.logic
+            widget.logic = ModelRegistryLogic(cacheDir=os.path.join(folder, "cache"))
+            try:
+                widget.logic.addSource(indexUrl, name="Self-test server")
+                widget.refresh(offline=True)
+                widget.ui.searchBox.text = "self-test"
+                self.assertEqual(widget.ui.modelTable.rowCount, 1)
+                self.assertTrue(widget.selectModel("selftest-model"))
+                self.assertIn("Self-test model", widget.ui.cardBrowser.toPlainText())
+                self.assertTrue(widget.ui.installButton.enabled)
+                widget.ui.installButton.click()
+                deadline = time.time() + 30
+                while widget.task is not None and time.time() < deadline:
+                    slicer.app.processEvents()
+                    time.sleep(0.02)
+                self.assertIsNone(widget.task, "install did not finish in 30 s")
+                self.assertIn("done", widget.ui.progressLabel.text)
+                installed = widget.logic.registry.installed_model("selftest-model")
+                with open(os.path.join(installed.path, "weights.txt"), encoding="utf-8") as weights:
+                    self.assertEqual(weights.read(), "self-test weights")
+                self.assertEqual(widget.ui.modelTable.item(0, 4).text(), "installed")
+                widget.ui.verifyButton.click()
+                while widget.task is not None and time.time() < deadline:
+                    slicer.app.processEvents()
+                    time.sleep(0.02)
+                self.assertIn("all files intact", widget.ui.progressLabel.text)
+            finally:
+                widget.logic = originalLogic
+                widget.ui.searchBox.text = ""
+                widget.refresh(offline=True)
         self.delayDisplay("Test passed")
 
 
-def _twoModelIndex():
-    def version(number):
-        return {"version": number, "files": [{"url": "https://example.org/model.zip", "sha256": 64 * "a", "size": 1}]}
+class _ServedModelPackage:
+    """A one-model index and its zip archive served over HTTP on 127.0.0.1 while in a ``with`` block."""
 
-    return {
-        "schemaVersion": 1,
-        "models": [
-            {"id": "brain-demo", "title": "Brain tissue", "modality": "MR", "versions": [version("1.0.0")]},
-            {"id": "liver-demo", "title": "Liver", "modality": "CT", "versions": [version("0.9.0"), version("1.2.0")]},
-        ],
-    }
+    def __init__(self, folder):
+        self.folder = folder
+        archive = os.path.join(folder, "selftest-model-1.0.0.zip")
+        with zipfile.ZipFile(archive, "w") as package:
+            package.writestr("weights.txt", "self-test weights")
+        with open(archive, "rb") as packageFile:
+            digest = hashlib.sha256(packageFile.read()).hexdigest()
+        index = {
+            "schemaVersion": 1,
+            "models": [{
+                "id": "selftest-model",
+                "title": "Self-test model",
+                "description": "A package served by the ModelRegistry self-test.",
+                "modality": "CT",
+                "versions": [{"version": "1.0.0", "files": [
+                    {"url": "selftest-model-1.0.0.zip", "sha256": digest, "size": os.path.getsize(archive)}
+                ]}],
+            }],
+        }
+        with open(os.path.join(folder, "index.json"), "w", encoding="utf-8") as indexFile:
+            json.dump(index, indexFile)
+        handler = functools.partial(_QuietHandler, directory=folder)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/index.json"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass

@@ -1,35 +1,66 @@
-"""The model registry index: a JSON document listing models and their versions.
+"""The model registry index: a JSON document listing models, each with its model card and its versions.
 
 The document is described by ``ModelRegistry/Resources/Schema/registry-index.schema.json``. Parsing
-here does not need a JSON Schema library (Slicer bundles none): it checks the same rules and names the
-offending field in every error, so a typo in an index gives a message a user can act on instead of a
-crash somewhere later.
+here does not need a JSON Schema library (Slicer bundles none): it checks the same rules (and a few a
+schema cannot say: unique label values, patterns that compile, real dates) and names the offending
+field in every error, so a typo in an index gives a message a user can act on instead of a crash
+somewhere later.
+
+A model entry is the model's card: what it does (task, modality, anatomy, inputs, output labels with
+colors and Slicer terminology codes), who made it and under which license, its intended use and
+limitations, training data, metrics, resource needs and run times, and its versions with their
+changelog. File URLs may be relative to the index (``load_index`` and ``parse_index(..., base_url=)``
+resolve them), so a folder can hold an index and the archives it lists.
 
 Example::
 
     >>> document = {"schemaVersion": 1, "models": [{"id": "demo", "title": "Demo", "versions": [
-    ...     {"version": "1.0.0", "files": [{"url": "https://example.org/demo.zip",
-    ...      "sha256": 64 * "0", "size": 10}]}]}]}
+    ...     {"version": "1.0.0", "files": [{"url": "weights/demo.zip", "sha256": 64 * "0", "size": 10}]},
+    ...     {"version": "1.1.0-rc1", "files": [{"url": "weights/demo-rc.zip", "sha256": 64 * "0", "size": 10}]}]}]}
     >>> [model.id for model in parse_index(document)]
     ['demo']
-    >>> parse_index(document)[0].latest.version
+    >>> model = parse_index(document, base_url="https://example.org/registry/index.json")[0]
+    >>> model.latest.version, model.latest_release.version
+    ('1.1.0-rc1', '1.0.0')
+    >>> file = model.latest_release.files[0]
+    >>> file.url, file.name, file.unpacked
+    ('https://example.org/registry/weights/demo.zip', 'demo.zip', True)
+    >>> resolve_version(model, "1").version
     '1.0.0'
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import pathlib
+import posixpath
 import re
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
+
+from .archive import is_archive
 
 SCHEMA_VERSION = 1
 MAX_INDEX_BYTES = 16 * 1024 * 1024
 
-_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_SEMANTIC_VERSION = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A file with one of these name endings is an archive, unpacked into the version's folder at install.
+DEVICES = ("cpu", "cuda", "mps")
+
+_MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+_SEMANTIC_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?", re.ASCII)
+_VERSION_PREFIX = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?", re.ASCII)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+# A target file name: one path segment, no control characters, not "." or "..".
+_FILE_NAME = re.compile(r"(?!\.\.?$)[^/\\\x00-\x1f]+")
 
 
 class IndexValidationError(ValueError):
@@ -40,11 +71,31 @@ class IndexValidationError(ValueError):
         self.field = field
 
 
+class VersionNotFoundError(LookupError):
+    """No version of a model matches a version spec; the message lists the versions there are."""
+
+    def __init__(self, model_id: str, spec: str, available: Iterable[str]) -> None:
+        self.model_id = model_id
+        self.spec = spec
+        self.available = tuple(available)
+        super().__init__(
+            f"model {model_id!r} has no version matching {spec!r}; available: {', '.join(self.available) or 'none'}"
+        )
+
+
 @dataclass(frozen=True)
 class ModelFile:
+    """One file of a version; ``name`` is the file name it gets in the version's folder."""
+
     url: str
     sha256: str
     size: int
+    name: str = ""
+
+    @property
+    def unpacked(self) -> bool:
+        """Whether the file is an archive that installing unpacks (by its name: .zip, .tar, .tar.gz, .tgz)."""
+        return is_archive(self.name)
 
 
 @dataclass(frozen=True)
@@ -58,14 +109,125 @@ class ModelVersion:
     version: str
     files: tuple = ()
     image: ContainerImage | None = None
+    release_date: str = ""
+    changelog: str = ""
 
     @property
     def sort_key(self) -> tuple:
         return semantic_version_key(self.version)
 
+    @property
+    def prerelease(self) -> bool:
+        return "-" in self.version
+
+    @property
+    def download_size(self) -> int:
+        """Bytes to download for this version (0 for a container image)."""
+        return sum(file.size for file in self.files)
+
+
+@dataclass(frozen=True)
+class Coding:
+    """A code as DICOM and Slicer's terminologies write it, e.g. ``Coding("SCT", "85756007", "Tissue")``."""
+
+    scheme: str
+    code: str
+    meaning: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}^{self.code}^{self.meaning}"
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """What a label is, in Slicer's terminology terms: category and type (with modifier), anatomic region."""
+
+    category: Coding
+    type: Coding
+    type_modifier: Coding | None = None
+    region: Coding | None = None
+    region_modifier: Coding | None = None
+
+    def slicer_entry(
+        self,
+        context: str = "Segmentation category and type - 3D Slicer General Anatomy list",
+        region_context: str = "Anatomic codes - DICOM master list",
+    ) -> str:
+        """The entry string Slicer stores in a segment's ``TerminologyEntry`` tag.
+
+        >>> tissue, gray = Coding("SCT", "85756007", "Tissue"), Coding("SCT", "389081007", "Gray matter")
+        >>> Terminology(tissue, gray).slicer_entry("Ctx")
+        'Ctx~SCT^85756007^Tissue~SCT^389081007^Gray matter~^^~~^^~^^'
+        """
+
+        def code(coding: Coding | None) -> str:
+            return str(coding) if coding is not None else "^^"
+
+        # Slicer leaves the anatomic context empty when no region is given.
+        region_context = region_context if self.region is not None else ""
+        parts = (context, code(self.category), code(self.type), code(self.type_modifier), region_context)
+        return "~".join((*parts, code(self.region), code(self.region_modifier)))
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output label: its value in the label map, name, display color ``#rrggbb`` and terminology."""
+
+    value: int
+    name: str
+    color: str
+    terminology: Terminology | None = None
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One input channel; ``pattern`` (a regular expression) picks matching volumes by name."""
+
+    name: str
+    modality: str = ""
+    pattern: str = ""
+
+    def matches(self, volume_name: str) -> bool:
+        """Whether a volume of this name is a likely input (searched case-insensitively; no pattern: any).
+
+        >>> ModelInput("T2", "MR", r"t2|flair").matches("Prostate T2 axial")
+        True
+        """
+        return re.search(self.pattern, volume_name, re.IGNORECASE) is not None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    dataset: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Memory a run needs, in GB; ``None`` where the card does not say."""
+
+    ram_gb: float | None = None
+    gpu_memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeEstimate:
+    device: str
+    seconds: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Deprecation:
+    message: str
+    replaced_by: str = ""
+
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A model's card and its versions."""
+
     id: str
     title: str
     versions: tuple
@@ -73,29 +235,99 @@ class ModelEntry:
     task: str = ""
     modality: str = ""
     anatomy: tuple = ()
+    inputs: tuple = ()
+    labels: tuple = ()
+    license: str = ""
+    authors: tuple = ()
+    citation: str = ""
+    homepage: str = ""
+    intended_use: str = ""
+    limitations: str = ""
+    training_data: str = ""
+    metrics: tuple = ()
+    resources: Resources | None = None
+    runtime: tuple = ()
+    deprecated: Deprecation | None = None
 
     @property
     def latest(self) -> ModelVersion:
         """The highest version; pre-releases rank below their release, as semantic versioning says."""
         return max(self.versions, key=lambda version: version.sort_key)
 
+    @property
+    def latest_release(self) -> ModelVersion:
+        """The highest version that is not a pre-release, or the highest pre-release where there is none."""
+        return _latest_release(self.versions)
+
+    def version(self, spec: str | None = None) -> ModelVersion:
+        """The version a spec names; see :func:`resolve_version`."""
+        return resolve_version(self, spec)
+
+    @cached_property
+    def search_text(self) -> str:
+        """Lower-case text searched by :func:`search` (computed once per entry)."""
+        words = (self.id, self.title, self.description, self.task, self.modality, *self.anatomy)
+        return " ".join((*words, *(label.name for label in self.labels))).lower()
+
 
 def semantic_version_key(version: str) -> tuple:
     """Sort key of a semantic version: ``1.10.0`` > ``1.9.0`` > ``1.9.0-rc1``."""
-    match = _SEMANTIC_VERSION.match(version)
+    match = _SEMANTIC_VERSION.fullmatch(version)
     if match is None:
         raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {version!r}")
     major, minor, patch, prerelease = match.groups()
     return (int(major), int(minor), int(patch), prerelease is None, prerelease or "")
 
 
-def _require(mapping: dict, key: str, kind: type, field: str):
+def _latest_release(versions: Iterable[ModelVersion]) -> ModelVersion:
+    # Python compares tuples left to right: releases first, then by version.
+    return max(versions, key=lambda version: (not version.prerelease, version.sort_key))
+
+
+def resolve_version(entry: ModelEntry, spec: str | None = None) -> ModelVersion:
+    """The version of ``entry`` that ``spec`` names.
+
+    ``None`` or ``"latest"``: the latest release (see ``ModelEntry.latest_release``); an exact version
+    (``"1.2.3"``, ``"1.3.0-rc1"``): that version; ``"1"`` or ``"1.2"``: the highest release with that
+    major (and minor) number, or the highest such pre-release where there is no release.
+
+    >>> entry = ModelEntry("m", "M", tuple(ModelVersion(v) for v in ("1.2.0", "1.10.1", "2.0.0-rc1")))
+    >>> [resolve_version(entry, spec).version for spec in (None, "1", "1.2", "2", "2.0.0-rc1")]
+    ['1.10.1', '1.10.1', '1.2.0', '2.0.0-rc1', '2.0.0-rc1']
+    >>> try:
+    ...     resolve_version(entry, "3")
+    ... except VersionNotFoundError as error:
+    ...     print(error)
+    model 'm' has no version matching '3'; available: 2.0.0-rc1, 1.10.1, 1.2.0
+    """
+    if spec is None or spec == "latest":
+        return entry.latest_release
+    exact = [version for version in entry.versions if version.version == spec]
+    if exact:
+        return exact[0]
+    prefix = _VERSION_PREFIX.fullmatch(spec)
+    if prefix is not None:
+        numbers = tuple(int(number) for number in prefix.groups() if number is not None)
+        matching = [version for version in entry.versions if version.sort_key[: len(numbers)] == numbers]
+        if matching:
+            return _latest_release(matching)
+    newest_first = sorted((version.version for version in entry.versions), key=semantic_version_key, reverse=True)
+    raise VersionNotFoundError(entry.id, spec, newest_first)
+
+
+def _path(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+def _require(mapping: dict, key: str, kind, field: str):
+    """``mapping[key]``, which must exist and be of ``kind`` (a type, or ``NUMBER``)."""
     if key not in mapping:
-        raise IndexValidationError(f"{field}.{key}" if field else key, "is required")
+        raise IndexValidationError(_path(field, key), "is required")
     value = mapping[key]
     # bool is an int in Python; a size of `true` is still an error.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise IndexValidationError(f"{field}.{key}" if field else key, f"must be {kind.__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        name = "a number" if kind is NUMBER else kind.__name__
+        raise IndexValidationError(_path(field, key), f"must be {name}")
     return value
 
 
@@ -103,106 +335,275 @@ def _optional(mapping: dict, key: str, kind: type, field: str, default):
     return _require(mapping, key, kind, field) if key in mapping else default
 
 
-def _string_list(items: list, field: str) -> tuple:
-    for i, value in enumerate(items):
-        if not isinstance(value, str):
-            raise IndexValidationError(f"{field}[{i}]", "must be str")
-    return tuple(items)
+NUMBER = (int, float)
 
 
-def _parse_file(item, field: str) -> ModelFile:
+def _object(item, field: str) -> dict:
     if not isinstance(item, dict):
         raise IndexValidationError(field, "must be an object")
-    sha256 = _require(item, "sha256", str, field)
-    if not _SHA256.match(sha256):
-        raise IndexValidationError(f"{field}.sha256", "must be 64 lower-case hexadecimal digits")
+    return item
+
+
+def _number(mapping: dict, key: str, field: str, *, required: bool = True) -> float | None:
+    """A finite number >= 0 (JSON has no infinity; Python's json module would read one)."""
+    if key not in mapping and not required:
+        return None
+    value = _require(mapping, key, NUMBER, field)
+    if not math.isfinite(value) or value < 0:
+        raise IndexValidationError(_path(field, key), "must be a number >= 0")
+    return value
+
+
+def _matching(mapping: dict, key: str, pattern: re.Pattern, field: str, what: str, *, required: bool = True) -> str:
+    if key not in mapping and not required:
+        return ""
+    value = _require(mapping, key, str, field)
+    if not pattern.fullmatch(value):
+        raise IndexValidationError(_path(field, key), f"must be {what}")
+    return value
+
+
+def _list(mapping: dict, key: str, field: str, parse) -> tuple:
+    """The items of an optional list, each parsed by ``parse(item, field_of_item)``."""
+    items = _optional(mapping, key, list, field, [])
+    return tuple(parse(item, f"{_path(field, key)}[{i}]") for i, item in enumerate(items))
+
+
+def _string(item, field: str) -> str:
+    if not isinstance(item, str):
+        raise IndexValidationError(field, "must be str")
+    return item
+
+
+def _parse_file(item, field: str, base_url: str) -> ModelFile:
+    item = _object(item, field)
+    url = _require(item, "url", str, field)
+    if base_url:
+        url = urllib.parse.urljoin(base_url, url)
+    sha256 = _matching(item, "sha256", _SHA256, field, "64 lower-case hexadecimal digits")
     size = _require(item, "size", int, field)
     if size < 0:
         raise IndexValidationError(f"{field}.size", "must not be negative")
-    return ModelFile(url=_require(item, "url", str, field), sha256=sha256, size=size)
+    if "name" in item:
+        name = _matching(item, "name", _FILE_NAME, field, "a file name without '/' or '\\'")
+    else:
+        name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
+        if not _FILE_NAME.fullmatch(name):
+            raise IndexValidationError(f"{field}.url", "ends in no file name; give the file a 'name'")
+    return ModelFile(url=url, sha256=sha256, size=size, name=name)
 
 
-def _parse_version(item, field: str) -> ModelVersion:
-    if not isinstance(item, dict):
-        raise IndexValidationError(field, "must be an object")
-    version = _require(item, "version", str, field)
-    if not _SEMANTIC_VERSION.match(version):
-        raise IndexValidationError(f"{field}.version", "must be a semantic version MAJOR.MINOR.PATCH")
+def _parse_version(item, field: str, base_url: str) -> ModelVersion:
+    item = _object(item, field)
+    version = _matching(item, "version", _SEMANTIC_VERSION, field, "a semantic version MAJOR.MINOR.PATCH")
     if ("files" in item) == ("image" in item):
         raise IndexValidationError(field, "needs either 'files' or 'image', not both")
-    fileItems = _optional(item, "files", list, field, [])
-    files = tuple(_parse_file(f, f"{field}.files[{i}]") for i, f in enumerate(fileItems))
+    files = _list(item, "files", field, lambda f, path: _parse_file(f, path, base_url))
     if "files" in item and not files:
         raise IndexValidationError(f"{field}.files", "must list at least one file")
+    _unique([file.name for file in files], f"{field}.files", "name", "file name")
     image = None
     if "image" in item:
         imageItem = _require(item, "image", dict, field)
-        digest = _require(imageItem, "digest", str, f"{field}.image")
-        if not _IMAGE_DIGEST.match(digest):
-            raise IndexValidationError(f"{field}.image.digest", "must be 'sha256:' and 64 hexadecimal digits")
+        digest = _matching(imageItem, "digest", _IMAGE_DIGEST, f"{field}.image", "'sha256:' and 64 hexadecimal digits")
         image = ContainerImage(name=_require(imageItem, "name", str, f"{field}.image"), digest=digest)
-    return ModelVersion(version=version, files=files, image=image)
-
-
-def _parse_model(item, field: str) -> ModelEntry:
-    if not isinstance(item, dict):
-        raise IndexValidationError(field, "must be an object")
-    model_id = _require(item, "id", str, field)
-    if not _MODEL_ID.match(model_id):
-        raise IndexValidationError(f"{field}.id", "must be lower-case letters, digits, '.', '_' or '-'")
-    versions = _require(item, "versions", list, field)
-    if not versions:
-        raise IndexValidationError(f"{field}.versions", "must list at least one version")
-    parsed = tuple(_parse_version(v, f"{field}.versions[{i}]") for i, v in enumerate(versions))
-    seen = set()
-    for i, version in enumerate(parsed):
-        if version.version in seen:
-            raise IndexValidationError(f"{field}.versions[{i}].version", f"duplicate version {version.version}")
-        seen.add(version.version)
-    return ModelEntry(
-        id=model_id,
-        title=_require(item, "title", str, field),
-        versions=parsed,
-        description=_optional(item, "description", str, field, ""),
-        task=_optional(item, "task", str, field, ""),
-        modality=_optional(item, "modality", str, field, ""),
-        anatomy=_string_list(_optional(item, "anatomy", list, field, []), f"{field}.anatomy"),
+    release_date = _matching(item, "releaseDate", _DATE, field, "a date YYYY-MM-DD", required=False)
+    if release_date:
+        try:
+            datetime.date.fromisoformat(release_date)
+        except ValueError as error:
+            raise IndexValidationError(f"{field}.releaseDate", f"is not a date: {error}") from error
+    return ModelVersion(
+        version=version,
+        files=files,
+        image=image,
+        release_date=release_date,
+        changelog=_optional(item, "changelog", str, field, ""),
     )
 
 
-def parse_index(document) -> tuple:
-    """Validate an index document (already decoded from JSON) and return its models."""
+def _parse_coding(item, field: str) -> Coding:
+    item = _object(item, field)
+    return Coding(*(_require(item, key, str, field) for key in ("scheme", "code", "meaning")))
+
+
+def _parse_terminology(item, field: str) -> Terminology:
+    item = _object(item, field)
+
+    def coding(key: str, required: bool = False) -> Coding | None:
+        if key not in item and not required:
+            return None
+        return _parse_coding(_require(item, key, dict, field), _path(field, key))
+
+    return Terminology(
+        category=coding("category", required=True),
+        type=coding("type", required=True),
+        type_modifier=coding("typeModifier"),
+        region=coding("region"),
+        region_modifier=coding("regionModifier"),
+    )
+
+
+def _parse_label(item, field: str) -> Label:
+    item = _object(item, field)
+    value = _require(item, "value", int, field)
+    if value < 1:
+        raise IndexValidationError(f"{field}.value", "must be 1 or more (0 is the background)")
+    terminology = item.get("terminology")
+    return Label(
+        value=value,
+        name=_require(item, "name", str, field),
+        color=_matching(item, "color", _COLOR, field, "a color #rrggbb"),
+        terminology=_parse_terminology(terminology, f"{field}.terminology") if "terminology" in item else None,
+    )
+
+
+def _parse_input(item, field: str) -> ModelInput:
+    item = _object(item, field)
+    pattern = _optional(item, "pattern", str, field, "")
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as error:
+        raise IndexValidationError(f"{field}.pattern", f"is not a regular expression: {error}") from error
+    return ModelInput(
+        name=_require(item, "name", str, field), modality=_optional(item, "modality", str, field, ""), pattern=pattern
+    )
+
+
+def _parse_metric(item, field: str) -> Metric:
+    item = _object(item, field)
+    value = _require(item, "value", NUMBER, field)
+    if not math.isfinite(value):
+        raise IndexValidationError(f"{field}.value", "must be a finite number")
+    return Metric(
+        name=_require(item, "name", str, field), value=value, dataset=_optional(item, "dataset", str, field, "")
+    )
+
+
+def _parse_runtime(item, field: str) -> RuntimeEstimate:
+    item = _object(item, field)
+    device = _require(item, "device", str, field)
+    if device not in DEVICES:
+        raise IndexValidationError(f"{field}.device", f"must be one of {', '.join(DEVICES)}")
+    seconds = _number(item, "seconds", field)
+    return RuntimeEstimate(device=device, seconds=seconds, note=_optional(item, "note", str, field, ""))
+
+
+def _parse_resources(item, field: str) -> Resources:
+    item = _object(item, field)
+    return Resources(
+        ram_gb=_number(item, "ramGB", field, required=False),
+        gpu_memory_gb=_number(item, "gpuMemoryGB", field, required=False),
+    )
+
+
+def _parse_deprecation(item, field: str) -> Deprecation:
+    item = _object(item, field)
+    return Deprecation(
+        message=_require(item, "message", str, field),
+        replaced_by=_matching(item, "replacedBy", _MODEL_ID, field, "a model id", required=False),
+    )
+
+
+def _unique(values: list, field: str, key: str, what: str) -> None:
+    seen = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise IndexValidationError(f"{field}[{i}].{key}", f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+def _parse_model(item, field: str, base_url: str) -> ModelEntry:
+    item = _object(item, field)
+    model_id = _matching(item, "id", _MODEL_ID, field, "lower-case letters, digits, '.', '_' or '-'")
+    title = _require(item, "title", str, field)
+    if not _require(item, "versions", list, field):
+        raise IndexValidationError(f"{field}.versions", "must list at least one version")
+    versions = _list(item, "versions", field, lambda v, path: _parse_version(v, path, base_url))
+    _unique([version.version for version in versions], f"{field}.versions", "version", "version")
+    labels = _list(item, "labels", field, _parse_label)
+    _unique([label.value for label in labels], f"{field}.labels", "value", "label value")
+
+    def optional(key: str, parse):
+        return parse(item[key], f"{field}.{key}") if key in item else None
+
+    def text(key: str) -> str:
+        return _optional(item, key, str, field, "")
+
+    return ModelEntry(
+        id=model_id,
+        title=title,
+        versions=versions,
+        description=text("description"),
+        task=text("task"),
+        modality=text("modality"),
+        anatomy=_list(item, "anatomy", field, _string),
+        inputs=_list(item, "inputs", field, _parse_input),
+        labels=labels,
+        license=text("license"),
+        authors=_list(item, "authors", field, _string),
+        citation=text("citation"),
+        homepage=text("homepage"),
+        intended_use=text("intendedUse"),
+        limitations=text("limitations"),
+        training_data=text("trainingData"),
+        metrics=_list(item, "metrics", field, _parse_metric),
+        resources=optional("resources", _parse_resources),
+        runtime=_list(item, "runtime", field, _parse_runtime),
+        deprecated=optional("deprecated", _parse_deprecation),
+    )
+
+
+def parse_index(document, base_url: str = "") -> tuple:
+    """Validate an index document (already decoded from JSON) and return its models.
+
+    ``base_url`` is where the document came from; relative file URLs are resolved against it.
+    """
     if not isinstance(document, dict):
         raise IndexValidationError("(document)", "must be a JSON object")
     schema_version = _require(document, "schemaVersion", int, "")
     if schema_version != SCHEMA_VERSION:
         raise IndexValidationError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION})")
-    models = tuple(_parse_model(m, f"models[{i}]") for i, m in enumerate(_require(document, "models", list, "")))
-    ids = [model.id for model in models]
-    for i, model_id in enumerate(ids):
-        if model_id in ids[:i]:
-            raise IndexValidationError(f"models[{i}].id", f"duplicate model id {model_id!r}")
+    _require(document, "models", list, "")
+    models = _list(document, "models", "", lambda m, path: _parse_model(m, path, base_url))
+    _unique([model.id for model in models], "models", "id", "model id")
     return models
 
 
-def load_index(path) -> tuple:
-    """Read and validate an index file; files over ``MAX_INDEX_BYTES`` are refused unread."""
+def decode_index(data: bytes):
+    """The JSON document in ``data`` (UTF-8), not yet validated; one over ``MAX_INDEX_BYTES`` is refused."""
+    if len(data) > MAX_INDEX_BYTES:
+        raise IndexValidationError("(document)", f"{len(data)} bytes is over the {MAX_INDEX_BYTES}-byte limit")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise IndexValidationError("(document)", f"not valid JSON: {error}") from error
+
+
+def local_path(location: str) -> str:
+    """The local path of a ``file://`` URL; any other string is taken as a path already."""
+    if location.startswith("file:"):
+        return urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
+    return location
+
+
+def file_url(path) -> str:
+    """The ``file://`` URL of a local path (made absolute)."""
+    return pathlib.Path(os.path.abspath(path)).as_uri()
+
+
+def load_index(path_or_url) -> tuple:
+    """Read and validate a local index file, given by path or ``file://`` URL; relative URLs in it resolve
+    against its location. Files over ``MAX_INDEX_BYTES`` are refused unread."""
+    path = local_path(os.fspath(path_or_url))
     size = os.path.getsize(path)
     if size > MAX_INDEX_BYTES:
         raise IndexValidationError("(document)", f"{size} bytes is over the {MAX_INDEX_BYTES}-byte limit")
-    with open(path, encoding="utf-8") as file:
-        try:
-            document = json.load(file)
-        except json.JSONDecodeError as error:
-            raise IndexValidationError("(document)", f"not valid JSON: {error}") from error
-    return parse_index(document)
+    with open(path, "rb") as file:
+        return parse_index(decode_index(file.read()), file_url(path))
 
 
 def search(models, text: str = "") -> list:
-    """Models whose id, title, description, task, modality or anatomy contain every word of ``text``."""
+    """Models whose id, title, description, task, modality, anatomy or label names contain every word of ``text``."""
     words = text.lower().split()
-
-    def haystack(model: ModelEntry) -> str:
-        return " ".join((model.id, model.title, model.description, model.task, model.modality, *model.anatomy)).lower()
-
-    return [model for model in models if all(word in haystack(model) for word in words)]
+    return [model for model in models if all(word in model.search_text for word in words)]

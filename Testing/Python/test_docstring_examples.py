@@ -19,7 +19,8 @@ def lib_modules() -> list:
     names = []
     for package in LIB_PACKAGES:
         path = os.path.join(REPOSITORY, package[: -len("Lib")], package)
-        names += [f"{package}.{info.name}" for info in pkgutil.iter_modules([path])]
+        # __main__ runs the command line when imported.
+        names += [f"{package}.{info.name}" for info in pkgutil.iter_modules([path]) if info.name != "__main__"]
     return names
 
 

@@ -1,0 +1,209 @@
+"""The registry: index sources plus the model store, the one place every module asks for a model.
+
+Example::
+
+    >>> import os, tempfile
+    >>> registry = Registry([bundled_source()], tempfile.mkdtemp())
+    >>> statuses = registry.refresh()
+    >>> all(status.ok for status in statuses)
+    True
+    >>> registry.state("no-such-model")
+    'unknown'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import RegistryError
+from .index import ModelEntry, ModelVersion, VersionNotFoundError, resolve_version, search, semantic_version_key
+from .sources import IndexSource, load_sources
+from .files import write_json_atomically
+from .store import InstalledModel, InstallProgress, ModelStore
+
+BUNDLED_INDEX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Registry",
+                             "bundled-index.json")
+
+USER_SOURCES_FILE = "sources.json"
+
+NOT_INSTALLED = "not installed"
+INSTALLED = "installed"
+UPDATE_AVAILABLE = "update available"
+UNKNOWN = "unknown"
+
+
+def bundled_source() -> IndexSource:
+    """The index that ships with the extension."""
+    return IndexSource(BUNDLED_INDEX, name="Bundled with SlicerDeepLearning")
+
+
+def user_sources(cache_dir: str) -> list:
+    """Index sources the user added (in the Slicer panel or by hand), kept in ``<cache_dir>/sources.json``.
+
+    They live with the cache so that Slicer, its Python console and the command line see the same ones.
+    """
+    try:
+        with open(os.path.join(cache_dir, USER_SOURCES_FILE), encoding="utf-8") as file:
+            items = json.load(file)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as error:
+        raise RegistryError(f"Cannot read {USER_SOURCES_FILE} in {cache_dir}: {error}") from error
+    return [IndexSource(item["location"], name=item.get("name", "")) for item in items]
+
+
+def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
+    write_json_atomically(
+        os.path.join(cache_dir, USER_SOURCES_FILE),
+        [{"location": source.location, "name": source.name} for source in sources],
+    )
+
+
+def parse_model_spec(spec: str) -> tuple:
+    """``"id"`` or ``"id@version"`` → (id, version spec or None)."""
+    model_id, _, version = spec.strip().partition("@")
+    if not model_id:
+        raise RegistryError(f"No model id in {spec!r}: use ID or ID@VERSION")
+    return model_id, (version or None)
+
+
+@dataclass(frozen=True)
+class Update:
+    model_id: str
+    installed: str
+    available: str
+
+
+class Registry:
+    """Models listed by ``sources`` (in order) and installed in ``cache_dir``."""
+
+    def __init__(self, sources: Sequence[IndexSource], cache_dir: str) -> None:
+        self.sources = list(sources)
+        self.store = ModelStore(cache_dir)
+        self._models: list = []
+        self.statuses: list = []
+
+    # -- listing -------------------------------------------------------------------------------------------
+
+    def refresh(self, *, offline: bool = False, timeout: float = 10.0) -> list:
+        """Read the sources again (remote ones from the network unless ``offline``); returns their statuses."""
+        self._models, self.statuses = load_sources(
+            self.sources, self.store.cache_dir, refresh=not offline, timeout=timeout
+        )
+        return self.statuses
+
+    def models(self) -> list:
+        return list(self._models)
+
+    def find(self, model_id: str) -> ModelEntry | None:
+        return next((model for model in self._models if model.id == model_id), None)
+
+    def search(self, text: str = "", *, modality: str = "", task: str = "", anatomy: str = "",
+               installed: bool | None = None) -> list:
+        """Models matching every word of ``text`` and each filter given (filters compare case-insensitively)."""
+        installed_ids = {model.model_id for model in self.store.installed()}
+        matches = []
+        for model in search(self._models, text):
+            if modality and model.modality.lower() != modality.lower():
+                continue
+            if task and model.task.lower() != task.lower():
+                continue
+            if anatomy and anatomy.lower() not in (a.lower() for a in model.anatomy):
+                continue
+            if installed is not None and (model.id in installed_ids) != installed:
+                continue
+            matches.append(model)
+        return matches
+
+    def state(self, model_id: str) -> str:
+        """``not installed``, ``installed``, ``update available`` (a newer release is listed), or ``unknown``."""
+        installed = self.store.installed_versions(model_id)
+        entry = self.find(model_id)
+        if entry is None:
+            return INSTALLED if installed else UNKNOWN
+        if not installed:
+            return NOT_INSTALLED
+        newest_installed = max(installed, key=semantic_version_key)
+        offered = entry.latest_release.version
+        return UPDATE_AVAILABLE if semantic_version_key(offered) > semantic_version_key(newest_installed) else INSTALLED
+
+    def updates(self) -> list:
+        """One ``Update`` per installed model for which a source lists a newer version."""
+        found = []
+        for model_id in sorted({m.model_id for m in self.store.installed()}):
+            if self.state(model_id) == UPDATE_AVAILABLE:
+                newest = max(self.store.installed_versions(model_id), key=semantic_version_key)
+                found.append(Update(model_id, newest, self.find(model_id).latest_release.version))
+        return found
+
+    # -- resolving and installing ----------------------------------------------------------------------------
+
+    def resolve(self, spec: str) -> tuple:
+        """``id[@version]`` → (entry, version) from the sources; a pinned version wins when none is asked."""
+        model_id, version_spec = parse_model_spec(spec)
+        entry = self.find(model_id)
+        if entry is None:
+            known = ", ".join(sorted(m.id for m in self._models)[:10]) or "none"
+            raise RegistryError(f"Model '{model_id}' is in none of the registry indexes (known: {known})")
+        return entry, resolve_version(entry, version_spec or self.store.pins().get(model_id))
+
+    def installed_model(self, spec: str) -> InstalledModel | None:
+        """The installed version ``spec`` means, without network: the pinned, asked or newest installed one."""
+        model_id, version_spec = parse_model_spec(spec)
+        versions = self.store.installed_versions(model_id)
+        if not versions:
+            return None
+        # Version specs mean the same for installed versions as for listed ones.
+        installed = ModelEntry(model_id, model_id, tuple(ModelVersion(version) for version in versions))
+        try:
+            chosen = resolve_version(installed, version_spec or self.store.pins().get(model_id))
+        except VersionNotFoundError:
+            return None
+        return self.store.get(model_id, chosen.version)
+
+    def ensure_installed(
+        self,
+        spec: str,
+        *,
+        progress: Callable[[InstallProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> InstalledModel:
+        """The version ``spec`` means, installed first if needed.
+
+        Without a version, the newest listed one (or the pinned one) is installed; with no index at hand
+        (offline and never fetched) an already installed version is used.
+        """
+        try:
+            entry, version = self.resolve(spec)
+        except RegistryError:
+            installed = self.installed_model(spec)
+            if installed is not None:
+                return installed
+            raise
+        return self.store.install(entry, version, progress=progress, cancel=cancel)
+
+    def install(self, entry: ModelEntry, version: ModelVersion, **kwargs) -> InstalledModel:
+        return self.store.install(entry, version, **kwargs)
+
+    def remove(self, spec: str) -> list:
+        model_id, version = parse_model_spec(spec)
+        removed = self.store.remove(model_id, version)
+        if not removed:
+            raise RegistryError(f"{spec} is not installed")
+        return removed
+
+    def verify(self, spec: str | None = None) -> list:
+        model_id, version = parse_model_spec(spec) if spec else (None, None)
+        return self.store.verify(model_id, version)
+
+    def import_package(self, path: str) -> InstalledModel:
+        return self.store.import_package(path, self._models)
+
+    def pin(self, spec: str) -> None:
+        model_id, version = parse_model_spec(spec)
+        self.store.pin(model_id, version)
+

@@ -1,0 +1,382 @@
+"""Installed models: one folder per model version inside a cache folder, each installed atomically.
+
+Layout of the cache folder::
+
+    models/<model id>/<version>/      an installed version: its files and MANIFEST_NAME
+    downloads/<sha256>[.part]         downloads in progress (a .part resumes after an interruption)
+    staging/<random>/                 a version being unpacked; renamed into models/ when complete
+    locks/<model id>@<version>.lock   one installer per version at a time, across processes
+    pins.json                         versions the user pinned
+
+A version folder appears under ``models/`` only by one ``os.rename`` of a complete, verified staging
+folder, so a partial or corrupt download is never reported as installed, and a crash leaves at worst a
+``staging`` or ``.part`` leftover that the next install cleans up or resumes. Two processes installing
+the same version take the same lock: the second waits, then finds the version installed.
+
+Example::
+
+    >>> import hashlib, os, tempfile
+    >>> from ModelRegistryLib.index import ModelEntry, ModelFile, ModelVersion
+    >>> folder = tempfile.mkdtemp()
+    >>> weights = os.path.join(folder, "weights.pt")
+    >>> with open(weights, "wb") as file:
+    ...     _ = file.write(b"weights")
+    >>> weightsFile = ModelFile("file://" + weights, hashlib.sha256(b"weights").hexdigest(), 7)
+    >>> version = ModelVersion("1.0.0", files=(weightsFile,))
+    >>> store = ModelStore(os.path.join(folder, "cache"))
+    >>> installed = store.install(ModelEntry("demo", "Demo", (version,)), version)
+    >>> sorted(os.listdir(installed.path)), store.installed_versions("demo")
+    (['model-registry-manifest.json', 'weights.pt'], ['1.0.0'])
+    >>> store.verify("demo")[0].ok
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote, urlparse
+
+from .archive import extract_archive, is_archive
+from .download import Progress, download_file, error_for_write, file_sha256, format_bytes
+from .errors import DiskFullError, RegistryError, UnsafeArchiveError
+from .files import write_json_atomically
+from .index import ModelEntry, ModelVersion, file_url, semantic_version_key
+from .locking import FileLock
+
+MANIFEST_NAME = "model-registry-manifest.json"
+CACHE_ENVIRONMENT_VARIABLE = "SLICER_DEEPLEARNING_CACHE_DIR"
+
+
+def default_cache_dir() -> str:
+    """Where models live unless the user says otherwise: the environment variable, else the user's cache folder."""
+    configured = os.environ.get(CACHE_ENVIRONMENT_VARIABLE)
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    if sys.platform.startswith("win"):
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
+        return os.path.join(base, "SlicerDeepLearning", "Cache")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches/SlicerDeepLearning")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "SlicerDeepLearning")
+
+
+@dataclass(frozen=True)
+class InstallProgress:
+    """Where an install is: ``stage`` is "download", "unpack" or "done"; ``fraction`` of all bytes, if known."""
+
+    stage: str
+    fraction: float | None
+    text: str
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    model_id: str
+    version: str
+    path: str
+    files: dict = field(default_factory=dict)  # path relative to the version folder -> sha256
+    source: str = ""
+    installed_at: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.path, name)) for name in self.files)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    model_id: str
+    version: str
+    missing: tuple = ()
+    changed: tuple = ()
+    extra: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.changed or self.extra)
+
+    @property
+    def text(self) -> str:
+        if self.ok:
+            return f"{self.model_id} {self.version}: all files intact"
+        problems = [f"{len(files)} {kind} ({', '.join(files[:3])})" for kind, files in
+                    (("missing", self.missing), ("changed", self.changed), ("unexpected", self.extra)) if files]
+        return f"{self.model_id} {self.version}: " + "; ".join(problems) + " — remove and install it again"
+
+
+def _safe_component(text: str, what: str) -> str:
+    # Ids and versions are validated by the index parser; this guards paths built from other inputs (imports).
+    if not text or text in (".", "..") or any(c in text for c in "/\\:\0"):
+        raise RegistryError(f"Invalid {what}: {text!r}")
+    return text
+
+
+def _file_name(url: str, name: str) -> str:
+    return _safe_component(name or os.path.basename(unquote(urlparse(url).path)), "file name")
+
+
+class ModelStore:
+    """The installed model versions in ``cache_dir`` (created when first needed)."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = os.path.abspath(cache_dir)
+
+    def _folder(self, *parts: str) -> str:
+        return os.path.join(self.cache_dir, *parts)
+
+    def version_path(self, model_id: str, version: str) -> str:
+        return self._folder("models", _safe_component(model_id, "model id"), _safe_component(version, "version"))
+
+    # -- reading what is installed ---------------------------------------------------------------------
+
+    def _read_manifest(self, folder: str) -> InstalledModel | None:
+        try:
+            with open(os.path.join(folder, MANIFEST_NAME), encoding="utf-8") as file:
+                data = json.load(file)
+            return InstalledModel(data["id"], data["version"], folder, dict(data["files"]), data.get("source", ""),
+                                  data.get("installedAt", ""))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def installed(self) -> list:
+        """Every installed version, sorted by model id then version."""
+        root = self._folder("models")
+        found = []
+        for model_id in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            for version in os.listdir(os.path.join(root, model_id)):
+                model = self._read_manifest(os.path.join(root, model_id, version))
+                if model is not None:
+                    found.append(model)
+        return sorted(found, key=lambda m: (m.model_id, semantic_version_key(m.version)))
+
+    def installed_versions(self, model_id: str) -> list:
+        return [m.version for m in self.installed() if m.model_id == model_id]
+
+    def get(self, model_id: str, version: str) -> InstalledModel | None:
+        return self._read_manifest(self.version_path(model_id, version))
+
+    def disk_usage(self) -> int:
+        """Bytes used by the cache folder, downloads in progress included."""
+        total = 0
+        for directory, _, files in os.walk(self.cache_dir):
+            total += sum(os.path.getsize(os.path.join(directory, name)) for name in files)
+        return total
+
+    # -- pins -----------------------------------------------------------------------------------------------
+
+    def _pins_path(self) -> str:
+        return self._folder("pins.json")
+
+    def pins(self) -> dict:
+        try:
+            with open(self._pins_path(), encoding="utf-8") as file:
+                return dict(json.load(file))
+        except (OSError, ValueError):
+            return {}
+
+    def pin(self, model_id: str, version: str | None) -> None:
+        """Keep using ``version`` of ``model_id`` even when a newer one is installed; None removes the pin."""
+        with FileLock(self._folder("locks", "pins.lock")):
+            pins = self.pins()
+            if version is None:
+                pins.pop(model_id, None)
+            else:
+                pins[model_id] = version
+            write_json_atomically(self._pins_path(), pins)
+
+    # -- installing -----------------------------------------------------------------------------------------
+
+    def install(
+        self,
+        entry: ModelEntry,
+        version: ModelVersion,
+        *,
+        progress: Callable[[InstallProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float = 30.0,
+    ) -> InstalledModel:
+        """Download, verify and unpack ``version`` of ``entry`` unless it is installed already."""
+        if version.image is not None:
+            raise RegistryError(f"{entry.id} {version.version} is a container image: its runtime installs it")
+        lock = FileLock(self._folder("locks", f"{entry.id}@{version.version}.lock"), cancel=cancel)
+        with lock:
+            existing = self.get(entry.id, version.version)
+            if existing is not None:
+                return existing
+            self._check_free_space(sum(f.size for f in version.files) * 2, f"{entry.id} {version.version}")
+            blobs = self._download_all(version, progress, cancel, timeout)
+            staging = self._new_staging_folder()
+            try:
+                try:
+                    names = self._unpack_all(version, blobs, staging, cancel)
+                except UnsafeArchiveError:
+                    # Verified bytes, but never installable: keeping them would only waste disk space.
+                    _remove_files(blobs)
+                    raise
+                except OSError as error:
+                    raise error_for_write(error, staging) from error
+                if progress:
+                    progress(InstallProgress("unpack", 1.0, "Checking unpacked files"))
+                files = {name: file_sha256(os.path.join(staging, name), cancel=cancel) for name in names}
+                source = ", ".join(f.url for f in version.files)
+                self._finish(staging, entry.id, version.version, files, source)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            _remove_files(blobs)
+        if progress:
+            progress(InstallProgress("done", 1.0, f"Installed {entry.id} {version.version}"))
+        return self.get(entry.id, version.version)
+
+    def _check_free_space(self, needed: int, what: str) -> None:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        free = shutil.disk_usage(self.cache_dir).free
+        if free < needed:
+            raise DiskFullError(
+                f"Not enough disk space for {what}: {format_bytes(needed)} needed, {format_bytes(free)} free in"
+                f" {self.cache_dir}"
+            )
+
+    def _download_all(self, version, progress, cancel, timeout) -> list:
+        total = sum(f.size for f in version.files)
+        done_before = 0
+        blobs = []
+        for number, model_file in enumerate(version.files, 1):
+            def report(step: Progress, done_before=done_before, number=number):
+                if progress:
+                    fraction = (done_before + step.done) / total if total else None
+                    label = f"Downloading file {number} of {len(version.files)}: " if len(version.files) > 1 else ""
+                    progress(InstallProgress("download", fraction, label + step.text))
+
+            blob = self._folder("downloads", model_file.sha256)
+            os.makedirs(os.path.dirname(blob), exist_ok=True)
+            blobs.append(download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
+                                       progress=report, cancel=cancel, timeout=timeout))
+            done_before += model_file.size
+        return blobs
+
+    def _new_staging_folder(self) -> str:
+        os.makedirs(self._folder("staging"), exist_ok=True)
+        return tempfile.mkdtemp(dir=self._folder("staging"))
+
+    def _unpack_all(self, version: ModelVersion, blobs: Sequence[str], staging: str, cancel) -> list:
+        """Put every file of the version into ``staging``; returns the relative paths, archives unpacked."""
+        names = []
+        for model_file, blob in zip(version.files, blobs):
+            name = _file_name(model_file.url, model_file.name)
+            if is_archive(name):
+                unpacked = tempfile.mkdtemp(dir=staging, prefix=".unpack-")
+                for relative in extract_archive(blob, unpacked, cancel=cancel):
+                    names.append(_move_into(unpacked, relative, staging))
+                shutil.rmtree(unpacked)
+            else:
+                shutil.copyfile(blob, os.path.join(staging, name))
+                names.append(name)
+        return sorted(names)
+
+    def _finish(self, staging: str, model_id: str, version: str, files: dict, source: str) -> None:
+        manifest = {
+            "id": model_id,
+            "version": version,
+            "files": files,
+            "source": source,
+            "installedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomically(os.path.join(staging, MANIFEST_NAME), manifest)
+        target = self.version_path(model_id, version)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.isdir(target):
+            # A folder without a valid manifest is the leftover of a crash from before the rename existed.
+            shutil.rmtree(target)
+        os.rename(staging, target)
+
+    def import_package(self, path: str, entries: Sequence[ModelEntry]) -> InstalledModel:
+        """Install from a local file or folder (offline sites) holding the files of a version some index lists.
+
+        Files are recognised by their sha256 among the files of the versions in ``entries``: an imported
+        package is exactly as trustworthy as a downloaded one, whatever its files are called locally.
+        """
+        if os.path.isfile(path):
+            local_files = [os.path.abspath(path)]
+        elif os.path.isdir(path):
+            local_files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.abspath(path)) for f in fs)
+        else:
+            raise RegistryError(f"Nothing to import at {path}")
+        by_digest = {file_sha256(local): local for local in local_files}
+        for entry in entries:
+            for version in entry.versions:
+                if version.files and all(f.sha256 in by_digest for f in version.files):
+                    local_version = replace(version, files=tuple(
+                        replace(f, url=file_url(by_digest[f.sha256]), name=_file_name(f.url, f.name))
+                        for f in version.files
+                    ))
+                    return self.install(entry, local_version)
+        raise RegistryError(
+            f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
+            " indexes (files are matched by sha256): add the index that lists it, or check that the files are whole"
+        )
+
+    # -- removing and checking ------------------------------------------------------------------------------
+
+    def remove(self, model_id: str, version: str | None = None) -> list:
+        """Remove one installed version, or all versions of ``model_id``; returns the versions removed."""
+        versions = [version] if version else self.installed_versions(model_id)
+        removed = []
+        for number in versions:
+            target = self.version_path(model_id, number)
+            with FileLock(self._folder("locks", f"{model_id}@{number}.lock")):
+                if os.path.isdir(target):
+                    # Renamed away first, so a half-deleted folder is never taken for an installed version.
+                    trash = self._new_staging_folder()
+                    os.rename(target, os.path.join(trash, "removed"))
+                    shutil.rmtree(trash, ignore_errors=True)
+                    removed.append(number)
+        if self.pins().get(model_id) in removed:
+            self.pin(model_id, None)
+        return removed
+
+    def verify(self, model_id: str | None = None, version: str | None = None) -> list:
+        """Re-hash installed files against their manifests."""
+        results = []
+        for model in self.installed():
+            if (model_id and model.model_id != model_id) or (version and model.version != version):
+                continue
+            missing, changed = [], []
+            for name, digest in sorted(model.files.items()):
+                full = os.path.join(model.path, name)
+                if not os.path.isfile(full):
+                    missing.append(name)
+                elif file_sha256(full) != digest:
+                    changed.append(name)
+            present = {
+                os.path.relpath(os.path.join(d, f), model.path).replace(os.sep, "/")
+                for d, _, fs in os.walk(model.path)
+                for f in fs
+            }
+            extra = sorted(present - set(model.files) - {MANIFEST_NAME})
+            results.append(VerifyResult(model.model_id, model.version, tuple(missing), tuple(changed), tuple(extra)))
+        return results
+
+
+def _remove_files(paths: Sequence[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _move_into(unpacked: str, relative: str, staging: str) -> str:
+    target = os.path.join(staging, relative)
+    if os.path.exists(target):
+        raise RegistryError(f"Two files of the model version unpack to the same path: {relative}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(unpacked, relative), target)
+    return relative.replace(os.sep, "/")

@@ -1,0 +1,251 @@
+"""ModelRegistryLib.importers: MONAI bundle metadata and SlicerMONAIAuto3DSeg Models.json become valid entries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from ModelRegistryLib.importers import (
+    ImporterError,
+    from_monai_auto3dseg_models,
+    from_monai_bundle_metadata,
+    index_document,
+)
+from ModelRegistryLib.index import load_index, parse_index, search
+
+BUNDLE_FILES = [{"url": "https://example.org/bundles/spleen_ct_segmentation_v0.5.3.zip", "sha256": "a" * 64,
+                 "size": 4096}]
+
+
+def spleen_metadata() -> dict:
+    """Written for this test in the shape of a MONAI model-zoo bundle's configs/metadata.json."""
+    return {
+        "schema": "https://example.org/meta_schema_20220324.json",
+        "version": "0.5.3",
+        "changelog": {"0.5.3": "update to MONAI 1.3", "0.5.2": "fix the inference transform", "0.1.0": "first"},
+        "monai_version": "1.3.0",
+        "pytorch_version": "2.1.0",
+        "numpy_version": "1.24.4",
+        "optional_packages_version": {"nibabel": "5.1.0"},
+        "name": "Spleen CT segmentation",
+        "task": "Decathlon spleen segmentation",
+        "description": "A 3D UNet that segments the spleen in portal venous CT.",
+        "authors": "MONAI team",
+        "copyright": "Copyright (c) MONAI Consortium",
+        "data_source": "Task09_Spleen from the Medical Segmentation Decathlon",
+        "data_type": "nibabel",
+        "image_classes": "single channel data, intensity scaled to [0, 1]",
+        "label_classes": "single channel data, 1 is spleen, 0 is everything else",
+        "pred_classes": "2 channels OneHot data, channel 1 is spleen, channel 0 is background",
+        "eval_metrics": {"mean_dice": 0.961, "per_case": {"a": 1}, "flag": True},
+        "intended_use": "Research only, not for diagnosis",
+        "references": ["Author A. et al. A spleen paper. 2019.", "Author B. A UNet paper. 2018."],
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": {"0": "background", "1": "spleen"}}},
+        },
+    }
+
+
+def brain_tumor_metadata() -> dict:
+    """A multi-channel MR bundle whose outputs are independent (sigmoid) maps: no background channel."""
+    return {
+        "version": "1.0.0",
+        "task": "Multimodal MRI brain tumor segmentation",
+        "authors": ["Lab One", "Lab Two"],
+        "network_data_format": {
+            "inputs": {"image": {"modality": "MRI", "num_channels": 4,
+                                 "channel_def": {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}}},
+            "outputs": {"pred": {"format": "segmentation", "num_channels": 3,
+                                 "channel_def": {"2": "Enhancing tumor", "0": "Tumor core", "1": "Whole tumor"}}},
+        },
+    }
+
+
+def test_monai_bundle_becomes_a_full_card():
+    entry = from_monai_bundle_metadata(spleen_metadata(), model_id="spleen-ct", files=BUNDLE_FILES)
+    (model,) = parse_index(index_document([entry]))
+    assert (model.id, model.title, model.task, model.modality) == ("spleen-ct", "Spleen CT segmentation",
+                                                                   "segmentation", "CT")
+    assert model.description.startswith("A 3D UNet that segments the spleen in portal venous CT.")
+    assert "Decathlon spleen segmentation" in model.description
+    assert "Made with MONAI 1.3.0, PyTorch 2.1.0." in model.description
+    assert [(label.value, label.name) for label in model.labels] == [(1, "spleen")]
+    assert [(i.name, i.modality, i.pattern) for i in model.inputs] == [("image", "CT", "")]
+    assert model.authors == ("MONAI team",)
+    assert model.citation == "Author A. et al. A spleen paper. 2019.\nAuthor B. A UNet paper. 2018."
+    assert model.intended_use == "Research only, not for diagnosis"
+    assert model.training_data.startswith("Task09_Spleen from the Medical Segmentation Decathlon")
+    assert "Labels: single channel data, 1 is spleen" in model.training_data
+    # Only numbers are metrics: nested results and flags are left out.
+    assert [(m.name, m.value) for m in model.metrics] == [("mean_dice", 0.961)]
+    (version,) = model.versions
+    assert (version.version, version.changelog) == ("0.5.3", "update to MONAI 1.3")
+    assert [(f.url, f.sha256, f.size) for f in version.files] == [(BUNDLE_FILES[0]["url"], "a" * 64, 4096)]
+
+
+def test_monai_channels_become_inputs_and_labels():
+    entry = from_monai_bundle_metadata(brain_tumor_metadata(), model_id="brats", files=BUNDLE_FILES)
+    (model,) = parse_index(index_document([entry]))
+    assert model.title == "Multimodal MRI brain tumor segmentation"
+    assert model.modality == "MR"
+    assert [(i.name, i.modality) for i in model.inputs] == [("T1c", "MR"), ("T1", "MR"), ("T2", "MR"),
+                                                            ("FLAIR", "MR")]
+    assert [i.name for i in model.inputs if i.matches("BraTS_001 flair")] == ["FLAIR"]
+    # Without a background channel every channel is a label; channel 0 becomes value 1.
+    assert [(label.value, label.name) for label in model.labels] == [(1, "Tumor core"), (2, "Whole tumor"),
+                                                                     (3, "Enhancing tumor")]
+    assert len({label.color for label in model.labels}) == 3
+    assert "label value = channel number + 1" in model.description
+    assert model.authors == ("Lab One", "Lab Two")
+
+
+def test_a_bare_monai_bundle_gives_a_minimal_entry():
+    entry = from_monai_bundle_metadata({"version": "0.1.0"}, model_id="bare", files=BUNDLE_FILES)
+    assert entry == {"id": "bare", "title": "bare", "versions": [
+        {"version": "0.1.0", "changelog": "", "files": BUNDLE_FILES}]}
+    parse_index(index_document([entry]))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "model_id", "message"),
+    [
+        ({"name": "No version"}, "m", "no 'version'"),
+        ({"version": "0.5"}, "m", "models[0].versions[0].version"),
+        ({"version": "1.0.0"}, "Not An Id", "models[0].id"),
+        ([], "m", "must be a JSON object"),
+        ({"version": "1.0.0", "network_data_format": {"outputs": {"pred": {"channel_def": {"one": "x"}}}}}, "m",
+         "not a channel number"),
+    ],
+)
+def test_unusable_monai_metadata_raises_a_clear_error(metadata, model_id, message):
+    with pytest.raises(ImporterError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_monai_bundle_metadata(metadata, model_id=model_id, files=BUNDLE_FILES)
+
+
+RELEASES = "https://github.com/example/SlicerSegModels/releases/download/Models/"
+
+
+def models_json() -> dict:
+    """Written for this test in the shape of SlicerMONAIAuto3DSeg's Resources/Models.json."""
+    return {"models": [
+        {
+            "title": "Abdominal organs - quick",
+            "license": "CC BY 4.0",
+            "description": "Low resolution (3 mm) for a quick preview. Input is an abdominal CT.",
+            "subject": "human",
+            "imagingModality": "CT",
+            "sampleData": ["CTLiver"],
+            "versions": [{"url": RELEASES + "abdominal-organs-3mm-v2.0.1.zip"},
+                         {"url": RELEASES + "abdominal-organs-3mm-v2.0.0.zip"}],
+            "segmentationTimeSecGPU": 64.6,
+            "segmentationTimeSecCPU": 73.2,
+            "segmentNames": ["Liver", "Spleen", "Left Kidney"],
+        },
+        {
+            "title": "Prostate - multi-sequence",
+            "description": "Prostate zones from T2 and ADC.",
+            "subject": "human",
+            "imagingModality": "MRI",
+            "inputs": [{"title": "Input T2 volume", "namePattern": "*t2*"},
+                       {"title": "Input ADC volume", "namePattern": "*adc*"}],
+            "versions": [{"url": "prostate-mr-v1.0.0.zip"}],
+            "segmentNames": ["Peripheral zone", "Transition zone"],
+        },
+        {
+            "title": "Whole body (MONAI bundle)",
+            "description": "104 structures.",
+            "subject": "human",
+            "imagingModality": "CT",
+            "model_type": "MONAIbundle",
+            "versions": [{"url": RELEASES + "wholeBody_ct_segmentation_v0.2.3.zip"}],
+            "segmentNames": ["Aorta"],
+        },
+    ]}
+
+
+BASE_URL = "https://lab.example.org/models/Models.json"
+
+
+def checksums() -> dict:
+    urls = [RELEASES + "abdominal-organs-3mm-v2.0.1.zip", RELEASES + "abdominal-organs-3mm-v2.0.0.zip",
+            "https://lab.example.org/models/prostate-mr-v1.0.0.zip", RELEASES + "wholeBody_ct_segmentation_v0.2.3.zip"]
+    return {url: (hashlib.sha256(url.encode()).hexdigest(), 1000 + i) for i, url in enumerate(urls)}
+
+
+def test_auto3dseg_models_become_entries_with_versions_from_their_urls():
+    sums = checksums()
+    entries = from_monai_auto3dseg_models(models_json(), checksums=sums, base_url=BASE_URL)
+    abdominal, prostate, whole_body = parse_index(index_document(entries))
+    assert [m.id for m in (abdominal, prostate, whole_body)] == ["abdominal-organs-3mm", "prostate-mr",
+                                                                 "wholebody_ct_segmentation"]
+    assert [v.version for v in abdominal.versions] == ["2.0.1", "2.0.0"]
+    assert abdominal.latest.files[0].sha256 == sums[RELEASES + "abdominal-organs-3mm-v2.0.1.zip"][0]
+    assert abdominal.latest.files[0].size == 1000
+    assert (abdominal.task, abdominal.modality, abdominal.license) == ("segmentation", "CT", "CC BY 4.0")
+    assert [(r.device, r.seconds) for r in abdominal.runtime] == [("cuda", 64.6), ("cpu", 73.2)]
+    # Labels live in the archive: none are listed, and the description says so and names the segments.
+    assert abdominal.labels == ()
+    assert "Segments: Liver, Spleen, Left Kidney." in abdominal.description
+    assert "labels file inside the model's archive" in abdominal.description
+    assert "labels" not in entries[0]
+    # A relative URL is resolved against where Models.json came from.
+    assert prostate.latest.files[0].url == "https://lab.example.org/models/prostate-mr-v1.0.0.zip"
+    assert prostate.modality == "MR"
+    t2, adc = prostate.inputs
+    assert (t2.name, adc.name) == ("Input T2 volume", "Input ADC volume")
+    assert t2.matches("Case01 T2 axial") and not t2.matches("Case01 ADC")
+    assert adc.matches("case01_adc") and not adc.matches("case01_t2")
+    assert whole_body.latest.version == "0.2.3"
+    assert prostate.runtime == ()
+
+
+def test_auto3dseg_entries_load_as_an_index_and_are_searchable_by_segment(tmp_path):
+    entries = from_monai_auto3dseg_models(models_json(), checksums=checksums(), base_url=BASE_URL)
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps(index_document(entries)), encoding="utf-8")
+    models = load_index(path)
+    assert [m.id for m in search(models, "kidney")] == ["abdominal-organs-3mm"]
+    assert [m.id for m in search(models, "mr transition zone")] == ["prostate-mr"]
+
+
+def test_auto3dseg_without_checksums_names_every_file_that_needs_one():
+    partial = checksums()
+    del partial[RELEASES + "abdominal-organs-3mm-v2.0.0.zip"]
+    del partial[RELEASES + "wholeBody_ct_segmentation_v0.2.3.zip"]
+    with pytest.raises(ImporterError) as raised:
+        from_monai_auto3dseg_models(models_json(), checksums=partial, base_url=BASE_URL)
+    message = str(raised.value)
+    assert "sha256 and size are needed for 2 file(s)" in message
+    assert "abdominal-organs-3mm-v2.0.0.zip" in message and "wholeBody_ct_segmentation_v0.2.3.zip" in message
+    assert "v2.0.1" not in message
+    with pytest.raises(ImporterError, match="needed for 4 file"):
+        from_monai_auto3dseg_models(models_json(), base_url=BASE_URL)
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        (["liver-v1.0.0.zip", "spleen-v1.1.0.zip"], "name 2 model ids"),
+        (["liver-latest.zip"], "does not end in <id>-v<X.Y.Z>.zip"),
+        (["Liver Model-v1.0.0.zip"], "models\\[0\\].id"),
+        ([], "name 0 model ids"),
+    ],
+)
+def test_auto3dseg_urls_that_give_no_id_or_version_are_refused(urls, message):
+    document = {"models": [{"title": "Liver", "versions": [{"url": RELEASES + url} for url in urls]}]}
+    sums = {RELEASES + url: ("0" * 64, 1) for url in urls}
+    with pytest.raises(ImporterError, match=message):
+        from_monai_auto3dseg_models(document, checksums=sums)
+
+
+def test_auto3dseg_document_must_have_a_models_list():
+    for document in ({}, {"models": {}}, [], {"models": ["x"]}):
+        with pytest.raises(ImporterError):
+            from_monai_auto3dseg_models(document)
