@@ -105,6 +105,8 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui.addSourceButton.connect("clicked(bool)", self.onAddSource)
         self.ui.removeSourceButton.connect("clicked(bool)", self.onRemoveSource)
         self.ui.refreshButton.connect("clicked(bool)", self.onRefresh)
+        self.ui.cacheDirectoryPathLineEdit.currentPath = self.logic.cacheDir
+        self.ui.cacheDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onCacheDirectoryChanged)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
@@ -248,6 +250,13 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.logic.removeSourceAt(row)
         self.refresh(offline=True)
 
+    def onCacheDirectoryChanged(self, path):
+        if not path or path == self.logic.cacheDir or self.task is not None:
+            return
+        qt.QSettings().setValue(ModelRegistryLogic.CACHE_DIRECTORY_SETTING, path)
+        self.logic = ModelRegistryLogic()
+        self.refresh(offline=True)
+
     def onRefresh(self):
         with slicer.util.tryWithErrorDisplay("Refreshing the indexes failed.", waitCursor=True):
             self.refresh(offline=False)
@@ -280,8 +289,8 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def configuredCacheDirectory(cls):
-        """The Slicer setting if set, else the environment variable or the user's cache folder."""
-        return slicer.util.settingsValue(cls.CACHE_DIRECTORY_SETTING, "") or default_cache_dir()
+        """The environment variable if set, else the Slicer setting, else the user's cache folder."""
+        return default_cache_dir(slicer.util.settingsValue(cls.CACHE_DIRECTORY_SETTING, ""))
 
     def refresh(self, offline=False):
         """Read the sources again; remote ones only from their cached copies when ``offline``."""

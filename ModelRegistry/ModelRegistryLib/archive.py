@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -159,7 +160,9 @@ def extract_archive(
     """Unpack a zip or tar (optionally gzip, bzip2 or xz compressed) archive into ``target_dir``.
 
     ``target_dir`` must be an existing, empty folder. The format is recognised from the content, not
-    the name. Returns the '/'-separated relative paths of the files written, in archive order. Raises
+    the name. Returns ``{relative path: sha256}`` of the files written, in archive order: paths are
+    '/'-separated; each sha256 is taken while writing, so an installer needs no second pass over the
+    files to record them. Every file is flushed to disk before this returns. Raises
     UnsafeArchiveError (see the module docstring), DiskFullError (also before writing, when the
     declared sizes exceed the free space), CancelledError, or RegistryError for an unreadable archive;
     in every such case ``target_dir`` is left empty. Files are written with default permissions.
@@ -238,8 +241,8 @@ def _check_free_space(archive_path: str, target_dir: str, needed: int) -> None:
         )
 
 
-def _write(reader: _ZipReader | _TarReader, entries: list, target_dir: str, cancel: threading.Event | None) -> list:
-    written = []
+def _write(reader: _ZipReader | _TarReader, entries: list, target_dir: str, cancel: threading.Event | None) -> dict:
+    written = {}
     for entry, path in entries:
         destination = os.path.join(target_dir, *path.split("/"))
         folder = destination if entry.kind == "folder" else os.path.dirname(destination)
@@ -248,23 +251,24 @@ def _write(reader: _ZipReader | _TarReader, entries: list, target_dir: str, canc
         except OSError as error:
             raise error_for_write(error, folder) from error
         if entry.kind == "file":
-            _write_file(reader, entry, path, destination, cancel)
-            written.append(path)
+            written[path] = _write_file(reader, entry, path, destination, cancel)
     return written
 
 
 def _write_file(
     reader: _ZipReader | _TarReader, entry: _Entry, path: str, destination: str, cancel: threading.Event | None
-) -> None:
-    """Copy one entry's bytes to ``destination``, holding the entry to the size it declares."""
+) -> str:
+    """Copy one entry's bytes to ``destination``, holding the entry to the size it declares; returns their sha256."""
     try:
         sink = open(destination, "xb")  # noqa: SIM115 - closed below, errors of open and write told apart
     except OSError as error:
         raise error_for_write(error, destination) from error
+    digest = hashlib.sha256()
     with sink:
         size = 0
         for chunk in _chunks(reader, entry, path, cancel):
             size += len(chunk)
+            digest.update(chunk)
             if size > entry.size:
                 raise UnsafeArchiveError(
                     f"archive entry {path!r} unpacks to more than the {entry.size} bytes it declares"
@@ -277,6 +281,13 @@ def _write_file(
             raise UnsafeArchiveError(
                 f"archive entry {path!r} unpacks to {size} bytes, not the {entry.size} it declares"
             )
+        try:
+            sink.flush()
+            # Installed files must survive a power cut once the installer renames their folder into place.
+            os.fsync(sink.fileno())
+        except OSError as error:
+            raise error_for_write(error, destination) from error
+    return digest.hexdigest()
 
 
 def _chunks(

@@ -513,6 +513,19 @@ def _unique(values: list, field: str, key: str, what: str) -> None:
         seen.add(value)
 
 
+def parse_labels(document, field: str = "") -> tuple:
+    """The ``labels`` list of a model entry or of a label schema file (``{"labels": [...]}``), validated:
+    values 1 or more and unique, names unique (ignoring case), colors ``#rrggbb``, terminology codes.
+
+    >>> [label.name for label in parse_labels({"labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}]})]
+    ['Liver']
+    """
+    labels = _list(_object(document, field or "(document)"), "labels", field, _parse_label)
+    _unique([label.value for label in labels], _path(field, "labels"), "value", "label value")
+    _unique([label.name.lower() for label in labels], _path(field, "labels"), "name", "label name")
+    return labels
+
+
 def _parse_model(item, field: str, base_url: str) -> ModelEntry:
     item = _object(item, field)
     model_id = _matching(item, "id", _MODEL_ID, field, "lower-case letters, digits, '.', '_' or '-'")
@@ -521,8 +534,7 @@ def _parse_model(item, field: str, base_url: str) -> ModelEntry:
         raise IndexValidationError(f"{field}.versions", "must list at least one version")
     versions = _list(item, "versions", field, lambda v, path: _parse_version(v, path, base_url))
     _unique([version.version for version in versions], f"{field}.versions", "version", "version")
-    labels = _list(item, "labels", field, _parse_label)
-    _unique([label.value for label in labels], f"{field}.labels", "value", "label value")
+    labels = parse_labels(item, field)
 
     def optional(key: str, parse):
         return parse(item[key], f"{field}.{key}") if key in item else None

@@ -56,11 +56,12 @@ MANIFEST_NAME = "model-registry-manifest.json"
 CACHE_ENVIRONMENT_VARIABLE = "SLICER_DEEPLEARNING_CACHE_DIR"
 
 
-def default_cache_dir() -> str:
-    """Where models live unless the user says otherwise: the environment variable, else the user's cache folder."""
-    configured = os.environ.get(CACHE_ENVIRONMENT_VARIABLE)
-    if configured:
-        return os.path.abspath(os.path.expanduser(configured))
+def default_cache_dir(configured: str = "") -> str:
+    """Where models live: the environment variable if set, else ``configured`` (an application setting),
+    else the user's cache folder."""
+    chosen = os.environ.get(CACHE_ENVIRONMENT_VARIABLE) or configured
+    if chosen:
+        return os.path.abspath(os.path.expanduser(chosen))
     if sys.platform.startswith("win"):
         base = os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
         return os.path.join(base, "SlicerDeepLearning", "Cache")
@@ -218,16 +219,13 @@ class ModelStore:
             staging = self._new_staging_folder()
             try:
                 try:
-                    names = self._unpack_all(version, blobs, staging, cancel)
+                    files = self._unpack_all(version, blobs, staging, progress, cancel)
                 except UnsafeArchiveError:
                     # Verified bytes, but never installable: keeping them would only waste disk space.
                     _remove_files(blobs)
                     raise
                 except OSError as error:
                     raise error_for_write(error, staging) from error
-                if progress:
-                    progress(InstallProgress("unpack", 1.0, "Checking unpacked files"))
-                files = {name: file_sha256(os.path.join(staging, name), cancel=cancel) for name in names}
                 source = ", ".join(f.url for f in version.files)
                 self._finish(staging, entry.id, version.version, files, source)
             finally:
@@ -259,8 +257,10 @@ class ModelStore:
 
             blob = self._folder("downloads", model_file.sha256)
             os.makedirs(os.path.dirname(blob), exist_ok=True)
+            # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
+            # resumes and is verified again.
             blobs.append(download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
-                                       progress=report, cancel=cancel, timeout=timeout))
+                                       progress=report, cancel=cancel, timeout=timeout, durable=False))
             done_before += model_file.size
         return blobs
 
@@ -268,20 +268,24 @@ class ModelStore:
         os.makedirs(self._folder("staging"), exist_ok=True)
         return tempfile.mkdtemp(dir=self._folder("staging"))
 
-    def _unpack_all(self, version: ModelVersion, blobs: Sequence[str], staging: str, cancel) -> list:
-        """Put every file of the version into ``staging``; returns the relative paths, archives unpacked."""
-        names = []
+    def _unpack_all(self, version: ModelVersion, blobs: Sequence[str], staging: str, progress, cancel) -> dict:
+        """Put every file of the version into ``staging``, archives unpacked; returns {relative path: sha256}."""
+        files = {}
         for model_file, blob in zip(version.files, blobs):
             name = _file_name(model_file.url, model_file.name)
             if is_archive(name):
+                if progress:
+                    progress(InstallProgress("unpack", None, f"Unpacking {name}"))
                 unpacked = tempfile.mkdtemp(dir=staging, prefix=".unpack-")
-                for relative in extract_archive(blob, unpacked, cancel=cancel):
-                    names.append(_move_into(unpacked, relative, staging))
+                for relative, digest in extract_archive(blob, unpacked, cancel=cancel).items():
+                    files[_move_into(unpacked, relative, staging)] = digest
                 shutil.rmtree(unpacked)
             else:
-                shutil.copyfile(blob, os.path.join(staging, name))
-                names.append(name)
-        return sorted(names)
+                # The download was verified against this sha256; a move (same disk) copies nothing.
+                _move_into(os.path.dirname(blob), os.path.basename(blob), staging, name)
+                _flush_to_disk(os.path.join(staging, name))
+                files[name] = model_file.sha256
+        return dict(sorted(files.items()))
 
     def _finish(self, staging: str, model_id: str, version: str, files: dict, source: str) -> None:
         manifest = {
@@ -373,10 +377,17 @@ def _remove_files(paths: Sequence[str]) -> None:
             os.remove(path)
 
 
-def _move_into(unpacked: str, relative: str, staging: str) -> str:
-    target = os.path.join(staging, relative)
+def _flush_to_disk(path: str) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _move_into(source_folder: str, relative: str, staging: str, name: str = "") -> str:
+    """Move ``source_folder/relative`` to ``staging/(name or relative)``; returns the '/'-separated path."""
+    name = name or relative
+    target = os.path.join(staging, name)
     if os.path.exists(target):
-        raise RegistryError(f"Two files of the model version unpack to the same path: {relative}")
+        raise RegistryError(f"Two files of the model version unpack to the same path: {name}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(os.path.join(unpacked, relative), target)
-    return relative.replace(os.sep, "/")
+    os.replace(os.path.join(source_folder, relative), target)
+    return name.replace(os.sep, "/")

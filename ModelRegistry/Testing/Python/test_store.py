@@ -229,5 +229,7 @@ def test_import_from_a_folder_of_files(tmp_path):
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "models"))
     assert default_cache_dir() == str(tmp_path / "models")
+    assert default_cache_dir(configured=str(tmp_path / "setting")) == str(tmp_path / "models")
     monkeypatch.delenv(CACHE_ENVIRONMENT_VARIABLE)
+    assert default_cache_dir(configured=str(tmp_path / "setting")) == str(tmp_path / "setting")
     assert "SlicerDeepLearning" in default_cache_dir()
