@@ -26,7 +26,7 @@ Example::
     ...     archive.writestr("model/labels.csv", "1,liver\\n")
     ...     archive.writestr("model/weights.pt", b"\\x00" * 100)
     >>> os.mkdir(os.path.join(folder, "unpacked"))
-    >>> extract_archive(os.path.join(folder, "model.zip"), os.path.join(folder, "unpacked"))
+    >>> list(extract_archive(os.path.join(folder, "model.zip"), os.path.join(folder, "unpacked")))
     ['model/labels.csv', 'model/weights.pt']
     >>> import shutil; shutil.rmtree(folder)
 """
