@@ -1,4 +1,13 @@
+import json
+import os
+import shutil
+import tempfile
+import time
+import types
+import zipfile
+
 import numpy as np
+import qt
 import vtk
 
 import slicer
@@ -11,12 +20,23 @@ from slicer.ScriptedLoadableModule import (
 
 from DeepSegmentLib import (
     LPS_FROM_RAS,
+    EngineCancelled,
+    ModelPool,
     available_devices,
     choose_device,
+    driver_cuda_version,
     ijk_to_ras_from_image,
     image_from_array,
+    install_plan,
+    installed_packages,
     is_oblique,
+    load_package,
+    segment,
+    torch_status,
+    write_package,
 )
+from ModelRegistry import ModelRegistryLogic
+from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
 
 #
 # DeepSegment
@@ -33,9 +53,10 @@ class DeepSegment(ScriptedLoadableModule):
         self.parent.dependencies = ["ModelRegistry"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
-            "Segment a volume with a deep-learning model on a GPU or the CPU. The panel shows the input's"
-            " geometry exactly as the inference engine reads it (spacing, oblique axes, parent transforms)"
-            " and the compute devices PyTorch finds on this machine."
+            "Segment volumes with a deep-learning model from the model registry, on a GPU or the CPU."
+            " Pick a model: its inputs are pre-filled from the volumes' names. Apply installs the model if"
+            " needed (verified download), runs it in the background with progress and Cancel, and makes a"
+            " segmentation with named, colored segments on the exact grid of the input."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
@@ -49,38 +70,188 @@ class DeepSegment(ScriptedLoadableModule):
 
 
 class DeepSegmentWidget(ScriptedLoadableModuleWidget):
-    """Panel: input volume with its geometry, and the compute device."""
+    """Panel: model, inputs generated from the model's contract, device, quality, output, Apply/Cancel."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
+        self.inputSelectors = []
+        self.task = None
+        self.taskTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        self.ui.inputSelector.setMRMLScene(slicer.mrmlScene)
+        self.ui.outputSelector.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepSegmentLogic()
         for request, label in self.logic.deviceChoices():
             self.ui.deviceSelector.addItem(label, request)
-        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        for quality in DeepSegmentLogic.QUALITY_PRESETS:
+            self.ui.qualitySelector.addItem(quality)
+        self.taskTimer = qt.QTimer()
+        self.taskTimer.setInterval(100)
+        self.taskTimer.connect("timeout()", self.pollTask)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelList)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
         self.layout.addStretch(1)
-        self.onInputChanged(self.ui.inputSelector.currentNode())
+        self.ui.progressBar.visible = False
+        self.updateModelList()
         self.onDeviceChanged()
 
-    def onInputChanged(self, volumeNode):
-        self.ui.geometryLabel.text = self.logic.geometrySummary(volumeNode)
+    def cleanup(self):
+        if self.task is not None:
+            self.task.cancel()
+        self.taskTimer.stop()
+
+    def enter(self):
+        self.prefillInputs()
+
+    # -- model and inputs ---------------------------------------------------------------------------------
+
+    def updateModelList(self, _unused=None):
+        current = self.ui.modelSelector.currentData
+        self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for modelId, label in self.logic.modelChoices():
+            self.ui.modelSelector.addItem(label, modelId)
+        index = self.ui.modelSelector.findData(current) if current else -1
+        self.ui.modelSelector.setCurrentIndex(max(index, 0))
+        self.ui.modelSelector.blockSignals(False)
+        self.onModelChanged()
+
+    def onModelChanged(self, _index=None):
+        """Rebuild one volume selector per model input, pre-filled by the input's name pattern."""
+        for selector in self.inputSelectors:
+            selector.setParent(None)
+            selector.deleteLater()
+        self.inputSelectors = []
+        layout = self.ui.inputsCollapsibleButton.layout()
+        while layout.rowCount() > 0:
+            layout.removeRow(0)
+        modelId = self.ui.modelSelector.currentData
+        self.ui.modelInfoLabel.text = self.logic.modelSummary(modelId)
+        for name in self.logic.inputNames(modelId):
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False
+            selector.noneEnabled = True
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.toolTip = f"Volume for the model's '{name}' input"
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApplyState)
+            layout.addRow(f"{name}:", selector)
+            self.inputSelectors.append(selector)
+        self.prefillInputs()
+
+    def prefillInputs(self):
+        modelId = self.ui.modelSelector.currentData
+        if not modelId:
+            return
+        for selector, node in zip(self.inputSelectors, self.logic.matchInputs(modelId, self.volumeNodes())):
+            if selector.currentNode() is None and node is not None:
+                selector.setCurrentNode(node)
+        self.updateApplyState()
+
+    @staticmethod
+    def volumeNodes():
+        return list(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
 
     def onDeviceChanged(self, _index=None):
-        self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
+        with slicer.util.tryWithErrorDisplay("The device is not available."):
+            self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
+
+    def updateApplyState(self, _unused=None):
+        if self.task is not None:
+            return
+        inputs = [selector.currentNode() for selector in self.inputSelectors]
+        ready = bool(self.ui.modelSelector.currentData) and bool(inputs) and all(inputs)
+        self.ui.applyButton.enabled = ready
+        self.ui.geometryLabel.text = self.logic.geometrySummary(inputs[0] if inputs else None)
+
+    # -- running --------------------------------------------------------------------------------------------
+
+    def onApplyOrCancel(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.ui.stageLabel.text = "Cancelling…"
+            return
+        if not self.logic.torchStatus().installed and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay):
+            self.ui.stageLabel.text = "PyTorch is needed to run models."
+            return
+        with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
+            self.task = self.logic.segmentationTask(
+                self.ui.modelSelector.currentData,
+                [selector.currentNode() for selector in self.inputSelectors],
+                device=self.ui.deviceSelector.currentData,
+                quality=self.ui.qualitySelector.currentText,
+            ).start()
+            self.ui.applyButton.text = "Cancel"
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self.ui.timingLabel.text = ""
+            self.log(f"Started {self.task.description}")
+            self.taskTimer.start()
+
+    def pollTask(self):
+        """Every 100 ms on the main thread: progress, then the result applied to the scene."""
+        task = self.task
+        if task is None:
+            return
+        step = task.progress
+        if step is not None:
+            self.ui.progressBar.value = int(step.fraction * 100)
+            self.ui.stageLabel.text = step.text
+        if not task.finished:
+            return
+        self.taskTimer.stop()
+        self.task = None
+        self.ui.applyButton.text = "Apply"
+        self.ui.progressBar.visible = False
+        if task.state == "succeeded":
+            segmentation = self.logic.applyResult(task.result, self.ui.outputSelector.currentNode())
+            self.ui.outputSelector.setCurrentNode(segmentation)
+            self.ui.stageLabel.text = "Done."
+            self.ui.timingLabel.text = self.logic.timingSummary(task.result)
+            self.log(self.ui.timingLabel.text)
+        else:
+            message = self.logic.failureText(task)
+            self.ui.stageLabel.text = message
+            self.log(message)
+            if task.state == "failed":
+                slicer.util.errorDisplay(message)
+        self.updateApplyState()
+
+    def log(self, text):
+        self.ui.logText.appendPlainText(time.strftime("%H:%M:%S ") + text)
 
 
 #
 # DeepSegmentLogic
 #
+
+
+class RunProgress:
+    """What the panel shows of a run: overall ``fraction`` (0 to 1) and a line of ``text``."""
+
+    def __init__(self, fraction, text):
+        self.fraction = fraction
+        self.text = text
+
+
+class RunResult:
+    """A finished run: the package used, the engine's result and the input volume node it belongs to."""
+
+    def __init__(self, package, result, inputNode, seconds):
+        self.package = package
+        self.result = result
+        self.inputNode = inputNode
+        self.seconds = seconds
 
 
 class DeepSegmentLogic(ScriptedLoadableModuleLogic):
@@ -89,13 +260,23 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     Example (Slicer's Python console)::
 
         logic = slicer.util.getModuleLogic("DeepSegment")
-        image = logic.imageFromVolumeNode(getNode("MRHead"))   # SimpleITK image, LPS, exact geometry
-        logic.chooseDevice("auto").description                 # e.g. 'CUDA GPU 0: NVIDIA ..., 24.0 GiB'
+        segmentation = logic.segmentVolumes("brain-tissue-demo", [getNode("MRHead")])  # waits for the result
+        logic.chooseDevice("auto").description                                        # e.g. 'CUDA GPU 0: ...'
     """
 
-    def __init__(self):
+    # Fast halves the work of the sliding window; accurate adds mirroring test-time augmentation.
+    QUALITY_PRESETS = types.MappingProxyType(
+        {"Fast": {"overlap": 0.25, "mirror": False}, "Accurate": {"overlap": 0.5, "mirror": True}}
+    )
+    INSTALL_SHARE = 0.3  # of the progress bar, while the model downloads
+
+    def __init__(self, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self._devices = None
+        self.registry = registry if registry is not None else ModelRegistryLogic().registry
+        self.pool = ModelPool()
+
+    # -- devices --------------------------------------------------------------------------------------------
 
     def devices(self):
         """Compute devices PyTorch finds (found once; ``refreshDevices`` looks again)."""
@@ -108,12 +289,47 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         return self.devices()
 
     def chooseDevice(self, request="auto"):
-        return choose_device(request, self.devices())
+        return choose_device(request or "auto", self.devices())
 
     def deviceChoices(self):
         """(request, label) pairs for a device selector: automatic choice first, then each device."""
         automatic = ("auto", "Automatic (" + self.chooseDevice("auto").description + ")")
         return [automatic] + [(device.torch_name, device.description) for device in self.devices()]
+
+    # -- models ---------------------------------------------------------------------------------------------
+
+    def modelChoices(self):
+        """(model id, label) of every model that runs in Slicer's Python (weight files, not an image)."""
+        choices = []
+        for model in self.registry.models():
+            if model.latest_release.files:
+                choices.append((model.id, f"{model.title} ({self.registry.state(model.id)})"))
+        return choices
+
+    def modelSummary(self, modelId):
+        entry = self.registry.find(modelId) if modelId else None
+        if entry is None:
+            return "No model selected: add models in the Model Registry module."
+        labels = ", ".join(label.name for label in entry.labels) or "labels listed in the model package"
+        return f"{entry.description or entry.title} Labels: {labels}."
+
+    def inputNames(self, modelId):
+        entry = self.registry.find(modelId) if modelId else None
+        if entry is None:
+            return []
+        return [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
+
+    def matchInputs(self, modelId, volumeNodes):
+        """For each model input, the first volume whose name matches its pattern (None where none does)."""
+        entry = self.registry.find(modelId)
+        if entry is None:
+            return []
+        if not entry.inputs:
+            return [volumeNodes[-1] if volumeNodes else None]
+        return [next((node for node in volumeNodes if modelInput.matches(node.GetName())), None)
+                for modelInput in entry.inputs]
+
+    # -- geometry ---------------------------------------------------------------------------------------------
 
     @staticmethod
     def imageFromVolumeNode(volumeNode):
@@ -156,6 +372,116 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         alignment = "oblique axes" if is_oblique(image) else "axis-aligned"
         return f"{size} voxels, spacing {spacing} mm, {alignment}"
 
+    # -- running --------------------------------------------------------------------------------------------
+
+    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality="Accurate"):
+        """A not yet started BackgroundTask: install the model if needed, then segment ``inputNodes``.
+
+        The volumes are read here, on the main thread; the worker touches no MRML node.
+        """
+        if not modelSpec:
+            raise ValueError("Select a model.")
+        if not inputNodes or not all(inputNodes):
+            raise ValueError("Select a volume for every model input.")
+        images = [self.imageFromVolumeNode(node) for node in inputNodes]
+        deviceName = self.chooseDevice(device).torch_name
+        preset = self.QUALITY_PRESETS[quality]
+        inputNode = inputNodes[0]
+
+        def run(progress, cancel):
+            start = time.perf_counter()
+
+            def installing(step):
+                fraction = (step.fraction or 0.0) * self.INSTALL_SHARE
+                progress(RunProgress(fraction, step.text))
+
+            def segmenting(step):
+                progress(RunProgress(self.INSTALL_SHARE + (1 - self.INSTALL_SHARE) * step.fraction, step.stage))
+
+            installed = self.registry.ensure_installed(modelSpec, progress=installing, cancel=cancel)
+            package = load_package(installed.path)
+            mirror = package.inference.mirror_axes if preset["mirror"] else ()
+            try:
+                result = segment(images, package, self.pool.get(package, deviceName), device=deviceName,
+                                 overlap=preset["overlap"], mirror_axes=mirror, progress=segmenting, cancel=cancel)
+            except EngineCancelled as cancelled:
+                raise CancelledError(str(cancelled) or "Cancelled") from cancelled
+            return RunResult(package, result, inputNode, time.perf_counter() - start)
+
+        return BackgroundTask(run, f"segmenting {inputNode.GetName()} with {modelSpec}")
+
+    def applyResult(self, run, segmentationNode=None):
+        """Put a finished run's labels into a segmentation node (a new one unless given); main thread only."""
+        labelmap = self.volumeNodeFromImage(run.result.labels, "DeepSegment labels", "vtkMRMLLabelMapVolumeNode")
+        try:
+            if segmentationNode is None:
+                name = slicer.mrmlScene.GenerateUniqueName(run.inputNode.GetName() + " segmentation")
+                segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+                segmentationNode.CreateDefaultDisplayNodes()
+            segmentation = segmentationNode.GetSegmentation()
+            segmentation.RemoveAllSegments()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(run.inputNode)
+            labels = slicer.util.arrayFromVolume(labelmap)
+            for label in run.package.labels:
+                color = [int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
+                segmentId = segmentation.AddEmptySegment(f"label_{label.value}", label.name, color)
+                segment = segmentation.GetSegment(segmentId)
+                if label.terminology is not None:
+                    segment.SetTag("TerminologyEntry", label.terminology.slicer_entry())
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    (labels == label.value).astype(np.uint8), segmentationNode, segmentId, labelmap
+                )
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmap)
+        return segmentationNode
+
+    def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality="Accurate", segmentationNode=None):
+        """Segment and wait (Python console and scripts): returns the segmentation node."""
+        task = self.segmentationTask(modelSpec, inputNodes, device, quality).start()
+        while not task.wait(0.05):
+            slicer.app.processEvents()
+        if task.error is not None:
+            raise task.error
+        return self.applyResult(task.result, segmentationNode)
+
+    @staticmethod
+    def timingSummary(run):
+        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.result.timings.items())
+        return f"Segmented in {run.seconds:.1f} s on {run.result.device} ({stages})."
+
+    @staticmethod
+    def failureText(task):
+        if task.state == "cancelled":
+            return "Cancelled: the scene was not changed."
+        return f"Segmentation failed: {task.error}"
+
+    # -- PyTorch ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def torchStatus():
+        return torch_status()
+
+    def installTorch(self, confirm):
+        """Install PyTorch on demand: through Slicer's PyTorch extension when present, else a pinned pip install.
+
+        ``confirm(text)`` asks the user (the panel passes ``slicer.util.confirmOkCancelDisplay``); nothing
+        is installed when it returns False. Packages already installed (Slicer's numpy, SimpleITK...) are
+        pinned, so the install cannot replace them.
+        """
+        if torch_status().installed:
+            return True
+        if hasattr(slicer.modules, "pytorchutils"):
+            torchLogic = slicer.util.getModuleLogic("PyTorchUtils")
+            return torchLogic.installTorch(askConfirmation=True) is not None
+        plan = install_plan(driver_cuda_version(), installed_packages())
+        if not confirm(f"Deep Segment needs PyTorch. Install {plan.description}? This downloads up to a few GB."):
+            return False
+        pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
+        with open(pins, "w", encoding="utf-8") as pinsFile:
+            pinsFile.write("\n".join(plan.constraints) + "\n")
+        slicer.util.pip_install(plan.pip_arguments(pins))
+        return torch_status().installed
+
 
 #
 # DeepSegmentTest
@@ -171,19 +497,22 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ImageGeometryMatchesVolume()
+        self.setUp()
         self.test_ParentTransformIsApplied()
-        self.test_PanelShowsGeometryAndDevice()
+        self.setUp()
+        self.test_SegmentThroughPanelApply()
 
     @staticmethod
-    def _obliqueVolume():
+    def _obliqueVolume(name="Oblique", voxels=None):
         """A seeded volume with anisotropic spacing, a 30 degree tilt and a non-zero origin."""
         angle = np.radians(30.0)
         rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
         ijkToRAS = np.eye(4)
         ijkToRAS[:3, :3] = rotation @ np.diag([0.8, 1.1, 2.5])
         ijkToRAS[:3, 3] = [12.0, -40.0, 7.0]
-        voxels = np.random.default_rng(7).integers(0, 1000, size=(5, 6, 7), dtype=np.int16)
-        node = slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="Oblique")
+        if voxels is None:
+            voxels = np.random.default_rng(7).integers(0, 1000, size=(5, 6, 7), dtype=np.int16)
+        node = slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name=name)
         return node, voxels, ijkToRAS
 
     def test_ImageGeometryMatchesVolume(self):
@@ -212,16 +541,87 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
         expectedOriginRAS = ijkToRAS[:3, 3] + [5.0, 0.0, 0.0]
         np.testing.assert_allclose(image.GetOrigin(), LPS_FROM_RAS @ expectedOriginRAS, atol=1e-9)
 
-    def test_PanelShowsGeometryAndDevice(self):
-        self.delayDisplay("The panel shows the selected volume's geometry and the compute device")
-        widget = slicer.modules.deepsegment.widgetRepresentation().self()
-        node, _, _ = self._obliqueVolume()
-        widget.ui.inputSelector.setCurrentNode(node)
-        expected = "7\u00d76\u00d75 voxels, spacing 0.8\u00d71.1\u00d72.5 mm, oblique axes"
-        self.assertEqual(widget.ui.geometryLabel.text, expected)
-        self.assertEqual(widget.ui.deviceSelector.count, 1 + len(widget.logic.devices()))
-        widget.ui.deviceSelector.currentIndex = widget.ui.deviceSelector.findData("cpu")
-        self.assertTrue(widget.ui.deviceInfoLabel.text.startswith("CPU: "))
-        widget.ui.inputSelector.setCurrentNode(None)
-        self.assertEqual(widget.ui.geometryLabel.text, "Select an input volume.")
+    def test_SegmentThroughPanelApply(self):
+        if not torch_status().installed:
+            self.delayDisplay("PyTorch is not installed: the panel's Apply cannot be tested here.")
+            return
+        self.delayDisplay("Segmenting a phantom through the panel's Apply, with a model from a local index")
+        folder = tempfile.mkdtemp(dir=slicer.app.temporaryPath)
+        try:
+            indexPath = writeThresholdTestModel(folder)
+            widget = slicer.modules.deepsegment.widgetRepresentation().self()
+            originalLogic = widget.logic
+            widget.logic = DeepSegmentLogic(Registry([IndexSource(indexPath)], os.path.join(folder, "cache")))
+            widget.logic.registry.refresh(offline=True)
+            try:
+                phantom = np.zeros((12, 14, 16), np.int16)
+                phantom[3:9, 4:10, 5:12] = 1
+                volume, _, _ = self._obliqueVolume("Phantom bright", phantom)
+                widget.updateModelList()
+                self.assertEqual(widget.ui.modelSelector.currentData, "threshold-test")
+                self.assertIs(widget.inputSelectors[0].currentNode(), volume)
+                self.assertTrue(widget.ui.applyButton.enabled)
+                widget.ui.applyButton.click()
+                deadline = time.time() + 60
+                while widget.task is not None and time.time() < deadline:
+                    slicer.app.processEvents()
+                    time.sleep(0.02)
+                self.assertIsNone(widget.task, "segmentation did not finish in 60 s")
+                segmentation = widget.ui.outputSelector.currentNode()
+                self.assertIsNotNone(segmentation, widget.ui.stageLabel.text)
+                segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Bright")
+                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+                np.testing.assert_array_equal(mask, phantom)
+                self.assertIn("Segmented in", widget.ui.timingLabel.text)
+            finally:
+                widget.logic = originalLogic
+                widget.updateModelList()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")
+
+
+def writeThresholdTestModel(folder):
+    """Write into ``folder`` a one-model index (returned) whose network labels voxels brighter than 0.5.
+
+    Its result is known exactly, so tests of the panel, the console and the command line can check voxels.
+    """
+    import hashlib
+
+    import torch
+
+    class Threshold(torch.nn.Module):
+        def forward(self, image):
+            return torch.cat([0.5 - image, image - 0.5], dim=1)
+
+    contract = {
+        "schemaVersion": 1,
+        "format": "torchscript",
+        "weights": "model.pt",
+        "dimensions": 3,
+        "inputs": [{"name": "Image", "pattern": "phantom"}],
+        "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]},
+        "inference": {"patchSize": [8, 8, 8], "overlap": 0.25, "blending": "constant", "batchSize": 2,
+                      "mirrorAxes": [], "activation": "softmax", "outputChannels": 2},
+        "postprocessing": {"mode": "argmax"},
+        "labels": [{"value": 1, "name": "Bright", "color": "#ff0000"}],
+    }
+    packageFolder = os.path.join(folder, "package")
+    write_package(packageFolder, Threshold(), contract)
+    archive = os.path.join(folder, "threshold-test-1.0.0.zip")
+    with zipfile.ZipFile(archive, "w") as package:
+        for name in sorted(os.listdir(packageFolder)):
+            package.write(os.path.join(packageFolder, name), name)
+    with open(archive, "rb") as archiveFile:
+        digest = hashlib.sha256(archiveFile.read()).hexdigest()
+    index = {"schemaVersion": 1, "models": [{
+        "id": "threshold-test", "title": "Threshold test", "task": "segmentation",
+        "inputs": [{"name": "Image", "pattern": "phantom"}],
+        "labels": [{"value": 1, "name": "Bright", "color": "#ff0000"}],
+        "versions": [{"version": "1.0.0", "files": [
+            {"url": os.path.basename(archive), "sha256": digest, "size": os.path.getsize(archive)}]}],
+    }]}
+    indexPath = os.path.join(folder, "index.json")
+    with open(indexPath, "w", encoding="utf-8") as indexFile:
+        json.dump(index, indexFile)
+    return indexPath

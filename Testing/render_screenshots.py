@@ -48,7 +48,7 @@ def render_panels(output_directory: str) -> list:
         selector = getattr(panel.self().ui, "inputSelector", None)
         if selector is not None:
             selector.setCurrentNode(volume)
-        panel.resize(*PANEL_SIZE)
+        panel.resize(max(PANEL_SIZE[0], panel.minimumSizeHint.width()), PANEL_SIZE[1])
         panel.show()
         panel.enter()
         app.processEvents()

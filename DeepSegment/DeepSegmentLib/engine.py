@@ -1,0 +1,539 @@
+"""The inference engine: input volumes and a model package in, a label map on the input grid out.
+
+Pipeline, on the compute device wherever the data is large: check the inputs → build the model
+grid (the input grid itself, or the model's spacing with RAS/LPS axes covering the input's physical
+bounding box) → resample every channel onto it (trilinear, ``resample.py``) → normalize each
+channel → sliding-window inference (``sliding_window.py``) → argmax or thresholds on the model grid
+(per-class float maps are never resampled) → clean-up with SimpleITK (``postprocess.py``) →
+nearest-neighbour back to the input grid with ``grid_sample`` on the device (the same exact index
+mapping as on the way in) → label values. The result is then given exactly the geometry of
+``images[0]`` (``CopyInformation``), so size, spacing, origin and direction always match it.
+
+Progress is reported per stage and per batch of windows; a ``threading.Event`` cancels between
+batches and stages (``EngineCancelled``, nothing returned). Inputs a user can fix raise
+``EngineError`` with a message saying what is wrong, before any heavy work starts.
+
+Example (a "network" whose logits threshold the intensity at 0.5)::
+
+    >>> import numpy as np, SimpleITK as sitk, torch
+    >>> from types import SimpleNamespace as Model
+    >>> package = Model(
+    ...     inputs=[Model(name="image")], dimensions=3, labels=[Model(value=1, name="bright")],
+    ...     preprocessing=Model(spacing=None, orientation="native", normalization=(Model(kind="none"),)),
+    ...     inference=Model(patch_size=(8, 8, 8), overlap=0.5, blending="gaussian", batch_size=2,
+    ...                     mirror_axes=(), activation="softmax", output_channels=2),
+    ...     postprocessing=Model(mode="argmax", thresholds={}, keep_largest_component=(), fill_holes=(),
+    ...                          minimum_size_mm3={}))
+    >>> threshold = lambda x: torch.cat([0.5 - x, x - 0.5], dim=1)
+    >>> voxels = np.zeros((10, 12, 14), np.float32); voxels[3:7, 4:9, 5:11] = 1
+    >>> result = segment([sitk.GetImageFromArray(voxels)], package, threshold, device="cpu")
+    >>> bool((sitk.GetArrayFromImage(result.labels) == voxels).all()), result.label_values
+    (True, (1,))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+try:  # POSIX only; on Windows the CPU peak is reported as unknown (0)
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None
+
+from .devices import ComputeDevice, available_devices, choose_device
+from .postprocess import postprocess
+from .resample import Grid, model_grid, resample, same_grid
+from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
+
+# Share of the whole run each stage is given in progress fractions (inference dominates).
+STAGES = (
+    ("reading", 0.05),
+    ("resampling", 0.05),
+    ("normalizing", 0.02),
+    ("inferring", 0.78),
+    ("postprocessing", 0.05),
+    ("resampling back", 0.05),
+)
+# Float32 feature maps per window voxel alive during one forward pass of a typical small 3D U-Net
+# (16 channels at full resolution, kept for skip connections, plus the coarser levels): a
+# deliberately generous rule of thumb, as a network's working set cannot be known before running it.
+NETWORK_FEATURES_PER_VOXEL = 64
+# Voxels per slab when turning class scores into labels, bounding the temporary memory.
+_SLAB_VOXELS = 1 << 24
+
+
+@dataclass
+class EngineProgress:
+    """``fraction`` of the whole run done (0 to 1) and the ``stage`` running."""
+
+    fraction: float
+    stage: str
+
+
+class EngineError(ValueError):
+    """An input or model the engine cannot run on; the message tells the user what to change."""
+
+
+class EngineCancelled(Exception):  # noqa: N818 - the name says what happened; it is not a failure
+    """The run was cancelled; no result was made."""
+
+
+@dataclass
+class SegmentationResult:
+    """A label map with exactly ``images[0]``'s geometry, the label values present in the model,
+    seconds per stage, the device's description and the peak memory the run used (bytes: CUDA
+    allocations on a GPU, the process's peak resident size on CPU, 0 where unknown)."""
+
+    labels: sitk.Image
+    label_values: tuple
+    timings: dict = field(default_factory=dict)
+    device: str = ""
+    peak_memory_bytes: int = 0
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _input_names(package) -> list:
+    return [getattr(spec, "name", "") or f"input {i + 1}" for i, spec in enumerate(package.inputs)]
+
+
+def _validate(images: Sequence, package) -> None:
+    """Raise EngineError for inputs that cannot be segmented; cheap checks only (no voxel reads)."""
+    names = _input_names(package)
+    if int(getattr(package, "dimensions", 3)) != 3:
+        raise EngineError(f"This engine runs 3D models; slice-wise {package.dimensions}D models are not supported yet")
+    if len(images) != len(names):
+        raise EngineError(
+            f"The model needs {len(names)} input volume(s) ({', '.join(names)}), {len(images)} given"
+        )
+    for name, image in zip(names, images):
+        if image is None or image.GetNumberOfPixels() == 0:
+            raise EngineError(f"Input '{name}' is empty (no voxels)")
+        if image.GetDimension() != 3:
+            size = "×".join(str(n) for n in image.GetSize())
+            raise EngineError(f"Input '{name}' is a {image.GetDimension()}D image ({size}); the model needs 3D volumes")
+        if min(image.GetSize()) < 2:
+            size = "×".join(str(n) for n in image.GetSize())
+            raise EngineError(f"Input '{name}' has a single slice ({size}); the model needs 3D volumes")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise EngineError(
+                f"Input '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel (color or"
+                " vector image); the model needs one scalar volume per input"
+            )
+    counts = {"argmax": len(package.labels) + 1, "threshold": len(package.labels)}
+    mode = package.postprocessing.mode
+    if mode not in counts:
+        raise EngineError(f"Unknown postprocessing mode {mode!r}: use argmax or threshold")
+    if package.inference.output_channels != counts[mode]:
+        raise EngineError(
+            f"The model is inconsistent: {mode} over {len(package.labels)} label(s) needs {counts[mode]} output"
+            f" channels, the model declares {package.inference.output_channels}"
+        )
+
+
+def _resolve_device(device) -> ComputeDevice:
+    if isinstance(device, ComputeDevice):
+        return device
+    try:
+        return choose_device(device, available_devices())
+    except ValueError as error:
+        raise EngineError(str(error)) from error
+
+
+def _model_grid(images: Sequence, package) -> Grid:
+    spacing = package.preprocessing.spacing
+    try:
+        return model_grid(images[0], tuple(spacing) if spacing is not None else None, package.preprocessing.orientation)
+    except ValueError as error:
+        raise EngineError(f"The model's preprocessing cannot be applied: {error}") from error
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def estimate_memory(images: Sequence, package, device) -> int:
+    """Bytes a run needs on ``device`` (a name such as ``"cpu"`` or a ComputeDevice) at its peak.
+
+    Counts the input and model-grid volumes, the class-score accumulators (fp16 on CUDA), the batch of
+    windows and their probabilities, a rule-of-thumb working set for the network, and the label maps.
+    """
+    compute = _resolve_device(device)
+    grid = _model_grid(images, package)
+    inference = package.inference
+    channels = len(images)
+    classes = int(inference.output_channels)
+    patch = int(np.prod(inference.patch_size))
+    padded = int(np.prod([max(n, p) for n, p in zip(grid.size, inference.patch_size)]))
+    input_voxels = sum(int(np.prod(image.GetSize())) for image in images)
+    accumulator_bytes = 2 if compute.kind == "cuda" else 4
+    batch = int(inference.batch_size)
+    total = (
+        input_voxels * 4  # inputs as float32
+        + channels * padded * 4 * 2  # model-grid volume, and its padded copy
+        + (classes + 1) * padded * accumulator_bytes  # class scores and weights
+        + batch * channels * patch * 4  # the batch of windows
+        + batch * classes * patch * 4 * 3  # logits, probabilities and their mirrored average
+        + batch * patch * 4 * NETWORK_FEATURES_PER_VOXEL
+        + padded * 6  # labels on the model grid (and as float32 for resampling back)
+        + int(np.prod(images[0].GetSize())) * 6  # labels on the input grid
+    )
+    if compute.kind == "cpu":
+        total += input_voxels * 4  # the NumPy copies the tensors are made from
+    return int(total)
+
+
+def _available_memory(compute: ComputeDevice) -> int:
+    """Free memory of the device in bytes, 0 when it cannot be told."""
+    if compute.kind == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(compute.index)[0])
+    if compute.kind == "cpu":
+        with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return compute.total_memory
+    return 0
+
+
+def _check_memory(images: Sequence, package, compute: ComputeDevice, budget: int | None) -> None:
+    needed = estimate_memory(images, package, compute)
+    available = _available_memory(compute)
+    limit = min(budget, available) if budget and available else budget or available
+    if limit and needed > limit:
+        reason = "the memory budget" if budget and limit == budget else "the free memory"
+        raise EngineError(
+            f"This volume needs about {needed / 1024**3:.2f} GiB on {compute.description} but {reason} is"
+            f" {limit / 1024**3:.2f} GiB. Crop the volume, close other programs, raise the budget or use a"
+            " device with more memory."
+        )
+
+
+def _peak_memory(device) -> int:
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    if resource is None:
+        return 0
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+# ------------------------------------------------------------------------------------------ normalizing
+
+
+def _foreground(channel, normalization):
+    """Voxels whose statistics define the normalization, or None for all of them."""
+    if getattr(normalization, "threshold", None) is not None:
+        return channel > float(normalization.threshold)
+    if getattr(normalization, "foreground", "all") == "nonzero":
+        return channel != 0
+    return None
+
+
+def _percentile(values, percent: float) -> float:
+    # kthvalue works on any size, unlike torch.quantile (limited to 2**24 elements).
+    k = round(percent / 100.0 * (values.numel() - 1)) + 1
+    return float(values.reshape(-1).kthvalue(min(max(k, 1), values.numel())).values)
+
+
+def normalize(channel, normalization):
+    """``channel`` (a float32 tensor, changed in place) normalized as ``normalization`` says.
+
+    ``ct-window``: clip to ``window`` (low, high) and scale linearly onto ``range``. ``z-score``:
+    subtract the mean and divide by the standard deviation of the foreground (``"all"``, ``"nonzero"``
+    voxels, or those above ``threshold``); voxels outside the foreground are set to 0, as nnU-Net does.
+    ``percentile``: the foreground's ``percentiles`` (low, high, in percent) are clipped to and scaled
+    onto ``range``. ``none``: unchanged.
+
+    >>> import torch
+    >>> from types import SimpleNamespace as N
+    >>> normalize(torch.tensor([-1000.0, 40.0, 400.0]), N(kind="ct-window", window=(-160, 240), range=(0, 1)))
+    tensor([0.0000, 0.5000, 1.0000])
+    >>> normalize(torch.tensor([0.0, 1.0, 3.0]), N(kind="z-score", foreground="nonzero", threshold=None))
+    tensor([ 0., -1.,  1.])
+    """
+    kind = normalization.kind
+    if kind == "none":
+        return channel
+    low_out, high_out = (float(v) for v in getattr(normalization, "range", (0.0, 1.0)) or (0.0, 1.0))
+    if kind in ("ct-window", "percentile"):
+        if kind == "ct-window":
+            low, high = (float(v) for v in normalization.window)
+        else:
+            mask = _foreground(channel, normalization)
+            values = channel if mask is None else channel[mask]
+            if values.numel() == 0:
+                raise EngineError("The volume has no foreground voxels to compute intensity percentiles from")
+            low, high = (_percentile(values, p) for p in normalization.percentiles)
+        scale = (high_out - low_out) / (high - low) if high > low else 0.0
+        return channel.clamp_(low, high).sub_(low).mul_(scale).add_(low_out)
+    if kind == "z-score":
+        mask = _foreground(channel, normalization)
+        values = channel if mask is None else channel[mask]
+        if values.numel() == 0:
+            raise EngineError("The volume has no foreground voxels to compute the intensity mean from")
+        mean = float(values.mean())
+        std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
+        channel.sub_(mean).div_(std if std > 1e-8 else 1.0)
+        if mask is not None:
+            channel.masked_fill_(~mask, 0.0)
+        return channel
+    raise EngineError(f"Unknown intensity normalization {kind!r}")
+
+
+def _normalizations(package, channels: int) -> list:
+    steps = list(package.preprocessing.normalization)
+    if len(steps) == 1:
+        return steps * channels
+    if len(steps) != channels:
+        raise EngineError(f"The model gives {len(steps)} normalizations for {channels} input channels")
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def _label_lookup(package) -> np.ndarray:
+    """Label value of each index ``_indices`` gives: 0 for background, then the labels in the package's order
+    (argmax: output channel k is index k; threshold: output channel k is index k + 1)."""
+    values = [int(label.value) for label in package.labels]
+    dtype = np.uint8 if not values or max(values) <= 255 else np.uint16
+    return np.array([0, *values], dtype=dtype)
+
+
+def _indices(probabilities, package):
+    """Per voxel, the index into ``_label_lookup`` (uint8 tensor) decided on the model grid."""
+    import torch
+
+    channels, nz, ny, nx = probabilities.shape
+    dtype = torch.uint8 if channels < 256 else torch.int16
+    indices = torch.empty((nz, ny, nx), dtype=dtype, device=probabilities.device)
+    thresholds = None
+    if package.postprocessing.mode == "threshold":
+        given = dict(package.postprocessing.thresholds or {})
+        values = [int(label.value) for label in package.labels]
+        thresholds = torch.tensor([float(given.get(v, 0.5)) for v in values], device=probabilities.device)
+    slab = max(1, _SLAB_VOXELS // (ny * nx))
+    for z0 in range(0, nz, slab):
+        scores = probabilities[:, z0 : z0 + slab].float()
+        if thresholds is None:
+            indices[z0 : z0 + slab] = scores.argmax(dim=0)
+        else:
+            above = scores >= thresholds[:, None, None, None]
+            best = torch.where(above, scores, torch.full_like(scores, -1.0)).argmax(dim=0)
+            indices[z0 : z0 + slab] = torch.where(above.any(dim=0), best + 1, torch.zeros_like(best))
+    return indices
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+
+class _Stages:
+    """Times the stages, reports progress and honours cancel between them."""
+
+    def __init__(self, progress, cancel, device):
+        self.progress, self.cancel, self.device = progress, cancel, device
+        self.timings = {}
+        self._starts = {}
+        start = 0.0
+        for name, share in STAGES:
+            self._starts[name] = (start, share)
+            start += share
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise EngineCancelled("Segmentation cancelled")
+
+    def report(self, stage: str, within: float = 0.0) -> None:
+        if self.progress is not None:
+            start, share = self._starts[stage]
+            self.progress(EngineProgress(min(1.0, start + share * within), stage))
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.check_cancel()
+        self.report(name)
+        began = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - began
+
+
+def _read(images: Sequence, names: list, device) -> list:
+    import torch
+
+    tensors = []
+    for name, image in zip(names, images):
+        array = sitk.GetArrayViewFromImage(image)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise EngineError(f"Input '{name}' contains NaN or infinite voxels; fix or mask them before segmenting")
+        tensors.append(torch.from_numpy(np.array(array, dtype=np.float32)).to(device))
+    return tensors
+
+
+def _to_model_grid(tensors: list, images: Sequence, grid: Grid, device):
+    import torch
+
+    volume = torch.empty((len(tensors), *reversed(grid.size)), dtype=torch.float32, device=device)
+    for c, (tensor, image) in enumerate(zip(tensors, images)):
+        source = Grid.from_image(image)
+        volume[c] = tensor if same_grid(source, grid) else resample(tensor[None], source, grid)[0]
+    return volume
+
+
+def _mirror_dims(mirror_axes: Sequence) -> tuple:
+    """Tensor dimensions (N×C×Z×Y×X) of model axes given as 0 = x, 1 = y, 2 = z."""
+    axes = tuple(int(a) for a in mirror_axes)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise EngineError(f"Mirror axes must be 0 (x), 1 (y) or 2 (z), not {axes}")
+    return tuple(4 - a for a in axes)
+
+
+def _network(package, network, compute: ComputeDevice):
+    if network is not None:
+        return network
+    from .package import load_network
+
+    try:
+        return load_network(package, compute.torch_name)
+    except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
+        raise EngineError(f"The model cannot be loaded: {error}") from error
+
+
+def segment(
+    images: Sequence,
+    package,
+    network: Callable | None = None,
+    *,
+    device="auto",
+    threads: int | None = None,
+    overlap: float | None = None,
+    mirror_axes: tuple | None = None,
+    memory_budget: int | None = None,
+    progress: Callable[[EngineProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SegmentationResult:
+    """Segment ``images`` (one SimpleITK volume per model input) with ``package``'s model.
+
+    ``network`` maps an N×C×Z×Y×X float32 tensor on the device to N×K×Z×Y×X logits; by default it is
+    loaded from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
+    package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
+    the estimated memory. Raises EngineError (bad inputs, not enough memory) or EngineCancelled.
+    """
+    import torch
+
+    images = list(images)
+    _validate(images, package)
+    compute = _resolve_device(device)
+    _check_memory(images, package, compute, memory_budget)
+    inference = package.inference
+    window = Window(
+        patch_size=tuple(int(p) for p in reversed(tuple(inference.patch_size))),
+        overlap=float(inference.overlap if overlap is None else overlap),
+        blending=inference.blending,
+        batch_size=int(inference.batch_size),
+        mirror_dims=_mirror_dims(inference.mirror_axes if mirror_axes is None else mirror_axes),
+    )
+    if not 0.0 <= window.overlap < 1.0:
+        raise EngineError(f"Overlap must be at least 0 and below 1, not {window.overlap}")
+    torch_device = torch.device(compute.torch_name)
+    stages = _Stages(progress, cancel, torch_device)
+    names = _input_names(package)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    began = time.perf_counter()
+    out_of_memory = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+    try:
+        with stages.stage("reading"):
+            model = _network(package, network, compute)
+            tensors = _read(images, names, torch_device)
+        grid = _model_grid(images, package)
+        input_grid = Grid.from_image(images[0])
+        with stages.stage("resampling"):
+            volume = _to_model_grid(tensors, images, grid, torch_device)
+            del tensors
+        with stages.stage("normalizing"):
+            for c, step in enumerate(_normalizations(package, len(images))):
+                normalize(volume[c], step)
+        with stages.stage("inferring"):
+            try:
+                probabilities = sliding_window(
+                    volume,
+                    model,
+                    window,
+                    activation=inference.activation,
+                    output_channels=int(inference.output_channels),
+                    progress=lambda done, total: stages.report("inferring", done / total),
+                    cancelled=lambda: cancel is not None and cancel.is_set(),
+                )
+            except OutOfDeviceMemoryError as error:
+                raise EngineError(
+                    f"{compute.description} ran out of memory while running the model ({error}). Use a smaller"
+                    " batch, the CPU, or close other programs using the GPU."
+                ) from error
+            except ValueError as error:
+                raise EngineError(f"The model does not match its description: {error}") from error
+            if probabilities is None:
+                raise EngineCancelled("Segmentation cancelled")
+            del volume
+            indices = _indices(probabilities, package)
+            del probabilities
+        with stages.stage("postprocessing"):
+            lookup = _label_lookup(package)
+            labels = lookup[indices.cpu().numpy()]
+            steps = package.postprocessing
+            labels = postprocess(
+                labels, grid.spacing, steps.keep_largest_component, steps.fill_holes, steps.minimum_size_mm3
+            )
+        with stages.stage("resampling back"):
+            if not same_grid(grid, input_grid):
+                on_device = torch.from_numpy(labels.astype(np.float32)).to(torch_device)[None]
+                back = resample(on_device, grid, input_grid, mode="nearest")[0]
+                labels = back.cpu().numpy().astype(lookup.dtype)
+            result = sitk.GetImageFromArray(labels)
+            result.CopyInformation(images[0])
+        stages.report("resampling back", 1.0)
+    except out_of_memory as error:  # outside the network too: resampling and labels on a full GPU
+        message = f"{compute.description} ran out of memory ({error}). Use the CPU or close other GPU programs."
+        raise EngineError(message) from error
+    finally:
+        torch.set_num_threads(previous_threads)
+    stages.timings["total"] = time.perf_counter() - began
+    return SegmentationResult(
+        labels=result,
+        label_values=tuple(int(v) for v in lookup[1:]),
+        timings=stages.timings,
+        device=compute.description,
+        peak_memory_bytes=_peak_memory(torch_device),
+    )
+
+
+__all__ = [
+    "STAGES",
+    "EngineCancelled",
+    "EngineError",
+    "EngineProgress",
+    "SegmentationResult",
+    "estimate_memory",
+    "normalize",
+    "segment",
+]

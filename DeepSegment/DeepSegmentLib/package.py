@@ -1,0 +1,607 @@
+"""A model package: an installed model version's folder with ``model.json`` (the contract) and its weights.
+
+The contract says what the network takes and gives: input channels, resampling, intensity
+normalization, sliding-window settings, postprocessing and output labels. It is described by
+``DeepSegment/Resources/Schema/model-package.schema.json``; :func:`parse_contract` checks the same rules
+and those a schema cannot say (channel counts, label values referenced, the weights file inside the
+folder), naming the offending field in every error, as ``ModelRegistryLib.index`` does for indexes.
+Inputs and labels are written exactly as in a registry index and parsed by ModelRegistryLib.
+
+Axis order: ``spacing``, ``patchSize``, ``mirrorAxes`` and ``sliceAxis`` name image axes x, y, z (i, j,
+k of the model grid). The network's tensors are (batch, channel, z, y, x), NumPy's order for a
+SimpleITK image; :attr:`ModelPackage.tensor_patch_size` and :attr:`ModelPackage.tensor_mirror_dims`
+give the same in tensor order.
+
+Output channels and labels: with ``softmax`` (postprocessing ``argmax``) the network has one channel
+more than there are labels, channel 0 is the background and channel ``c`` is the ``c``-th label in
+``labels`` order; with ``sigmoid`` (``threshold``) channel ``c`` (from 0) is label ``c + 1`` in that
+order. :attr:`ModelPackage.channel_values` gives the label value of every channel.
+
+Weights are only loaded by loaders that cannot run code from the file; see :func:`load_network`.
+
+Example::
+
+    >>> import tempfile, torch
+    >>> network = torch.nn.Conv3d(1, 3, kernel_size=1)
+    >>> contract = {"schemaVersion": 1, "format": "torch.export", "weights": "model.pt2", "dimensions": 3,
+    ...     "inputs": [{"name": "T1", "modality": "MR"}],
+    ...     "preprocessing": {"spacing": [1, 1, 1], "orientation": "RAS", "normalization": [{"kind": "z-score"}]},
+    ...     "inference": {"patchSize": [16, 16, 8], "activation": "softmax", "outputChannels": 3},
+    ...     "postprocessing": {"mode": "argmax"},
+    ...     "labels": [{"value": 1, "name": "Gray matter", "color": "#b4b4b4"},
+    ...                {"value": 2, "name": "White matter", "color": "#f0f0f0"}]}
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     write_package(folder, torch.export.export(network, (torch.zeros(1, 1, 8, 16, 16),)), contract)
+    ...     package = load_package(folder)
+    ...     output = load_network(package, "cpu")(torch.zeros(1, 1, 8, 16, 16))
+    >>> package.tensor_patch_size, package.channel_values, tuple(output.shape)
+    ((8, 16, 16), (0, 1, 2), (1, 3, 8, 16, 16))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ModelRegistryLib.index import (
+    NUMBER,
+    IndexValidationError,
+    _list,
+    _object,
+    _parse_input,
+    _path,
+    _require,
+    parse_labels,
+)
+
+SCHEMA_VERSION = 1
+CONTRACT_NAME = "model.json"
+MAX_CONTRACT_BYTES = 1024 * 1024
+FORMATS = ("torchscript", "torch.export", "onnx")
+ORIENTATIONS = ("RAS", "LPS", "native")
+NORMALIZATIONS = ("ct-window", "z-score", "percentile", "none")
+FOREGROUNDS = ("nonzero", "all")
+BLENDINGS = ("gaussian", "constant")
+# Each activation has one postprocessing mode: argmax needs softmax's background channel.
+MODE_OF_ACTIVATION = {"softmax": "argmax", "sigmoid": "threshold"}
+DEFAULT_THRESHOLD = 0.5
+
+
+class PackageError(ValueError):
+    """A model package is unusable; ``field`` names where (e.g. ``inference.patchSize``, ``weights``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How one input channel's intensities are scaled before inference.
+
+    ``ct-window``: clip to ``window`` (low, high) and map it linearly onto ``range``; ``z-score``: subtract the
+    mean and divide by the standard deviation of the ``foreground`` voxels (``nonzero``, ``all``, or
+    ``threshold``: those above ``threshold``); ``percentile``: map the ``percentiles`` (low, high, in percent)
+    of the intensities onto ``range``, clipping outside; ``none``: as they are.
+    """
+
+    kind: str
+    window: tuple | None = None
+    range: tuple = (0.0, 1.0)
+    foreground: str = "nonzero"
+    threshold: float | None = None
+    percentiles: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``spacing`` (x, y, z) in mm, or ``None`` for the input's own grid; ``orientation``: ``RAS`` or ``LPS``
+    (model grid axes along those directions) or ``native`` (the input's own axes); one normalization per input.
+    """
+
+    spacing: tuple | None
+    orientation: str
+    normalization: tuple
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Sliding-window settings; ``patch_size`` and ``mirror_axes`` in image axes (x, y, z), see the module doc."""
+
+    patch_size: tuple
+    overlap: float
+    blending: str
+    batch_size: int
+    mirror_axes: tuple
+    activation: str
+    output_channels: int
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """``mode`` ``argmax`` or ``threshold`` (``thresholds``: label value → probability, every label present);
+    label values whose largest connected component alone is kept, whose holes are filled, and the smallest
+    component kept per label value (mm³). Where several labels pass their thresholds the most probable wins.
+    """
+
+    mode: str
+    thresholds: dict
+    keep_largest_component: tuple
+    fill_holes: tuple
+    minimum_size_mm3: dict
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A parsed model contract and where its files are; ``inputs`` are ModelRegistryLib ``ModelInput`` and
+    ``labels`` ModelRegistryLib ``Label``; ``slice_axis`` is the image axis a 2D model steps along."""
+
+    folder: str
+    format: str
+    weights_path: str
+    dimensions: int
+    inputs: tuple
+    preprocessing: Preprocessing
+    inference: Inference
+    postprocessing: Postprocessing
+    labels: tuple
+    slice_axis: int = 2
+    contract_mtime_ns: int = 0
+    weights_mtime_ns: int = 0
+
+    @property
+    def identity(self) -> tuple:
+        """What a cache of loaded networks is keyed on: the folder and the modification times of both files."""
+        return (self.folder, self.contract_mtime_ns, self.weights_mtime_ns)
+
+    @property
+    def spatial_axes(self) -> tuple:
+        """The image axes (0 = x, 1 = y, 2 = z) the network sees, x first: all three, or a 2D model's plane."""
+        return tuple(axis for axis in range(3) if self.dimensions == 3 or axis != self.slice_axis)
+
+    @property
+    def tensor_patch_size(self) -> tuple:
+        """The patch size in the network's tensor order (z, y, x)."""
+        return tuple(reversed(self.inference.patch_size))
+
+    @property
+    def tensor_mirror_dims(self) -> tuple:
+        """The dimensions of a (batch, channel, ...) tensor that test-time augmentation flips."""
+        axes = self.spatial_axes
+        return tuple(sorted(1 + len(axes) - axes.index(axis) for axis in self.inference.mirror_axes))
+
+    @property
+    def channel_values(self) -> tuple:
+        """The label value of each output channel: 0 (background) first under softmax."""
+        values = tuple(label.value for label in self.labels)
+        return (0, *values) if self.inference.activation == "softmax" else values
+
+
+def _choice(mapping: dict, key: str, choices, field: str, default: Any = None) -> Any:
+    if key not in mapping and default is not None:
+        return default
+    value = _require(mapping, key, str, field)
+    if value not in choices:
+        raise PackageError(_path(field, key), f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value, field: str) -> float:
+    if not isinstance(value, NUMBER) or isinstance(value, bool) or not math.isfinite(value):
+        raise PackageError(field, "must be a finite number")
+    return float(value)
+
+
+def _interval(mapping: dict, key: str, field: str, default: tuple | None = None) -> tuple:
+    """A pair of numbers (low, high) with low < high."""
+    if key not in mapping and default is not None:
+        return default
+    pair = _require(mapping, key, list, field)
+    if len(pair) != 2:
+        raise PackageError(_path(field, key), "must be two numbers [low, high]")
+    low, high = (_finite(value, f"{_path(field, key)}[{i}]") for i, value in enumerate(pair))
+    if low >= high:
+        raise PackageError(_path(field, key), "must be [low, high] with low < high")
+    return (low, high)
+
+
+def _positive_integers(values: list, field: str, count: int) -> tuple:
+    if len(values) != count:
+        raise PackageError(field, f"must list {count} values")
+    for i, value in enumerate(values):
+        if not _is_integer(value) or value < 1:
+            raise PackageError(f"{field}[{i}]", "must be an integer of 1 or more")
+    return tuple(values)
+
+
+def _parse_normalization(item, field: str) -> Normalization:
+    item = _object(item, field)
+    kind = _choice(item, "kind", NORMALIZATIONS, field)
+    if kind == "ct-window":
+        return Normalization(
+            kind, window=_interval(item, "window", field), range=_interval(item, "range", field, (0.0, 1.0))
+        )
+    if kind == "percentile":
+        percentiles = _interval(item, "percentiles", field)
+        if percentiles[0] < 0 or percentiles[1] > 100:
+            raise PackageError(f"{field}.percentiles", "must lie between 0 and 100")
+        return Normalization(kind, percentiles=percentiles, range=_interval(item, "range", field, (0.0, 1.0)))
+    if kind == "z-score":
+        foreground = item.get("foreground", "nonzero")
+        if isinstance(foreground, dict):
+            threshold = _finite(
+                _require(foreground, "threshold", NUMBER, f"{field}.foreground"), f"{field}.foreground.threshold"
+            )
+            return Normalization(kind, foreground="threshold", threshold=threshold)
+        if foreground not in FOREGROUNDS:
+            raise PackageError(f"{field}.foreground", 'must be "nonzero", "all" or {"threshold": number}')
+        return Normalization(kind, foreground=foreground)
+    return Normalization(kind)
+
+
+def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
+    item = _object(item, field)
+    if "spacing" not in item:
+        raise PackageError(f"{field}.spacing", "is required (null keeps the input's grid)")
+    spacing = item["spacing"]
+    if spacing is not None:
+        if not isinstance(spacing, list) or len(spacing) != 3:
+            raise PackageError(f"{field}.spacing", "must be three numbers (x, y, z) in mm, or null")
+        spacing = tuple(_finite(value, f"{field}.spacing[{i}]") for i, value in enumerate(spacing))
+        for i, value in enumerate(spacing):
+            if value <= 0:
+                raise PackageError(f"{field}.spacing[{i}]", "must be more than 0")
+    orientation = _choice(item, "orientation", ORIENTATIONS, field)
+    _require(item, "normalization", list, field)
+    normalization = _list(item, "normalization", field, _parse_normalization)
+    if len(normalization) != channels:
+        raise PackageError(f"{field}.normalization", f"lists {len(normalization)} entries for {channels} inputs")
+    return Preprocessing(spacing=spacing, orientation=orientation, normalization=normalization)
+
+
+def _parse_inference(item, field: str, axes: tuple) -> Inference:
+    item = _object(item, field)
+    patch_size = _positive_integers(_require(item, "patchSize", list, field), f"{field}.patchSize", len(axes))
+    overlap = _finite(item.get("overlap", 0.5), f"{field}.overlap")
+    if not 0 <= overlap < 1:
+        raise PackageError(f"{field}.overlap", "must be at least 0 and less than 1")
+    batch_size = _require(item, "batchSize", int, field) if "batchSize" in item else 1
+    if batch_size < 1:
+        raise PackageError(f"{field}.batchSize", "must be 1 or more")
+    mirror_axes = tuple(_require(item, "mirrorAxes", list, field)) if "mirrorAxes" in item else ()
+    for i, axis in enumerate(mirror_axes):
+        if not _is_integer(axis) or axis not in axes:
+            raise PackageError(f"{field}.mirrorAxes[{i}]", f"must be one of the axes {list(axes)} (0 = x)")
+    if len(set(mirror_axes)) != len(mirror_axes):
+        raise PackageError(f"{field}.mirrorAxes", "names an axis twice")
+    output_channels = _require(item, "outputChannels", int, field)
+    if output_channels < 1:
+        raise PackageError(f"{field}.outputChannels", "must be 1 or more")
+    return Inference(
+        patch_size=patch_size,
+        overlap=overlap,
+        blending=_choice(item, "blending", BLENDINGS, field, "gaussian"),
+        batch_size=batch_size,
+        mirror_axes=mirror_axes,
+        activation=_choice(item, "activation", tuple(MODE_OF_ACTIVATION), field),
+        output_channels=output_channels,
+    )
+
+
+def _label_values(mapping: dict, key: str, field: str, values: set) -> tuple:
+    listed = tuple(_require(mapping, key, list, field)) if key in mapping else ()
+    for i, value in enumerate(listed):
+        if not _is_integer(value) or value not in values:
+            raise PackageError(f"{field}.{key}[{i}]", f"{value!r} is not a label value")
+    return listed
+
+
+def _per_label(mapping: dict, key: str, field: str, values: set, upper: float) -> dict:
+    """A ``{"label value": number}`` object as ``{int: float}``; numbers between 0 and ``upper``."""
+    given = _require(mapping, key, dict, field) if key in mapping else {}
+    result = {}
+    for name, number in given.items():
+        if not name.isdigit() or int(name) not in values:
+            raise PackageError(f"{field}.{key}.{name}", "is not a label value")
+        number = _finite(number, f"{field}.{key}.{name}")
+        if not 0 <= number <= upper:
+            raise PackageError(f"{field}.{key}.{name}", f"must be between 0 and {upper}")
+        result[int(name)] = number
+    return result
+
+
+def _parse_postprocessing(item, field: str, activation: str, values: set) -> Postprocessing:
+    item = _object(item, field)
+    mode = _choice(item, "mode", tuple(MODE_OF_ACTIVATION.values()), field)
+    if mode != MODE_OF_ACTIVATION[activation]:
+        raise PackageError(f"{field}.mode", f"{activation} outputs need {MODE_OF_ACTIVATION[activation]!r}")
+    thresholds = _per_label(item, "thresholds", field, values, 1.0)
+    if thresholds and mode != "threshold":
+        raise PackageError(f"{field}.thresholds", "apply only in threshold mode")
+    if mode == "threshold":
+        thresholds = {value: thresholds.get(value, DEFAULT_THRESHOLD) for value in sorted(values)}
+    return Postprocessing(
+        mode=mode,
+        thresholds=thresholds,
+        keep_largest_component=_label_values(item, "keepLargestComponent", field, values),
+        fill_holes=_label_values(item, "fillHoles", field, values),
+        minimum_size_mm3=_per_label(item, "minimumSizeMm3", field, values, math.inf),
+    )
+
+
+def _path_inside(folder: str, name: str) -> str:
+    """The real path of ``name`` relative to ``folder``, which must stay inside it (links resolved)."""
+    if not name or os.path.isabs(name) or name.startswith(("/", "\\")):
+        raise PackageError("weights", "must be a file name relative to the model folder")
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise PackageError("weights", f"{name!r} points outside the model folder")
+    return path
+
+
+def _weights_path(document: dict, folder: str) -> str:
+    path = _path_inside(folder, _require(document, "weights", str, ""))
+    if not os.path.isfile(path):
+        raise PackageError("weights", f"{document['weights']!r} is not a file in {os.path.realpath(folder)}")
+    return path
+
+
+def _parse(document, folder: str) -> ModelPackage:
+    document = _object(document, "(document)")
+    schema_version = _require(document, "schemaVersion", int, "")
+    if schema_version != SCHEMA_VERSION:
+        raise PackageError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION})")
+    model_format = _choice(document, "format", FORMATS, "")
+    dimensions = _require(document, "dimensions", int, "")
+    if dimensions not in (2, 3):
+        raise PackageError("dimensions", "must be 3 (volumes) or 2 (slices)")
+    slice_axis = _require(document, "sliceAxis", int, "") if "sliceAxis" in document else 2
+    if slice_axis not in (0, 1, 2):
+        raise PackageError("sliceAxis", "must be 0 (x), 1 (y) or 2 (z)")
+    if not _require(document, "inputs", list, ""):
+        raise PackageError("inputs", "must list at least one input channel")
+    inputs = _list(document, "inputs", "", _parse_input)
+    if not _require(document, "labels", list, ""):
+        raise PackageError("labels", "must list at least one label")
+    labels = parse_labels(document)
+    axes = tuple(axis for axis in range(3) if dimensions == 3 or axis != slice_axis)
+    preprocessing = _parse_preprocessing(_require(document, "preprocessing", dict, ""), "preprocessing", len(inputs))
+    inference = _parse_inference(_require(document, "inference", dict, ""), "inference", axes)
+    expected = len(labels) + (1 if inference.activation == "softmax" else 0)
+    if inference.output_channels != expected:
+        raise PackageError(
+            "inference.outputChannels",
+            f"is {inference.output_channels}, but {len(labels)} labels with {inference.activation} need {expected}",
+        )
+    values = {label.value for label in labels}
+    postprocessing = _parse_postprocessing(
+        _require(document, "postprocessing", dict, ""), "postprocessing", inference.activation, values
+    )
+    weights_path = _weights_path(document, folder)
+    return ModelPackage(
+        folder=os.path.realpath(folder),
+        format=model_format,
+        weights_path=weights_path,
+        dimensions=dimensions,
+        inputs=inputs,
+        preprocessing=preprocessing,
+        inference=inference,
+        postprocessing=postprocessing,
+        labels=labels,
+        slice_axis=slice_axis,
+        weights_mtime_ns=os.stat(weights_path).st_mtime_ns,
+    )
+
+
+def parse_contract(document: dict, folder: str) -> ModelPackage:
+    """Validate a contract (decoded from JSON) whose weights lie in ``folder``; errors are ``PackageError``."""
+    try:
+        return _parse(document, folder)
+    except IndexValidationError as error:
+        # Shared checks (inputs, labels, types) come from ModelRegistryLib with its error class.
+        raise PackageError(error.field, str(error)[len(error.field) + 2 :]) from error
+
+
+def load_package(folder: str) -> ModelPackage:
+    """Read and validate ``folder/model.json``; a contract over ``MAX_CONTRACT_BYTES`` is refused unread."""
+    path = os.path.join(folder, CONTRACT_NAME)
+    try:
+        status = os.stat(path)
+        if status.st_size > MAX_CONTRACT_BYTES:
+            raise PackageError("(document)", f"{status.st_size} bytes is over the {MAX_CONTRACT_BYTES}-byte limit")
+        with open(path, "rb") as file:
+            document = json.loads(file.read().decode("utf-8"))
+    except OSError as error:
+        raise PackageError("(document)", f"cannot read {path}: {error.strerror or error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise PackageError("(document)", f"{path} is not valid JSON: {error}") from error
+    package = parse_contract(document, folder)
+    return ModelPackage(**{**package.__dict__, "contract_mtime_ns": status.st_mtime_ns})
+
+
+# Members of a torch.export archive (below its root folder) that are never unpickled: metadata read as
+# text, JSON (the program and payload configs) and extra files read as strings.
+_PT2_TEXT_MEMBERS = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+_PT2_PAYLOAD_DIRECTORIES = {"data/weights/": "_weights_config.json", "data/constants/": "_constants_config.json"}
+
+
+def _payloads(archive: zipfile.ZipFile, root: str) -> tuple:
+    """(raw, pickled): members holding plain tensor bytes, and members the payload configs say are unpickled."""
+    raw, pickled = set(), set()
+    for directory, config_suffix in _PT2_PAYLOAD_DIRECTORIES.items():
+        for name in archive.namelist():
+            if not (name.startswith(root + directory) and name.endswith(config_suffix)):
+                continue
+            for entry in json.loads(archive.read(name))["config"].values():
+                path_name = entry["path_name"]
+                plain = not entry.get("use_pickle") and path_name.startswith(("weight_", "tensor_"))
+                (raw if plain else pickled).add(root + directory + path_name)
+    return raw, pickled
+
+
+def _weights_only(archive: zipfile.ZipFile, name: str, member: str) -> None:
+    import torch
+
+    try:
+        torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+    except Exception as error:  # the weights-only unpickler raises many kinds, all meaning "refused"
+        raise PackageError("weights", f"{member!r} in the archive is not plain tensor data; refused") from error
+
+
+def check_export_archive(path: str) -> None:
+    """Refuse a ``.pt2`` file unless loading it with ``torch.export.load`` can run no code from it.
+
+    ``torch.export.load`` unpickles some members with ``torch.load(weights_only=False)`` or ``pickle.loads``
+    (pickled weights and constants, sample inputs, custom objects) and loads compiled AOTInductor
+    libraries; a file crafted to use those paths runs code (the tests show it). So every member must be one
+    that is never unpickled (metadata, JSON, plain tensor bytes, extra text files) or a pickle that
+    PyTorch's weights-only unpickler accepts: that unpickler admits only tensor-rebuilding functions and
+    plain containers, and the later full unpickling of the same bytes performs the same operations.
+    Anything else (AOTInductor code, custom objects, members this check does not know) is refused.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise PackageError("weights", f"is not a torch.export archive: {error}") from error
+    with archive:
+        names = archive.namelist()
+        roots = {name.split("/", 1)[0] + "/" for name in names}
+        if len(roots) != 1:
+            raise PackageError("weights", "is not a torch.export archive (expected one root folder)")
+        root = roots.pop()
+        try:
+            raw, pickled = _payloads(archive, root)
+        except (ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+            raise PackageError("weights", f"has an unreadable payload configuration: {error}") from error
+        for name in names:
+            member = name[len(root) :]
+            if name in pickled or (member.startswith("data/sample_inputs/") and not name.endswith("/")):
+                _weights_only(archive, name, member)
+            elif not (
+                name.endswith("/")
+                or name in raw
+                or member in _PT2_TEXT_MEMBERS
+                or member.endswith(".json")
+                or member.startswith("extra/")
+            ):
+                raise PackageError("weights", f"{member!r} in the archive could run code; refused")
+
+
+class OnnxNetwork:
+    """An onnxruntime session called like a PyTorch network: a tensor in, the first output as a tensor."""
+
+    def __init__(self, session, device: str) -> None:
+        self.session = session
+        self.device = device
+        self.input_name = session.get_inputs()[0].name
+        self.input_float16 = session.get_inputs()[0].type == "tensor(float16)"
+
+    def __call__(self, tensor):
+        import torch
+
+        array = tensor.detach().to("cpu", torch.float16 if self.input_float16 else torch.float32).numpy()
+        output = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(output).to(tensor.device)
+
+
+def _load_onnx(path: str, device: str) -> OnnxNetwork:
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise PackageError(
+            "format", "ONNX models need the onnxruntime package (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
+        ) from error
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise PackageError("format", "this onnxruntime has no CUDA support: install onnxruntime-gpu or use the CPU")
+        index = int(device.partition(":")[2] or 0)
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    elif device != "cpu":
+        raise PackageError("format", f"ONNX models run on the CPU or CUDA, not on {device!r}")
+    return OnnxNetwork(onnxruntime.InferenceSession(path, providers=providers), device)
+
+
+def load_network(package: ModelPackage, device: str) -> Callable:
+    """The package's network on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``), ready for inference.
+
+    No loader here runs code from the weights file, and none unpickles Python objects:
+
+    - TorchScript (``torch.jit.load``): the program is TorchScript source compiled and interpreted by the
+      TorchScript runtime, which can only call registered TorchScript operators; its constants and
+      tensors are read by TorchScript's own unpickler, which knows tensors, containers and TorchScript
+      classes and no Python globals.
+    - torch.export (``torch.export.load``): the program is a serialized ATen operator graph (JSON) with
+      tensor payloads; ``torch.export.load`` would unpickle some members with the full unpickler, so
+      :func:`check_export_archive` first refuses any archive where that could run code.
+    - ONNX (onnxruntime): a protobuf graph of ONNX operators; no custom operator library is registered.
+
+    ``torch.load(weights_only=False)`` and ``pickle`` are never used. A file that is not a valid archive
+    of its format (such as a plain pickle) raises ``PackageError``.
+    """
+    if package.format == "onnx":
+        return _load_onnx(package.weights_path, device)
+    import torch
+
+    try:
+        if package.format == "torchscript":
+            network = torch.jit.load(package.weights_path, map_location=device)
+            return network.eval()
+        check_export_archive(package.weights_path)
+        # Exported programs are traced in inference mode already; their modules refuse .eval().
+        return torch.export.load(package.weights_path).module().to(device)
+    except PackageError:
+        raise
+    except (RuntimeError, ValueError, AssertionError, zipfile.BadZipFile, OSError) as error:
+        raise PackageError("weights", f"cannot load {package.weights_path} as {package.format}: {error}") from error
+
+
+def write_package(folder: str, network_or_program, contract: dict) -> None:
+    """Write a model package: the weights named in ``contract`` and ``model.json``, after validating both.
+
+    ``network_or_program``: a TorchScript module (or a ``torch.nn.Module``, scripted here) for
+    ``torchscript``, an ``ExportedProgram`` for ``torch.export``, or ``bytes`` written as they are (any format).
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = _path_inside(folder, _require(_object(contract, "(document)"), "weights", str, ""))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        _save_weights(path, network_or_program, contract.get("format"))
+        parse_contract(contract, folder)
+    except Exception:
+        if os.path.isfile(path):
+            os.remove(path)
+        raise
+    partial = os.path.join(folder, f".{CONTRACT_NAME}.partial")
+    with open(partial, "w", encoding="utf-8") as file:
+        json.dump(contract, file, indent=2)
+    os.replace(partial, os.path.join(folder, CONTRACT_NAME))
+
+
+def _save_weights(path: str, network_or_program, model_format) -> None:
+    if isinstance(network_or_program, bytes):
+        with open(path, "wb") as file:
+            file.write(network_or_program)
+        return
+    import torch
+
+    if model_format == "torchscript":
+        scripted = network_or_program
+        if not isinstance(scripted, torch.jit.ScriptModule):
+            scripted = torch.jit.script(network_or_program)
+        torch.jit.save(scripted, path)
+    elif model_format == "torch.export":
+        torch.export.save(network_or_program, path)
+    else:
+        raise PackageError("format", "write_package writes torchscript and torch.export networks, or raw bytes")
