@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-requirements-dev
 
-.PHONY: test lint screenshots clean
+.PHONY: test lint demo screenshots clean
 
 # The environment is rebuilt only when the pinned requirements change.
 $(INSTALLED): requirements-dev.txt
@@ -18,6 +18,11 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The main job on built-in defaults: install brain-tissue-demo from the bundled registry, segment a
+# rotated, resampled MNI template on the CPU, write the result and a picture to demo-output/.
+demo: $(INSTALLED)
+	$(BIN)/python DeepSegment/Demo/run_demo.py --output demo-output
 
 screenshots: $(INSTALLED)
 	$(BIN)/python Testing/render_screenshots.py Resources/Screenshots

@@ -1,8 +1,13 @@
+import dataclasses
+import getpass
+import json
 import os
 import shutil
+import time
 
 import numpy as np
 import qt
+import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -12,13 +17,40 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
+from ModelRegistryLib import BackgroundTask, CancelledError
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
+    DONE,
+    IN_PROGRESS,
+    REVIEWED,
+    STATUSES,
+    TO_DO,
     CaseListError,
+    ExportCancelledError,
+    ExportError,
+    ExportSettings,
+    LabelSchemaError,
+    backup_path,
     case_list_from_folder,
+    check_case,
+    export_dataset,
+    format_duration,
+    install_file,
+    load_label_schema,
     read_case_list,
+    recovery_path,
+    recovery_to_offer,
+    save_label_schema,
+    segmentation_save_path,
+    temporary_path,
     write_case_list,
 )
+from TrainingDataExportLib.card import MARKDOWN_NAME
+from TrainingDataExportLib.formats import FORMATS
+from TrainingDataExportLib.workflow import SEGMENTATION_FILE_EXTENSION, is_slicer_segmentation_file
+
+# What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
+USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
 
 #
 # TrainingDataExport
@@ -32,13 +64,17 @@ class TrainingDataExport(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Training Data Export"
         self.parent.categories = ["Deep Learning"]
-        self.parent.dependencies = []
+        # The label schema is the model registry's label format, read with ModelRegistryLib.
+        self.parent.dependencies = ["ModelRegistry"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
-            "Keep the case list of an annotation project: one row per case with its patient, its images (one"
-            " column per channel) and its segmentation, saved as a CSV file next to the data. Create it from a"
-            " folder of images: files named &lt;case&gt;_seg, &lt;case&gt;_label or &lt;case&gt;.seg.nrrd are"
-            " paired to their case as its segmentation."
+            "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
+            " to the data) holds each case's patient, images, segmentation, status, annotator and time spent;"
+            " create it from a folder of images. The label schema (JSON) gives every label's value, name, color"
+            " and terminology: new segmentations start from it and every case is checked against it. Load a"
+            " case, paint it in the Segment Editor, save (the previous file is kept as .bak; work in progress is"
+            " written to a recovery file every minute), and mark it done. Export writes nnU-Net, MONAI, image/label"
+            " pairs or 2D slices, split by patient, with a dataset card."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its export formats follow the nnU-Net v2 and MONAI"
@@ -52,12 +88,15 @@ class TrainingDataExport(ScriptedLoadableModule):
 
 
 class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
-    """Panel: the case list file, a folder to create it from, and the table of cases."""
+    """Panel: the case list and label schema, the annotation workflow with the Segment Editor, the export."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
+        self.exportTask = None
+        self.exportTimer = None
+        self.autosaveTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -67,17 +106,99 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.logic = TrainingDataExportLogic()
         self.ui.caseTable.setColumnCount(len(TrainingDataExportLogic.TABLE_COLUMNS))
         self.ui.caseTable.setHorizontalHeaderLabels(TrainingDataExportLogic.TABLE_COLUMNS)
+        self.ui.caseTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
+        self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.annotatorLineEdit.text = self.logic.annotator
+        self.ui.exportProgressBar.setRange(0, 1000)
+        self.ui.exportProgressBar.visible = False
+        # Empty result lines take no room: the panel must fit beside the views.
+        _showText(self.ui.annotationStatusLabel, "")
+        _showText(self.ui.exportResultLabel, "")
+
         self.ui.caseListPathLineEdit.connect("currentPathChanged(QString)", self.onCaseListPathChanged)
+        self.ui.labelSchemaPathLineEdit.connect("currentPathChanged(QString)", self.onLabelSchemaPathChanged)
         self.ui.imageFolderPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
         self.ui.createFromFolderButton.connect("clicked(bool)", self.onCreateFromFolder)
+        self.ui.caseTable.connect("itemSelectionChanged()", self.updateButtonStates)
+        self.ui.caseTable.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
+        self.ui.annotatorLineEdit.connect("textChanged(QString)", self.onAnnotatorChanged)
+        self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
+        self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+        self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        self.ui.markDoneButton.connect("clicked(bool)", lambda: self.onMarkStatus(DONE))
+        self.ui.markReviewedButton.connect("clicked(bool)", lambda: self.onMarkStatus(REVIEWED))
+        self.ui.spacingCheckBox.connect("toggled(bool)", self.updateButtonStates)
+        self.ui.cropCheckBox.connect("toggled(bool)", self.updateButtonStates)
+        self.ui.outputPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+
+        # Work in progress goes to a recovery file regularly, so a crash loses at most this interval.
+        self.autosaveTimer = qt.QTimer()
+        self.autosaveTimer.setInterval(int(TrainingDataExportLogic.AUTOSAVE_SECONDS * 1000))
+        self.autosaveTimer.connect("timeout()", self.onAutosave)
+        self.autosaveTimer.start()
+        self.exportTimer = qt.QTimer()
+        self.exportTimer.setInterval(100)
+        self.exportTimer.connect("timeout()", self.pollExport)
         self.layout.addStretch(1)
         self.updateCaseTable()
+
+    def cleanup(self):
+        # The editor's selectors observe the scene: a panel deleted while they still do would be called back.
+        self.ui.segmentEditorWidget.setMRMLScene(None)
+        self.autosaveTimer.stop()
+        if self.exportTask is not None:
+            self.exportTask.cancel()
+        self.exportTimer.stop()
+
+    # -- state of the panel -----------------------------------------------------------------------------
+
+    def selectedIndex(self):
+        rows = sorted({index.row() for index in self.ui.caseTable.selectedIndexes()})
+        return rows[0] if rows else None
+
+    def updateButtonStates(self, _unused=None):
+        ui = self.ui
+        ui.createFromFolderButton.enabled = self.logic.canCreateFromFolder(ui.imageFolderPathLineEdit.currentPath)
+        selected = self.selectedIndex()
+        current = self.logic.currentIndex if self.logic.caseLoaded() else None
+        ui.loadCaseButton.enabled = selected is not None and bool(self.logic.labels)
+        ui.saveCaseButton.enabled = current is not None
+        ui.previousCaseButton.enabled = current is not None and current > 0
+        ui.nextCaseButton.enabled = current is not None and current + 1 < len(self.logic.cases)
+        statusTarget = current if current is not None else selected
+        ui.markDoneButton.enabled = statusTarget is not None
+        ui.markReviewedButton.enabled = statusTarget is not None
+        for spinBox in (ui.spacingXSpinBox, ui.spacingYSpinBox, ui.spacingZSpinBox):
+            spinBox.enabled = ui.spacingCheckBox.checked
+        ui.cropMarginSpinBox.enabled = ui.cropCheckBox.checked
+        ui.exportButton.enabled = self.exportTask is not None or (
+            bool(self.logic.cases) and bool(self.logic.labels) and bool(ui.outputPathLineEdit.currentPath)
+        )
+
+    def updateCaseTable(self):
+        rows = self.logic.tableRows()
+        table = self.ui.caseTable
+        selected = self.selectedIndex()
+        table.setRowCount(len(rows))
+        checkColumn = len(TrainingDataExportLogic.TABLE_COLUMNS) - 1
+        for rowIndex, row in enumerate(rows):
+            for columnIndex, value in enumerate(row):
+                item = qt.QTableWidgetItem(value)
+                if columnIndex == checkColumn:
+                    item.setToolTip("\n".join(self.logic.caseProblems(rowIndex)))
+                table.setItem(rowIndex, columnIndex, item)
+        if selected is not None and selected < len(rows):
+            table.selectRow(selected)
+        self.ui.statusLabel.text = self.logic.statusText()
         self.updateButtonStates()
 
-    def updateButtonStates(self, _path=None):
-        self.ui.createFromFolderButton.enabled = self.logic.canCreateFromFolder(
-            self.ui.imageFolderPathLineEdit.currentPath
-        )
+    def _showError(self, message, error):
+        _showText(self.ui.annotationStatusLabel, f"{message} {error}")
+        slicer.util.errorDisplay(f"{message}\n\n{error}")
+
+    # -- cases ----------------------------------------------------------------------------------------------
 
     def onCaseListPathChanged(self, path):
         # Errors a user can fix (a malformed CSV, an unreadable file) go to the status line, not to a dialog:
@@ -85,6 +206,15 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         try:
             self.logic.openCaseList(path)
         except (CaseListError, OSError) as error:
+            self.updateCaseTable()
+            self.ui.statusLabel.text = str(error)
+            return
+        self.updateCaseTable()
+
+    def onLabelSchemaPathChanged(self, path):
+        try:
+            self.logic.openLabelSchema(path)
+        except (LabelSchemaError, OSError) as error:
             self.updateCaseTable()
             self.ui.statusLabel.text = str(error)
             return
@@ -102,14 +232,138 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.caseListPathLineEdit.currentPath = self.logic.caseListPath
         self.updateCaseTable()
 
-    def updateCaseTable(self):
-        rows = self.logic.tableRows()
-        table = self.ui.caseTable
-        table.setRowCount(len(rows))
-        for rowIndex, row in enumerate(rows):
-            for columnIndex, value in enumerate(row):
-                table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(value))
-        self.ui.statusLabel.text = self.logic.statusText()
+    # -- annotation -------------------------------------------------------------------------------------------
+
+    def onAnnotatorChanged(self, text):
+        self.logic.annotator = text.strip()
+
+    def onCaseDoubleClicked(self, row, _column):
+        self.loadCase(lambda: self.logic.loadCase(row))
+
+    def onLoadCase(self):
+        index = self.selectedIndex()
+        self.loadCase(lambda: self.logic.loadCase(index))
+
+    def onPreviousCase(self):
+        self.loadCase(self.logic.previousCase)
+
+    def onNextCase(self):
+        self.loadCase(self.logic.nextCase)
+
+    def loadCase(self, load):
+        """Run ``load`` (a Logic call loading a case), offer its recovery file, and show the case for editing."""
+        try:
+            recovery = load()
+            if recovery and (
+                slicer.app.testingEnabled()
+                or slicer.util.confirmYesNoDisplay(
+                    f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
+                    " Slicer stopped or the case was left unsaved). Restore it?"
+                )
+            ):
+                self.logic.restoreRecovery()
+        except USER_ERRORS as error:
+            self._showError("Loading the case failed.", error)
+            self.updateCaseTable()
+            return
+        editor = self.ui.segmentEditorWidget
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setSegmentationNode(self.logic.segmentationNode)
+        editor.setSourceVolumeNode(self.logic.volumeNodes[0])
+        self.ui.caseTable.selectRow(self.logic.currentIndex)
+        _showText(self.ui.annotationStatusLabel, self.logic.annotationStatusText())
+        self.updateCaseTable()
+
+    def onSaveCase(self):
+        try:
+            self.logic.saveCase()
+        except USER_ERRORS as error:
+            self._showError("Saving the case failed.", error)
+            return
+        _showText(self.ui.annotationStatusLabel, self.logic.annotationStatusText())
+        self.updateCaseTable()
+
+    def onMarkStatus(self, status):
+        index = self.logic.currentIndex if self.logic.caseLoaded() else self.selectedIndex()
+        try:
+            self.logic.setStatus(index, status)
+        except USER_ERRORS as error:
+            self._showError("Changing the status failed.", error)
+            return
+        self.updateCaseTable()
+
+    def onAutosave(self):
+        try:
+            path = self.logic.autosave()
+        except USER_ERRORS as error:
+            # Not a dialog: it would pop up every minute while, say, the disk stays full.
+            _showText(self.ui.annotationStatusLabel, f"Autosave failed: {error}")
+            return
+        if path:
+            _showText(self.ui.annotationStatusLabel, f"Work in progress kept in {os.path.basename(path)}.")
+
+    # -- export --------------------------------------------------------------------------------------------
+
+    def exportSettings(self):
+        ui = self.ui
+        spacing = None
+        if ui.spacingCheckBox.checked:
+            spacing = (ui.spacingXSpinBox.value, ui.spacingYSpinBox.value, ui.spacingZSpinBox.value)
+        return ExportSettings(
+            format=ui.formatComboBox.currentText,
+            spacing=spacing,
+            crop_margin_mm=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
+            compression_level=ui.compressionSpinBox.value,
+        )
+
+    def onExportButton(self):
+        if self.exportTask is not None:
+            self.exportTask.cancel()
+            self._showStage("Cancelling…")
+            return
+        ui = self.ui
+        try:
+            task = self.logic.exportTask(
+                self.exportSettings(),
+                ui.outputPathLineEdit.currentPath,
+                folds=ui.foldsSpinBox.value,
+                testFraction=ui.testFractionSpinBox.value,
+                seed=ui.seedSpinBox.value,
+            )
+        except USER_ERRORS as error:
+            _showText(ui.exportResultLabel, str(error))
+            return
+        self.exportTask = task.start()
+        ui.exportButton.text = "Cancel"
+        ui.exportProgressBar.value = 0
+        ui.exportProgressBar.visible = True
+        self._showStage(task.description)
+        _showText(ui.exportResultLabel, "")
+        self.updateButtonStates()
+        self.exportTimer.start()
+
+    def pollExport(self):
+        """Runs on the main thread every 100 ms while the export runs: shows progress, then the outcome."""
+        task = self.exportTask
+        if task is None:
+            return
+        if task.progress is not None:
+            fraction, text = task.progress
+            self.ui.exportProgressBar.value = int(fraction * 1000)
+            self._showStage("Cancelling…" if task.cancel_event.is_set() else text)
+        if not task.finished:
+            return
+        self.exportTimer.stop()
+        self.exportTask = None
+        self.ui.exportButton.text = "Export"
+        self.ui.exportProgressBar.visible = False
+        _showText(self.ui.exportResultLabel, self.logic.exportOutcomeText(task))
+        self.updateButtonStates()
+
+    def _showStage(self, text):
+        # The stage is written on the progress bar ("%p" is Qt's percentage), so it needs no line of its own.
+        self.ui.exportProgressBar.setFormat(text.replace("%", "%%") + " (%p%)")
 
 
 #
@@ -118,25 +372,46 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
 
 
 class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
-    """The project's case list: create it from a folder, load and save it; no Qt here, usable from the console.
+    """The annotation project: case list, label schema, the workflow of one loaded case, and the export.
+
+    No Qt here: everything the panel does can be done from Slicer's Python console.
 
     Example (Slicer's Python console)::
 
         logic = slicer.util.getModuleLogic("TrainingDataExport")
         logic.createCaseListFromFolder("/data/liver", patientPattern=r"^(\\d+)_")  # writes /data/liver/cases.csv
-        logic.tableRows()  # [('001_a', '001', 'image', 'annotated'), ...]
-        logic.loadCaseList("/data/liver/cases.csv")
+        logic.loadLabelSchema("/data/liver/labels.json")
+        logic.loadCase(0)          # images + segmentation (or a new one from the schema) in the scene
+        # ... paint in the Segment Editor, or: slicer.util.updateSegmentBinaryLabelmapFromArray(...)
+        logic.saveCase()           # /data/liver/001_a.seg.nrrd, the case list updated
+        logic.setStatus(0, "done")
+        from TrainingDataExportLib import ExportSettings
+        report = logic.exportDataset(ExportSettings("nnunet"), "/data/liver/nnUNet_raw")
     """
 
-    TABLE_COLUMNS = ("Case", "Patient", "Channels", "Segmentation")
-    ANNOTATED = "annotated"
-    TO_DO = "to do"
+    TABLE_COLUMNS = ("Case", "Patient", "Channels", "Segmentation", "Status", "Annotator", "Time spent", "Check")
+    FORMATS = FORMATS
+    AUTOSAVE_SECONDS = 60
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.cases = []
         # The CSV the cases were read from or written to: where saveCaseList writes by default.
         self.caseListPath = ""
+        self.labels = ()
+        self.labelSchemaPath = ""
+        self.annotator = _userName()
+        # The loaded case.
+        self.currentIndex = None
+        self.volumeNodes = []
+        self.segmentationNode = None
+        self._startTime = 0.0
+        self._autosavedStamp = 0
+        # case id -> (what the check depends on, problems): reading every segmentation again per table update
+        # would make the panel slow on large projects.
+        self._checks = {}
+
+    # -- case list ---------------------------------------------------------------------------------------
 
     @staticmethod
     def canCreateFromFolder(folder):
@@ -147,6 +422,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
         On a read error the cases are forgotten too, so that nothing stale is shown or saved over the file.
         """
+        self.closeCase()
         self.cases = []
         self.caseListPath = ""
         if path and os.path.isfile(path):
@@ -175,8 +451,8 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         """Find the cases of ``folder`` (see ``TrainingDataExportLib.case_list_from_folder``) and write their
         case list to ``caseListPath`` (default: ``cases.csv`` in ``folder``).
 
-        An existing case list is never replaced: it may hold work (patient ids, later annotation states) that
-        a folder scan cannot recover. Raises ``FileExistsError`` then, ``CaseListError`` for unplaceable files.
+        An existing case list is never replaced: it may hold work (patient ids, annotation states) that a
+        folder scan cannot recover. Raises ``FileExistsError`` then, ``CaseListError`` for unplaceable files.
         """
         if not self.canCreateFromFolder(folder):
             # Checked here because an empty path would otherwise mean the current working directory.
@@ -194,15 +470,71 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             recursive=recursive,
         )
         write_case_list(caseListPath, cases)
+        self.closeCase()
         self.cases = cases
         self.caseListPath = caseListPath
         return cases
 
+    # -- label schema ------------------------------------------------------------------------------------
+
+    def openLabelSchema(self, path):
+        """Load the schema at ``path`` when it is an existing file; otherwise forget the labels."""
+        self.labels = ()
+        self.labelSchemaPath = ""
+        self._checks.clear()
+        if path and os.path.isfile(path):
+            return self.loadLabelSchema(path)
+        return self.labels
+
+    def loadLabelSchema(self, path):
+        """Read the label schema (JSON, the model registry's label format); raises ``LabelSchemaError``."""
+        self.labels = load_label_schema(path)
+        self.labelSchemaPath = os.path.abspath(path)
+        self._checks.clear()
+        return self.labels
+
+    def saveLabelSchema(self, path, labels):
+        """Write ``labels`` (``ModelRegistryLib.index.Label``) as the project's schema and use it."""
+        save_label_schema(path, labels)
+        return self.loadLabelSchema(path)
+
+    # -- table ---------------------------------------------------------------------------------------------
+
+    def caseProblems(self, index):
+        """The problems of case ``index`` against the label schema (empty without a schema)."""
+        if not self.labels:
+            return []
+        case = self.cases[index]
+        paths = [*case.images.values(), case.segmentation]
+        key = (self.labels, tuple((path, _modificationTime(path)) for path in paths))
+        cached = self._checks.get(case.case_id)
+        if cached is None or cached[0] != key:
+            cached = (key, check_case(case, self.labels))
+            self._checks[case.case_id] = cached
+        return cached[1]
+
+    def checkText(self, index):
+        if not self.labels:
+            return "no schema"
+        problems = self.caseProblems(index)
+        if problems:
+            return f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        return "ok" if self.cases[index].annotated else ""
+
     def tableRows(self):
         """One row of strings per case, in ``TABLE_COLUMNS`` order."""
         return [
-            (case.case_id, case.patient_id, ", ".join(case.channels), self.ANNOTATED if case.annotated else self.TO_DO)
-            for case in self.cases
+            (
+                case.case_id,
+                case.patient_id,
+                ", ".join(case.channels),
+                os.path.basename(case.segmentation),
+                case.status,
+                case.annotator,
+                format_duration(case.time_spent),
+                self.checkText(index),
+            )
+            for index, case in enumerate(self.cases)
         ]
 
     def statusText(self):
@@ -210,8 +542,352 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             return "Choose a case list file, or create one from a folder of images."
         if not os.path.isfile(self.caseListPath):
             return f"{os.path.basename(self.caseListPath)} does not exist yet: create it from a folder of images."
-        annotated = sum(1 for case in self.cases if case.annotated)
-        return f"{len(self.cases)} cases: {annotated} annotated, {len(self.cases) - annotated} to do."
+        counts = ", ".join(f"{sum(case.status == s for case in self.cases)} {s}" for s in STATUSES)
+        text = f"{len(self.cases)} cases: {counts}."
+        if not self.labels:
+            text += " Choose the label schema to annotate and check the cases."
+        return text
+
+    # -- the loaded case -----------------------------------------------------------------------------------
+
+    def caseLoaded(self):
+        """Whether a case is loaded and its segmentation still in the scene (a scene close removes it)."""
+        node = self.segmentationNode
+        return node is not None and node.GetScene() is not None and slicer.mrmlScene.IsNodePresent(node)
+
+    def currentCase(self):
+        if not self.caseLoaded():
+            raise ValueError("No case is loaded: select a case and load it first.")
+        return self.cases[self.currentIndex]
+
+    def loadCase(self, index):
+        """Load case ``index``: its image channels and its segmentation, or a new segmentation whose segments
+        come from the label schema, referenced to the first channel. The case becomes "in progress".
+
+        Returns the path of a recovery file holding work newer than the saved segmentation ("" when there is
+        none): :meth:`restoreRecovery` puts it in place of the loaded segmentation.
+        """
+        if not self.labels:
+            raise ValueError("Choose the label schema first: segmentations are made and checked against it.")
+        if index is None or not 0 <= index < len(self.cases):
+            raise ValueError(f"There is no case {index!r} in the case list.")
+        self.closeCase()
+        case = self.cases[index]
+        volumeNodes = []
+        try:
+            for position, (channel, path) in enumerate(case.images.items()):
+                properties = {"name": f"{case.case_id} {channel}", "show": position == 0}
+                volumeNodes.append(slicer.util.loadVolume(path, properties))
+            segmentationNode = self._loadSegmentation(case, volumeNodes[0])
+        except Exception:
+            for node in volumeNodes:
+                slicer.mrmlScene.RemoveNode(node)
+            raise
+        self.currentIndex = index
+        self.volumeNodes = volumeNodes
+        self.segmentationNode = segmentationNode
+        self._startTime = time.monotonic()
+        self._autosavedStamp = self._editStamp()
+        if case.status == TO_DO:
+            case.status = IN_PROGRESS
+            self.saveCaseList()
+        return recovery_to_offer(case)
+
+    def _loadSegmentation(self, case, referenceVolumeNode):
+        name = f"{case.case_id} segmentation"
+        path = case.segmentation
+        if path and is_slicer_segmentation_file(path):
+            node = slicer.util.loadSegmentation(path, {"name": name})
+        else:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+            if path:
+                self._importLabelMap(path, node)
+        self._addSchemaSegments(node, referenceVolumeNode)
+        return node
+
+    def _importLabelMap(self, path, segmentationNode):
+        """The values of a label-map file as segments: the schema's name and color where the value is known."""
+        labelMapNode = slicer.util.loadLabelVolume(path, {"show": False})
+        try:
+            array = slicer.util.arrayFromVolume(labelMapNode)
+            byValue = {label.value: label for label in self.labels}
+            for value in np.unique(array):
+                if not value:
+                    continue
+                label = byValue.get(int(value))
+                segmentId = self._addSegment(segmentationNode, label) if label else (
+                    segmentationNode.GetSegmentation().AddEmptySegment("", f"Label {int(value)}")
+                )
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    (array == value).astype(np.uint8), segmentationNode, segmentId, labelMapNode
+                )
+        finally:
+            slicer.mrmlScene.RemoveNode(labelMapNode)
+
+    def _addSchemaSegments(self, segmentationNode, referenceVolumeNode):
+        """A segment for every schema label the segmentation lacks (by name), so the editor is ready.
+
+        Each new segment starts as an empty label map on the reference volume's grid: a segment left with the
+        default empty geometry shares its layer with painted ones, and saving such a layer was seen to shift the
+        painted voxels when the spacing is not 1 mm (slicer-core 5.8).
+        """
+        segmentation = segmentationNode.GetSegmentation()
+        count = segmentation.GetNumberOfSegments()
+        names = {segmentation.GetNthSegment(i).GetName().strip().casefold() for i in range(count)}
+        for label in self.labels:
+            if label.name.strip().casefold() not in names:
+                segmentId = self._addSegment(segmentationNode, label)
+                empty = np.zeros(slicer.util.arrayFromVolume(referenceVolumeNode).shape, np.uint8)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    empty, segmentationNode, segmentId, referenceVolumeNode
+                )
+
+    @staticmethod
+    def _addSegment(segmentationNode, label):
+        color = tuple(int(label.color[i : i + 2], 16) / 255.0 for i in (1, 3, 5))
+        segmentation = segmentationNode.GetSegmentation()
+        segmentId = segmentation.AddEmptySegment("", label.name, color)
+        if label.terminology is not None:
+            segment = segmentation.GetSegment(segmentId)
+            entry = label.terminology.slicer_entry()
+            if hasattr(segment, "SetTerminology"):
+                segment.SetTerminology(entry)
+            else:
+                segment.SetTag("TerminologyEntry", entry)
+        return segmentId
+
+    def restoreRecovery(self):
+        """Replace the loaded segmentation by the case's recovery file (kept until the next save)."""
+        case = self.currentCase()
+        path = recovery_path(case)
+        node = slicer.util.loadSegmentation(path, {"name": self.segmentationNode.GetName()})
+        node.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNodes[0])
+        slicer.mrmlScene.RemoveNode(self.segmentationNode)
+        self.segmentationNode = node
+        self._addSchemaSegments(node, self.volumeNodes[0])
+        self._autosavedStamp = self._editStamp()
+        return node
+
+    def segmentEditorNode(self):
+        """The Segment Editor parameter node of this module (one per scene)."""
+        node = slicer.mrmlScene.GetSingletonNode("TrainingDataExport", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag("TrainingDataExport")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+    def _editStamp(self):
+        """A number that grows whenever the segmentation or one of its segments' voxels changes."""
+        segmentation = self.segmentationNode.GetSegmentation()
+        stamps = [segmentation.GetMTime()]
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            stamps.append(segment.GetMTime())
+            representation = segment.GetRepresentation("Binary labelmap")
+            if representation is not None:
+                stamps.append(representation.GetMTime())
+        return max(stamps)
+
+    def hasUnsavedWork(self):
+        return self.caseLoaded() and self._editStamp() > self._autosavedStamp
+
+    def _writeSegmentation(self, path):
+        """Write the segmentation to ``path`` (a new file) without changing where the node is stored."""
+        storageNode = self.segmentationNode.GetStorageNode()
+        previous = storageNode.GetFileName() if storageNode is not None else None
+        try:
+            if not slicer.util.saveNode(self.segmentationNode, path):
+                raise OSError(f"Could not write the segmentation to {path}")
+        except BaseException:
+            if os.path.exists(path):
+                os.remove(path)
+            raise
+        finally:
+            if previous:
+                self.segmentationNode.GetStorageNode().SetFileName(previous)
+
+    def saveCase(self):
+        """Save the loaded case's segmentation (see ``TrainingDataExportLib.segmentation_save_path``) atomically,
+        the previous file kept as ``<name>.bak``; record annotator and time spent in the case list (written
+        atomically too). Returns the segmentation's path."""
+        case = self.currentCase()
+        path = segmentation_save_path(case)
+        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        self._writeSegmentation(temporary)
+        install_file(temporary, path)
+        self.segmentationNode.GetStorageNode().SetFileName(path)
+        now = time.monotonic()
+        case.time_spent += round(now - self._startTime)
+        self._startTime = now
+        case.segmentation = path
+        case.annotator = self.annotator
+        self.saveCaseList()
+        # The saved file now holds everything: a recovery file would only be offered by mistake later.
+        recovery = recovery_path(case)
+        if os.path.exists(recovery):
+            os.remove(recovery)
+        self._autosavedStamp = self._editStamp()
+        return path
+
+    def autosave(self):
+        """Write the loaded case's work to its recovery file when it changed since the last save or autosave.
+
+        Returns the recovery file's path, or "" when there was nothing to write.
+        """
+        if not self.hasUnsavedWork():
+            return ""
+        path = recovery_path(self.currentCase())
+        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        self._writeSegmentation(temporary)
+        install_file(temporary, path, keep_backup=False)
+        self._autosavedStamp = self._editStamp()
+        return path
+
+    def closeCase(self):
+        """Keep unsaved work in the recovery file, and remove the loaded case's nodes from the scene."""
+        if self.caseLoaded():
+            self.autosave()
+        for node in [*self.volumeNodes, self.segmentationNode]:
+            if node is not None and node.GetScene() is not None:
+                node.GetScene().RemoveNode(node)
+        self.currentIndex = None
+        self.volumeNodes = []
+        self.segmentationNode = None
+
+    def nextCase(self):
+        """Load the case after the loaded one (see :meth:`loadCase`)."""
+        return self._loadAdjacentCase(+1)
+
+    def previousCase(self):
+        """Load the case before the loaded one (see :meth:`loadCase`)."""
+        return self._loadAdjacentCase(-1)
+
+    def _loadAdjacentCase(self, step):
+        self.currentCase()
+        index = self.currentIndex + step
+        if not 0 <= index < len(self.cases):
+            raise ValueError("There is no " + ("next" if step > 0 else "previous") + " case.")
+        return self.loadCase(index)
+
+    def setStatus(self, index, status):
+        """Set the status of case ``index`` ("to do", "in progress", "done", "reviewed") and save the case list."""
+        if status not in STATUSES:
+            raise ValueError(f"{status!r} is not a status: use one of {', '.join(STATUSES)}.")
+        if index is None or not 0 <= index < len(self.cases):
+            raise ValueError(f"There is no case {index!r} in the case list.")
+        self.cases[index].status = status
+        self.saveCaseList()
+
+    def annotationStatusText(self):
+        if not self.caseLoaded():
+            return "No case loaded."
+        case = self.currentCase()
+        saved = os.path.basename(case.segmentation) if case.segmentation else "not saved yet"
+        return f"Case {case.case_id} ({self.currentIndex + 1} of {len(self.cases)}): {case.status}, {saved}."
+
+    # -- export --------------------------------------------------------------------------------------------
+
+    def _exporter(self, settings, outputDir, folds, testFraction, seed, workers):
+        """``function(progress, cancel)`` exporting a snapshot of the cases and schema taken now (so that a
+        worker thread never reads what the GUI changes meanwhile)."""
+        if not self.labels:
+            raise ValueError("Choose the label schema first: the export writes its label values.")
+        if not outputDir:
+            raise ValueError("Choose an output folder for the export.")
+        cases = [dataclasses.replace(case, images=dict(case.images), extra=dict(case.extra)) for case in self.cases]
+        labels = tuple(self.labels)
+
+        def export(progress=None, cancel=None):
+            return export_dataset(
+                cases,
+                labels,
+                outputDir,
+                settings,
+                folds=folds,
+                test_fraction=testFraction,
+                seed=seed,
+                workers=workers,
+                progress=progress,
+                cancel=cancel,
+            )
+
+        return export
+
+    def exportDataset(self, settings, outputDir, progress=None, cancel=None, folds=5, testFraction=0.2, seed=0,
+                      workers=0):
+        """Export the cases with the schema (``TrainingDataExportLib.export_dataset``) to ``outputDir``.
+
+        ``settings`` is an ``ExportSettings``; ``progress(fraction, message)`` and ``cancel`` (a
+        ``threading.Event``) are passed on. Returns the ``ExportReport``; raises ``ExportError`` listing every
+        offending case before anything is written.
+        """
+        return self._exporter(settings, outputDir, folds, testFraction, seed, workers)(progress, cancel)
+
+    def exportTask(self, settings, outputDir, folds=5, testFraction=0.2, seed=0, workers=0):
+        """A not yet started ``BackgroundTask`` exporting the cases; its progress is ``(fraction, message)``."""
+        export = self._exporter(settings, outputDir, folds, testFraction, seed, workers)
+
+        def run(progress, cancel):
+            try:
+                return export(lambda fraction, message: progress((fraction, message)), cancel)
+            except ExportCancelledError as error:
+                raise CancelledError(str(error)) from error
+
+        return BackgroundTask(run, f"Exporting {len(self.cases)} cases as {settings.format}")
+
+    @staticmethod
+    def exportOutcomeText(task):
+        if task.state == "cancelled":
+            return "Export cancelled: the files written are complete; export again to finish."
+        if task.state == "failed":
+            return f"Export failed: {task.error}"
+        report = task.result
+        cardPath = _cardPath(report)
+        root = os.path.dirname(cardPath) or report.output_dir
+        return (
+            f"Exported {len(report.written) + len(report.unchanged)} case(s) ({len(report.written)} written,"
+            f" {len(report.unchanged)} unchanged, {len(report.skipped)} skipped) to {root}."
+            f" Dataset card: {cardPath}"
+        )
+
+
+def _showText(label, text):
+    label.text = text
+    label.visible = bool(text)
+
+
+def _cardPath(report):
+    """The dataset card of an export: in nnU-Net's dataset folder, else in the output folder."""
+    for root, _folders, files in os.walk(report.output_dir):
+        if MARKDOWN_NAME in files:
+            return os.path.join(root, MARKDOWN_NAME)
+    return ""
+
+
+def _userName():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError, ImportError):  # no user name in the environment or the password database
+        return ""
+
+
+def _terminologyEntry(segment):
+    """The serialized terminology of a segment (the TerminologyEntry tag)."""
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology()
+    entry = vtk.reference("")
+    segment.GetTag("TerminologyEntry", entry)
+    return str(entry)
+
+
+def _modificationTime(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 #
@@ -228,23 +904,56 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_CaseListFromFolder()
+        self.setUp()
+        self.test_AnnotateAndExport()
 
-    def test_CaseListFromFolder(self):
-        self.delayDisplay("Writing two synthetic cases, one of them annotated")
-        folder = os.path.join(slicer.app.temporaryPath, "TrainingDataExportTest")
+    def _freshFolder(self, name):
+        folder = os.path.join(slicer.app.temporaryPath, name)
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         os.makedirs(folder)
+        return folder
+
+    def _writeCases(self, folder, labelled):
+        """Two seeded synthetic cases; ``labelled``: case01 gets a label-map segmentation."""
         rng = np.random.default_rng(6)
         for caseId in ("case01", "case02"):
             image = rng.normal(100.0, 20.0, size=(8, 16, 16)).astype(np.int16)
             self._saveVolume(image, os.path.join(folder, caseId + ".nrrd"), "vtkMRMLScalarVolumeNode")
-        label = np.zeros((8, 16, 16), dtype=np.uint8)
-        label[2:6, 4:12, 4:12] = 1
-        self._saveVolume(label, os.path.join(folder, "case01_seg.nrrd"), "vtkMRMLLabelMapVolumeNode")
+        if labelled:
+            label = np.zeros((8, 16, 16), dtype=np.uint8)
+            label[2:6, 4:12, 4:12] = 1
+            self._saveVolume(label, os.path.join(folder, "case01_seg.nrrd"), "vtkMRMLLabelMapVolumeNode")
+
+    def _panel(self):
+        widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+        self._resetPanel(widget)
+        return widget
+
+    @staticmethod
+    def _resetPanel(widget):
+        """The panel as a user first sees it (ctkPathLineEdit may not signal an empty path: slots called)."""
+        widget.logic.closeCase()
+        for pathLineEdit in (
+            widget.ui.caseListPathLineEdit,
+            widget.ui.imageFolderPathLineEdit,
+            widget.ui.labelSchemaPathLineEdit,
+            widget.ui.outputPathLineEdit,
+        ):
+            pathLineEdit.currentPath = ""
+        widget.onCaseListPathChanged("")
+        widget.onLabelSchemaPathChanged("")
+        _showText(widget.ui.annotationStatusLabel, "")
+        _showText(widget.ui.exportResultLabel, "")
+        widget.updateButtonStates()
+
+    def test_CaseListFromFolder(self):
+        self.delayDisplay("Writing two synthetic cases, one of them annotated")
+        folder = self._freshFolder("TrainingDataExportTest")
+        self._writeCases(folder, labelled=True)
 
         self.delayDisplay("Creating the case list from the folder in the panel")
-        widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+        widget = self._panel()
         caseListPath = os.path.join(folder, "cases.csv")
         widget.ui.caseListPathLineEdit.currentPath = caseListPath
         widget.ui.imageFolderPathLineEdit.currentPath = folder
@@ -253,8 +962,14 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         table = widget.ui.caseTable
         self.assertEqual(table.rowCount, 2)
         rows = [[table.item(row, column).text() for column in range(table.columnCount)] for row in range(2)]
-        self.assertEqual(rows, [["case01", "case01", "image", "annotated"], ["case02", "case02", "image", "to do"]])
-        self.assertEqual(widget.ui.statusLabel.text, "2 cases: 1 annotated, 1 to do.")
+        self.assertEqual(
+            rows,
+            [
+                ["case01", "case01", "image", "case01_seg.nrrd", "in progress", "", "0:00:00", "no schema"],
+                ["case02", "case02", "image", "", "to do", "", "0:00:00", "no schema"],
+            ],
+        )
+        self.assertTrue(widget.ui.statusLabel.text.startswith("2 cases: 1 to do, 1 in progress, 0 done, 0 reviewed."))
 
         self.delayDisplay("Saving and re-reading the case list")
         cases = read_case_list(caseListPath)
@@ -273,11 +988,132 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertIn("already exists", widget.ui.statusLabel.text)
         self.assertEqual(table.rowCount, 2)
 
-        # Leave the panel empty; ctkPathLineEdit may not signal an empty path, so the slot is called directly.
-        widget.ui.imageFolderPathLineEdit.currentPath = ""
-        widget.ui.caseListPathLineEdit.currentPath = ""
-        widget.onCaseListPathChanged("")
+        self._resetPanel(widget)
         self.assertEqual(table.rowCount, 0)
+        self.delayDisplay("Test passed")
+
+    def test_AnnotateAndExport(self):
+        self.delayDisplay("Writing two synthetic cases and a label schema")
+        folder = self._freshFolder("TrainingDataExportWorkflowTest")
+        self._writeCases(folder, labelled=False)
+        schemaPath = os.path.join(folder, "labels.json")
+        liver = {
+            "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+            "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
+        }
+        schema = {
+            "labels": [
+                {"value": 1, "name": "Liver", "color": "#dd8259", "terminology": liver},
+                {"value": 2, "name": "Tumor", "color": "#90d5ff"},
+            ]
+        }
+        with open(schemaPath, "w", encoding="utf-8") as file:
+            json.dump(schema, file)
+        widget = self._panel()
+        logic = widget.logic
+        widget.ui.caseListPathLineEdit.currentPath = os.path.join(folder, "cases.csv")
+        widget.ui.imageFolderPathLineEdit.currentPath = folder
+        widget.ui.createFromFolderButton.click()
+        widget.ui.labelSchemaPathLineEdit.currentPath = schemaPath
+        self.assertEqual([label.name for label in logic.labels], ["Liver", "Tumor"])
+        widget.ui.annotatorLineEdit.text = "selftest"
+
+        self.delayDisplay("Loading case01 through the panel: a new segmentation from the schema")
+        widget.ui.caseTable.selectRow(0)
+        self.assertTrue(widget.ui.loadCaseButton.enabled)
+        widget.ui.loadCaseButton.click()
+        self.assertEqual(logic.currentIndex, 0)
+        self.assertEqual(logic.cases[0].status, "in progress")
+        segmentationNode = logic.segmentationNode
+        self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), segmentationNode)
+        self.assertIs(widget.ui.segmentEditorWidget.sourceVolumeNode(), logic.volumeNodes[0])
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(
+            [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
+            ["Liver", "Tumor"],
+        )
+        liverId = segmentation.GetSegmentIdBySegmentName("Liver")
+        self.assertIn("SCT^10200004^Liver", _terminologyEntry(segmentation.GetSegment(liverId)))
+
+        self.delayDisplay("Painting through the segmentation API; autosave writes the recovery file")
+        self.assertEqual(logic.autosave(), "")  # nothing painted yet
+        painted = np.zeros((8, 16, 16), dtype=np.uint8)
+        painted[2:6, 4:12, 4:12] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentationNode, liverId, logic.volumeNodes[0])
+        widget.onAutosave()
+        recovery = os.path.join(folder, "case01.recovery.seg.nrrd")
+        self.assertTrue(os.path.isfile(recovery))
+        self.assertIn("recovery", widget.ui.annotationStatusLabel.text)
+
+        self.delayDisplay("Reloading offers the recovery file; the panel restores it in testing mode")
+        widget.ui.loadCaseButton.click()
+        segmentationNode = logic.segmentationNode
+        liverId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Liver")
+        restored = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, logic.volumeNodes[0])
+        np.testing.assert_array_equal(restored, painted)
+
+        self.delayDisplay("Saving twice: the first version is kept as a backup")
+        widget.ui.saveCaseButton.click()
+        savedPath = os.path.join(folder, "case01.seg.nrrd")
+        self.assertTrue(os.path.isfile(savedPath))
+        self.assertFalse(os.path.exists(recovery))
+        self.assertFalse(os.path.exists(backup_path(savedPath)))
+        with open(savedPath, "rb") as file:
+            firstVersion = file.read()
+        # As the Segment Editor paints by default: the tumor overwrites the liver where they meet.
+        painted[3, 6:9, 6:9] = 2
+        for name, value in (("Liver", 1), ("Tumor", 2)):
+            segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(name)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                (painted == value).astype(np.uint8), segmentationNode, segmentId, logic.volumeNodes[0]
+            )
+        widget.ui.saveCaseButton.click()
+        with open(backup_path(savedPath), "rb") as file:
+            self.assertEqual(file.read(), firstVersion)
+        self.assertEqual(read_case_list(logic.caseListPath)[0].segmentation, savedPath)
+        self.assertEqual(read_case_list(logic.caseListPath)[0].annotator, "selftest")
+        self.assertEqual(logic.caseProblems(0), [])
+        self.assertEqual(widget.ui.caseTable.item(0, 7).text(), "ok")
+
+        self.delayDisplay("Marking the case done; the next case is to do")
+        widget.ui.markDoneButton.click()
+        self.assertEqual(read_case_list(logic.caseListPath)[0].status, "done")
+        self.assertEqual(widget.ui.caseTable.item(0, 4).text(), "done")
+        widget.ui.nextCaseButton.click()
+        self.assertEqual(logic.currentIndex, 1)
+        self.assertEqual(logic.cases[1].status, "in progress")
+        logic.closeCase()
+
+        self.delayDisplay("Exporting through the panel's Export button (nnU-Net), polling until it ends")
+        output = os.path.join(folder, "nnUNet_raw")
+        widget.ui.formatComboBox.currentText = "nnunet"
+        widget.ui.foldsSpinBox.value = 0
+        widget.ui.testFractionSpinBox.value = 0.0
+        widget.ui.outputPathLineEdit.currentPath = output
+        self.assertTrue(widget.ui.exportButton.enabled)
+        widget.ui.exportButton.click()
+        self.assertEqual(widget.ui.exportButton.text, "Cancel")
+        deadline = time.time() + 60
+        while widget.exportTask is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertIsNone(widget.exportTask, "the export did not finish in 60 s")
+        self.assertEqual(widget.ui.exportButton.text, "Export")
+        self.assertIn("Exported 1 case(s)", widget.ui.exportResultLabel.text)
+        self.assertIn("1 skipped", widget.ui.exportResultLabel.text)
+
+        dataset = os.path.join(output, "Dataset001_Export")
+        self.assertIn(os.path.join(dataset, "dataset_card.md"), widget.ui.exportResultLabel.text)
+        with open(os.path.join(dataset, "dataset.json"), encoding="utf-8") as file:
+            description = json.load(file)
+        self.assertEqual(description["labels"], {"background": 0, "Liver": 1, "Tumor": 2})
+        self.assertEqual(description["numTraining"], 1)
+        labelNode = slicer.util.loadLabelVolume(os.path.join(dataset, "labelsTr", "case01.nii.gz"))
+        imageNode = slicer.util.loadVolume(os.path.join(folder, "case01.nrrd"))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelNode), painted)
+        for getter in ("GetSpacing", "GetOrigin"):
+            np.testing.assert_allclose(getattr(labelNode, getter)(), getattr(imageNode, getter)(), atol=1e-4)
+        self._resetPanel(widget)
         self.delayDisplay("Test passed")
 
     def _saveVolume(self, array, path, nodeClassName):

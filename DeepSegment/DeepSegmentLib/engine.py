@@ -199,7 +199,7 @@ def _available_memory(compute: ComputeDevice) -> int:
 
         return int(torch.cuda.mem_get_info(compute.index)[0])
     if compute.kind == "cpu":
-        with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="utf-8") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

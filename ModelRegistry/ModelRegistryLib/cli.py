@@ -5,8 +5,8 @@ standard output can be piped.
 
 Example::
 
-    >>> main(["--cache-dir", __import__("tempfile").mkdtemp(), "list"])
-    No models in the registry indexes.
+    >>> main(["--cache-dir", __import__("tempfile").mkdtemp(), "--offline", "list"])  # doctest: +ELLIPSIS
+    brain-tissue-demo ... not installed ...
     0
 """
 

@@ -22,18 +22,19 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import namedtuple
 
 import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The label schema's Label comes from the model registry's Lib, in the sibling module folder.
+sys.path.insert(1, os.path.join(os.path.dirname(sys.path[0]), "ModelRegistry"))
 
+from ModelRegistryLib.index import Label
 from TrainingDataExportLib.caselist import Case
 from TrainingDataExportLib.export import ExportSettings, export_dataset
 
-Label = namedtuple("Label", "value name terminology")
-SCHEMA = [Label(1, "organ", ""), Label(2, "lesion", "")]
+SCHEMA = [Label(1, "organ", "#dd8259"), Label(2, "lesion", "#90d5ff")]
 SIZE = 256
 LEVEL = 1
 

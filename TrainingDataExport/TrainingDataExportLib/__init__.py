@@ -1,7 +1,8 @@
-"""Qt-free core of the TrainingDataExport module: case lists, patient-level splits, export formats and
-the dataset card.
+"""Qt-free core of the TrainingDataExport module: case lists and their annotation workflow, the label schema,
+patient-level splits, export formats, the dataset card and the command line.
 
-Importable in Slicer, in its Python console, from a command line and in tests.
+Importable in Slicer, in its Python console, from a command line and in tests. The label schema is read
+with ``ModelRegistryLib`` (the ModelRegistry module's Qt-free core, on ``sys.path`` in Slicer).
 """
 
 from .card import (
@@ -16,13 +17,18 @@ from .card import (
 )
 from .caselist import (
     DEFAULT_CASE_LIST_NAME,
+    DONE,
     IMAGE_EXTENSIONS,
+    IN_PROGRESS,
+    RECOVERY_SUFFIX,
+    REVIEWED,
     SEGMENTATION_EXTENSIONS,
     SEGMENTATION_SUFFIXES,
+    STATUSES,
+    TO_DO,
     Case,
     CaseListError,
     CaseListProblem,
-    backup_path,
     case_list_from_folder,
     format_case_list,
     image_column,
@@ -40,15 +46,34 @@ from .export import (
     ExportSettings,
     export_dataset,
 )
+from .files import backup_path, install_file, temporary_path, write_file_atomically
+from .labelschema import (
+    DEFAULT_LABEL_SCHEMA_NAME,
+    LabelSchemaError,
+    case_problems,
+    check_case,
+    label_schema_document,
+    load_label_schema,
+    parse_label_schema,
+    save_label_schema,
+)
 from .segmentations import LabelProblem, label_on_grid, read_label_map
 from .splits import DatasetSplit, split_by_patient
+from .workflow import format_duration, recovery_path, recovery_to_offer, segmentation_save_path
 
 __all__ = [
     "DEFAULT_CASE_LIST_NAME",
+    "DEFAULT_LABEL_SCHEMA_NAME",
+    "DONE",
     "IMAGE_EXTENSIONS",
+    "IN_PROGRESS",
     "MANIFEST_NAME",
+    "RECOVERY_SUFFIX",
+    "REVIEWED",
     "SEGMENTATION_EXTENSIONS",
     "SEGMENTATION_SUFFIXES",
+    "STATUSES",
+    "TO_DO",
     "Case",
     "CaseListError",
     "CaseListProblem",
@@ -60,23 +85,37 @@ __all__ = [
     "ExportReport",
     "ExportSettings",
     "LabelProblem",
+    "LabelSchemaError",
     "backup_path",
     "card_markdown",
     "card_warnings",
     "case_list_from_folder",
+    "case_problems",
     "channel_intensity",
+    "check_case",
     "dataset_card",
     "export_dataset",
     "format_case_list",
+    "format_duration",
     "image_column",
+    "install_file",
     "label_on_grid",
+    "label_schema_document",
     "label_voxel_counts",
+    "load_label_schema",
     "natural_sort_key",
     "parse_case_list",
+    "parse_label_schema",
     "read_case_list",
     "read_label_map",
+    "recovery_path",
+    "recovery_to_offer",
+    "save_label_schema",
+    "segmentation_save_path",
     "split_by_patient",
+    "temporary_path",
     "validate_cases",
     "write_case_list",
     "write_dataset_card",
+    "write_file_atomically",
 ]

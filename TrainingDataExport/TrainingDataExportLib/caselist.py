@@ -1,9 +1,11 @@
 """The case list of an annotation project: one row per case, kept as a CSV file next to the data.
 
 Columns: ``case_id``, ``patient_id``, the image files (``image`` for a single channel, ``image_<channel>``
-for several: ``image_t1``, ``image_flair``...), and ``segmentation`` (a label map or a Slicer ``.seg.nrrd``;
-empty while the case is not annotated yet). Other columns are kept as they are, so a column a user or a
-later version adds survives a read and a write. Paths inside the CSV's folder are stored relative to it,
+for several: ``image_t1``, ``image_flair``...), ``segmentation`` (a label map or a Slicer ``.seg.nrrd``;
+empty while the case is not annotated yet), and the annotation workflow: ``status`` (to do, in progress,
+done, reviewed), ``annotator`` and ``time_spent`` (seconds). Other columns are kept as they are, so a column
+a user or a later version adds survives a read and a write; a file without the workflow columns (an older
+list, or one written by hand) reads with their defaults. Paths inside the CSV's folder are stored relative to it,
 so the project folder can be moved or shared as a whole.
 
 Every check names the row (row 1 is the header, as in a spreadsheet) and the column, because a case list
@@ -21,38 +23,49 @@ Example::
     >>> path = os.path.join(folder, "cases.csv")
     >>> write_case_list(path, cases)
     >>> print(open(path, encoding="utf-8").read(), end="")
-    case_id,patient_id,image,segmentation
-    ct01,ct01,ct01.nrrd,ct01_seg.nrrd
-    ct02,ct02,ct02.nrrd,
+    case_id,patient_id,image,segmentation,status,annotator,time_spent
+    ct01,ct01,ct01.nrrd,ct01_seg.nrrd,in progress,,0
+    ct02,ct02,ct02.nrrd,,to do,,0
     >>> read_case_list(path) == cases
     True
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Sequence
+
+from .files import write_file_atomically
 
 CASE_ID = "case_id"
 PATIENT_ID = "patient_id"
 IMAGE = "image"
 IMAGE_PREFIX = "image_"
 SEGMENTATION = "segmentation"
+STATUS = "status"
+ANNOTATOR = "annotator"
+TIME_SPENT = "time_spent"
+WORKFLOW_COLUMNS = (STATUS, ANNOTATOR, TIME_SPENT)
+
+TO_DO = "to do"
+IN_PROGRESS = "in progress"
+DONE = "done"
+REVIEWED = "reviewed"
+STATUSES = (TO_DO, IN_PROGRESS, DONE, REVIEWED)
 
 DEFAULT_CASE_LIST_NAME = "cases.csv"
-BACKUP_SUFFIX = ".bak"
 
 # Longest first where one ends another (".nii.gz" before ".nii" would not matter, ".seg.nrrd" before ".nrrd" does).
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
 # File-name endings that mark a label map as the segmentation of the image with the rest of the name.
 SEGMENTATION_SUFFIXES = ("_segmentation", "_labelmap", "_labels", "_label", "_seg")
+# The annotation workflow's recovery files (``<case>.recovery.seg.nrrd``) are never a case's segmentation.
+RECOVERY_SUFFIX = ".recovery.seg.nrrd"
 
 # Case ids become file names in every export format (nnU-Net's ``<case>_0000.nii.gz``...): no separators,
 # no control characters, and "." or ".." would name a folder.
@@ -62,9 +75,14 @@ _MAX_LISTED_PROBLEMS = 20
 
 @dataclass
 class Case:
-    """One case: its images by channel name, its segmentation ("" while not annotated), other columns.
+    """One case: its images by channel name, its segmentation ("" while not annotated), its workflow state
+    (``status``, ``annotator``, ``time_spent`` in seconds) and other columns.
 
-    Paths are absolute after :func:`read_case_list` and :func:`case_list_from_folder`.
+    Paths are absolute after :func:`read_case_list` and :func:`case_list_from_folder`. An empty ``status``
+    becomes "in progress" when the case has a segmentation, else "to do".
+
+    >>> Case("ct01", "p1", {"image": "ct01.nrrd"}, "ct01.seg.nrrd").status
+    'in progress'
     """
 
     case_id: str
@@ -72,6 +90,13 @@ class Case:
     images: dict[str, str]
     segmentation: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    status: str = ""
+    annotator: str = ""
+    time_spent: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = IN_PROGRESS if self.segmentation else TO_DO
 
     @property
     def annotated(self) -> bool:
@@ -120,11 +145,6 @@ class CaseListError(ValueError):
                 lines.append(f"... and {len(self.problems) - _MAX_LISTED_PROBLEMS} more")
             text = f"{prefix}{len(self.problems)} problems:\n  " + "\n  ".join(lines)
         super().__init__(text)
-
-
-def backup_path(path: str) -> str:
-    """Where :func:`write_case_list` keeps the previous version of ``path``."""
-    return os.fspath(path) + BACKUP_SUFFIX
 
 
 def image_column(channel: str, channels: Sequence[str]) -> str:
@@ -190,8 +210,14 @@ def _case_problems(cases: Sequence[Case], rows: Sequence[int] | None = None) -> 
                 problem(f"channel name {channel!r} is empty or has surrounding spaces", IMAGE)
             elif not path:
                 problem("is empty: every case needs a file for every channel", image_column(channel, case.channels))
+        if case.status not in STATUSES:
+            problem(f"{case.status!r} is not a status: use one of {', '.join(STATUSES)}", STATUS)
+        if isinstance(case.time_spent, bool) or not isinstance(case.time_spent, int) or case.time_spent < 0:
+            problem(f"{case.time_spent!r} is not a number of seconds (a whole number, 0 or more)", TIME_SPENT)
         for column in case.extra:
-            if column in (CASE_ID, PATIENT_ID, IMAGE, SEGMENTATION) or column.startswith(IMAGE_PREFIX):
+            if column in (CASE_ID, PATIENT_ID, IMAGE, SEGMENTATION, *WORKFLOW_COLUMNS) or column.startswith(
+                IMAGE_PREFIX
+            ):
                 problem("is a reserved column name and cannot be an extra column", column)
     return problems
 
@@ -268,7 +294,9 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
         raise CaseListError(problems, source)
     image_columns = [name for name in header if name == IMAGE or name.startswith(IMAGE_PREFIX)]
     channels = [IMAGE if name == IMAGE else name[len(IMAGE_PREFIX) :] for name in image_columns]
-    extra_columns = [name for name in header if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *image_columns)]
+    extra_columns = [
+        name for name in header if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *WORKFLOW_COLUMNS, *image_columns)
+    ]
 
     cases, rows = [], []
     for cells in reader:
@@ -281,6 +309,9 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
             problems.append(CaseListProblem(f"has {len(cells)} cells but the header has {len(header)}", row=row))
             continue
         values = dict(zip(header, cells + [""] * (len(header) - len(cells))))
+        time_text = values.get(TIME_SPENT, "") or "0"
+        # Anything but a whole number stays text, so that validation reports it with its row.
+        time_spent = int(time_text) if time_text.isascii() and time_text.isdigit() else time_text
         cases.append(
             Case(
                 case_id=values[CASE_ID],
@@ -290,6 +321,9 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
                 },
                 segmentation=_resolved_path(values[SEGMENTATION], folder),
                 extra={column: values[column] for column in extra_columns},
+                status=values.get(STATUS, ""),
+                annotator=values.get(ANNOTATOR, ""),
+                time_spent=time_spent,
             )
         )
         rows.append(row)
@@ -341,7 +375,14 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
     # "\n" line ends: the same bytes on every system, and clean diffs when the list is kept under version control.
     writer = csv.writer(output, lineterminator="\n")
     writer.writerow(
-        [CASE_ID, PATIENT_ID, *(image_column(channel, channels) for channel in channels), SEGMENTATION, *extra_columns]
+        [
+            CASE_ID,
+            PATIENT_ID,
+            *(image_column(channel, channels) for channel in channels),
+            SEGMENTATION,
+            *WORKFLOW_COLUMNS,
+            *extra_columns,
+        ]
     )
     for case in cases:
         writer.writerow(
@@ -350,68 +391,13 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
                 case.patient_id,
                 *(_stored_path(case.images[channel], folder) for channel in channels),
                 _stored_path(case.segmentation, folder),
+                case.status,
+                case.annotator,
+                case.time_spent,
                 *(case.extra.get(column, "") for column in extra_columns),
             ]
         )
     return output.getvalue()
-
-
-def _write_new_file(path: str, data: bytes, mode: int | None) -> None:
-    # os.open with 0o666 lets the user's umask decide the permissions, as for any file the user creates;
-    # tempfile.mkstemp would make it private (0600) and lock out the rest of a shared project's group.
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
-        file.flush()
-        # On disk before the rename: otherwise a power cut can leave the new name pointing at empty data.
-        os.fsync(file.fileno())
-    if mode is not None:
-        os.chmod(path, mode)
-
-
-def _temporary_name(path: str) -> str:
-    folder, name = os.path.split(path)
-    # Same folder as the target, so that os.replace is a rename within one file system (atomic).
-    return os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _replace_atomically(path: str, data: bytes) -> None:
-    """Write ``path`` so that it holds, at every moment, either its old or its new content, never a mix."""
-    mode = None
-    previous = None
-    if os.path.exists(path):
-        mode = os.stat(path).st_mode & 0o7777
-        with open(path, "rb") as file:
-            previous = file.read()
-    temporaries = []
-    try:
-        if previous is not None:
-            # The backup is a copy, written atomically too: renaming the old file away would leave a moment
-            # with no case list at all.
-            temporaries.append(_temporary_name(backup_path(path)))
-            _write_new_file(temporaries[-1], previous, mode)
-            os.replace(temporaries[-1], backup_path(path))
-        temporaries.append(_temporary_name(path))
-        _write_new_file(temporaries[-1], data, mode)
-        os.replace(temporaries[-1], path)
-    finally:
-        for temporary in temporaries:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-    _sync_folder(os.path.dirname(os.path.abspath(path)))
-
-
-def _sync_folder(folder: str) -> None:
-    """Make the renames durable (POSIX); Windows cannot open a folder for this and needs no such step."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    except OSError:  # some network file systems refuse fsync on folders; the rename itself is done
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def write_case_list(path: str, cases: Iterable[Case]) -> None:
@@ -427,7 +413,7 @@ def write_case_list(path: str, cases: Iterable[Case]) -> None:
         with open(path, "rb") as file:
             if file.read() == data:
                 return
-    _replace_atomically(path, data)
+    write_file_atomically(path, data)
 
 
 # --- building from a folder -----------------------------------------------------------------------------
@@ -466,7 +452,7 @@ def _image_files(folder: str, recursive: bool, skip: str = "") -> list[str]:
         found.extend(
             os.path.join(directory, name)
             for name in sorted(files)
-            if not name.startswith(".") and _split_extension(name)[1]
+            if not name.startswith(".") and _split_extension(name)[1] and not name.lower().endswith(RECOVERY_SUFFIX)
         )
     return found
 

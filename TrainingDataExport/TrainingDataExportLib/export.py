@@ -28,9 +28,8 @@ output grid covers the same field of view (first and last voxel edges kept, axes
 Example::
 
     >>> import os, shutil, tempfile
-    >>> from collections import namedtuple
+    >>> from ModelRegistryLib.index import Label
     >>> from TrainingDataExportLib.caselist import Case
-    >>> Label = namedtuple("Label", "value name terminology")
     >>> folder = tempfile.mkdtemp()
     >>> cases = []
     >>> for index in range(4):
@@ -41,13 +40,13 @@ Example::
     ...     sitk.WriteImage(image, paths[0]); sitk.WriteImage(label, paths[1])
     ...     cases.append(Case(f"c{index}", f"p{index}", {"image": paths[0]}, paths[1]))
     >>> output = os.path.join(folder, "export")
-    >>> report = export_dataset(cases, [Label(1, "liver", "")], output, ExportSettings("nnunet"), folds=0,
+    >>> report = export_dataset(cases, [Label(1, "liver", "#dd8259")], output, ExportSettings("nnunet"), folds=0,
     ...                         test_fraction=0.25)
     >>> sorted(report.written), report.unchanged
     (['c0', 'c1', 'c2', 'c3'], [])
     >>> sorted(os.listdir(os.path.join(output, "Dataset001_Export", "imagesTs")))
     ['c2_0000.nii.gz']
-    >>> export_dataset(cases, [Label(1, "liver", "")], output, ExportSettings("nnunet"), folds=0,
+    >>> export_dataset(cases, [Label(1, "liver", "#dd8259")], output, ExportSettings("nnunet"), folds=0,
     ...                test_fraction=0.25).unchanged
     ['c0', 'c1', 'c2', 'c3']
     >>> shutil.rmtree(folder)
@@ -75,7 +74,7 @@ from . import formats
 from .card import CaseSummary, ChannelIntensity, card_warnings, channel_intensity
 from .card import write_dataset_card
 from .caselist import Case, CaseListError, validate_cases
-from .segmentations import OVERLAP_POLICIES, label_counts, label_on_grid, read_label_map
+from .segmentations import OVERLAP_POLICIES, label_counts, label_on_grid, read_label_map, schema_terminology_key
 from .splits import DatasetSplit, split_by_patient
 
 MANIFEST_NAME = ".training-data-export.json"
@@ -468,7 +467,7 @@ def _prepare(job: _Job, labels: Sequence, settings: ExportSettings, channels: tu
         size=tuple(int(s) for s in exported.GetSize()),
         label_voxels=dict(sorted(label_voxels.items())),
         intensities=intensities,
-        annotator=case.extra.get("annotator", ""),
+        annotator=case.annotator,
         source_sha256=dict(sorted(job.inputs.items())),
     )
     data = formats.CaseData(
@@ -655,7 +654,8 @@ def export_dataset(
 ) -> ExportReport:
     """Export ``cases`` (see the module description) and return what was done.
 
-    ``labels`` is the label schema (objects with ``value``, ``name``, ``terminology``). ``split`` fixes the
+    ``labels`` is the label schema (``ModelRegistryLib.index.Label`` objects, see
+    :func:`~TrainingDataExportLib.labelschema.load_label_schema`). ``split`` fixes the
     split (it must hold every annotated case); otherwise one is made with ``folds``, ``test_fraction`` and
     ``seed``. ``workers`` threads write cases (0: up to 4, one per processor). ``progress(fraction, message)``
     is called from the calling thread; setting ``cancel`` stops the export (:class:`ExportCancelledError`).
@@ -702,7 +702,12 @@ def export_dataset(
     workers = workers or min(os.cpu_count() or 1, 4)
     settings_json = settings.to_json()
     settings_hash = _json_sha256(
-        [ENGINE_VERSION, settings_json, _schema_pairs(labels), [lab.terminology for lab in labels]]
+        [
+            ENGINE_VERSION,
+            settings_json,
+            _schema_pairs(labels),
+            [schema_terminology_key(label.terminology) for label in labels],
+        ]
     )
     previous_cases = (manifest or {}).get("cases", {})
 

@@ -22,9 +22,8 @@ name, an empty segment) are for the annotator to review.
 Example::
 
     >>> import os, shutil, tempfile
-    >>> from collections import namedtuple
-    >>> Label = namedtuple("Label", "value name terminology")
-    >>> schema = [Label(1, "liver", ""), Label(2, "tumor", "")]
+    >>> from ModelRegistryLib.index import Label
+    >>> schema = [Label(1, "liver", "#dd8259"), Label(2, "tumor", "#90d5ff")]
     >>> labels = np.zeros((4, 5, 6), np.uint8)
     >>> labels[1:3, 1:3, 1:3] = 1
     >>> labels[0, 0, 0] = 7
@@ -106,6 +105,29 @@ def terminology_key(terminology: str) -> tuple | None:
     return (category, type_, modifier, region, region_modifier)
 
 
+def schema_terminology_key(terminology) -> tuple | None:
+    """:func:`terminology_key`'s codes of a schema label's terminology (``ModelRegistryLib.index.Terminology``
+    or None).
+
+    >>> from ModelRegistryLib.index import Coding, Terminology
+    >>> schema_terminology_key(Terminology(Coding("sct", "123037004", "Anatomical Structure"),
+    ...                                    Coding("SCT", "10200004", "Liver")))
+    (('SCT', '123037004'), ('SCT', '10200004'), ('', ''), ('', ''), ('', ''))
+    """
+    if terminology is None:
+        return None
+    codings = (
+        terminology.category,
+        terminology.type,
+        terminology.type_modifier,
+        terminology.region,
+        terminology.region_modifier,
+    )
+    return tuple(
+        ("", "") if coding is None else (coding.scheme.strip().upper(), coding.code.strip()) for coding in codings
+    )
+
+
 def _terminology_matches(schema_key: tuple, segment_key: tuple) -> bool:
     if schema_key[:3] != segment_key[:3]:
         return False
@@ -172,7 +194,7 @@ def map_segments(segments: Sequence[Segment], labels: Sequence) -> tuple:
     by_name = {}
     for label in schema:
         by_name.setdefault(label.name.strip().casefold(), label)
-    keyed = [(label, terminology_key(label.terminology or "")) for label in schema]
+    keyed = [(label, schema_terminology_key(label.terminology)) for label in schema]
     mapping, problems = {}, []
     for segment in segments:
         label = by_name.get(segment.name.strip().casefold())
@@ -309,10 +331,11 @@ def _as_label_image(array: np.ndarray, geometry: sitk.Image, labels: Sequence) -
 def read_label_map(path: str, labels: Sequence, *, overlap: str = "error") -> tuple:
     """Read a label map or a Slicer segmentation as ``(label map with the schema's values, problems)``.
 
-    ``labels`` is the schema: objects with ``value`` (int), ``name`` and ``terminology`` (Slicer's serialized
-    terminology entry, may be empty). The label map is uint8, or uint16 when a schema value exceeds 255, on the
-    file's own grid (a Slicer segmentation's grid can be a part of its image's: see :func:`label_on_grid`).
-    It is None when the file cannot be read; ``problems`` (:class:`LabelProblem`) lists everything found.
+    ``labels`` is the schema: ``ModelRegistryLib.index.Label`` objects (``value``, ``name``, and
+    ``terminology``, a ``Terminology`` or None; see :mod:`~TrainingDataExportLib.labelschema`). The label
+    map is uint8, or uint16 when a schema value exceeds 255, on the file's own grid (a Slicer segmentation's
+    grid can be a part of its image's: see :func:`label_on_grid`). It is None when the file cannot be read;
+    ``problems`` (:class:`LabelProblem`) lists everything found.
     """
     if overlap not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}")

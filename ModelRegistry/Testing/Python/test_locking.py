@@ -31,10 +31,10 @@ def increment_under_lock(path: str, counter: str, times: int, start) -> None:
     start.wait(60)
     for _ in range(times):
         with FileLock(path):
-            with open(counter) as file:
+            with open(counter, encoding="utf-8") as file:
                 value = int(file.read())
             time.sleep(0.001)  # widen the window in which an unlocked writer would lose an update
-            with open(counter, "w") as file:
+            with open(counter, "w", encoding="utf-8") as file:
                 file.write(str(value + 1))
 
 
@@ -85,7 +85,7 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path, holder):
 
 def test_processes_taking_turns_lose_no_update(tmp_path):
     path, counter = str(tmp_path / "model.lock"), str(tmp_path / "counter")
-    with open(counter, "w") as file:
+    with open(counter, "w", encoding="utf-8") as file:
         file.write("0")
     start = SPAWN.Barrier(3)
     workers = [SPAWN.Process(target=increment_under_lock, args=(path, counter, 25, start)) for _ in range(3)]
@@ -94,7 +94,7 @@ def test_processes_taking_turns_lose_no_update(tmp_path):
     for worker in workers:
         worker.join(60)
         assert worker.exitcode == 0
-    with open(counter) as file:
+    with open(counter, encoding="utf-8") as file:
         assert int(file.read()) == 75
 
 

@@ -177,7 +177,7 @@ def test_verify_finds_changed_missing_and_extra_files(server, tmp_path):
     with open(os.path.join(installed.path, "model.json"), "ab") as file:
         file.write(b" ")
     os.remove(os.path.join(installed.path, "weights", "net.pt"))
-    with open(os.path.join(installed.path, "notes.txt"), "w") as file:
+    with open(os.path.join(installed.path, "notes.txt"), "w", encoding="utf-8") as file:
         file.write("added by hand")
     (result,) = store.verify("demo")
     assert (result.changed, result.missing, result.extra) == (("model.json",), ("weights/net.pt",), ("notes.txt",))

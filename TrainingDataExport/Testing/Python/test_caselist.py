@@ -24,6 +24,7 @@ from TrainingDataExportLib import (
     write_case_list,
 )
 from TrainingDataExportLib import caselist
+from TrainingDataExportLib.caselist import STATUSES
 
 
 def write_image(path, value=0):
@@ -70,7 +71,9 @@ def test_single_channel_round_trip_with_relative_paths(tmp_path):
     path = tmp_path / "cases.csv"
     write_case_list(path, cases)
     assert path.read_text(encoding="utf-8") == (
-        "case_id,patient_id,image,segmentation\nct01,p1,ct01.nrrd,ct01_seg.nrrd\nct02,p1,images/ct02.nii.gz,\n"
+        "case_id,patient_id,image,segmentation,status,annotator,time_spent\n"
+        "ct01,p1,ct01.nrrd,ct01_seg.nrrd,in progress,,0\n"
+        "ct02,p1,images/ct02.nii.gz,,to do,,0\n"
     )
     assert read_case_list(path) == cases
     assert read_case_list(str(path))[1].images["image"] == str(tmp_path / "images" / "ct02.nii.gz")
@@ -84,8 +87,8 @@ def test_several_channels_use_image_channel_columns(tmp_path):
     path = tmp_path / "cases.csv"
     write_case_list(path, cases)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "case_id,patient_id,image_t1,image_flair,segmentation"
-    assert lines[2] == "b,b,b_t1.nrrd,b_flair.nrrd,b.seg.nrrd"
+    assert lines[0] == "case_id,patient_id,image_t1,image_flair,segmentation,status,annotator,time_spent"
+    assert lines[2] == "b,b,b_t1.nrrd,b_flair.nrrd,b.seg.nrrd,in progress,,0"
     reread = read_case_list(path)
     assert reread[0].channels == ("t1", "flair")
     # A relative path in a Case is relative to the CSV's folder, as the CSV stores it.
@@ -104,13 +107,62 @@ def test_paths_outside_the_folder_stay_absolute(tmp_path):
 def test_extra_columns_survive_a_round_trip(tmp_path):
     path = write_text(
         tmp_path / "cases.csv",
-        "case_id,patient_id,image,segmentation,status,annotator\na,a,a.nrrd,,to do,\nb,b,b.nrrd,b_seg.nrrd,done,ana\n",
+        "case_id,patient_id,image,segmentation,site,reader\na,a,a.nrrd,,lyon,\nb,b,b.nrrd,b_seg.nrrd,oslo,ana\n",
     )
     cases = read_case_list(path)
-    assert cases[1].extra == {"status": "done", "annotator": "ana"}
+    assert cases[1].extra == {"site": "oslo", "reader": "ana"}
     os.remove(path)
     write_case_list(path, cases)
     assert read_case_list(path) == cases
+    with open(path, encoding="utf-8") as file:
+        header = file.readline().rstrip("\n")
+    assert header == (
+        "case_id,patient_id,image,segmentation,status,annotator,time_spent,site,reader"
+    )
+
+
+def test_workflow_columns_round_trip_and_old_files_get_defaults(tmp_path):
+    old = write_text(
+        tmp_path / "old.csv", "case_id,patient_id,image,segmentation\na,a,a.nrrd,\nb,b,b.nrrd,b.seg.nrrd\n"
+    )
+    assert [(case.status, case.annotator, case.time_spent) for case in read_case_list(old)] == [
+        ("to do", "", 0),
+        ("in progress", "", 0),
+    ]
+    path = write_text(
+        tmp_path / "cases.csv",
+        "case_id,patient_id,image,segmentation,annotator,status,time_spent\n"
+        "a,a,a.nrrd,a.seg.nrrd,ana,reviewed,3725\nb,b,b.nrrd,,,,\n",
+    )
+    cases = read_case_list(path)
+    assert [(case.status, case.annotator, case.time_spent, case.extra) for case in cases] == [
+        ("reviewed", "ana", 3725, {}),
+        ("to do", "", 0, {}),
+    ]
+    cases[1].status, cases[1].annotator, cases[1].time_spent = "done", "bob", 12
+    write_case_list(path, cases)
+    assert read_case_list(path) == cases
+
+
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        ("a,a,a.nrrd,,finished,,0", "status"),
+        ("a,a,a.nrrd,,to do,,-5", "time_spent"),
+        ("a,a,a.nrrd,,to do,,1.5", "time_spent"),
+    ],
+)
+def test_bad_workflow_cells_are_reported_with_row_and_column(row, column):
+    with pytest.raises(CaseListError) as error:
+        parse_case_list("case_id,patient_id,image,segmentation,status,annotator,time_spent\n" + row + "\n", "/data")
+    assert problems_of(error) == [(2, column)]
+
+
+def test_recovery_files_are_not_cases(tmp_path):
+    for name in ("ct01.nrrd", "ct01.seg.nrrd", "ct01.recovery.seg.nrrd"):
+        write_image(tmp_path / name)
+    (case,) = case_list_from_folder(str(tmp_path))
+    assert case.segmentation == str(tmp_path / "ct01.seg.nrrd")
 
 
 def test_spreadsheet_habits_are_accepted(tmp_path):
@@ -413,13 +465,18 @@ def case_lists(draw):
         )
     )
     case_ids = draw(st.lists(_identifier, max_size=6, unique_by=str.casefold))
-    extra_columns = draw(st.lists(st.sampled_from(["status", "annotator", "notes"]), max_size=2, unique=True))
+    extra_columns = draw(st.lists(st.sampled_from(["site", "reader", "notes"]), max_size=2, unique=True))
     cases = []
     for case_id in case_ids:
         images = {channel: (draw(st.booleans()), draw(_file_name)) for channel in channels}
         segmentation = draw(st.one_of(st.just(None), st.tuples(st.booleans(), _file_name)))
         extra = {column: draw(st.one_of(st.just(""), _identifier)) for column in extra_columns}
-        cases.append((case_id, draw(_identifier), images, segmentation, extra))
+        workflow = (
+            draw(st.sampled_from(STATUSES)),
+            draw(st.one_of(st.just(""), _identifier)),
+            draw(st.integers(0, 10**7)),
+        )
+        cases.append((case_id, draw(_identifier), images, segmentation, extra, workflow))
     return cases
 
 
@@ -440,8 +497,9 @@ def test_any_valid_case_list_round_trips(drawn):
                 {channel: place(value) for channel, value in images.items()},
                 place(segmentation) if segmentation else "",
                 extra,
+                *workflow,
             )
-            for case_id, patient_id, images, segmentation, extra in drawn
+            for case_id, patient_id, images, segmentation, extra, workflow in drawn
         ]
         os.makedirs(project)
         path = os.path.join(project, "cases.csv")

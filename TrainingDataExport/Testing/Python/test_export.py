@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import threading
-from collections import namedtuple
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ModelRegistryLib.index import Label
 
 from TrainingDataExportLib import export as export_module
 from TrainingDataExportLib import formats
@@ -30,8 +30,7 @@ from TrainingDataExportLib.export import (
 )
 from TrainingDataExportLib.splits import DatasetSplit
 
-Label = namedtuple("Label", "value name terminology")
-SCHEMA = [Label(1, "liver", ""), Label(2, "tumor", "")]
+SCHEMA = [Label(1, "liver", "#dd8259"), Label(2, "tumor", "#90d5ff")]
 ANGLE = np.radians(20)
 DIRECTION = (1.0, 0.0, 0.0, 0.0, np.cos(ANGLE), -np.sin(ANGLE), 0.0, np.sin(ANGLE), np.cos(ANGLE))
 SPACING = (0.8, 1.1, 2.5)
@@ -130,7 +129,7 @@ def check_volume(case, image_path, label_path):
 def test_nnunet_round_trip_and_metadata(cases, tmp_path):
     report = run(cases, tmp_path / "raw", format="nnunet", dataset_name="Dataset042_Liver")
     root = tmp_path / "raw" / "Dataset042_Liver"
-    dataset = json.loads((root / "dataset.json").read_text())
+    dataset = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert dataset == {
         "channel_names": {"0": "image"},
         "labels": {"background": 0, "liver": 1, "tumor": 2},
@@ -146,7 +145,7 @@ def test_nnunet_round_trip_and_metadata(cases, tmp_path):
         check_volume(
             case, root / f"images{kind}" / f"{case_id}_0000.nii.gz", root / f"labels{kind}" / f"{case_id}.nii.gz"
         )
-    folds = json.loads((root / "splits_final.json").read_text())
+    folds = json.loads((root / "splits_final.json").read_text(encoding="utf-8"))
     assert len(folds) == 2
     patient = {case.case_id: case.patient_id for case in cases}
     for fold in folds:
@@ -158,7 +157,7 @@ def test_nnunet_round_trip_and_metadata(cases, tmp_path):
 
 def test_monai_round_trip_and_datalist(cases, tmp_path):
     report = run(cases, tmp_path / "monai", format="monai")
-    datalist = json.loads((tmp_path / "monai" / "datalist.json").read_text())
+    datalist = json.loads((tmp_path / "monai" / "datalist.json").read_text(encoding="utf-8"))
     assert len(datalist["training"]) == 6 and len(datalist["testing"]) == 2
     folds = {summary.case_id: summary.validation_fold for summary in report.summaries}
     by_id = {case.case_id: case for case in cases}
@@ -189,7 +188,7 @@ def test_slices_reassemble_to_the_source(cases, tmp_path, slice_format, slice_ax
     run(cases[:4], output, format="slices2d", slice_format=slice_format, slice_axis=slice_axis, folds=0)
     with open(output / "slices.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    geometry_file = json.loads((output / "geometry.json").read_text())
+    geometry_file = json.loads((output / "geometry.json").read_text(encoding="utf-8"))
     load = np.load if slice_format == "npy" else array_of
     for case in cases[:4]:
         case_rows = [row for row in rows if row["case_id"] == case.case_id]
@@ -272,7 +271,7 @@ def test_two_channels_on_different_grids(cases, tmp_path):
     ]
     run(two, tmp_path / "nn", format="nnunet", folds=0, test_fraction=0)
     root = tmp_path / "nn" / "Dataset001_Export"
-    dataset = json.loads((root / "dataset.json").read_text())
+    dataset = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["channel_names"] == {"0": "ct", "1": "t2"}
     second = sitk.ReadImage(str(root / "imagesTr" / "case0_0001.nii.gz"))
     assert_same_grid(second, source)
@@ -401,8 +400,8 @@ def test_unannotated_cases_are_skipped_and_listed(cases, tmp_path):
     report = run(cases, tmp_path / "out", format="pairs")
     assert report.skipped == {"case0": "not annotated"}
     assert "1 unannotated case(s) skipped: case0" in report.warnings
-    assert "case0" not in (tmp_path / "out" / "pairs.csv").read_text()
-    assert "unannotated case(s) skipped" in (tmp_path / "out" / "dataset_card.md").read_text()
+    assert "case0" not in (tmp_path / "out" / "pairs.csv").read_text(encoding="utf-8")
+    assert "unannotated case(s) skipped" in (tmp_path / "out" / "dataset_card.md").read_text(encoding="utf-8")
 
 
 def test_overlapping_segments_follow_the_overlap_setting(tmp_path):
@@ -471,7 +470,7 @@ def test_re_export_rewrites_only_what_changed(cases, tmp_path):
     report = run(cases[:-1], output, format="nnunet")
     remaining = snapshot(output)
     assert not [path for path in remaining if "case7" in os.path.basename(path)]
-    manifest = json.loads((output / "Dataset001_Export" / MANIFEST_NAME).read_text())
+    manifest = json.loads((output / "Dataset001_Export" / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert sorted(manifest["cases"]) == sorted(c.case_id for c in cases[:-1])
 
     # Other settings: every case is rewritten.
@@ -524,7 +523,7 @@ def test_progress_reaches_one(cases, tmp_path):
 
 
 def test_summaries_hold_statistics_hashes_and_annotator(cases, tmp_path):
-    cases[0].extra["annotator"] = "ann"
+    cases[0].annotator = "ann"
     report = run(cases, tmp_path / "out", format="pairs")
     summary = next(s for s in report.summaries if s.case_id == "case0")
     source = array_of(cases[0].images["image"]).astype(np.float64)
@@ -540,9 +539,9 @@ def test_summaries_hold_statistics_hashes_and_annotator(cases, tmp_path):
 
 
 def test_seg_nrrd_cases_are_mapped_to_the_schema(tmp_path):
-    from test_segmentations import LIVER_TERMINOLOGY, blobs, with_geometry, write_seg_nrrd
+    from test_segmentations import LIVER, LIVER_TERMINOLOGY, blobs, with_geometry, write_seg_nrrd
 
-    schema = [Label(1, "liver", LIVER_TERMINOLOGY), Label(2, "tumor", "")]
+    schema = [Label(1, "liver", "#dd8259", LIVER), Label(2, "tumor", "#90d5ff")]
     layer = blobs()
     cases = []
     for index in range(3):

@@ -8,11 +8,11 @@ writes (``Segment<N>_ID``, ``_Name``, ``_LabelValue``, ``_Layer``, ``_Extent``, 
 from __future__ import annotations
 
 import doctest
-from collections import namedtuple
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ModelRegistryLib.index import Coding, Label, Terminology
 
 from TrainingDataExportLib import segmentations
 from TrainingDataExportLib.segmentations import (
@@ -23,13 +23,13 @@ from TrainingDataExportLib.segmentations import (
     terminology_key,
 )
 
-Label = namedtuple("Label", "value name terminology")
-
 CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
 LIVER_TERMINOLOGY = f"{CONTEXT}~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^~{REGION_CONTEXT}~^^~^^"
 MASS_TERMINOLOGY = f"{CONTEXT}~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^~{REGION_CONTEXT}"
-SCHEMA = [Label(1, "liver", LIVER_TERMINOLOGY), Label(2, "tumor", MASS_TERMINOLOGY + "~^^~^^")]
+LIVER = Terminology(Coding("SCT", "123037004", "Anatomical Structure"), Coding("SCT", "10200004", "Liver"))
+MASS = Terminology(Coding("SCT", "49755003", "Morphologically Altered Structure"), Coding("SCT", "4147007", "Mass"))
+SCHEMA = [Label(1, "liver", "#dd8259", LIVER), Label(2, "tumor", "#90d5ff", MASS)]
 
 # Oblique, anisotropic geometry (a rotation about z by 30 degrees).
 ANGLE = np.radians(30)
@@ -142,7 +142,7 @@ def test_schema_values_over_255_give_uint16(tmp_path):
     path = str(tmp_path / "case.nrrd")
     array = blobs().astype(np.uint16) * 150
     sitk.WriteImage(sitk.GetImageFromArray(array), path)
-    label, problems = read_label_map(path, [Label(150, "a", ""), Label(300, "b", "")])
+    label, problems = read_label_map(path, [Label(150, "a", "#000001"), Label(300, "b", "#000002")])
     assert blocking(problems) == [] and label.GetPixelID() == sitk.sitkUInt16
     np.testing.assert_array_equal(array_of(label), array)
 

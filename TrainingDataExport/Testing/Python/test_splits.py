@@ -266,8 +266,10 @@ def test_a_patients_stratum_is_its_most_common_one():
 def test_stratum_keys_order_the_same_in_every_process():
     # frozensets of strings iterate in an order that changes with PYTHONHASHSEED; the split must not.
     lib_folder = os.path.dirname(os.path.dirname(TrainingDataExportLib.__file__))
+    # TrainingDataExportLib reads label schemas with ModelRegistryLib, in the sibling module folder.
+    registry_folder = os.path.join(os.path.dirname(lib_folder), "ModelRegistry")
     program = (
-        "import json, sys; sys.path.insert(0, sys.argv[1])\n"
+        "import json, sys; sys.path[:0] = sys.argv[1:3]\n"
         "from TrainingDataExportLib.caselist import Case\n"
         "from TrainingDataExportLib.splits import split_by_patient\n"
         "cases = [Case(f'p{i}_0', f'p{i}', {'image': 'x'}) for i in range(12)]\n"
@@ -277,7 +279,7 @@ def test_stratum_keys_order_the_same_in_every_process():
     )
     outputs = [
         subprocess.run(
-            [sys.executable, "-c", program, lib_folder],
+            [sys.executable, "-c", program, lib_folder, registry_folder],
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
             capture_output=True,
             text=True,

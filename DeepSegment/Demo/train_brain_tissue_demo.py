@@ -1,0 +1,389 @@
+"""Train the demo model ``brain-tissue-demo`` and publish it in the bundled registry.
+
+A small 3D UNet (plain torch, about 350k parameters) learns gray and white matter from ONE brain: the MNI
+ICBM152 2009a T1 template at 2 mm (see mni_template.py for where the files come from and how the
+reference labels are made), made to look like many brains by heavy augmentation (augment.py). It trains
+on random 48³ crops with cross-entropy + Dice loss and Adam for a wall-time budget, then:
+
+1. measures Dice per label on held-out augmented variants of the whole volume (seeds never used in
+   training) through the real engine (``DeepSegmentLib.engine.segment``), and the CPU run time;
+2. scripts the network (TorchScript), writes the model package (``model.json`` + ``model.pt`` + the
+   template's notice) and zips it deterministically (sorted entries, fixed timestamps) to
+   ``ModelRegistry/Resources/Registry/brain-tissue-demo-1.0.0.zip``;
+3. writes the model's entry (card, metrics, run time, sha256 and size) into the bundled index.
+
+Run from the repository root (about ``--minutes`` plus two minutes)::
+
+    .venv/bin/python DeepSegment/Demo/train_brain_tissue_demo.py --minutes 10 --seed 0
+
+The result depends on the machine's speed (the budget is wall time), so two runs are alike, not identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+from torch.nn import functional
+
+DEMO_FOLDER = os.path.dirname(os.path.abspath(__file__))
+REPOSITORY = os.path.dirname(os.path.dirname(DEMO_FOLDER))
+sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY, "ModelRegistry")]
+
+from augment import AugmentationSettings, augment  # noqa: E402
+from mni_template import (  # noqa: E402
+    GRAY_MATTER,
+    TEMPLATE_NOTICE,
+    WHITE_MATTER,
+    dice_scores,
+    read_template,
+    reference_labels,
+    resample_isotropic,
+    sha256_of,
+    template_folder,
+)
+
+from DeepSegmentLib.engine import segment  # noqa: E402
+from DeepSegmentLib.package import load_package, write_package  # noqa: E402
+from ModelRegistryLib.store import default_cache_dir  # noqa: E402
+
+MODEL_ID = "brain-tissue-demo"
+MODEL_VERSION = "1.0.0"
+REGISTRY_FOLDER = os.path.join(REPOSITORY, "ModelRegistry", "Resources", "Registry")
+ARCHIVE_PATH = os.path.join(REGISTRY_FOLDER, f"{MODEL_ID}-{MODEL_VERSION}.zip")
+INDEX_PATH = os.path.join(REGISTRY_FOLDER, "bundled-index.json")
+
+SPACING_MM = 2.0
+PATCH = 64
+# Training crops are smaller than the inference windows: more steps in the time budget, and at 2 mm a 48³
+# crop (96 mm) still holds plenty of context for tissue classes.
+CROP = 48
+PERCENTILES = (0.5, 99.5)
+CHANNELS = (8, 16, 32, 64)
+LEARNING_RATE = 3e-3
+# Validation variants use generators seeded from here on; training seeds must stay below it.
+VALIDATION_SEED_BASE = 1_000_000
+# Fixed zip entry timestamp, so the same files always make the same archive bytes.
+ZIP_TIMESTAMP = (2026, 1, 1, 0, 0, 0)
+
+TISSUE = {"scheme": "SCT", "code": "85756007", "meaning": "Tissue"}
+LABELS = [
+    {"value": GRAY_MATTER, "name": "Gray matter", "color": "#c87d6a",
+     "terminology": {"category": TISSUE, "type": {"scheme": "SCT", "code": "389081007", "meaning": "Gray matter"}}},
+    {"value": WHITE_MATTER, "name": "White matter", "color": "#f5f0e6",
+     "terminology": {"category": TISSUE, "type": {"scheme": "SCT", "code": "389080008", "meaning": "White matter"}}},
+]
+INPUTS = [{"name": "T1", "modality": "MR", "pattern": "t1|mprage|mni"}]
+
+
+# -- network -------------------------------------------------------------------------------------------------
+
+def _two_convolutions(inputs: int, outputs: int) -> nn.Sequential:
+    layers = []
+    for channels_in in (inputs, outputs):
+        layers += [nn.Conv3d(channels_in, outputs, 3, padding=1, bias=False), nn.BatchNorm3d(outputs),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class TissueUNet(nn.Module):
+    """A 3D UNet: two 3×3×3 convolutions (batch norm, ReLU) per level, max pooling down, transposed
+    convolutions up, skip connections; input sizes must be multiples of 2^(levels - 1).
+
+    Batch norm (with running statistics at inference) rather than instance norm keeps the network a
+    fixed function of its input window, so sliding-window stitching is seamless.
+    """
+
+    def __init__(self, channels: Sequence[int] = CHANNELS, inputs: int = 1, classes: int = 3) -> None:
+        super().__init__()
+        widths = [inputs, *channels]
+        self.encoders = nn.ModuleList([_two_convolutions(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        deep_first = list(reversed(channels))
+        self.ups = nn.ModuleList([nn.ConvTranspose3d(a, b, 2, stride=2) for a, b in zip(deep_first, deep_first[1:])])
+        self.decoders = nn.ModuleList([_two_convolutions(2 * b, b) for b in deep_first[1:]])
+        self.head = nn.Conv3d(channels[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for level, encoder in enumerate(self.encoders):
+            if level > 0:
+                skips.append(x)
+                x = functional.max_pool3d(x, 2)
+            x = encoder(x)
+        for up, decoder in zip(self.ups, self.decoders):
+            x = decoder(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+def normalize(array: np.ndarray) -> np.ndarray:
+    """Percentile scaling to 0..1 (clipped), as the model contract asks the engine to do."""
+    low, high = np.percentile(array, PERCENTILES)
+    return np.clip((array - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+class TrainingData:
+    """The template at 2 mm: the normalized T1 and its labels as (1, 1, D, H, W) tensors."""
+
+    def __init__(self, folder: str) -> None:
+        template = read_template(folder)
+        resampled = {kind: resample_isotropic(image, SPACING_MM) for kind, image in template.items()}
+        self.reference_image = resampled["t1"]
+        self.t1 = normalize(sitk.GetArrayFromImage(resampled["t1"]))
+        self.labels = reference_labels(sitk.GetArrayFromImage(resampled["gm"]), sitk.GetArrayFromImage(resampled["wm"]))
+        self.image_tensor = torch.from_numpy(self.t1)[None, None]
+        self.label_tensor = torch.from_numpy(self.labels.astype(np.float32))[None, None]
+        self.spacing = (SPACING_MM,) * 3
+        # Crop centres are drawn in the brain's bounding box (mm from the volume centre, x y z order).
+        indices = np.argwhere(self.labels > 0)[:, ::-1]
+        centre = (np.array(self.labels.shape[::-1]) - 1) / 2.0
+        self.brain_low = (indices.min(axis=0) - centre) * SPACING_MM
+        self.brain_high = (indices.max(axis=0) - centre) * SPACING_MM
+
+    def random_crops(self, count: int, generator: torch.Generator, settings: AugmentationSettings) -> tuple:
+        images, labels = [], []
+        for _ in range(count):
+            fraction = torch.rand(3, generator=generator, dtype=torch.float64).numpy()
+            centre = self.brain_low + fraction * (self.brain_high - self.brain_low)
+            sample = augment(self.image_tensor, self.label_tensor, self.spacing, (CROP,) * 3, generator,
+                             tuple(centre), settings)
+            images.append(sample.image)
+            labels.append(sample.labels)
+        return torch.cat(images), torch.cat(labels)[:, 0].long()
+
+    def variant(self, seed: int, settings: AugmentationSettings) -> tuple:
+        """A whole-volume augmented variant: (SimpleITK image on the 2 mm grid, label array)."""
+        sample = augment(self.image_tensor, self.label_tensor, self.spacing, self.t1.shape,
+                         torch.Generator().manual_seed(seed), settings=settings)
+        image = sitk.GetImageFromArray(sample.image[0, 0].numpy())
+        image.CopyInformation(self.reference_image)
+        return image, sample.labels[0, 0].numpy().astype(np.uint8)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+def loss_function(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus (1 - mean soft Dice of the two tissues)."""
+    probabilities = functional.softmax(logits, dim=1)
+    one_hot = functional.one_hot(labels, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    intersection = (probabilities * one_hot).sum(dims)
+    dice = (2 * intersection + 1.0) / (probabilities.sum(dims) + one_hot.sum(dims) + 1.0)
+    return functional.cross_entropy(logits, labels) + (1.0 - dice[1:].mean())
+
+
+def train(network: nn.Module, data: TrainingData, minutes: float, seed: int, batch: int,
+          settings: AugmentationSettings) -> list:
+    """Adam with a cosine learning-rate decay over the wall-time budget; returns (step, seconds, mean loss)."""
+    if not 0 <= seed < VALIDATION_SEED_BASE:
+        raise ValueError(f"--seed must be in [0, {VALIDATION_SEED_BASE}): higher seeds are the validation's")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
+    budget = minutes * 60.0
+    start = time.monotonic()
+    curve, recent, step = [], [], 0
+    network.train()
+    while time.monotonic() - start < budget:
+        for group in optimizer.param_groups:
+            group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(1.0, (time.monotonic() - start) / budget)))
+        images, labels = data.random_crops(batch, generator, settings)
+        loss = loss_function(network(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        recent.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            curve.append((step, round(time.monotonic() - start), float(np.mean(recent))))
+            recent = []
+            print(f"step {step:5d}  {curve[-1][1]:4d} s  loss {curve[-1][2]:.3f}", flush=True)
+    if recent:
+        curve.append((step, round(time.monotonic() - start), float(np.mean(recent))))
+    network.eval()
+    return curve
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+def validate(package_folder: str, data: TrainingData, count: int, settings: AugmentationSettings) -> dict:
+    """Dice per label (mean and min over ``count`` held-out variants) and the engine's mean CPU seconds."""
+    package = load_package(package_folder)
+    scores = {label["value"]: [] for label in LABELS}
+    seconds = []
+    for number in range(count):
+        image, reference = data.variant(VALIDATION_SEED_BASE + number, settings)
+        start = time.perf_counter()
+        result = segment([image], package, device="cpu")
+        seconds.append(time.perf_counter() - start)
+        scored = dice_scores(sitk.GetArrayFromImage(result.labels), reference, list(scores))
+        for value, values in scores.items():
+            values.append(scored[value])
+        print(f"variant {number}: " + ", ".join(f"Dice[{v}] {s[-1]:.3f}" for v, s in scores.items())
+              + f", {seconds[-1]:.1f} s", flush=True)
+    return {"dice": {value: (float(np.mean(s)), float(np.min(s))) for value, s in scores.items()},
+            "seconds": float(np.mean(seconds))}
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+
+def contract() -> dict:
+    return {
+        "schemaVersion": 1,
+        "format": "torchscript",
+        "weights": "model.pt",
+        "dimensions": 3,
+        "inputs": INPUTS,
+        "preprocessing": {
+            "spacing": [SPACING_MM] * 3,
+            "orientation": "RAS",
+            "normalization": [{"kind": "percentile", "percentiles": list(PERCENTILES), "range": [0, 1]}],
+        },
+        "inference": {"patchSize": [PATCH] * 3, "overlap": 0.5, "blending": "gaussian", "batchSize": 2,
+                      "mirrorAxes": [], "activation": "softmax", "outputChannels": 3},
+        "postprocessing": {"mode": "argmax", "thresholds": {}, "keepLargestComponent": [], "fillHoles": [],
+                           "minimumSizeMm3": {}},
+        "labels": LABELS,
+    }
+
+
+def write_deterministic_zip(folder: str, archive_path: str) -> None:
+    """Zip every file under ``folder`` with sorted names and a fixed timestamp (same files → same bytes)."""
+    names = sorted(os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/")
+                   for d, _, files in os.walk(folder) for f in files)
+    partial = archive_path + ".part"
+    with zipfile.ZipFile(partial, "w") as archive:
+        for name in names:
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with open(os.path.join(folder, name), "rb") as file:
+                archive.writestr(info, file.read(), compresslevel=9)
+    os.replace(partial, archive_path)
+
+
+def index_entry(metrics: dict, parameters: int, archive_path: str, variants: int, runtime_note: str) -> dict:
+    dice_metrics = []
+    for label in LABELS:
+        mean, lowest = metrics["dice"][label["value"]]
+        dataset = f"{variants} held-out augmented variants of the training template (2 mm)"
+        dice_metrics += [{"name": f"Dice {label['name'].lower()} (mean)", "value": round(mean, 3), "dataset": dataset},
+                         {"name": f"Dice {label['name'].lower()} (lowest)", "value": round(lowest, 3),
+                          "dataset": dataset}]
+    return {
+        "id": MODEL_ID,
+        "title": "Brain tissue (demo)",
+        "description": ("Gray and white matter from a T1-weighted brain MRI, at 2 mm. A demonstration model: a small "
+                        f"3D UNet ({parameters:,} parameters) trained in minutes on a CPU from a single brain "
+                        "template, so the extension can be tried end to end without downloading anything."),
+        "task": "segmentation",
+        "modality": "MR",
+        "anatomy": ["brain"],
+        "inputs": INPUTS,
+        "labels": LABELS,
+        "license": TEMPLATE_NOTICE,
+        "authors": ["SlicerDeepLearning contributors"],
+        "citation": ("Fonov V, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear average "
+                     "age-appropriate brain templates from birth to adulthood. NeuroImage 47 (2009) S102."),
+        "homepage": "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
+        "intendedUse": ("Demonstration and testing of SlicerDeepLearning only (installing, running, the output's "
+                        "geometry and terminology). Not for clinical or research use."),
+        "limitations": ("Trained on ONE image, the MNI ICBM152 2009a T1 template (an average of 152 young adults), "
+                        "under synthetic rotations, scaling, elastic deformation, bias field, noise, contrast and "
+                        "resolution changes. Expects a skull-stripped T1-weighted volume: skull, scalp and neck are "
+                        "not in the training data and will be mislabeled. Not validated on any real scan; "
+                        "partial-volume voxels at the cortex are thresholded at 50% tissue. CSF is background."),
+        "trainingData": ("MNI ICBM152 2009a nonlinear symmetric T1 template and its gray-/white-matter probability "
+                         "maps, as shipped in the nilearn 0.14.1 wheel, resampled to 2 mm; reference labels: tissue "
+                         "where gm + wm >= 0.5, then the likelier of gray and white matter."),
+        "metrics": dice_metrics,
+        "resources": {"ramGB": 1},
+        "runtime": [{"device": "cpu", "seconds": round(metrics["seconds"], 1),
+                     "note": runtime_note}],
+        "versions": [{
+            "version": MODEL_VERSION,
+            "releaseDate": time.strftime("%Y-%m-%d"),
+            "changelog": "First release.",
+            "files": [{"url": os.path.basename(archive_path), "sha256": sha256_of(archive_path),
+                       "size": os.path.getsize(archive_path)}],
+        }],
+    }
+
+
+def write_index_entry(index_path: str, entry: dict) -> None:
+    """Replace (or add) the model's entry in the index, keeping the other entries."""
+    with open(index_path, encoding="utf-8") as file:
+        document = json.load(file)
+    document["models"] = [m for m in document["models"] if m.get("id") != entry["id"]] + [entry]
+    with open(index_path + ".part", "w", encoding="utf-8") as file:
+        json.dump(document, file, indent=2, ensure_ascii=False)
+        file.write("\n")
+    os.replace(index_path + ".part", index_path)
+
+
+def publish(network: nn.Module, data: TrainingData, settings: AugmentationSettings, archive_path: str,
+            index_path: str, variants: int) -> None:
+    """Package, validate and zip the trained network; write its entry into the index unless ``index_path`` is ''."""
+    with tempfile.TemporaryDirectory(prefix=f"{MODEL_ID}-") as folder:
+        write_package(folder, torch.jit.script(network.eval()), contract())
+        with open(os.path.join(folder, "NOTICE.txt"), "w", encoding="utf-8") as file:
+            file.write(TEMPLATE_NOTICE + "\n")
+        metrics = validate(folder, data, variants, settings)
+        os.makedirs(os.path.dirname(os.path.abspath(archive_path)), exist_ok=True)
+        write_deterministic_zip(folder, archive_path)
+    print("held-out Dice (mean, lowest): " + ", ".join(
+        f"{label['name']} {metrics['dice'][label['value']][0]:.3f} / {metrics['dice'][label['value']][1]:.3f}"
+        for label in LABELS))
+    print(f"{archive_path}: {os.path.getsize(archive_path)} bytes, sha256 {sha256_of(archive_path)}")
+    if index_path:
+        parameters = sum(p.numel() for p in network.parameters())
+        size = "×".join(str(n) for n in data.t1.shape[::-1])
+        note = (f"torch threads: {torch.get_num_threads()}, on a 2-core machine shared with other work; a volume "
+                f"of {size} voxels at 2 mm, all stages")
+        write_index_entry(index_path, index_entry(metrics, parameters, archive_path, variants, note))
+        print(f"updated {index_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall-time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=2, help="crops per step")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads for torch (on a machine busy with other work, 1 can be faster)")
+    parser.add_argument("--validation-variants", type=int, default=6)
+    parser.add_argument("--cache-dir", default=default_cache_dir(), help="where the template files are kept")
+    parser.add_argument("--nilearn-wheel", help="a downloaded nilearn 0.14.1 wheel (else found or fetched)")
+    parser.add_argument("--archive", default=ARCHIVE_PATH)
+    parser.add_argument("--index", default=INDEX_PATH, help="index to write the entry into ('' to skip)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    # Adam drives some weights towards denormal floats, which slow CPU arithmetic many times over.
+    torch.set_flush_denormal(True)
+    data = TrainingData(template_folder(args.cache_dir, args.nilearn_wheel))
+    settings = AugmentationSettings()
+    network = TissueUNet()
+    parameters = sum(p.numel() for p in network.parameters())
+    print(f"template at 2 mm: {data.t1.shape[::-1]} voxels; network: {parameters:,} parameters", flush=True)
+    curve = train(network, data, args.minutes, args.seed, args.batch, settings)
+    print(f"trained {curve[-1][0] if curve else 0} steps; loss curve (step, s, loss): {curve[::8] + curve[-1:]}")
+
+    publish(network, data, settings, args.archive, args.index, args.validation_variants)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

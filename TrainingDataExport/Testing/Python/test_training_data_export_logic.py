@@ -1,0 +1,144 @@
+"""The module's Logic on the Slicer stand-in: label-map cases, recovery after a stop, case navigation.
+
+The self-test (TrainingDataExportTest) walks the main workflow through the panel; these cover the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+
+from TrainingDataExport import TrainingDataExportLogic
+from TrainingDataExportLib import read_case_list
+
+SCHEMA = {
+    "labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}, {"value": 2, "name": "Tumor", "color": "#90d5ff"}]
+}
+
+
+@pytest.fixture
+def logic(tmp_path):
+    rng = np.random.default_rng(11)
+    for case_id in ("a", "b"):
+        image = sitk.GetImageFromArray(rng.integers(0, 200, (5, 8, 9)).astype(np.int16))
+        image.SetSpacing((0.5, 0.6, 2.0))
+        image.SetOrigin((10.0, -4.0, 3.0))
+        sitk.WriteImage(image, str(tmp_path / f"{case_id}.nrrd"))
+    label = np.zeros((5, 8, 9), np.uint8)
+    label[1:4, 2:6, 2:7] = 1
+    label[2, 3:5, 3:5] = 2
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "a.nrrd")))
+    sitk.WriteImage(label_image, str(tmp_path / "a_seg.nrrd"))
+    (tmp_path / "labels.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
+    logic = TrainingDataExportLogic()
+    logic.annotator = "tester"
+    logic.createCaseListFromFolder(str(tmp_path))
+    logic.loadLabelSchema(str(tmp_path / "labels.json"))
+    yield logic
+    logic.closeCase()
+
+
+def segment_array(logic, name):
+    node = logic.segmentationNode
+    segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    return slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, logic.volumeNodes[0])
+
+
+def test_a_label_map_case_loads_as_schema_segments_and_saves_as_seg_nrrd(logic, tmp_path):
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a_seg.nrrd")))
+    assert logic.loadCase(0) == ""
+    np.testing.assert_array_equal(segment_array(logic, "Liver"), (label == 1).astype(np.uint8))
+    np.testing.assert_array_equal(segment_array(logic, "Tumor"), (label == 2).astype(np.uint8))
+    assert logic.saveCase() == str(tmp_path / "a.seg.nrrd")
+    case = read_case_list(logic.caseListPath)[0]
+    assert (case.segmentation, case.annotator, case.status) == (str(tmp_path / "a.seg.nrrd"), "tester", "in progress")
+    assert logic.caseProblems(0) == []
+    # The label map the case came from is left as it was.
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a_seg.nrrd"))), label)
+
+
+def test_work_left_unsaved_comes_back_from_the_recovery_file(logic, tmp_path):
+    logic.loadCase(1)
+    painted = np.zeros((5, 8, 9), np.uint8)
+    painted[2:4, 1:3, 1:3] = 1
+    node = logic.segmentationNode
+    slicer.util.updateSegmentBinaryLabelmapFromArray(
+        painted, node, node.GetSegmentation().GetSegmentIdBySegmentName("Tumor"), logic.volumeNodes[0]
+    )
+    # As if Slicer stopped after an autosave: the scene is gone, the recovery file stays.
+    assert logic.autosave() == str(tmp_path / "b.recovery.seg.nrrd")
+    assert logic.autosave() == ""  # nothing changed since
+    slicer.mrmlScene.Clear(False)
+    fresh = TrainingDataExportLogic()
+    fresh.loadCaseList(logic.caseListPath)
+    fresh.loadLabelSchema(logic.labelSchemaPath)
+    assert fresh.loadCase(1) == str(tmp_path / "b.recovery.seg.nrrd")
+    np.testing.assert_array_equal(segment_array(fresh, "Tumor"), np.zeros_like(painted))
+    fresh.restoreRecovery()
+    np.testing.assert_array_equal(segment_array(fresh, "Tumor"), painted)
+    fresh.saveCase()
+    assert not os.path.exists(tmp_path / "b.recovery.seg.nrrd")
+    fresh.closeCase()
+    assert fresh.loadCase(1) == ""
+    np.testing.assert_array_equal(segment_array(fresh, "Tumor"), painted)
+    fresh.closeCase()
+
+
+def test_navigation_statuses_and_time_spent(logic, monkeypatch):
+    with pytest.raises(ValueError, match="No case is loaded"):
+        logic.nextCase()
+    logic.loadCase(0)
+    with pytest.raises(ValueError, match="no previous case"):
+        logic.previousCase()
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    logic.loadCase(0)
+    clock[0] += 125.4
+    logic.saveCase()
+    clock[0] += 10
+    logic.saveCase()
+    assert read_case_list(logic.caseListPath)[0].time_spent == 135
+    logic.nextCase()
+    assert logic.currentIndex == 1 and [row[4] for row in logic.tableRows()] == ["in progress", "in progress"]
+    logic.setStatus(1, "reviewed")
+    assert read_case_list(logic.caseListPath)[1].status == "reviewed"
+    with pytest.raises(ValueError, match="not a status"):
+        logic.setStatus(1, "finished")
+
+
+def test_loading_needs_the_schema(tmp_path, logic):
+    logic.openLabelSchema("")
+    with pytest.raises(ValueError, match="label schema first"):
+        logic.loadCase(0)
+    assert [row[7] for row in logic.tableRows()] == ["no schema", "no schema"]
+
+
+def test_export_tasks_report_success_failure_and_cancel(logic, tmp_path):
+    from TrainingDataExportLib import ExportSettings
+
+    logic.setStatus(0, "done")
+    task = logic.exportTask(ExportSettings("pairs"), str(tmp_path / "out"), folds=0, testFraction=0.0).start()
+    assert task.wait(60) and task.state == "succeeded", task.error
+    assert task.progress == (1.0, f"exported 1 case(s) to {tmp_path / 'out'}")
+    outcome = logic.exportOutcomeText(task)
+    assert outcome.startswith(f"Exported 1 case(s) (1 written, 0 unchanged, 1 skipped) to {tmp_path / 'out'}.")
+    assert outcome.endswith(f"Dataset card: {tmp_path / 'out' / 'dataset_card.md'}")
+
+    cancelled = logic.exportTask(ExportSettings("pairs"), str(tmp_path / "other"))
+    cancelled.cancel()
+    assert cancelled.start().wait(60) and cancelled.state == "cancelled"
+    assert logic.exportOutcomeText(cancelled).startswith("Export cancelled")
+
+    # Another format into the same folder: refused before anything is written.
+    failed = logic.exportTask(ExportSettings("monai"), str(tmp_path / "out")).start()
+    assert failed.wait(60) and failed.state == "failed"
+    assert "holds a 'pairs' export" in logic.exportOutcomeText(failed)
+    with pytest.raises(ValueError, match="output folder"):
+        logic.exportTask(ExportSettings("pairs"), "")
