@@ -79,6 +79,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.inputSelectors = []
         self.task = None
         self.taskTimer = None
+        self.idleTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -94,6 +95,11 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.taskTimer = qt.QTimer()
         self.taskTimer.setInterval(100)
         self.taskTimer.connect("timeout()", self.pollTask)
+        # Networks left unused for a while give their memory back (GPU memory above all).
+        self.idleTimer = qt.QTimer()
+        self.idleTimer.setInterval(60 * 1000)
+        self.idleTimer.connect("timeout()", self.logic.pool.unload_idle)
+        self.idleTimer.start()
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelList)
@@ -107,6 +113,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         if self.task is not None:
             self.task.cancel()
         self.taskTimer.stop()
+        self.idleTimer.stop()
 
     def enter(self):
         self.prefillInputs()
@@ -190,6 +197,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 [selector.currentNode() for selector in self.inputSelectors],
                 device=self.ui.deviceSelector.currentData,
                 quality=self.ui.qualitySelector.currentText,
+                threads=self.ui.threadsSpinBox.value or None,
             ).start()
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.visible = True
@@ -374,7 +382,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- running --------------------------------------------------------------------------------------------
 
-    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality="Accurate"):
+    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality="Accurate", threads=None):
         """A not yet started BackgroundTask: install the model if needed, then segment ``inputNodes``.
 
         The volumes are read here, on the main thread; the worker touches no MRML node.
@@ -403,7 +411,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             mirror = package.inference.mirror_axes if preset["mirror"] else ()
             try:
                 result = segment(images, package, self.pool.get(package, deviceName), device=deviceName,
-                                 overlap=preset["overlap"], mirror_axes=mirror, progress=segmenting, cancel=cancel)
+                                 threads=threads, overlap=preset["overlap"], mirror_axes=mirror,
+                                 progress=segmenting, cancel=cancel)
             except EngineCancelled as cancelled:
                 raise CancelledError(str(cancelled) or "Cancelled") from cancelled
             return RunResult(package, result, inputNode, time.perf_counter() - start)
@@ -435,9 +444,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene.RemoveNode(labelmap)
         return segmentationNode
 
-    def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality="Accurate", segmentationNode=None):
+    def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality="Accurate", segmentationNode=None,
+                       threads=None):
         """Segment and wait (Python console and scripts): returns the segmentation node."""
-        task = self.segmentationTask(modelSpec, inputNodes, device, quality).start()
+        task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads).start()
         while not task.wait(0.05):
             slicer.app.processEvents()
         if task.error is not None:

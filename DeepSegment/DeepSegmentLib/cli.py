@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="an input volume (file or DICOM folder), one per model input channel, in order")
     run.add_argument("--output", required=True, metavar="PATH", help=".seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -54,7 +55,7 @@ def _progress(step: EngineProgress) -> None:
     print(f"\r{step.fraction * 100:5.1f}% {step.stage}".ljust(40), end="", file=sys.stderr, flush=True)
 
 
-def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto",
+def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
                   indexes: Sequence[str] = (), cache_dir: str | None = None, progress=None) -> dict:
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
     start = time.perf_counter()
@@ -66,7 +67,7 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     installed_at = time.perf_counter()
     images = [read_volume(path) for path in inputs]
     read_at = time.perf_counter()
-    result = segment(images, package, device=device, progress=progress)
+    result = segment(images, package, device=device, threads=threads, progress=progress)
     segments = [SegmentInfo(label.value, label.name, label.color,
                             label.terminology.slicer_entry() if label.terminology else "") for label in package.labels]
     write_labels(output, result.labels, segments)
@@ -79,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
-                                indexes=arguments.index, cache_dir=arguments.cache_dir, progress=_progress)
+                                threads=arguments.threads, indexes=arguments.index, cache_dir=arguments.cache_dir,
+                                progress=_progress)
     except (RegistryError, IndexValidationError, PackageError, EngineError, LookupError, ValueError, OSError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,11 @@
 """Benchmark of the inference engine against MONAI's sliding_window_inference, on one network and one volume.
 
-The same TorchScript 3D U-Net (channels 16-32-64-128, two 3×3×3 conv blocks per level, 3 classes) runs
-over the same 1×160³ volume with 96³ windows, overlap 0.5, Gaussian blending and 4 windows per batch:
+The same TorchScript network runs over the same 1×160³ volume with 96³ windows, overlap 0.5, Gaussian
+blending and 4 windows per batch. ``--network monai-unet`` (the default) is MONAI's residual 3D UNet
+with channels 16-256, strides 2 and 2 residual units, the network of the reference numbers in the
+project's field notes (about 0.17 s per 96³ window on 2 cores: stitching costs matter); ``--network
+plain-unet`` is a 4-level U-Net (16-32-64-128) without a strided first level, whose forward passes
+(seconds per window) dwarf any stitching. Methods:
 
 - ``ours``: DeepSegmentLib's sliding window alone (the "inferring" stage: windows → blended probabilities);
 - ``segment``: the whole ``segment()`` on a native grid (reading, z-score, inference, argmax, label map);
@@ -95,9 +99,16 @@ class UNet(torch.nn.Module):
         return self.head(x)
 
 
-def scripted_unet(path: str) -> None:
+def scripted_network(kind: str, path: str) -> None:
     torch.manual_seed(0)
-    torch.jit.save(torch.jit.script(UNet().eval()), path)
+    if kind == "monai-unet":
+        from monai.networks.nets import UNet as MonaiUNet
+
+        network = MonaiUNet(spatial_dims=3, in_channels=1, out_channels=CLASSES, channels=(16, 32, 64, 128, 256),
+                            strides=(2, 2, 2, 2), num_res_units=2)
+    else:
+        network = UNet()
+    torch.jit.save(torch.jit.script(network.eval()), path)
 
 
 def volume(size: int) -> np.ndarray:
@@ -203,8 +214,8 @@ def in_subprocess(method: str, model_path: str, args) -> dict:
 
 def report(results: dict, args) -> None:
     mib = 1024**2
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, volume 1×{args.size}³,"
-          f" patch {PATCH}³, overlap {OVERLAP}, gaussian, batch {BATCH}, best of {args.repeats}")
+    print(f"network {args.network}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads,"
+          f" volume 1×{args.size}³, patch {PATCH}³, overlap {OVERLAP}, gaussian, batch {BATCH}, best of {args.repeats}")
     for method, label in (("monai", "MONAI sliding_window_inference"), ("ours", "ours: sliding window"),
                           ("segment", "ours: whole segment()")):
         result = results[method]
@@ -225,6 +236,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--network", choices=("monai-unet", "plain-unet"), default="monai-unet")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +247,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         model_path = os.path.join(folder, "unet.pt")
-        scripted_unet(model_path)
+        scripted_network(args.network, model_path)
         results = {method: in_subprocess(method, model_path, args) for method in METHODS}
     report(results, args)
 
