@@ -101,12 +101,22 @@ def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence]) -> Non
     write_bytes(path, text.getvalue().encode("utf-8"))
 
 
-def _gzip_file(source: str, target: str, level: int) -> None:
-    # mtime=0 and no file name: the header is the same on every run.
-    def packed(file):
-        return gzip.GzipFile(filename="", mode="wb", fileobj=file, compresslevel=level, mtime=0)
+def _gzip_stream(file, level: int):
+    """A gzip writer on ``file``: Intel's igzip (package ``isal``) when installed, else zlib.
 
-    with open(source, "rb") as raw, open(target, "wb") as file, packed(file) as stream:
+    gzip dominates writing .nii.gz files, and igzip compresses about 4× faster than zlib's fastest
+    level at a similar ratio. igzip has levels 0-3: zlib's 1-9 map onto 1-3. mtime=0 and no file name
+    keep the header the same on every run.
+    """
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip.GzipFile(filename="", mode="wb", fileobj=file, compresslevel=level, mtime=0)
+    return igzip.IGzipFile(filename="", mode="wb", fileobj=file, compresslevel=min(3, (level + 2) // 3), mtime=0)
+
+
+def _gzip_file(source: str, target: str, level: int) -> None:
+    with open(source, "rb") as raw, open(target, "wb") as file, _gzip_stream(file, level) as stream:
         shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import doctest
+import gzip
 import hashlib
 import json
 import os
+import sys
 import threading
 
 import numpy as np
@@ -445,6 +447,20 @@ def test_identical_inputs_give_identical_bytes(cases, tmp_path):
         run(cases, tmp_path / name, format="nnunet", crop_margin_mm=2.0, workers=3 if name == "one" else 1)
     first, second = hashes(tmp_path / "one"), hashes(tmp_path / "two")
     assert len(first) > 20 and first == second
+
+
+@pytest.mark.parametrize("compressor", ["igzip", "zlib"])
+def test_nifti_files_are_plain_gzip_with_either_compressor(cases, tmp_path, monkeypatch, compressor):
+    """igzip (package isal) is an optional accelerator: without it zlib writes the same images."""
+    if compressor == "zlib":
+        monkeypatch.setitem(sys.modules, "isal", None)
+    else:
+        pytest.importorskip("isal")
+    run(cases, tmp_path / "out", format="pairs")
+    for path in sorted((tmp_path / "out" / "labels").glob("*.nii.gz")):
+        with gzip.open(path) as packed:
+            assert packed.read(4) == (348).to_bytes(4, "little")  # a NIfTI-1 header starts with its size
+        assert sitk.ReadImage(str(path)).GetDimension() == 3
 
 
 def test_re_export_rewrites_only_what_changed(cases, tmp_path):
