@@ -1,9 +1,11 @@
+import copy
 import dataclasses
 import getpass
 import json
 import os
 import shutil
 import time
+import types
 
 import numpy as np
 import qt
@@ -43,6 +45,7 @@ from TrainingDataExportLib import (
     save_label_schema,
     segmentation_save_path,
     temporary_path,
+    validate_cases,
     write_case_list,
 )
 from TrainingDataExportLib.card import MARKDOWN_NAME
@@ -121,6 +124,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.createFromFolderButton.connect("clicked(bool)", self.onCreateFromFolder)
         self.ui.caseTable.connect("itemSelectionChanged()", self.updateButtonStates)
         self.ui.caseTable.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
+        self.ui.caseTable.connect("cellChanged(int,int)", self.onCaseEdited)
         self.ui.annotatorLineEdit.connect("textChanged(QString)", self.onAnnotatorChanged)
         self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
         self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
@@ -183,16 +187,31 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         selected = self.selectedIndex()
         table.setRowCount(len(rows))
         checkColumn = len(TrainingDataExportLogic.TABLE_COLUMNS) - 1
+        table.blockSignals(True)
         for rowIndex, row in enumerate(rows):
             for columnIndex, value in enumerate(row):
                 item = qt.QTableWidgetItem(value)
+                if TrainingDataExportLogic.TABLE_COLUMNS[columnIndex] not in TrainingDataExportLogic.EDITABLE_COLUMNS:
+                    item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
                 if columnIndex == checkColumn:
                     item.setToolTip("\n".join(self.logic.caseProblems(rowIndex)))
                 table.setItem(rowIndex, columnIndex, item)
+        table.blockSignals(False)
         if selected is not None and selected < len(rows):
             table.selectRow(selected)
         self.ui.statusLabel.text = self.logic.statusText()
         self.updateButtonStates()
+
+    def onCaseEdited(self, row, column):
+        """Patient, status and annotator cells are edited in place (F2 or a click on a selected cell)."""
+        try:
+            columnName = TrainingDataExportLogic.TABLE_COLUMNS[column]
+            self.logic.editCase(row, columnName, self.ui.caseTable.item(row, column).text())
+        except (ValueError, CaseListError, OSError) as error:
+            self.updateCaseTable()  # puts the refused cell back
+            _showText(self.ui.statusLabel, str(error))
+            return
+        self.updateCaseTable()
 
     def _showError(self, message, error):
         _showText(self.ui.annotationStatusLabel, f"{message} {error}")
@@ -390,6 +409,8 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
     """
 
     TABLE_COLUMNS = ("Case", "Patient", "Channels", "Segmentation", "Status", "Annotator", "Time spent", "Check")
+    # Table columns a user may edit in the panel, and the case field each one sets.
+    EDITABLE_COLUMNS = types.MappingProxyType({"Patient": "patient_id", "Status": "status", "Annotator": "annotator"})
     FORMATS = FORMATS
     AUTOSAVE_SECONDS = 60
 
@@ -771,6 +792,25 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         if not 0 <= index < len(self.cases):
             raise ValueError("There is no " + ("next" if step > 0 else "previous") + " case.")
         return self.loadCase(index)
+
+    def editCase(self, index, column, value):
+        """Change one cell of the case table (a column of ``EDITABLE_COLUMNS``) and save the case list.
+
+        The edited list is checked as a whole first (an empty or duplicate-making value is refused with
+        the reason), so the file on disk never holds an invalid case list.
+        """
+        if column not in self.EDITABLE_COLUMNS:
+            raise ValueError(f"The {column} column cannot be edited here.")
+        if index is None or not 0 <= index < len(self.cases):
+            raise ValueError(f"There is no case {index!r} in the case list.")
+        value = value.strip()
+        if column == "Status" and value not in STATUSES:
+            raise ValueError(f"{value!r} is not a status: use one of {', '.join(STATUSES)}.")
+        edited = copy.deepcopy(self.cases)
+        setattr(edited[index], self.EDITABLE_COLUMNS[column], value)
+        validate_cases(edited)
+        self.cases = edited
+        self.saveCaseList()
 
     def setStatus(self, index, status):
         """Set the status of case ``index`` ("to do", "in progress", "done", "reviewed") and save the case list."""

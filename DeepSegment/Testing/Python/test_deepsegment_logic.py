@@ -49,12 +49,11 @@ def test_transformed_input_is_segmented_where_it_is_shown(logic):
     transform.SetMatrixTransformToParent(shift)
     volume.SetAndObserveTransformNodeID(transform.GetID())
     output = logic.segmentVolumes("threshold-test", [volume], device="cpu")
-    bounds = [0.0] * 6
-    output.GetRASBounds(bounds)
-    expected = [0.0] * 6
-    volume.GetRASBounds(expected)  # includes the parent transform
-    # The labelled region lies inside the (moved) volume: y bounds are shifted by 7.5 mm.
-    assert bounds[2] >= expected[2] - 1e-6 and bounds[3] <= expected[3] + 1e-6
+    segmentId = output.GetSegmentation().GetSegmentIdBySegmentName("Bright")
+    # The result lies in world space: compared on an untransformed copy of the moved volume's grid.
+    moved = DeepSegmentLogic.volumeNodeFromImage(DeepSegmentLogic.imageFromVolumeNode(volume), "moved")
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, moved)
+    np.testing.assert_array_equal(mask, voxels)
 
 
 def test_cancel_mid_run_leaves_the_scene_unchanged(logic):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import qt
 import SimpleITK as sitk
 import slicer
 
@@ -142,3 +143,35 @@ def test_export_tasks_report_success_failure_and_cancel(logic, tmp_path):
     assert "holds a 'pairs' export" in logic.exportOutcomeText(failed)
     with pytest.raises(ValueError, match="output folder"):
         logic.exportTask(ExportSettings("pairs"), "")
+
+
+def test_cells_are_edited_in_the_panel_and_saved(logic):
+    widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+    original = widget.logic
+    widget.logic = logic
+    try:
+        widget.updateCaseTable()
+        table = widget.ui.caseTable
+        columns = TrainingDataExportLogic.TABLE_COLUMNS
+        table.item(0, columns.index("Patient")).setText("patient-7")
+        table.item(1, columns.index("Status")).setText("reviewed")
+        cases = read_case_list(logic.caseListPath)
+        assert (cases[0].patient_id, cases[1].status) == ("patient-7", "reviewed")
+        # A refused edit is undone in the table, and the file keeps the last valid list.
+        table.item(0, columns.index("Patient")).setText("  ")
+        assert "patient_id" in widget.ui.statusLabel.text
+        assert table.item(0, columns.index("Patient")).text() == "patient-7"
+        assert read_case_list(logic.caseListPath)[0].patient_id == "patient-7"
+        assert not table.item(0, columns.index("Case")).flags() & qt.Qt.ItemIsEditable
+    finally:
+        widget.logic = original
+        widget.updateCaseTable()
+
+
+def test_only_editable_columns_and_valid_values_are_accepted(logic):
+    with pytest.raises(ValueError, match="cannot be edited"):
+        logic.editCase(0, "Case", "renamed")
+    with pytest.raises(ValueError, match="not a status"):
+        logic.editCase(0, "Status", "finished")
+    logic.editCase(1, "Annotator", "second reader")
+    assert read_case_list(logic.caseListPath)[1].annotator == "second reader"
