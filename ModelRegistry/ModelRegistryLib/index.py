@@ -148,6 +148,11 @@ class Terminology:
     region: Coding | None = None
     region_modifier: Coding | None = None
 
+    @property
+    def codings(self) -> tuple:
+        """Category, type, type modifier, region and region modifier, in that order (None where absent)."""
+        return (self.category, self.type, self.type_modifier, self.region, self.region_modifier)
+
     def slicer_entry(
         self,
         context: str = "Segmentation category and type - 3D Slicer General Anatomy list",

@@ -50,14 +50,9 @@ def _label_document(label) -> dict:
     terminology = label.terminology
     if terminology is not None:
         keys = ("category", "type", "typeModifier", "region", "regionModifier")
-        codings = (
-            terminology.category,
-            terminology.type,
-            terminology.type_modifier,
-            terminology.region,
-            terminology.region_modifier,
-        )
-        document["terminology"] = {key: _coding_document(c) for key, c in zip(keys, codings) if c is not None}
+        document["terminology"] = {
+            key: _coding_document(c) for key, c in zip(keys, terminology.codings) if c is not None
+        }
     return document
 
 

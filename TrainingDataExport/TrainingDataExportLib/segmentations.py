@@ -116,13 +116,7 @@ def schema_terminology_key(terminology) -> tuple | None:
     """
     if terminology is None:
         return None
-    codings = (
-        terminology.category,
-        terminology.type,
-        terminology.type_modifier,
-        terminology.region,
-        terminology.region_modifier,
-    )
+    codings = terminology.codings
     return tuple(
         ("", "") if coding is None else (coding.scheme.strip().upper(), coding.code.strip()) for coding in codings
     )

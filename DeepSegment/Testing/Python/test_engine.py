@@ -29,6 +29,7 @@ from DeepSegmentLib.package import (
     load_package,
     write_package,
 )
+from geometry_cases import empty_image, rotation
 
 
 class Threshold(torch.nn.Module):
@@ -83,22 +84,6 @@ def make_package(
     )
 
 
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
-    return matrix
-
-
-def grid_image(size, spacing, origin, direction) -> sitk.Image:
-    image = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(tuple(np.asarray(direction, float).ravel()))
-    return image
-
-
 def phantom(reference: sitk.Image, spheres) -> sitk.Image:
     """1 inside physical spheres ((centre relative to the volume's centre), radius in mm), else 0."""
     size = np.array(reference.GetSize())
@@ -134,7 +119,7 @@ def labels_of(result) -> np.ndarray:
 
 @pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_native_grid_lands_on_the_exact_voxels(geometry):
-    image = phantom(grid_image(*geometry), SPHERES)
+    image = phantom(empty_image(*geometry), SPHERES)
     result = segment([image], make_package(), THRESHOLD, device="cpu")
     assert geometry_mismatch(image, result.labels, tolerance=0.0) == ""
     assert result.labels.GetPixelID() == sitk.sitkUInt8
@@ -145,7 +130,7 @@ def test_native_grid_lands_on_the_exact_voxels(geometry):
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 @pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_resampled_model_grid_gives_exact_geometry_and_the_phantom(geometry, orientation):
-    image = phantom(grid_image(*geometry), SPHERES)
+    image = phantom(empty_image(*geometry), SPHERES)
     result = segment([image], make_package(spacing=(1.0, 1.0, 1.0), orientation=orientation), THRESHOLD, device="cpu")
     assert geometry_mismatch(image, result.labels, tolerance=0.0) == ""
     assert dice(labels_of(result) == 1, sitk.GetArrayFromImage(image) == 1) > 0.95
@@ -154,14 +139,14 @@ def test_resampled_model_grid_gives_exact_geometry_and_the_phantom(geometry, ori
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 def test_axis_aligned_input_reoriented_without_new_spacing_is_exact(orientation):
     """A model grid that only flips the input's axes puts voxel centres on voxel centres: nothing is blurred."""
-    image = phantom(grid_image(*GEOMETRIES["LPS axes, non-zero origin"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["LPS axes, non-zero origin"]), SPHERES)
     result = segment([image], make_package(orientation=orientation), THRESHOLD, device="cpu")
     np.testing.assert_array_equal(labels_of(result), sitk.GetArrayFromImage(image))
 
 
 def test_a_second_channel_on_another_grid_is_resampled_onto_the_first():
-    reference = grid_image(*GEOMETRIES["oblique"])
-    finer = grid_image((50, 46, 40), (0.7, 0.7, 0.8), (-10.0, -12.0, 5.0), np.eye(3))
+    reference = empty_image(*GEOMETRIES["oblique"])
+    finer = empty_image((50, 46, 40), (0.7, 0.7, 0.8), (-10.0, -12.0, 5.0), np.eye(3))
     first = phantom(reference, [])  # all zero: the network looks at the second channel only
     second = phantom(finer, [((0.0, 0.0, 0.0), 8.0)])
     truth = sitk.GetArrayFromImage(sitk.Resample(second, reference, sitk.Transform(), sitk.sitkNearestNeighbor))
@@ -199,9 +184,9 @@ def test_threshold_mode_uses_per_label_thresholds_and_the_most_probable_label():
 
 
 def test_keep_largest_component_runs_on_the_model_grid():
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     result = segment([image], make_package(keep_largest_component=(1,)), THRESHOLD, device="cpu")
-    only_large = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES[:1])
+    only_large = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES[:1])
     np.testing.assert_array_equal(labels_of(result), sitk.GetArrayFromImage(only_large))
 
 
@@ -219,7 +204,7 @@ def test_mirroring_a_symmetric_model_changes_nothing_but_runs_every_flip():
         calls.append(batch.shape[0])
         return THRESHOLD(batch)
 
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     plain = labels_of(segment([image], make_package(), counted, device="cpu"))
     plain_calls = len(calls)
     mirrored = labels_of(segment([image], make_package(), counted, device="cpu", mirror_axes=(0, 1, 2)))
@@ -235,7 +220,7 @@ def test_progress_goes_through_every_stage_in_order_and_threads_are_restored():
         return THRESHOLD(batch)
 
     before = torch.get_num_threads()
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     package = make_package(spacing=(1.2, 1.2, 1.2))
     result = segment([image], package, network, device="cpu", threads=1, progress=seen.append)
     assert torch.get_num_threads() == before
@@ -257,7 +242,7 @@ def test_cancel_between_batches_stops_the_run():
         cancel.set()  # the user clicks Cancel while the first batch runs
         return THRESHOLD(batch)
 
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     with pytest.raises(EngineCancelled):
         segment([image], make_package(), network, device="cpu", cancel=cancel)
     assert len(calls) == 1
@@ -267,7 +252,7 @@ def test_a_cancel_before_starting_runs_nothing():
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(EngineCancelled):
-        segment([phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)], make_package(), _never, cancel=cancel)
+        segment([phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)], make_package(), _never, cancel=cancel)
 
 
 def _never(batch):
@@ -299,7 +284,7 @@ def test_bad_inputs_raise_a_clear_error_before_running(images, message):
 
 
 def test_a_volume_over_the_memory_budget_is_refused_before_running():
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     needed = estimate_memory([image], make_package(), "cpu")
     assert needed > 64 * image.GetNumberOfPixels()  # inputs, accumulators and the network's working set
     with pytest.raises(EngineError, match="memory budget"):
@@ -308,7 +293,7 @@ def test_a_volume_over_the_memory_budget_is_refused_before_running():
 
 
 def test_the_estimate_grows_with_the_model_grid():
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     coarse = estimate_memory([image], make_package(spacing=(2.0, 2.0, 2.0), orientation="RAS"), "cpu")
     fine = estimate_memory([image], make_package(spacing=(0.5, 0.5, 0.5), orientation="RAS"), "cpu")
     assert fine > 4 * coarse
@@ -319,12 +304,12 @@ def test_a_network_giving_other_channels_than_declared_is_an_error():
     package = dataclasses.replace(package, labels=(*package.labels, Label(2, "other", "#00ff00")))
     package = dataclasses.replace(package, inference=dataclasses.replace(package.inference, output_channels=3))
     with pytest.raises(EngineError, match="gives 2 output channels"):
-        segment([phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)], package, THRESHOLD, device="cpu")
+        segment([phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)], package, THRESHOLD, device="cpu")
 
 
 def test_a_missing_device_is_an_error():
     with pytest.raises(EngineError, match="not available"):
-        segment([phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)], make_package(), _never, device="cuda:7")
+        segment([phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)], make_package(), _never, device="cuda:7")
 
 
 def test_a_package_on_disk_is_loaded_and_run(tmp_path):
@@ -337,7 +322,7 @@ def test_a_package_on_disk_is_loaded_and_run(tmp_path):
         "labels": [{"value": 3, "name": "Sphere", "color": "#ff0000"}],
     }  # fmt: skip
     write_package(str(tmp_path), THRESHOLD, contract)
-    image = phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)
+    image = phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)
     result = segment([image], load_package(str(tmp_path)), device="cpu")
     np.testing.assert_array_equal(labels_of(result), 3 * sitk.GetArrayFromImage(image))
 
@@ -347,7 +332,7 @@ def test_a_missing_or_unreadable_model_is_an_error(tmp_path):
     weights.write_bytes(b"not a TorchScript archive")
     package = dataclasses.replace(make_package(), folder=str(tmp_path), weights_path=str(weights))
     with pytest.raises(EngineError, match="model cannot be loaded"):
-        segment([phantom(grid_image(*GEOMETRIES["oblique"]), SPHERES)], package, device="cpu")
+        segment([phantom(empty_image(*GEOMETRIES["oblique"]), SPHERES)], package, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------- normalization

@@ -15,14 +15,7 @@ from DeepSegmentLib.geometry import (
     image_from_array,
     is_oblique,
 )
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
-    return matrix
+from geometry_cases import rotation
 
 
 def ijk_to_ras(axes: np.ndarray, spacing, origin) -> np.ndarray:

@@ -6,29 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from DeepSegmentLib.resample import Grid, model_grid, resample, same_grid
+from geometry_cases import empty_image, rotation
 
 
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
-    return matrix
-
-
-def image_on(size, spacing, origin, direction) -> sitk.Image:
-    image = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(tuple(np.asarray(direction, float).ravel()))
-    return image
-
-
-OBLIQUE = image_on((20, 16, 9), (0.7, 0.9, 2.5), (3.0, -4.0, 10.0), rotation(0, 25) @ rotation(2, 40))
+OBLIQUE = empty_image((20, 16, 9), (0.7, 0.9, 2.5), (3.0, -4.0, 10.0), rotation(0, 25) @ rotation(2, 40))
 
 
 def voxel_centres(grid: Grid) -> np.ndarray:
@@ -60,7 +44,7 @@ def test_an_axis_aligned_grid_covers_every_corner_of_an_oblique_input(orientatio
 
 def test_native_spacing_follows_the_closest_input_axis():
     # voxel axis i runs along y, j along z, k along x
-    swapped = image_on((10, 10, 10), (0.5, 1.0, 3.0), (0, 0, 0), [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    swapped = empty_image((10, 10, 10), (0.5, 1.0, 3.0), (0, 0, 0), [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
     assert model_grid(swapped, None, "LPS").spacing == (3.0, 0.5, 1.0)
 
 
@@ -88,7 +72,7 @@ def test_trilinear_resampling_reproduces_a_linear_field_at_the_physical_points(o
 
 
 def test_nearest_back_and_forth_through_a_flipped_grid_is_the_identity():
-    ras_like = image_on((7, 6, 5), (0.6, 0.9, 2.0), (4.0, -3.0, 2.0), np.diag([-1.0, -1.0, 1.0]))
+    ras_like = empty_image((7, 6, 5), (0.6, 0.9, 2.0), (4.0, -3.0, 2.0), np.diag([-1.0, -1.0, 1.0]))
     source = Grid.from_image(ras_like)
     volume = torch.arange(np.prod(source.size), dtype=torch.float32).reshape(1, *reversed(source.size))
     flipped = model_grid(ras_like, None, "LPS")
@@ -98,7 +82,7 @@ def test_nearest_back_and_forth_through_a_flipped_grid_is_the_identity():
 
 
 def test_a_one_voxel_thick_source_is_sampled_exactly():
-    thin = image_on((6, 5, 1), (1.0, 1.0, 3.0), (0, 0, 0), np.eye(3))
+    thin = empty_image((6, 5, 1), (1.0, 1.0, 3.0), (0, 0, 0), np.eye(3))
     volume = torch.rand(1, 1, 5, 6, generator=torch.Generator().manual_seed(0))
     target = model_grid(thin, (1.0, 1.0, 1.0), "LPS")
     result = resample(volume, Grid.from_image(thin), target)
