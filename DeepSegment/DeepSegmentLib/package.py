@@ -530,7 +530,11 @@ def _load_onnx(path: str, device: str) -> OnnxNetwork:
         providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     elif device != "cpu":
         raise PackageError("format", f"ONNX models run on the CPU or CUDA, not on {device!r}")
-    return OnnxNetwork(onnxruntime.InferenceSession(path, providers=providers), device)
+    try:
+        session = onnxruntime.InferenceSession(path, providers=providers)
+    except Exception as error:  # onnxruntime raises its own error types for every kind of bad model
+        raise PackageError("weights", f"onnxruntime cannot load {os.path.basename(path)}: {error}") from error
+    return OnnxNetwork(session, device)
 
 
 def load_network(package: ModelPackage, device: str) -> Callable:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import zipfile
 
 import jsonschema
@@ -456,16 +457,17 @@ def test_pickled_tensors_in_an_export_archive_are_accepted(tmp_path):
     assert torch.allclose(loaded(x), expected_output(x), atol=1e-6)
 
 
-def test_onnx_needs_onnxruntime(tmp_path):
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        write(tmp_path, "onnx", b"not read without onnxruntime")
-        with pytest.raises(PackageError, match="onnxruntime") as raised:
-            load_network(load_package(str(tmp_path)), "cpu")
-        assert raised.value.field == "format"
-        return
+def test_onnx_needs_onnxruntime(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    write(tmp_path, "onnx", b"not read without onnxruntime")
+    with pytest.raises(PackageError, match="onnxruntime") as raised:
+        load_network(load_package(str(tmp_path)), "cpu")
+    assert raised.value.field == "format"
+
+
+def test_onnx_model_runs_through_onnxruntime(tmp_path):
     onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
     module = ChannelMix()
@@ -480,8 +482,17 @@ def test_onnx_needs_onnxruntime(tmp_path):
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 9  # what onnxruntime releases of the last years all read
     write(tmp_path, "onnx", model.SerializeToString())
     loaded = load_network(load_package(str(tmp_path)), "cpu")
     x = sample_input()
     assert torch.allclose(loaded(x), expected_output(x), atol=1e-5)
     assert onnx.__version__
+
+
+def test_a_broken_onnx_file_is_a_package_error(tmp_path):
+    pytest.importorskip("onnxruntime")
+    write(tmp_path, "onnx", b"not an onnx model")
+    with pytest.raises(PackageError, match="onnxruntime cannot load") as raised:
+        load_network(load_package(str(tmp_path)), "cpu")
+    assert raised.value.field == "weights"
