@@ -92,6 +92,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             self.ui.deviceSelector.addItem(label, request)
         for quality in DeepSegmentLogic.QUALITY_PRESETS:
             self.ui.qualitySelector.addItem(quality)
+        self.ui.qualitySelector.currentText = DeepSegmentLogic.DEFAULT_QUALITY
         self.taskTimer = qt.QTimer()
         self.taskTimer.setInterval(100)
         self.taskTimer.connect("timeout()", self.pollTask)
@@ -276,6 +277,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     QUALITY_PRESETS = types.MappingProxyType(
         {"Fast": {"overlap": 0.25, "mirror": False}, "Accurate": {"overlap": 0.5, "mirror": True}}
     )
+    DEFAULT_QUALITY = "Accurate"
     INSTALL_SHARE = 0.3  # of the progress bar, while the model downloads
 
     def __init__(self, registry=None):
@@ -382,7 +384,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- running --------------------------------------------------------------------------------------------
 
-    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality="Accurate", threads=None):
+    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, threads=None):
         """A not yet started BackgroundTask: install the model if needed, then segment ``inputNodes``.
 
         The volumes are read here, on the main thread; the worker touches no MRML node.
@@ -444,7 +446,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene.RemoveNode(labelmap)
         return segmentationNode
 
-    def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality="Accurate", segmentationNode=None,
+    def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, segmentationNode=None,
                        threads=None):
         """Segment and wait (Python console and scripts): returns the segmentation node."""
         task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads).start()

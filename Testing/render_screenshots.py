@@ -1,7 +1,8 @@
 """Render every module panel offscreen to ``<output>/<Module>.png`` (``make screenshots``).
 
-The panels run in the Slicer stand-in on a scene holding one synthetic MR-like volume, so that the
-pictures in the README and the extension index show panels as a user sees them after loading data.
+The panels run in the Slicer stand-in on a scene holding one synthetic T1-like volume, with an empty
+model cache, so that the pictures in the README and the extension index show panels as a new user sees
+them after loading data (entering a panel pre-fills its inputs).
 
 Usage: python Testing/render_screenshots.py OUTPUT_FOLDER
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANEL_SIZE = (480, 560)
@@ -30,24 +32,23 @@ def _add_sample_volume():
     ijkToRAS[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
     ijkToRAS[:3, :3] = ijkToRAS[:3, :3] @ np.diag([1.0, 1.0, 1.5])
     ijkToRAS[:3, 3] = [-50.0, -60.0, -60.0]
-    return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="Head MR (synthetic)")
+    return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="T1 head (synthetic)")
 
 
 def render_panels(output_directory: str) -> list:
     """Save a PNG of each module's panel; returns the paths written."""
     sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "SlicerStandIn"))
+    # Panels show the models as a new user sees them, whatever this machine has installed.
+    os.environ.setdefault("SLICER_DEEPLEARNING_CACHE_DIR", tempfile.mkdtemp(prefix="SlicerDeepLearning-screenshots-"))
     import slicer_standin
 
     app = slicer_standin.boot()
     modules = slicer_standin.load_modules(slicer_standin.extension_module_paths(REPOSITORY))
-    volume = _add_sample_volume()
+    _add_sample_volume()
     os.makedirs(output_directory, exist_ok=True)
     written = []
     for module in modules:
         panel = module.widgetRepresentation()
-        selector = getattr(panel.self().ui, "inputSelector", None)
-        if selector is not None:
-            selector.setCurrentNode(volume)
         panel.resize(max(PANEL_SIZE[0], panel.minimumSizeHint.width()), PANEL_SIZE[1])
         panel.show()
         panel.enter()
