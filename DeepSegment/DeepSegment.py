@@ -35,7 +35,7 @@ from DeepSegmentLib import (
     torch_status,
     write_package,
 )
-from ModelRegistry import ModelRegistryLogic
+from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
 from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
 
 #
@@ -77,8 +77,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic = None
         self.ui = None
         self.inputSelectors = []
-        self.task = None
-        self.taskTimer = None
+        self.poller = None
         self.idleTimer = None
 
     def setup(self):
@@ -93,9 +92,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         for quality in DeepSegmentLogic.QUALITY_PRESETS:
             self.ui.qualitySelector.addItem(quality)
         self.ui.qualitySelector.currentText = DeepSegmentLogic.DEFAULT_QUALITY
-        self.taskTimer = qt.QTimer()
-        self.taskTimer.setInterval(100)
-        self.taskTimer.connect("timeout()", self.pollTask)
+        self.poller = BackgroundTaskPoller(self.showProgress, self.onTaskFinished)
         # Networks left unused for a while give their memory back (GPU memory above all).
         self.idleTimer = qt.QTimer()
         self.idleTimer.setInterval(60 * 1000)
@@ -111,9 +108,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.onDeviceChanged()
 
     def cleanup(self):
-        if self.task is not None:
-            self.task.cancel()
-        self.taskTimer.stop()
+        self.poller.stop()
         self.idleTimer.stop()
 
     def enter(self):
@@ -175,7 +170,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
 
     def updateApplyState(self, _unused=None):
-        if self.task is not None:
+        if self.poller.busy:
             return
         inputs = [selector.currentNode() for selector in self.inputSelectors]
         ready = bool(self.ui.modelSelector.currentData) and bool(inputs) and all(inputs)
@@ -185,41 +180,33 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
     # -- running --------------------------------------------------------------------------------------------
 
     def onApplyOrCancel(self):
-        if self.task is not None:
-            self.task.cancel()
+        if self.poller.busy:
+            self.poller.cancel()
             self.ui.stageLabel.text = "Cancelling…"
             return
         if not self.logic.torchStatus().installed and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay):
             self.ui.stageLabel.text = "PyTorch is needed to run models."
             return
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
-            self.task = self.logic.segmentationTask(
+            task = self.poller.start(self.logic.segmentationTask(
                 self.ui.modelSelector.currentData,
                 [selector.currentNode() for selector in self.inputSelectors],
                 device=self.ui.deviceSelector.currentData,
                 quality=self.ui.qualitySelector.currentText,
                 threads=self.ui.threadsSpinBox.value or None,
-            ).start()
+            ))
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.timingLabel.text = ""
-            self.log(f"Started {self.task.description}")
-            self.taskTimer.start()
+            self.log(f"Started {task.description}")
 
-    def pollTask(self):
-        """Every 100 ms on the main thread: progress, then the result applied to the scene."""
-        task = self.task
-        if task is None:
-            return
-        step = task.progress
-        if step is not None:
-            self.ui.progressBar.value = int(step.fraction * 100)
-            self.ui.stageLabel.text = step.text
-        if not task.finished:
-            return
-        self.taskTimer.stop()
-        self.task = None
+    def showProgress(self, step):
+        self.ui.progressBar.value = int(step.fraction * 100)
+        self.ui.stageLabel.text = step.text
+
+    def onTaskFinished(self, task):
+        """The result is applied to the scene here, on the main thread."""
         self.ui.applyButton.text = "Apply"
         self.ui.progressBar.visible = False
         if task.state == "succeeded":
@@ -575,10 +562,10 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
                 self.assertTrue(widget.ui.applyButton.enabled)
                 widget.ui.applyButton.click()
                 deadline = time.time() + 60
-                while widget.task is not None and time.time() < deadline:
+                while widget.poller.busy and time.time() < deadline:
                     slicer.app.processEvents()
                     time.sleep(0.02)
-                self.assertIsNone(widget.task, "segmentation did not finish in 60 s")
+                self.assertFalse(widget.poller.busy, "segmentation did not finish in 60 s")
                 segmentation = widget.ui.outputSelector.currentNode()
                 self.assertIsNotNone(segmentation, widget.ui.stageLabel.text)
                 segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Bright")

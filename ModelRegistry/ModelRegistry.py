@@ -62,6 +62,59 @@ class ModelRegistry(ScriptedLoadableModule):
 
 
 #
+# BackgroundTaskPoller (shared by the extension's panels)
+#
+
+
+class BackgroundTaskPoller:
+    """Follows a ModelRegistryLib ``BackgroundTask`` for a panel, on the main thread.
+
+    Every 100 ms it hands the task's latest progress to ``onProgress``; when the task has ended it
+    hands the task to ``onFinished``, once. Work runs in the task's thread; results reach widgets and
+    MRML only through these callbacks, so no panel blocks the GUI or touches MRML from a worker.
+    """
+
+    def __init__(self, onProgress, onFinished, intervalMsec=100):
+        self.task = None
+        self._onProgress = onProgress
+        self._onFinished = onFinished
+        self._timer = qt.QTimer()
+        self._timer.setInterval(intervalMsec)
+        self._timer.connect("timeout()", self.poll)
+
+    @property
+    def busy(self):
+        return self.task is not None
+
+    def start(self, task):
+        """Start ``task`` (not started yet) and follow it; returns it."""
+        self.task = task.start()
+        self._timer.start()
+        return self.task
+
+    def poll(self):
+        task = self.task
+        if task is None:
+            return
+        if task.progress is not None:
+            self._onProgress(task.progress)
+        if not task.finished:
+            return
+        self._timer.stop()
+        self.task = None
+        self._onFinished(task)
+
+    def cancel(self):
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop(self):
+        """Cancel the task and stop following it (panel cleanup)."""
+        self.cancel()
+        self._timer.stop()
+
+
+#
 # ModelRegistryWidget
 #
 
@@ -75,8 +128,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
-        self.task = None
-        self.taskTimer = None
+        self.poller = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -89,9 +141,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         header = self.ui.modelTable.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
-        self.taskTimer = qt.QTimer()
-        self.taskTimer.setInterval(100)
-        self.taskTimer.connect("timeout()", self.pollTask)
+        self.poller = BackgroundTaskPoller(self.showProgress, self.onTaskFinished)
 
         self.ui.searchBox.connect("textChanged(QString)", self.updateModelTable)
         for combo in (self.ui.modalityFilter, self.ui.taskFilter, self.ui.anatomyFilter):
@@ -113,9 +163,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.refresh(offline=True)
 
     def cleanup(self):
-        if self.task is not None:
-            self.task.cancel()
-        self.taskTimer.stop()
+        self.poller.stop()
 
     # -- listing ------------------------------------------------------------------------------------------
 
@@ -178,7 +226,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         modelId = self.selectedModelId()
         self.ui.cardBrowser.setHtml(self.logic.cardHtml(modelId) if modelId else "")
         actions = self.logic.actions(modelId)
-        busy = self.task is not None
+        busy = self.poller.busy
         self.ui.installButton.text = actions["installLabel"]
         self.ui.installButton.enabled = actions["install"] and not busy
         self.ui.removeButton.enabled = actions["remove"] and not busy
@@ -187,31 +235,22 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     # -- background work --------------------------------------------------------------------------------
 
     def _start(self, task):
-        self.task = task.start()
+        self.poller.start(task)
         self.ui.progressBar.value = 0
         self.ui.progressBar.visible = True
         self.ui.cancelButton.visible = True
         self.ui.progressLabel.text = task.description
         self.updateSelection()
-        self.taskTimer.start()
 
-    def pollTask(self):
-        """Runs on the main thread every 100 ms while a task runs: shows progress, then its outcome."""
-        task = self.task
-        if task is None:
-            return
-        step = task.progress
-        if step is not None:
-            if step.fraction is not None:
-                self.ui.progressBar.setRange(0, 1000)
-                self.ui.progressBar.value = int(step.fraction * 1000)
-            else:
-                self.ui.progressBar.setRange(0, 0)
-            self.ui.progressLabel.text = step.text
-        if not task.finished:
-            return
-        self.taskTimer.stop()
-        self.task = None
+    def showProgress(self, step):
+        if step.fraction is not None:
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.value = int(step.fraction * 1000)
+        else:
+            self.ui.progressBar.setRange(0, 0)
+        self.ui.progressLabel.text = step.text
+
+    def onTaskFinished(self, task):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
         self.ui.progressLabel.text = self.logic.taskOutcomeText(task)
@@ -224,8 +263,8 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self._start(self.logic.verifyTask(self.selectedModelId()))
 
     def onCancel(self):
-        if self.task is not None:
-            self.task.cancel()
+        if self.poller.busy:
+            self.poller.cancel()
             self.ui.progressLabel.text = "Cancelling…"
 
     def onRemove(self):
@@ -251,7 +290,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.refresh(offline=True)
 
     def onCacheDirectoryChanged(self, path):
-        if not path or path == self.logic.cacheDir or self.task is not None:
+        if not path or path == self.logic.cacheDir or self.poller.busy:
             return
         qt.QSettings().setValue(ModelRegistryLogic.CACHE_DIRECTORY_SETTING, path)
         self.logic = ModelRegistryLogic()
@@ -443,17 +482,17 @@ class ModelRegistryTest(ScriptedLoadableModuleTest):
                 self.assertTrue(widget.ui.installButton.enabled)
                 widget.ui.installButton.click()
                 deadline = time.time() + 30
-                while widget.task is not None and time.time() < deadline:
+                while widget.poller.busy and time.time() < deadline:
                     slicer.app.processEvents()
                     time.sleep(0.02)
-                self.assertIsNone(widget.task, "install did not finish in 30 s")
+                self.assertFalse(widget.poller.busy, "install did not finish in 30 s")
                 self.assertIn("done", widget.ui.progressLabel.text)
                 installed = widget.logic.registry.installed_model("selftest-model")
                 with open(os.path.join(installed.path, "weights.txt"), encoding="utf-8") as weights:
                     self.assertEqual(weights.read(), "self-test weights")
                 self.assertEqual(widget.ui.modelTable.item(0, 4).text(), "installed")
                 widget.ui.verifyButton.click()
-                while widget.task is not None and time.time() < deadline:
+                while widget.poller.busy and time.time() < deadline:
                     slicer.app.processEvents()
                     time.sleep(0.02)
                 self.assertIn("all files intact", widget.ui.progressLabel.text)

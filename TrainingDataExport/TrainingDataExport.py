@@ -19,6 +19,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
+from ModelRegistry import BackgroundTaskPoller
 from ModelRegistryLib import BackgroundTask, CancelledError
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
@@ -97,8 +98,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
-        self.exportTask = None
-        self.exportTimer = None
+        self.exportPoller = None
         self.autosaveTimer = None
 
     def setup(self):
@@ -142,9 +142,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.autosaveTimer.setInterval(int(TrainingDataExportLogic.AUTOSAVE_SECONDS * 1000))
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
-        self.exportTimer = qt.QTimer()
-        self.exportTimer.setInterval(100)
-        self.exportTimer.connect("timeout()", self.pollExport)
+        self.exportPoller = BackgroundTaskPoller(self.showExportProgress, self.onExportFinished)
         self.layout.addStretch(1)
         self.updateCaseTable()
 
@@ -152,9 +150,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         # The editor's selectors observe the scene: a panel deleted while they still do would be called back.
         self.ui.segmentEditorWidget.setMRMLScene(None)
         self.autosaveTimer.stop()
-        if self.exportTask is not None:
-            self.exportTask.cancel()
-        self.exportTimer.stop()
+        self.exportPoller.stop()
 
     # -- state of the panel -----------------------------------------------------------------------------
 
@@ -177,7 +173,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         for spinBox in (ui.spacingXSpinBox, ui.spacingYSpinBox, ui.spacingZSpinBox):
             spinBox.enabled = ui.spacingCheckBox.checked
         ui.cropMarginSpinBox.enabled = ui.cropCheckBox.checked
-        ui.exportButton.enabled = self.exportTask is not None or (
+        ui.exportButton.enabled = self.exportPoller.busy or (
             bool(self.logic.cases) and bool(self.logic.labels) and bool(ui.outputPathLineEdit.currentPath)
         )
 
@@ -337,8 +333,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         )
 
     def onExportButton(self):
-        if self.exportTask is not None:
-            self.exportTask.cancel()
+        if self.exportPoller.busy:
+            self.exportPoller.cancel()
             self._showStage("Cancelling…")
             return
         ui = self.ui
@@ -353,28 +349,20 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         except USER_ERRORS as error:
             _showText(ui.exportResultLabel, str(error))
             return
-        self.exportTask = task.start()
+        self.exportPoller.start(task)
         ui.exportButton.text = "Cancel"
         ui.exportProgressBar.value = 0
         ui.exportProgressBar.visible = True
         self._showStage(task.description)
         _showText(ui.exportResultLabel, "")
         self.updateButtonStates()
-        self.exportTimer.start()
 
-    def pollExport(self):
-        """Runs on the main thread every 100 ms while the export runs: shows progress, then the outcome."""
-        task = self.exportTask
-        if task is None:
-            return
-        if task.progress is not None:
-            fraction, text = task.progress
-            self.ui.exportProgressBar.value = int(fraction * 1000)
-            self._showStage("Cancelling…" if task.cancel_event.is_set() else text)
-        if not task.finished:
-            return
-        self.exportTimer.stop()
-        self.exportTask = None
+    def showExportProgress(self, progress):
+        fraction, text = progress
+        self.ui.exportProgressBar.value = int(fraction * 1000)
+        self._showStage("Cancelling…" if self.exportPoller.task.cancel_event.is_set() else text)
+
+    def onExportFinished(self, task):
         self.ui.exportButton.text = "Export"
         self.ui.exportProgressBar.visible = False
         _showText(self.ui.exportResultLabel, self.logic.exportOutcomeText(task))
@@ -1134,10 +1122,10 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         widget.ui.exportButton.click()
         self.assertEqual(widget.ui.exportButton.text, "Cancel")
         deadline = time.time() + 60
-        while widget.exportTask is not None and time.time() < deadline:
+        while widget.exportPoller.busy and time.time() < deadline:
             slicer.app.processEvents()
             time.sleep(0.02)
-        self.assertIsNone(widget.exportTask, "the export did not finish in 60 s")
+        self.assertFalse(widget.exportPoller.busy, "the export did not finish in 60 s")
         self.assertEqual(widget.ui.exportButton.text, "Export")
         self.assertIn("Exported 1 case(s)", widget.ui.exportResultLabel.text)
         self.assertIn("1 skipped", widget.ui.exportResultLabel.text)
