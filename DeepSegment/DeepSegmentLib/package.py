@@ -52,12 +52,12 @@ from typing import Any
 from ModelRegistryLib.index import (
     NUMBER,
     IndexValidationError,
-    _list,
-    _object,
-    _parse_input,
-    _path,
-    _require,
+    field_path,
+    parse_input,
     parse_labels,
+    parse_list,
+    require,
+    require_object,
 )
 
 SCHEMA_VERSION = 1
@@ -186,9 +186,9 @@ class ModelPackage:
 def _choice(mapping: dict, key: str, choices, field: str, default: Any = None) -> Any:
     if key not in mapping and default is not None:
         return default
-    value = _require(mapping, key, str, field)
+    value = require(mapping, key, str, field)
     if value not in choices:
-        raise PackageError(_path(field, key), f"must be one of {', '.join(choices)}")
+        raise PackageError(field_path(field, key), f"must be one of {', '.join(choices)}")
     return value
 
 
@@ -206,12 +206,12 @@ def _interval(mapping: dict, key: str, field: str, default: tuple | None = None)
     """A pair of numbers (low, high) with low < high."""
     if key not in mapping and default is not None:
         return default
-    pair = _require(mapping, key, list, field)
+    pair = require(mapping, key, list, field)
     if len(pair) != 2:
-        raise PackageError(_path(field, key), "must be two numbers [low, high]")
-    low, high = (_finite(value, f"{_path(field, key)}[{i}]") for i, value in enumerate(pair))
+        raise PackageError(field_path(field, key), "must be two numbers [low, high]")
+    low, high = (_finite(value, f"{field_path(field, key)}[{i}]") for i, value in enumerate(pair))
     if low >= high:
-        raise PackageError(_path(field, key), "must be [low, high] with low < high")
+        raise PackageError(field_path(field, key), "must be [low, high] with low < high")
     return (low, high)
 
 
@@ -225,7 +225,7 @@ def _positive_integers(values: list, field: str, count: int) -> tuple:
 
 
 def _parse_normalization(item, field: str) -> Normalization:
-    item = _object(item, field)
+    item = require_object(item, field)
     kind = _choice(item, "kind", NORMALIZATIONS, field)
     if kind == "ct-window":
         return Normalization(
@@ -240,7 +240,7 @@ def _parse_normalization(item, field: str) -> Normalization:
         foreground = item.get("foreground", "nonzero")
         if isinstance(foreground, dict):
             threshold = _finite(
-                _require(foreground, "threshold", NUMBER, f"{field}.foreground"), f"{field}.foreground.threshold"
+                require(foreground, "threshold", NUMBER, f"{field}.foreground"), f"{field}.foreground.threshold"
             )
             return Normalization(kind, foreground="threshold", threshold=threshold)
         if foreground not in FOREGROUNDS:
@@ -250,7 +250,7 @@ def _parse_normalization(item, field: str) -> Normalization:
 
 
 def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
-    item = _object(item, field)
+    item = require_object(item, field)
     if "spacing" not in item:
         raise PackageError(f"{field}.spacing", "is required (null keeps the input's grid)")
     spacing = item["spacing"]
@@ -262,29 +262,29 @@ def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
             if value <= 0:
                 raise PackageError(f"{field}.spacing[{i}]", "must be more than 0")
     orientation = _choice(item, "orientation", ORIENTATIONS, field)
-    _require(item, "normalization", list, field)
-    normalization = _list(item, "normalization", field, _parse_normalization)
+    require(item, "normalization", list, field)
+    normalization = parse_list(item, "normalization", field, _parse_normalization)
     if len(normalization) != channels:
         raise PackageError(f"{field}.normalization", f"lists {len(normalization)} entries for {channels} inputs")
     return Preprocessing(spacing=spacing, orientation=orientation, normalization=normalization)
 
 
 def _parse_inference(item, field: str, axes: tuple) -> Inference:
-    item = _object(item, field)
-    patch_size = _positive_integers(_require(item, "patchSize", list, field), f"{field}.patchSize", len(axes))
+    item = require_object(item, field)
+    patch_size = _positive_integers(require(item, "patchSize", list, field), f"{field}.patchSize", len(axes))
     overlap = _finite(item.get("overlap", 0.5), f"{field}.overlap")
     if not 0 <= overlap < 1:
         raise PackageError(f"{field}.overlap", "must be at least 0 and less than 1")
-    batch_size = _require(item, "batchSize", int, field) if "batchSize" in item else 1
+    batch_size = require(item, "batchSize", int, field) if "batchSize" in item else 1
     if batch_size < 1:
         raise PackageError(f"{field}.batchSize", "must be 1 or more")
-    mirror_axes = tuple(_require(item, "mirrorAxes", list, field)) if "mirrorAxes" in item else ()
+    mirror_axes = tuple(require(item, "mirrorAxes", list, field)) if "mirrorAxes" in item else ()
     for i, axis in enumerate(mirror_axes):
         if not _is_integer(axis) or axis not in axes:
             raise PackageError(f"{field}.mirrorAxes[{i}]", f"must be one of the axes {list(axes)} (0 = x)")
     if len(set(mirror_axes)) != len(mirror_axes):
         raise PackageError(f"{field}.mirrorAxes", "names an axis twice")
-    output_channels = _require(item, "outputChannels", int, field)
+    output_channels = require(item, "outputChannels", int, field)
     if output_channels < 1:
         raise PackageError(f"{field}.outputChannels", "must be 1 or more")
     return Inference(
@@ -299,7 +299,7 @@ def _parse_inference(item, field: str, axes: tuple) -> Inference:
 
 
 def _label_values(mapping: dict, key: str, field: str, values: set) -> tuple:
-    listed = tuple(_require(mapping, key, list, field)) if key in mapping else ()
+    listed = tuple(require(mapping, key, list, field)) if key in mapping else ()
     for i, value in enumerate(listed):
         if not _is_integer(value) or value not in values:
             raise PackageError(f"{field}.{key}[{i}]", f"{value!r} is not a label value")
@@ -308,7 +308,7 @@ def _label_values(mapping: dict, key: str, field: str, values: set) -> tuple:
 
 def _per_label(mapping: dict, key: str, field: str, values: set, upper: float) -> dict:
     """A ``{"label value": number}`` object as ``{int: float}``; numbers between 0 and ``upper``."""
-    given = _require(mapping, key, dict, field) if key in mapping else {}
+    given = require(mapping, key, dict, field) if key in mapping else {}
     result = {}
     for name, number in given.items():
         if not name.isdigit() or int(name) not in values:
@@ -321,7 +321,7 @@ def _per_label(mapping: dict, key: str, field: str, values: set, upper: float) -
 
 
 def _parse_postprocessing(item, field: str, activation: str, values: set) -> Postprocessing:
-    item = _object(item, field)
+    item = require_object(item, field)
     mode = _choice(item, "mode", tuple(MODE_OF_ACTIVATION.values()), field)
     if mode != MODE_OF_ACTIVATION[activation]:
         raise PackageError(f"{field}.mode", f"{activation} outputs need {MODE_OF_ACTIVATION[activation]!r}")
@@ -351,33 +351,33 @@ def _path_inside(folder: str, name: str) -> str:
 
 
 def _weights_path(document: dict, folder: str) -> str:
-    path = _path_inside(folder, _require(document, "weights", str, ""))
+    path = _path_inside(folder, require(document, "weights", str, ""))
     if not os.path.isfile(path):
         raise PackageError("weights", f"{document['weights']!r} is not a file in {os.path.realpath(folder)}")
     return path
 
 
 def _parse(document, folder: str) -> ModelPackage:
-    document = _object(document, "(document)")
-    schema_version = _require(document, "schemaVersion", int, "")
+    document = require_object(document, "(document)")
+    schema_version = require(document, "schemaVersion", int, "")
     if schema_version != SCHEMA_VERSION:
         raise PackageError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION})")
     model_format = _choice(document, "format", FORMATS, "")
-    dimensions = _require(document, "dimensions", int, "")
+    dimensions = require(document, "dimensions", int, "")
     if dimensions not in (2, 3):
         raise PackageError("dimensions", "must be 3 (volumes) or 2 (slices)")
-    slice_axis = _require(document, "sliceAxis", int, "") if "sliceAxis" in document else 2
+    slice_axis = require(document, "sliceAxis", int, "") if "sliceAxis" in document else 2
     if slice_axis not in (0, 1, 2):
         raise PackageError("sliceAxis", "must be 0 (x), 1 (y) or 2 (z)")
-    if not _require(document, "inputs", list, ""):
+    if not require(document, "inputs", list, ""):
         raise PackageError("inputs", "must list at least one input channel")
-    inputs = _list(document, "inputs", "", _parse_input)
-    if not _require(document, "labels", list, ""):
+    inputs = parse_list(document, "inputs", "", parse_input)
+    if not require(document, "labels", list, ""):
         raise PackageError("labels", "must list at least one label")
     labels = parse_labels(document)
     axes = tuple(axis for axis in range(3) if dimensions == 3 or axis != slice_axis)
-    preprocessing = _parse_preprocessing(_require(document, "preprocessing", dict, ""), "preprocessing", len(inputs))
-    inference = _parse_inference(_require(document, "inference", dict, ""), "inference", axes)
+    preprocessing = _parse_preprocessing(require(document, "preprocessing", dict, ""), "preprocessing", len(inputs))
+    inference = _parse_inference(require(document, "inference", dict, ""), "inference", axes)
     expected = len(labels) + (1 if inference.activation == "softmax" else 0)
     if inference.output_channels != expected:
         raise PackageError(
@@ -386,7 +386,7 @@ def _parse(document, folder: str) -> ModelPackage:
         )
     values = {label.value for label in labels}
     postprocessing = _parse_postprocessing(
-        _require(document, "postprocessing", dict, ""), "postprocessing", inference.activation, values
+        require(document, "postprocessing", dict, ""), "postprocessing", inference.activation, values
     )
     weights_path = _weights_path(document, folder)
     return ModelPackage(
@@ -578,7 +578,7 @@ def write_package(folder: str, network_or_program, contract: dict) -> None:
     ``torchscript``, an ``ExportedProgram`` for ``torch.export``, or ``bytes`` written as they are (any format).
     """
     os.makedirs(folder, exist_ok=True)
-    path = _path_inside(folder, _require(_object(contract, "(document)"), "weights", str, ""))
+    path = _path_inside(folder, require(require_object(contract, "(document)"), "weights", str, ""))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         _save_weights(path, network_or_program, contract.get("format"))

@@ -320,30 +320,34 @@ def resolve_version(entry: ModelEntry, spec: str | None = None) -> ModelVersion:
     raise VersionNotFoundError(entry.id, spec, newest_first)
 
 
-def _path(field: str, key: str) -> str:
+# The checks below are shared with other JSON documents of the extension (DeepSegment's model.json):
+# each names the offending field in its error.
+
+
+def field_path(field: str, key: str) -> str:
     return f"{field}.{key}" if field else key
 
 
-def _require(mapping: dict, key: str, kind, field: str):
+def require(mapping: dict, key: str, kind, field: str):
     """``mapping[key]``, which must exist and be of ``kind`` (a type, or ``NUMBER``)."""
     if key not in mapping:
-        raise IndexValidationError(_path(field, key), "is required")
+        raise IndexValidationError(field_path(field, key), "is required")
     value = mapping[key]
     # bool is an int in Python; a size of `true` is still an error.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         name = "a number" if kind is NUMBER else kind.__name__
-        raise IndexValidationError(_path(field, key), f"must be {name}")
+        raise IndexValidationError(field_path(field, key), f"must be {name}")
     return value
 
 
 def _optional(mapping: dict, key: str, kind: type, field: str, default):
-    return _require(mapping, key, kind, field) if key in mapping else default
+    return require(mapping, key, kind, field) if key in mapping else default
 
 
 NUMBER = (int, float)
 
 
-def _object(item, field: str) -> dict:
+def require_object(item, field: str) -> dict:
     if not isinstance(item, dict):
         raise IndexValidationError(field, "must be an object")
     return item
@@ -353,25 +357,25 @@ def _number(mapping: dict, key: str, field: str, *, required: bool = True) -> fl
     """A finite number >= 0 (JSON has no infinity; Python's json module would read one)."""
     if key not in mapping and not required:
         return None
-    value = _require(mapping, key, NUMBER, field)
+    value = require(mapping, key, NUMBER, field)
     if not math.isfinite(value) or value < 0:
-        raise IndexValidationError(_path(field, key), "must be a number >= 0")
+        raise IndexValidationError(field_path(field, key), "must be a number >= 0")
     return value
 
 
 def _matching(mapping: dict, key: str, pattern: re.Pattern, field: str, what: str, *, required: bool = True) -> str:
     if key not in mapping and not required:
         return ""
-    value = _require(mapping, key, str, field)
+    value = require(mapping, key, str, field)
     if not pattern.fullmatch(value):
-        raise IndexValidationError(_path(field, key), f"must be {what}")
+        raise IndexValidationError(field_path(field, key), f"must be {what}")
     return value
 
 
-def _list(mapping: dict, key: str, field: str, parse) -> tuple:
+def parse_list(mapping: dict, key: str, field: str, parse) -> tuple:
     """The items of an optional list, each parsed by ``parse(item, field_of_item)``."""
     items = _optional(mapping, key, list, field, [])
-    return tuple(parse(item, f"{_path(field, key)}[{i}]") for i, item in enumerate(items))
+    return tuple(parse(item, f"{field_path(field, key)}[{i}]") for i, item in enumerate(items))
 
 
 def _string(item, field: str) -> str:
@@ -381,12 +385,12 @@ def _string(item, field: str) -> str:
 
 
 def _parse_file(item, field: str, base_url: str) -> ModelFile:
-    item = _object(item, field)
-    url = _require(item, "url", str, field)
+    item = require_object(item, field)
+    url = require(item, "url", str, field)
     if base_url:
         url = urllib.parse.urljoin(base_url, url)
     sha256 = _matching(item, "sha256", _SHA256, field, "64 lower-case hexadecimal digits")
-    size = _require(item, "size", int, field)
+    size = require(item, "size", int, field)
     if size < 0:
         raise IndexValidationError(f"{field}.size", "must not be negative")
     if "name" in item:
@@ -399,19 +403,19 @@ def _parse_file(item, field: str, base_url: str) -> ModelFile:
 
 
 def _parse_version(item, field: str, base_url: str) -> ModelVersion:
-    item = _object(item, field)
+    item = require_object(item, field)
     version = _matching(item, "version", _SEMANTIC_VERSION, field, "a semantic version MAJOR.MINOR.PATCH")
     if ("files" in item) == ("image" in item):
         raise IndexValidationError(field, "needs either 'files' or 'image', not both")
-    files = _list(item, "files", field, lambda f, path: _parse_file(f, path, base_url))
+    files = parse_list(item, "files", field, lambda f, path: _parse_file(f, path, base_url))
     if "files" in item and not files:
         raise IndexValidationError(f"{field}.files", "must list at least one file")
     _unique([file.name for file in files], f"{field}.files", "name", "file name")
     image = None
     if "image" in item:
-        imageItem = _require(item, "image", dict, field)
+        imageItem = require(item, "image", dict, field)
         digest = _matching(imageItem, "digest", _IMAGE_DIGEST, f"{field}.image", "'sha256:' and 64 hexadecimal digits")
-        image = ContainerImage(name=_require(imageItem, "name", str, f"{field}.image"), digest=digest)
+        image = ContainerImage(name=require(imageItem, "name", str, f"{field}.image"), digest=digest)
     release_date = _matching(item, "releaseDate", _DATE, field, "a date YYYY-MM-DD", required=False)
     if release_date:
         try:
@@ -428,17 +432,17 @@ def _parse_version(item, field: str, base_url: str) -> ModelVersion:
 
 
 def _parse_coding(item, field: str) -> Coding:
-    item = _object(item, field)
-    return Coding(*(_require(item, key, str, field) for key in ("scheme", "code", "meaning")))
+    item = require_object(item, field)
+    return Coding(*(require(item, key, str, field) for key in ("scheme", "code", "meaning")))
 
 
 def _parse_terminology(item, field: str) -> Terminology:
-    item = _object(item, field)
+    item = require_object(item, field)
 
     def coding(key: str, required: bool = False) -> Coding | None:
         if key not in item and not required:
             return None
-        return _parse_coding(_require(item, key, dict, field), _path(field, key))
+        return _parse_coding(require(item, key, dict, field), field_path(field, key))
 
     return Terminology(
         category=coding("category", required=True),
@@ -450,44 +454,44 @@ def _parse_terminology(item, field: str) -> Terminology:
 
 
 def _parse_label(item, field: str) -> Label:
-    item = _object(item, field)
-    value = _require(item, "value", int, field)
+    item = require_object(item, field)
+    value = require(item, "value", int, field)
     if value < 1:
         raise IndexValidationError(f"{field}.value", "must be 1 or more (0 is the background)")
     terminology = item.get("terminology")
     return Label(
         value=value,
-        name=_require(item, "name", str, field),
+        name=require(item, "name", str, field),
         color=_matching(item, "color", _COLOR, field, "a color #rrggbb"),
         terminology=_parse_terminology(terminology, f"{field}.terminology") if "terminology" in item else None,
     )
 
 
-def _parse_input(item, field: str) -> ModelInput:
-    item = _object(item, field)
+def parse_input(item, field: str) -> ModelInput:
+    item = require_object(item, field)
     pattern = _optional(item, "pattern", str, field, "")
     try:
         re.compile(pattern)
     except (re.error, RecursionError, OverflowError) as error:
         raise IndexValidationError(f"{field}.pattern", f"is not a regular expression: {error}") from error
     return ModelInput(
-        name=_require(item, "name", str, field), modality=_optional(item, "modality", str, field, ""), pattern=pattern
+        name=require(item, "name", str, field), modality=_optional(item, "modality", str, field, ""), pattern=pattern
     )
 
 
 def _parse_metric(item, field: str) -> Metric:
-    item = _object(item, field)
-    value = _require(item, "value", NUMBER, field)
+    item = require_object(item, field)
+    value = require(item, "value", NUMBER, field)
     if not math.isfinite(value):
         raise IndexValidationError(f"{field}.value", "must be a finite number")
     return Metric(
-        name=_require(item, "name", str, field), value=value, dataset=_optional(item, "dataset", str, field, "")
+        name=require(item, "name", str, field), value=value, dataset=_optional(item, "dataset", str, field, "")
     )
 
 
 def _parse_runtime(item, field: str) -> RuntimeEstimate:
-    item = _object(item, field)
-    device = _require(item, "device", str, field)
+    item = require_object(item, field)
+    device = require(item, "device", str, field)
     if device not in DEVICES:
         raise IndexValidationError(f"{field}.device", f"must be one of {', '.join(DEVICES)}")
     seconds = _number(item, "seconds", field)
@@ -495,7 +499,7 @@ def _parse_runtime(item, field: str) -> RuntimeEstimate:
 
 
 def _parse_resources(item, field: str) -> Resources:
-    item = _object(item, field)
+    item = require_object(item, field)
     return Resources(
         ram_gb=_number(item, "ramGB", field, required=False),
         gpu_memory_gb=_number(item, "gpuMemoryGB", field, required=False),
@@ -503,9 +507,9 @@ def _parse_resources(item, field: str) -> Resources:
 
 
 def _parse_deprecation(item, field: str) -> Deprecation:
-    item = _object(item, field)
+    item = require_object(item, field)
     return Deprecation(
-        message=_require(item, "message", str, field),
+        message=require(item, "message", str, field),
         replaced_by=_matching(item, "replacedBy", _MODEL_ID, field, "a model id", required=False),
     )
 
@@ -525,19 +529,19 @@ def parse_labels(document, field: str = "") -> tuple:
     >>> [label.name for label in parse_labels({"labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}]})]
     ['Liver']
     """
-    labels = _list(_object(document, field or "(document)"), "labels", field, _parse_label)
-    _unique([label.value for label in labels], _path(field, "labels"), "value", "label value")
-    _unique([label.name.lower() for label in labels], _path(field, "labels"), "name", "label name")
+    labels = parse_list(require_object(document, field or "(document)"), "labels", field, _parse_label)
+    _unique([label.value for label in labels], field_path(field, "labels"), "value", "label value")
+    _unique([label.name.lower() for label in labels], field_path(field, "labels"), "name", "label name")
     return labels
 
 
 def _parse_model(item, field: str, base_url: str) -> ModelEntry:
-    item = _object(item, field)
+    item = require_object(item, field)
     model_id = _matching(item, "id", _MODEL_ID, field, "lower-case letters, digits, '.', '_' or '-'")
-    title = _require(item, "title", str, field)
-    if not _require(item, "versions", list, field):
+    title = require(item, "title", str, field)
+    if not require(item, "versions", list, field):
         raise IndexValidationError(f"{field}.versions", "must list at least one version")
-    versions = _list(item, "versions", field, lambda v, path: _parse_version(v, path, base_url))
+    versions = parse_list(item, "versions", field, lambda v, path: _parse_version(v, path, base_url))
     _unique([version.version for version in versions], f"{field}.versions", "version", "version")
     labels = parse_labels(item, field)
 
@@ -554,19 +558,19 @@ def _parse_model(item, field: str, base_url: str) -> ModelEntry:
         description=text("description"),
         task=text("task"),
         modality=text("modality"),
-        anatomy=_list(item, "anatomy", field, _string),
-        inputs=_list(item, "inputs", field, _parse_input),
+        anatomy=parse_list(item, "anatomy", field, _string),
+        inputs=parse_list(item, "inputs", field, parse_input),
         labels=labels,
         license=text("license"),
-        authors=_list(item, "authors", field, _string),
+        authors=parse_list(item, "authors", field, _string),
         citation=text("citation"),
         homepage=text("homepage"),
         intended_use=text("intendedUse"),
         limitations=text("limitations"),
         training_data=text("trainingData"),
-        metrics=_list(item, "metrics", field, _parse_metric),
+        metrics=parse_list(item, "metrics", field, _parse_metric),
         resources=optional("resources", _parse_resources),
-        runtime=_list(item, "runtime", field, _parse_runtime),
+        runtime=parse_list(item, "runtime", field, _parse_runtime),
         deprecated=optional("deprecated", _parse_deprecation),
     )
 
@@ -578,11 +582,11 @@ def parse_index(document, base_url: str = "") -> tuple:
     """
     if not isinstance(document, dict):
         raise IndexValidationError("(document)", "must be a JSON object")
-    schema_version = _require(document, "schemaVersion", int, "")
+    schema_version = require(document, "schemaVersion", int, "")
     if schema_version != SCHEMA_VERSION:
         raise IndexValidationError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION})")
-    _require(document, "models", list, "")
-    models = _list(document, "models", "", lambda m, path: _parse_model(m, path, base_url))
+    require(document, "models", list, "")
+    models = parse_list(document, "models", "", lambda m, path: _parse_model(m, path, base_url))
     _unique([model.id for model in models], "models", "id", "model id")
     return models
 
