@@ -19,12 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from ModelRegistryLib.files import atomic_target
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -79,11 +79,5 @@ def write_segmentation(path: str, labels: sitk.Image, segments: Sequence[Segment
             ("Tags", tags),
         ):
             image.SetMetaData(prefix + key, value)
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial.nrrd")
-    try:
+    with atomic_target(path, suffix=".nrrd") as temporary:
         sitk.WriteImage(image, temporary, useCompression=True)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)

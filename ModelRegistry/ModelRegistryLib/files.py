@@ -17,20 +17,31 @@ import os
 import tempfile
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: a reader sees the old file or the new, never half."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+@contextlib.contextmanager
+def atomic_target(path: str, suffix: str = ".tmp"):
+    """A new temporary path beside ``path`` to write to; when the block ends without an error the file is
+    flushed to disk and renamed to ``path``, so a reader sees the old file or the new, never half of one.
+    On an error the temporary file is removed. ``suffix`` lets writers that choose a format by the file
+    name's ending (SimpleITK) see the right one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
+        yield temporary
+        with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+    finally:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
-        raise
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_target`."""
+    with atomic_target(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def write_json_atomically(path: str, data) -> None:
