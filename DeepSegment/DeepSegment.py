@@ -1,3 +1,4 @@
+import collections
 import json
 import os
 import shutil
@@ -19,7 +20,9 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from DeepSegmentLib import (
+    DEFAULT_QUALITY,
     LPS_FROM_RAS,
+    QUALITY_PRESETS,
     EngineCancelled,
     ModelPool,
     available_devices,
@@ -31,10 +34,14 @@ from DeepSegmentLib import (
     installed_packages,
     is_oblique,
     load_package,
+    quality_options,
     segment,
     torch_status,
     write_package,
 )
+from DeepSegmentLib.cli import choose_backend
+from DeepSegmentLib.container_backend import ContainerSettings, segment_in_container
+from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
 from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
 
@@ -77,6 +84,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic = None
         self.ui = None
         self.inputSelectors = []
+        self.parameterWidgets = {}
+        self.pendingLog = collections.deque()  # container output, appended by the worker thread
         self.poller = None
         self.idleTimer = None
 
@@ -89,9 +98,10 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic = DeepSegmentLogic()
         for request, label in self.logic.deviceChoices():
             self.ui.deviceSelector.addItem(label, request)
-        for quality in DeepSegmentLogic.QUALITY_PRESETS:
-            self.ui.qualitySelector.addItem(quality)
-        self.ui.qualitySelector.currentText = DeepSegmentLogic.DEFAULT_QUALITY
+        for quality in DeepSegmentLogic.QUALITIES:
+            self.ui.qualitySelector.addItem(quality.capitalize(), quality)
+        self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(DeepSegmentLogic.DEFAULT_QUALITY))
+        self.showContainerSettings(self.logic.containerSettings)
         self.poller = BackgroundTaskPoller(self.showProgress, self.onTaskFinished)
         # Networks left unused for a while give their memory back (GPU memory above all).
         self.idleTimer = qt.QTimer()
@@ -100,6 +110,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.idleTimer.start()
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.backendSelector.connect("currentIndexChanged(int)", self.onBackendChanged)
+        self.ui.runtimeSelector.connect("currentIndexChanged(int)", self.onRuntimeChanged)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelList)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
         self.layout.addStretch(1)
@@ -138,6 +150,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             layout.removeRow(0)
         modelId = self.ui.modelSelector.currentData
         self.ui.modelInfoLabel.text = self.logic.modelSummary(modelId)
+        self.ui.backendSelector.blockSignals(True)
+        self.ui.backendSelector.clear()
+        for backend, label in self.logic.backendChoices(modelId):
+            self.ui.backendSelector.addItem(label, backend)
+        self.ui.backendSelector.blockSignals(False)
+        self.onBackendChanged()
         for name in self.logic.inputNames(modelId):
             selector = slicer.qMRMLNodeComboBox()
             selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
@@ -151,6 +169,80 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             layout.addRow(f"{name}:", selector)
             self.inputSelectors.append(selector)
         self.prefillInputs()
+
+    def onBackendChanged(self, _index=None):
+        """Show what the chosen backend uses: quality for in-process runs, the image's parameters and the
+        container settings for container runs."""
+        inContainer = self.ui.backendSelector.currentData == "container"
+        for widget in (self.ui.qualityLabel, self.ui.qualitySelector, self.ui.threadsLabel, self.ui.threadsSpinBox):
+            widget.visible = not inContainer
+        self.ui.containerCollapsibleButton.visible = inContainer
+        self.buildParameterWidgets(self.logic.imageParameters(self.ui.modelSelector.currentData) if inContainer else ())
+        if inContainer:
+            self.onRuntimeChanged()
+
+    def buildParameterWidgets(self, parameters):
+        """One widget per image parameter, like DeepInfer: a list, a check box or a range-limited number."""
+        layout = self.ui.parametersCollapsibleButton.layout()
+        while layout.rowCount() > 0:
+            layout.removeRow(0)
+        self.parameterWidgets = {}
+        for parameter in parameters:
+            if parameter.type == "enum":
+                widget = qt.QComboBox()
+                for choice in parameter.choices:
+                    widget.addItem(choice)
+                widget.currentText = parameter.default
+            elif parameter.type == "bool":
+                widget = qt.QCheckBox()
+                widget.checked = parameter.default
+            else:
+                widget = qt.QSpinBox() if parameter.type == "int" else qt.QDoubleSpinBox()
+                if parameter.type == "float":
+                    widget.decimals = 4
+                    widget.singleStep = 0.05
+                widget.minimum = parameter.minimum if parameter.minimum is not None else -1e9
+                widget.maximum = parameter.maximum if parameter.maximum is not None else 1e9
+                widget.value = parameter.default
+            widget.toolTip = parameter.description
+            layout.addRow(f"{parameter.title or parameter.name}:", widget)
+            self.parameterWidgets[parameter.name] = (parameter, widget)
+        self.ui.parametersCollapsibleButton.visible = bool(parameters)
+
+    def parameterValues(self):
+        """The image parameters as the widgets show them."""
+        values = {}
+        for name, (parameter, widget) in self.parameterWidgets.items():
+            if parameter.type == "enum":
+                values[name] = widget.currentText
+            elif parameter.type == "bool":
+                values[name] = bool(widget.checked)
+            else:
+                values[name] = int(widget.value) if parameter.type == "int" else float(widget.value)
+        return values
+
+    def showContainerSettings(self, settings):
+        self.ui.runtimeSelector.blockSignals(True)
+        self.ui.runtimeSelector.clear()
+        for runtime in ("auto", "podman", "docker"):
+            self.ui.runtimeSelector.addItem(runtime)
+        self.ui.runtimeSelector.currentText = settings.runtime
+        self.ui.runtimeSelector.blockSignals(False)
+        self.ui.memoryLimitLineEdit.text = settings.memory_limit
+        self.ui.timeoutSpinBox.value = round((settings.timeout or 0) / 60)
+        self.ui.keepRunFolderCheckBox.checked = settings.keep_run_folders
+
+    def containerSettings(self):
+        minutes = self.ui.timeoutSpinBox.value
+        return ContainerSettings(runtime=self.ui.runtimeSelector.currentText.strip() or "auto",
+                                 memory_limit=self.ui.memoryLimitLineEdit.text.strip(),
+                                 timeout=minutes * 60.0 if minutes else None,
+                                 run_folder=self.logic.containerSettings.run_folder,
+                                 keep_run_folders=bool(self.ui.keepRunFolderCheckBox.checked))
+
+    def onRuntimeChanged(self, _index=None):
+        self.logic.setContainerSettings(self.containerSettings())
+        self.ui.runtimeInfoLabel.text = self.logic.runtimeDescription()
 
     def prefillInputs(self):
         modelId = self.ui.modelSelector.currentData
@@ -184,16 +276,24 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             self.poller.cancel()
             self.ui.stageLabel.text = "Cancelling…"
             return
-        if not self.logic.torchStatus().installed and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay):
-            self.ui.stageLabel.text = "PyTorch is needed to run models."
+        backend = self.ui.backendSelector.currentData or "auto"
+        inContainer = backend == "container"
+        if (not inContainer and not self.logic.torchStatus().installed
+                and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay)):
+            self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python."
             return
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
+            if inContainer:
+                self.logic.setContainerSettings(self.containerSettings())
             task = self.poller.start(self.logic.segmentationTask(
                 self.ui.modelSelector.currentData,
                 [selector.currentNode() for selector in self.inputSelectors],
                 device=self.ui.deviceSelector.currentData,
-                quality=self.ui.qualitySelector.currentText,
+                quality=self.ui.qualitySelector.currentData,
                 threads=self.ui.threadsSpinBox.value or None,
+                backend=backend,
+                parameters=self.parameterValues() if inContainer else None,
+                log=self.pendingLog.append,
             ))
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.visible = True
@@ -204,11 +304,17 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
     def showProgress(self, step):
         self.ui.progressBar.value = int(step.fraction * 100)
         self.ui.stageLabel.text = step.text
+        self.flushLog()
+
+    def flushLog(self):
+        while self.pendingLog:
+            self.log(self.pendingLog.popleft())
 
     def onTaskFinished(self, task):
         """The result is applied to the scene here, on the main thread."""
         self.ui.applyButton.text = "Apply"
         self.ui.progressBar.visible = False
+        self.flushLog()
         if task.state == "succeeded":
             segmentation = self.logic.applyResult(task.result, self.ui.outputSelector.currentNode())
             self.ui.outputSelector.setCurrentNode(segmentation)
@@ -241,10 +347,11 @@ class RunProgress:
 
 
 class RunResult:
-    """A finished run: the package used, the engine's result and the input volume node it belongs to."""
+    """A finished run: the labels (registry or package ``Label``s), the engine's or container's result and
+    the input volume node it belongs to."""
 
-    def __init__(self, package, result, inputNode, seconds):
-        self.package = package
+    def __init__(self, labels, result, inputNode, seconds):
+        self.labels = labels
         self.result = result
         self.inputNode = inputNode
         self.seconds = seconds
@@ -260,18 +367,20 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         logic.chooseDevice("auto").description                                        # e.g. 'CUDA GPU 0: ...'
     """
 
-    # Fast halves the work of the sliding window; accurate adds mirroring test-time augmentation.
-    QUALITY_PRESETS = types.MappingProxyType(
-        {"Fast": {"overlap": 0.25, "mirror": False}, "Accurate": {"overlap": 0.5, "mirror": True}}
+    QUALITIES = tuple(QUALITY_PRESETS)  # fast, accurate
+    DEFAULT_QUALITY = DEFAULT_QUALITY
+    BACKEND_LABELS = types.MappingProxyType(
+        {"inprocess": "Slicer's Python", "container": "Container (Docker or Podman)"}
     )
-    DEFAULT_QUALITY = "Accurate"
     INSTALL_SHARE = 0.3  # of the progress bar, while the model downloads
+    CONTAINER_SETTINGS = "DeepLearning/Container/"
 
     def __init__(self, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self._devices = None
         self.registry = registry if registry is not None else ModelRegistryLogic().registry
         self.pool = ModelPool()
+        self.containerSettings = self.savedContainerSettings()
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -296,12 +405,57 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     # -- models ---------------------------------------------------------------------------------------------
 
     def modelChoices(self):
-        """(model id, label) of every model that runs in Slicer's Python (weight files, not an image)."""
+        """(model id, label) of every model in the registry; image-only models say they run in a container."""
         choices = []
         for model in self.registry.models():
-            if model.latest_release.files:
-                choices.append((model.id, f"{model.title} ({self.registry.state(model.id)})"))
+            state = self.registry.state(model.id) if model.latest_release.files else "container"
+            choices.append((model.id, f"{model.title} ({state})"))
         return choices
+
+    def backendChoices(self, modelSpec):
+        """(backend, label) pairs the model's version offers: in Slicer's Python first, then its container."""
+        if not modelSpec:
+            return []
+        _, version = self.registry.resolve(modelSpec)
+        return [(backend, self.BACKEND_LABELS[backend]) for backend in version.backends]
+
+    def imageParameters(self, modelSpec):
+        """The typed parameters of the model's container image (ModelRegistryLib ``ImageParameter``)."""
+        _, version = self.registry.resolve(modelSpec)
+        return version.image.parameters if version.image is not None else ()
+
+    @classmethod
+    def savedContainerSettings(cls):
+        """Container settings from Slicer's settings (defaults where none are saved)."""
+        value = slicer.util.settingsValue
+        timeout = value(cls.CONTAINER_SETTINGS + "TimeoutSeconds", 0, converter=float)
+        return ContainerSettings(
+            runtime=value(cls.CONTAINER_SETTINGS + "Runtime", "auto"),
+            memory_limit=value(cls.CONTAINER_SETTINGS + "MemoryLimit", ""),
+            timeout=timeout or None,
+            run_folder=value(cls.CONTAINER_SETTINGS + "RunFolder", ""),
+            keep_run_folders=value(cls.CONTAINER_SETTINGS + "KeepRunFolders", False, converter=slicer.util.toBool),
+        )
+
+    def setContainerSettings(self, settings):
+        """Use ``settings`` (a ContainerSettings) from now on, and remember them for the next session."""
+        self.containerSettings = settings
+        stored = qt.QSettings()
+        stored.setValue(self.CONTAINER_SETTINGS + "Runtime", settings.runtime)
+        stored.setValue(self.CONTAINER_SETTINGS + "MemoryLimit", settings.memory_limit)
+        stored.setValue(self.CONTAINER_SETTINGS + "TimeoutSeconds", settings.timeout or 0)
+        stored.setValue(self.CONTAINER_SETTINGS + "RunFolder", settings.run_folder)
+        stored.setValue(self.CONTAINER_SETTINGS + "KeepRunFolders", settings.keep_run_folders)
+
+    def runtimeDescription(self):
+        """One line on the container runtime the settings pick, or why none is usable."""
+        try:
+            runtime = find_runtime(self.containerSettings.runtime)
+        except ContainerRuntimeNotFoundError as error:
+            return str(error)
+        gpu = "GPU passthrough available" if runtime.gpu_arguments else "no GPU passthrough (CPU only)"
+        mode = "rootless" if runtime.rootless else "rootful"
+        return f"{runtime.name} ({runtime.executable}, {mode}), {gpu}."
 
     def modelSummary(self, modelId):
         entry = self.registry.find(modelId) if modelId else None
@@ -371,42 +525,79 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- running --------------------------------------------------------------------------------------------
 
-    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, threads=None):
-        """A not yet started BackgroundTask: install the model if needed, then segment ``inputNodes``.
+    def segmentationTask(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, threads=None,
+                         backend="auto", parameters=None, log=None):
+        """A not yet started BackgroundTask: get the model if needed, then segment ``inputNodes``.
 
-        The volumes are read here, on the main thread; the worker touches no MRML node.
+        ``backend`` is ``inprocess`` (the model's package in Slicer's Python), ``container`` (its image;
+        ``parameters`` are the image's) or ``auto`` (in-process when the version has a package). ``log``
+        receives the container's output lines, from the worker thread. The volumes are read here, on the
+        main thread; the worker touches no MRML node.
         """
         if not modelSpec:
             raise ValueError("Select a model.")
         if not inputNodes or not all(inputNodes):
             raise ValueError("Select a volume for every model input.")
+        entry, version = self.registry.resolve(modelSpec)
+        backend = choose_backend(version, backend)
         images = [self.imageFromVolumeNode(node) for node in inputNodes]
-        deviceName = self.chooseDevice(device).torch_name
-        preset = self.QUALITY_PRESETS[quality]
         inputNode = inputNodes[0]
+        if backend == "container":
+            run = self._containerRun(entry, version, images, device, parameters, log)
+        else:
+            run = self._inProcessRun(modelSpec, images, device, quality, threads)
+
+        def timed(progress, cancel):
+            start = time.perf_counter()
+            labels, result = run(progress, cancel)
+            return RunResult(labels, result, inputNode, time.perf_counter() - start)
+
+        return BackgroundTask(timed, f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})")
+
+    def _inProcessRun(self, modelSpec, images, device, quality, threads):
+        deviceName = self.chooseDevice(device).torch_name
 
         def run(progress, cancel):
-            start = time.perf_counter()
-
             def installing(step):
-                fraction = (step.fraction or 0.0) * self.INSTALL_SHARE
-                progress(RunProgress(fraction, step.text))
+                progress(RunProgress((step.fraction or 0.0) * self.INSTALL_SHARE, step.text))
 
             def segmenting(step):
                 progress(RunProgress(self.INSTALL_SHARE + (1 - self.INSTALL_SHARE) * step.fraction, step.stage))
 
             installed = self.registry.ensure_installed(modelSpec, progress=installing, cancel=cancel)
             package = load_package(installed.path)
-            mirror = package.inference.mirror_axes if preset["mirror"] else ()
             try:
                 result = segment(images, package, self.pool.get(package, deviceName), device=deviceName,
-                                 threads=threads, overlap=preset["overlap"], mirror_axes=mirror,
-                                 progress=segmenting, cancel=cancel)
+                                 threads=threads, progress=segmenting, cancel=cancel,
+                                 **quality_options(package, quality.lower()))
             except EngineCancelled as cancelled:
                 raise CancelledError(str(cancelled) or "Cancelled") from cancelled
-            return RunResult(package, result, inputNode, time.perf_counter() - start)
+            return package.labels, result
 
-        return BackgroundTask(run, f"segmenting {inputNode.GetName()} with {modelSpec}")
+        return run
+
+    def _containerRun(self, entry, version, images, device, parameters, log):
+        values = version.image.parameter_values(parameters or {})  # a bad value fails here, before any work
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise ValueError(f"A container can run on the CPU or a CUDA GPU, not on {device}.")
+        names = [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
+        if len(images) != len(names):
+            raise ValueError(f"{entry.title} takes {len(names)} input volume(s); {len(images)} selected.")
+
+        def run(progress, cancel):
+            try:
+                result = segment_in_container(
+                    images, version.image, model_id=entry.id, model_version=version.version, input_names=names,
+                    label_values=[label.value for label in entry.labels] or None, parameters=values,
+                    device="cuda" if device.startswith("cuda") else device,
+                    download_folder=self.registry.store.cache_dir, settings=self.containerSettings,
+                    progress=lambda step: progress(RunProgress(step.fraction, step.stage)), log=log, cancel=cancel,
+                )
+            except ContainerCancelledError as cancelled:
+                raise CancelledError(str(cancelled)) from cancelled
+            return entry.labels, result
+
+        return run
 
     def applyResult(self, run, segmentationNode=None):
         """Put a finished run's labels into a segmentation node (a new one unless given); main thread only."""
@@ -420,7 +611,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             segmentation.RemoveAllSegments()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(run.inputNode)
             labels = slicer.util.arrayFromVolume(labelmap)
-            for label in run.package.labels:
+            for label in run.labels:
                 color = [int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
                 segmentId = segmentation.AddEmptySegment(f"label_{label.value}", label.name, color)
                 segment = segmentation.GetSegment(segmentId)
@@ -434,9 +625,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         return segmentationNode
 
     def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, segmentationNode=None,
-                       threads=None):
+                       threads=None, backend="auto", parameters=None):
         """Segment and wait (Python console and scripts): returns the segmentation node."""
-        task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads).start()
+        task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads, backend, parameters).start()
         while not task.wait(0.05):
             slicer.app.processEvents()
         if task.error is not None:

@@ -437,7 +437,8 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
 
 
 def _downloadSizeText(version):
-    return "container" if version.image is not None else format_bytes(version.download_size)
+    """The table's size column: the package's download size, or that the version is a container image."""
+    return format_bytes(version.download_size) if version.files else "container"
 
 
 #

@@ -17,7 +17,17 @@ if importlib.util.find_spec("ModelRegistryLib") is None:
                                  "ModelRegistry"))
 
 from .devices import ComputeDevice, available_devices, choose_device
-from .engine import EngineCancelled, EngineError, EngineProgress, SegmentationResult, estimate_memory, segment
+from .engine import (
+    DEFAULT_QUALITY,
+    QUALITY_PRESETS,
+    EngineCancelled,
+    EngineError,
+    EngineProgress,
+    SegmentationResult,
+    estimate_memory,
+    quality_options,
+    segment,
+)
 from .geometry import LPS_FROM_RAS, geometry_mismatch, ijk_to_ras_from_image, image_from_array, is_oblique
 from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
@@ -26,7 +36,9 @@ from .segfile import SegmentInfo, write_segmentation
 from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
 
 __all__ = [
+    "DEFAULT_QUALITY",
     "LPS_FROM_RAS",
+    "QUALITY_PRESETS",
     "ComputeDevice",
     "EngineCancelled",
     "EngineError",
@@ -49,6 +61,7 @@ __all__ = [
     "load_network",
     "load_package",
     "parse_contract",
+    "quality_options",
     "read_volume",
     "segment",
     "torch_status",

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
@@ -69,6 +70,13 @@ STAGES = (
 NETWORK_FEATURES_PER_VOXEL = 64
 # Voxels per slab when turning class scores into labels, bounding the temporary memory.
 _SLAB_VOXELS = 1 << 24
+# Quality presets: fast halves the sliding window's work; accurate adds the model's mirroring
+# test-time augmentation.
+QUALITY_PRESETS = MappingProxyType({
+    "fast": MappingProxyType({"overlap": 0.25, "mirror": False}),
+    "accurate": MappingProxyType({"overlap": 0.5, "mirror": True}),
+})
+DEFAULT_QUALITY = "accurate"
 
 
 @dataclass
@@ -90,14 +98,16 @@ class EngineCancelled(Exception):  # noqa: N818 - the name says what happened; i
 @dataclass
 class SegmentationResult:
     """A label map with exactly ``images[0]``'s geometry, the label values present in the model,
-    seconds per stage, the device's description and the peak memory the run used (bytes: CUDA
-    allocations on a GPU, the process's peak resident size on CPU, 0 where unknown)."""
+    seconds per stage, the device's description, the peak memory the run used (bytes: CUDA
+    allocations on a GPU, the process's peak resident size on CPU, 0 where unknown) and messages
+    for the user (a container's report)."""
 
     labels: sitk.Image
     label_values: tuple
     timings: dict = field(default_factory=dict)
     device: str = ""
     peak_memory_bytes: int = 0
+    messages: tuple = ()
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -414,6 +424,15 @@ def _network(package, network, compute: ComputeDevice):
         return load_network(package, compute.torch_name)
     except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
         raise EngineError(f"The model cannot be loaded: {error}") from error
+
+
+def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
+    """``segment``'s ``overlap`` and ``mirror_axes`` for a quality preset (``fast`` or ``accurate``)."""
+    if quality not in QUALITY_PRESETS:
+        raise EngineError(f"Unknown quality {quality!r}: use {' or '.join(QUALITY_PRESETS)}")
+    preset = QUALITY_PRESETS[quality]
+    mirror_axes = tuple(package.inference.mirror_axes) if preset["mirror"] else ()
+    return {"overlap": preset["overlap"], "mirror_axes": mirror_axes}
 
 
 def segment(

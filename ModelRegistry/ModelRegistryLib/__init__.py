@@ -25,6 +25,7 @@ from .importers import from_monai_auto3dseg_models, from_monai_bundle_metadata
 from .index import (
     Coding,
     ContainerImage,
+    ImageParameter,
     IndexValidationError,
     Label,
     ModelEntry,
@@ -70,6 +71,7 @@ __all__ = [
     "DiskFullError",
     "DownloadError",
     "DownloadTimeoutError",
+    "ImageParameter",
     "IndexSource",
     "IndexValidationError",
     "InstallProgress",

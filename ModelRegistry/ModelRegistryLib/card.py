@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .download import format_bytes
-from .index import Coding, Label, ModelEntry, semantic_version_key
+from .index import Coding, ImageParameter, Label, ModelEntry, ModelVersion, semantic_version_key
 
 _WARNING_COLOR = "#b00020"
 _DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
@@ -112,14 +112,66 @@ def _resources(entry: ModelEntry) -> tuple:
     return tuple(fields)
 
 
+def _download_text(version: ModelVersion) -> str:
+    """What a version offers: ``'12.3 MB'`` of files, ``'image ghcr.io/lab/liver'``, or both joined by ``', or '``."""
+    offers = [format_bytes(version.download_size)] if version.files else []
+    if version.image is not None:
+        offers.append(f"image {version.image.name}")
+    return ", or ".join(offers)
+
+
 def _versions_table(entry: ModelEntry, selected: str, installed: set) -> _Table:
     rows = []
     for version in sorted(entry.versions, key=lambda v: semantic_version_key(v.version), reverse=True):
         states = [state for state, holds in (("installed", version.version in installed),
                                              ("selected", version.version == selected)) if holds]
-        download = format_bytes(version.download_size) if version.files else f"image {version.image.name}"
-        rows.append((version.version, version.release_date, download, ", ".join(states), version.changelog))
+        rows.append((version.version, version.release_date, _download_text(version), ", ".join(states),
+                     version.changelog))
     return _Table(("Version", "Released", "Download", "State", "Changes"), tuple(rows))
+
+
+def _value_text(value) -> str:
+    """A parameter value as the index and the command line write it (``true``, not ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _allowed_text(parameter: ImageParameter) -> str:
+    """The values a parameter takes: ``'a, b, c'``, ``'0 to 1'``, ``'at least 1'``, ``'any number'``..."""
+    if parameter.type == "enum":
+        return ", ".join(parameter.choices)
+    if parameter.type == "bool":
+        return "true, false"
+    low, high = parameter.minimum, parameter.maximum
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    if low is not None:
+        return f"at least {low}"
+    if high is not None:
+        return f"at most {high}"
+    return "any integer" if parameter.type == "int" else "any number"
+
+
+def _parameters_table(version: ModelVersion) -> _Table | None:
+    """The parameters of the version's container image, or None where it has none."""
+    if version.image is None or not version.image.parameters:
+        return None
+    parameters = version.image.parameters
+    rows = tuple(
+        (p.title if p.title == p.name else f"{p.title} ({p.name})", p.type, _value_text(p.default), _allowed_text(p),
+         p.description)
+        for p in parameters
+    )
+    header = ("Parameter", "Type", "Default", "Allowed", "Description")
+    if not any(p.description for p in parameters):
+        header = header[:-1]
+    return _Table(header, tuple(row[: len(header)] for row in rows))
+
+
+def _shown_version(entry: ModelEntry, selected: str) -> ModelVersion:
+    """The version whose details the card shows: the selected one, else the latest release."""
+    return next((version for version in entry.versions if version.version == selected), entry.latest_release)
 
 
 def _sections(entry: ModelEntry, selected: str = "", installed: Iterable[str] = ()) -> list:
@@ -135,6 +187,7 @@ def _sections(entry: ModelEntry, selected: str = "", installed: Iterable[str] = 
         if not any(label.terminology for label in entry.labels):
             header = header[:-1]
         sections.append(_Section("Labels", _Table(header, tuple(row[: len(header)] for row in rows))))
+    sections.append(_Section("Parameters", _parameters_table(_shown_version(entry, selected))))
     sections += [
         _Section("Intended use", entry.intended_use),
         _Section("Limitations", entry.limitations),
@@ -216,7 +269,7 @@ def _text_table(table: _Table) -> list:
 
 
 def card_text(entry: ModelEntry, installed_versions: Iterable[str] = ()) -> str:
-    """The card as plain text, for a terminal; ``installed_versions`` are marked."""
+    """The card as plain text, for a terminal, showing the latest release; ``installed_versions`` are marked."""
     lines = [f"{entry.title} ({entry.id})"]
     if entry.deprecated is not None:
         lines.append("DEPRECATED: " + _deprecation_text(entry))

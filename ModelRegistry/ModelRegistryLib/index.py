@@ -9,8 +9,10 @@ somewhere later.
 A model entry is the model's card: what it does (task, modality, anatomy, inputs, output labels with
 colors and Slicer terminology codes), who made it and under which license, its intended use and
 limitations, training data, metrics, resource needs and run times, and its versions with their
-changelog. File URLs may be relative to the index (``load_index`` and ``parse_index(..., base_url=)``
-resolve them), so a folder can hold an index and the archives it lists.
+changelog. A version ships weight files (run in Slicer's Python), a container image pinned by digest
+(with typed parameters and, for offline sites, an image archive), or both. File URLs may be relative
+to the index (``load_index`` and ``parse_index(..., base_url=)`` resolve them), so a folder can hold an
+index and the archives it lists.
 
 Example::
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import numbers
 import os
 import pathlib
 import posixpath
@@ -41,7 +44,7 @@ import re
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from .archive import is_archive
@@ -57,6 +60,10 @@ _SEMANTIC_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0
 _VERSION_PREFIX = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# An image name without tag or digest: path segments without whitespace, control characters or '@'; a ':' only
+# before the last '/' (a registry's host:port, as in 127.0.0.1:5000/lab/liver), never in the last segment.
+_IMAGE_NAME = re.compile(r"(?:[^\s@/\x00-\x1f\x7f]+/)*[^\s@/:\x00-\x1f\x7f]+")
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 # A target file name: one path segment, no control characters, not "." or "..".
@@ -98,14 +105,146 @@ class ModelFile:
         return is_archive(self.name)
 
 
+PARAMETER_TYPES = ("enum", "bool", "int", "float")
+# Command-line words for true and false (compared in lower case).
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class ImageParameter:
+    """A typed setting a container image takes: the panel makes a widget of it, the command line a ``name=value``.
+
+    ``type`` is one of ``PARAMETER_TYPES``; an ``enum`` has ``choices``; an ``int`` or ``float`` may have a
+    ``minimum`` and ``maximum`` (inclusive). ``title`` is what a panel shows; it is the name where not given.
+
+    >>> threshold = ImageParameter("threshold", "float", 0.5, minimum=0, maximum=1.0)
+    >>> threshold.title, threshold.check(1), threshold.parse("0.25")
+    ('threshold', 1.0, 0.25)
+    >>> threshold.check(2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: parameter 'threshold' must be at most 1.0, not 2.5
+    >>> ImageParameter("fast", "bool", False).parse("Yes")
+    True
+    """
+
+    name: str
+    type: str
+    default: object
+    title: str = ""
+    description: str = ""
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAMETER_TYPES:
+            raise ValueError(f"parameter {self.name!r} has type {self.type!r}, not one of {', '.join(PARAMETER_TYPES)}")
+        if not self.title:
+            # Frozen: the one way to fill in a field after __init__.
+            object.__setattr__(self, "title", self.name)
+
+    def _error(self, rule: str, value) -> ValueError:
+        return ValueError(f"parameter {self.name!r} must be {rule}, not {value!r}")
+
+    def _number(self, value) -> float:
+        """``value`` as an int (for an int parameter) or a float, if it is a finite number that fits."""
+        # bool is an int in Python, but true is not a number of iterations.
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if self.type == "int" and isinstance(value, numbers.Integral):
+                return int(value)
+            if _is_finite(value):
+                if self.type == "float":
+                    return float(value)
+                if float(value).is_integer():
+                    return int(value)
+        raise self._error("an integer" if self.type == "int" else "a finite number", value)
+
+    def check(self, value) -> object:
+        """``value`` as this parameter's Python type (bool, int, float or str), or ``ValueError`` naming the parameter.
+
+        An int is accepted for a float, and a float without a fraction for an int; a bool is never a number.
+        """
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise self._error("true or false", value)
+            return value
+        if self.type == "enum":
+            if not isinstance(value, str) or value not in self.choices:
+                raise self._error("one of " + ", ".join(self.choices), value)
+            return value
+        number = self._number(value)
+        if self.minimum is not None and number < self.minimum:
+            raise self._error(f"at least {self.minimum!r}", value)
+        if self.maximum is not None and number > self.maximum:
+            raise self._error(f"at most {self.maximum!r}", value)
+        return number
+
+    def parse(self, text: str) -> object:
+        """The value written as ``text`` on a command line, checked (see :meth:`check`).
+
+        A bool is true/false, yes/no, on/off or 1/0 in any case; an enum is one of its choices, exactly.
+        """
+        if self.type == "bool":
+            word = text.strip().lower()
+            if word not in _TRUE_WORDS + _FALSE_WORDS:
+                raise self._error("true or false (or yes/no, on/off, 1/0)", text)
+            return word in _TRUE_WORDS
+        if self.type == "enum":
+            return self.check(text)
+        try:
+            number = int(text) if self.type == "int" else float(text)
+        except ValueError:
+            raise self._error("an integer" if self.type == "int" else "a number", text) from None
+        return self.check(number)
+
+
 @dataclass(frozen=True)
 class ContainerImage:
+    """A container image pinned by ``digest`` (its manifest digest), with the parameters it takes.
+
+    ``archive`` is the image saved by ``docker save`` or ``podman save``, for sites without a registry: the
+    container runtime loads it as it is (it is never unpacked, and it is not one of the version's files).
+    ``id`` is the image's ID (its configuration's digest, ``""`` where the index gives none): unlike the
+    manifest digest, it stays the same through a save and load, so a loaded archive can be recognised by it.
+
+    >>> image = ContainerImage("ghcr.io/lab/liver", "sha256:" + 64 * "0",
+    ...                        parameters=(ImageParameter("mode", "enum", "fast", choices=("fast", "full")),))
+    >>> image.reference
+    'ghcr.io/lab/liver@sha256:0000000000000000000000000000000000000000000000000000000000000000'
+    >>> image.parameter_values({}), image.parameter_values({"mode": "full"})
+    ({'mode': 'fast'}, {'mode': 'full'})
+    """
+
     name: str
     digest: str
+    archive: ModelFile | None = None
+    parameters: tuple = ()
+    id: str = ""
+
+    @property
+    def reference(self) -> str:
+        """``name@digest``: what a container runtime pulls and runs."""
+        return f"{self.name}@{self.digest}"
+
+    def parameter_values(self, given: dict) -> dict:
+        """Every parameter's value: its default, or the checked value in ``given`` (a ValueError if invalid).
+
+        A name in ``given`` that is not a parameter of the image is an error listing the names there are.
+        """
+        known = [parameter.name for parameter in self.parameters]
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            there_are = f"its parameters are {', '.join(known)}" if known else "it has no parameters"
+            raise ValueError(f"image {self.name} has no parameter {unknown[0]!r}; {there_are}")
+        return {p.name: p.check(given.get(p.name, p.default)) for p in self.parameters}
 
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """One version of a model: weight ``files`` run in Slicer's Python, a container ``image``, or both."""
+
     version: str
     files: tuple = ()
     image: ContainerImage | None = None
@@ -122,8 +261,13 @@ class ModelVersion:
 
     @property
     def download_size(self) -> int:
-        """Bytes to download for this version (0 for a container image)."""
+        """Bytes of the version's files (a container image and its archive are not counted)."""
         return sum(file.size for file in self.files)
+
+    @property
+    def backends(self) -> tuple:
+        """How the version can run: ``"inprocess"`` (it has files), then ``"container"`` (it has an image)."""
+        return (("inprocess",) if self.files else ()) + (("container",) if self.image is not None else ())
 
 
 @dataclass(frozen=True)
@@ -353,12 +497,20 @@ def require_object(item, field: str) -> dict:
     return item
 
 
+def _is_finite(value) -> bool:
+    """Whether a number is finite and fits a float (Python's json module reads Infinity, and integers of any size)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(mapping: dict, key: str, field: str, *, required: bool = True) -> float | None:
     """A finite number >= 0 (JSON has no infinity; Python's json module would read one)."""
     if key not in mapping and not required:
         return None
     value = require(mapping, key, NUMBER, field)
-    if not math.isfinite(value) or value < 0:
+    if not _is_finite(value) or value < 0:
         raise IndexValidationError(field_path(field, key), "must be a number >= 0")
     return value
 
@@ -402,20 +554,74 @@ def _parse_file(item, field: str, base_url: str) -> ModelFile:
     return ModelFile(url=url, sha256=sha256, size=size, name=name)
 
 
+# The JSON type of a parameter's default, by the parameter's type.
+_DEFAULT_KINDS = {"enum": str, "bool": bool, "int": int, "float": NUMBER}
+
+
+def _parse_bound(item: dict, key: str, field: str) -> float | None:
+    if key not in item:
+        return None
+    value = require(item, key, NUMBER, field)
+    if not _is_finite(value):
+        raise IndexValidationError(field_path(field, key), "must be a finite number")
+    return value
+
+
+def _parse_parameter(item, field: str) -> ImageParameter:
+    item = require_object(item, field)
+    name = _matching(item, "name", _PARAMETER_NAME, field, "letters, digits and '_', not starting with a digit")
+    kind = require(item, "type", str, field)
+    if kind not in PARAMETER_TYPES:
+        raise IndexValidationError(f"{field}.type", f"must be one of {', '.join(PARAMETER_TYPES)}")
+    if "choices" in item and kind != "enum":
+        raise IndexValidationError(f"{field}.choices", "only an 'enum' parameter has choices")
+    choices = parse_list(item, "choices", field, _string)
+    if kind == "enum" and not choices:
+        raise IndexValidationError(f"{field}.choices", "must list at least one choice")
+    _unique(list(choices), f"{field}.choices", "", "choice")
+    for key in ("minimum", "maximum"):
+        if key in item and kind not in ("int", "float"):
+            raise IndexValidationError(f"{field}.{key}", "only an 'int' or 'float' parameter has a range")
+    minimum, maximum = _parse_bound(item, "minimum", field), _parse_bound(item, "maximum", field)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise IndexValidationError(f"{field}.minimum", f"must not be more than the maximum, {maximum!r}")
+    parameter = ImageParameter(
+        name=name,
+        type=kind,
+        default=require(item, "default", _DEFAULT_KINDS[kind], field),
+        title=_optional(item, "title", str, field, ""),
+        description=_optional(item, "description", str, field, ""),
+        choices=choices,
+        minimum=minimum,
+        maximum=maximum,
+    )
+    try:
+        return replace(parameter, default=parameter.check(parameter.default))
+    except ValueError as error:
+        raise IndexValidationError(f"{field}.default", str(error)) from error
+
+
+def _parse_image(item, field: str, base_url: str) -> ContainerImage:
+    item = require_object(item, field)
+    name = _matching(item, "name", _IMAGE_NAME, field, "an image name without tag or digest, e.g. 'ghcr.io/lab/liver'")
+    digest = _matching(item, "digest", _IMAGE_DIGEST, field, "'sha256:' and 64 hexadecimal digits")
+    image_id = _matching(item, "id", _IMAGE_DIGEST, field, "'sha256:' and 64 hexadecimal digits", required=False)
+    archive = _parse_file(item["archive"], f"{field}.archive", base_url) if "archive" in item else None
+    parameters = parse_list(item, "parameters", field, _parse_parameter)
+    _unique([parameter.name for parameter in parameters], f"{field}.parameters", "name", "parameter name")
+    return ContainerImage(name=name, digest=digest, archive=archive, parameters=parameters, id=image_id)
+
+
 def _parse_version(item, field: str, base_url: str) -> ModelVersion:
     item = require_object(item, field)
     version = _matching(item, "version", _SEMANTIC_VERSION, field, "a semantic version MAJOR.MINOR.PATCH")
-    if ("files" in item) == ("image" in item):
-        raise IndexValidationError(field, "needs either 'files' or 'image', not both")
+    if "files" not in item and "image" not in item:
+        raise IndexValidationError(field, "needs 'files', an 'image', or both")
     files = parse_list(item, "files", field, lambda f, path: _parse_file(f, path, base_url))
     if "files" in item and not files:
         raise IndexValidationError(f"{field}.files", "must list at least one file")
     _unique([file.name for file in files], f"{field}.files", "name", "file name")
-    image = None
-    if "image" in item:
-        imageItem = require(item, "image", dict, field)
-        digest = _matching(imageItem, "digest", _IMAGE_DIGEST, f"{field}.image", "'sha256:' and 64 hexadecimal digits")
-        image = ContainerImage(name=require(imageItem, "name", str, f"{field}.image"), digest=digest)
+    image = _parse_image(item["image"], f"{field}.image", base_url) if "image" in item else None
     release_date = _matching(item, "releaseDate", _DATE, field, "a date YYYY-MM-DD", required=False)
     if release_date:
         try:
@@ -482,7 +688,7 @@ def parse_input(item, field: str) -> ModelInput:
 def _parse_metric(item, field: str) -> Metric:
     item = require_object(item, field)
     value = require(item, "value", NUMBER, field)
-    if not math.isfinite(value):
+    if not _is_finite(value):
         raise IndexValidationError(f"{field}.value", "must be a finite number")
     return Metric(
         name=require(item, "name", str, field), value=value, dataset=_optional(item, "dataset", str, field, "")
@@ -515,10 +721,11 @@ def _parse_deprecation(item, field: str) -> Deprecation:
 
 
 def _unique(values: list, field: str, key: str, what: str) -> None:
+    """Refuse a value seen before in ``values``, naming ``field[i].key`` (``field[i]`` where ``key`` is empty)."""
     seen = set()
     for i, value in enumerate(values):
         if value in seen:
-            raise IndexValidationError(f"{field}[{i}].{key}", f"duplicate {what} {value!r}")
+            raise IndexValidationError(f"{field}[{i}]" + (f".{key}" if key else ""), f"duplicate {what} {value!r}")
         seen.add(value)
 
 
@@ -578,7 +785,8 @@ def _parse_model(item, field: str, base_url: str) -> ModelEntry:
 def parse_index(document, base_url: str = "") -> tuple:
     """Validate an index document (already decoded from JSON) and return its models.
 
-    ``base_url`` is where the document came from; relative file URLs are resolved against it.
+    ``base_url`` is where the document came from; relative file URLs (and image archive URLs) are resolved
+    against it.
     """
     if not isinstance(document, dict):
         raise IndexValidationError("(document)", "must be a JSON object")

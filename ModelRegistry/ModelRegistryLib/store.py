@@ -207,8 +207,9 @@ class ModelStore:
         timeout: float = 30.0,
     ) -> InstalledModel:
         """Download, verify and unpack ``version`` of ``entry`` unless it is installed already."""
-        if version.image is not None:
-            raise RegistryError(f"{entry.id} {version.version} is a container image: its runtime installs it")
+        if not version.files:
+            raise RegistryError(f"{entry.id} {version.version} is a container image only: DeepSegment gets it "
+                                "through the container runtime when it runs")
         lock = FileLock(self._folder("locks", f"{entry.id}@{version.version}.lock"), cancel=cancel)
         with lock:
             existing = self.get(entry.id, version.version)

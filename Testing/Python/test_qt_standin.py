@@ -5,6 +5,8 @@ Each test names the PythonQt source (commontk/PythonQt, src/) that shows the beh
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import qt
 
@@ -267,3 +269,13 @@ def test_pyside_only_helpers_are_absent():
 def test_classes_of_the_four_modules_are_exported():
     for name in ("QPushButton", "QTimer", "Qt", "QSettings", "QFile", "QUiLoader", "QIcon", "QColor", "QApplication"):
         assert hasattr(qt, name), name
+
+
+def test_calls_returning_nothing_keep_none_alive():
+    """PySide6 6.12.0 dropped a reference to None per void call, aborting long runs; the pin avoids it."""
+    timer = qt.QTimer()
+    before = sys.getrefcount(None)
+    for _ in range(2000):
+        timer.stop()
+        qt.QApplication.processEvents()
+    assert sys.getrefcount(None) - before > -100

@@ -66,3 +66,68 @@ def test_runs_as_a_process_from_the_module_folder(tmp_path):
     )
     assert process.returncode == 0, process.stderr
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(output)), voxels)
+
+
+# -- container backend (a real container runtime; see conftest.py) ----------------------------------------
+
+
+def test_same_labels_in_process_and_in_the_reference_container(container_index, tmp_path, capsys):
+    input_path, voxels = phantom(tmp_path)
+    outputs = {}
+    for backend in ("inprocess", "container"):
+        outputs[backend] = str(tmp_path / f"{backend}.seg.nrrd")
+        options = ["--parameter", "quality=fast"] if backend == "container" else ["--device", "cpu"]
+        code = main(["run", "--model", "threshold-test", "--backend", backend, *options, "--input", input_path,
+                     "--output", outputs[backend], "--index", container_index, "--cache-dir", str(tmp_path / "cache")])
+        assert code == 0, capsys.readouterr().err
+    container = sitk.ReadImage(outputs["container"])
+    assert geometry_mismatch(sitk.ReadImage(input_path), container) == ""
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(container), sitk.GetArrayFromImage(
+        sitk.ReadImage(outputs["inprocess"])))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(container), voxels)
+
+
+def test_container_parameters_and_failures_from_the_command_line(container_index, tmp_path, capsys):
+    input_path, _ = phantom(tmp_path)
+    output = str(tmp_path / "labels.nrrd")
+    common = ["--input", input_path, "--output", output, "--index", container_index,
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", "--model", "contract-test", "--parameter", "threshold=0.0", *common]) == 0
+    assert sitk.GetArrayFromImage(sitk.ReadImage(output)).sum() == np.count_nonzero(
+        sitk.GetArrayFromImage(sitk.ReadImage(input_path)) > 0)
+    for arguments, reason in [
+        (["--parameter", "threshold=2"], "parameter 'threshold' must be at most 1"),
+        (["--parameter", "speed=3"], "Unknown parameter 'speed'"),
+        (["--parameter", "behaviour=fail"], "The model refuses this volume: too dark"),
+        (["--backend", "inprocess"], "offers container"),
+        (["--memory-limit", "lots"], "Memory limit must be"),
+    ]:
+        capsys.readouterr()
+        code = main(["run", "--model", "contract-test", *arguments, *common])
+        error = capsys.readouterr().err
+        assert code == 1 and reason in error, error
+
+
+def test_image_build_and_save_print_the_index_entries(container_runtime, base_image, threshold_model, tiny_image,
+                                                     tmp_path, capsys):
+    import json
+
+    from ModelRegistryLib.download import file_sha256
+    from ModelRegistryLib.index import parse_index
+
+    tag = "localhost/deepsegment-cli-build:1.0.0"
+    assert main(["image", "build", "--package", os.path.join(threshold_model, "package"), "--tag", tag,
+                 "--base-image", base_image, "--pip-packages", ""]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["name"] == "localhost/deepsegment-cli-build"
+    assert entry["id"] in container_runtime.image_identities(tag)
+    archive = tmp_path / "tiny.tar"
+    assert main(["image", "save", "--image", tiny_image.tag, "--output", str(archive)]) == 0
+    entry["archive"] = json.loads(capsys.readouterr().out)["archive"]
+    assert entry["archive"] == {"url": "tiny.tar", "sha256": file_sha256(str(archive)), "size": archive.stat().st_size}
+    index = {"schemaVersion": 1, "models": [{"id": "built", "title": "Built", "versions": [
+        {"version": "1.0.0", "image": entry}]}]}
+    image = parse_index(index, base_url=archive.as_uri())[0].latest.image
+    assert [parameter.name for parameter in image.parameters] == ["quality", "threads"]
+    assert image.archive.url == archive.as_uri()
+    container_runtime.call(["rmi", tag])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import vtk
 from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
 
 import slicer
+from DeepSegmentLib.container_backend import ContainerSettings
+from DeepSegmentLib.container_runtime import ContainerRunError
 from ModelRegistryLib import IndexSource, Registry
 
 
@@ -81,3 +86,108 @@ def test_inputs_are_matched_by_pattern(logic):
     assert logic.inputNames("threshold-test") == ["Image"]
     with pytest.raises(ValueError, match="every model input"):
         logic.segmentationTask("threshold-test", [None])
+
+
+# -- container backend (a real container runtime; see conftest.py) ----------------------------------------
+
+
+@pytest.fixture()
+def container_logic(container_index, tmp_path):
+    registry = Registry([IndexSource(container_index)], str(tmp_path / "cache"))
+    registry.refresh(offline=True)
+    logic = DeepSegmentLogic(registry)
+    logic.setContainerSettings(ContainerSettings(run_folder=str(tmp_path / "runs")))
+    return logic
+
+
+def test_console_runs_a_container_model_into_a_named_colored_segment(container_logic, tmp_path):
+    volume, voxels = phantom_volume()
+    assert container_logic.backendChoices("contract-test") == [("container", "Container (Docker or Podman)")]
+    assert [backend for backend, _ in container_logic.backendChoices("threshold-test")] == ["inprocess", "container"]
+    assert [p.name for p in container_logic.imageParameters("contract-test")] == ["behaviour", "threshold"]
+    output = container_logic.segmentVolumes("contract-test", [volume], parameters={"threshold": 0.5})
+    segmentation = output.GetSegmentation()
+    segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Bright"))
+    np.testing.assert_allclose(segment.GetColor(), (1.0, 0.0, 0.0))
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentation.GetSegmentIdBySegmentName("Bright"), volume)
+    np.testing.assert_array_equal(mask, voxels)
+    assert not os.listdir(tmp_path / "runs")
+
+
+def test_container_failure_and_cancel_leave_the_scene_unchanged(container_logic):
+    volume, _ = phantom_volume()
+    nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ContainerRunError, match="too dark"):
+        container_logic.segmentVolumes("contract-test", [volume], parameters={"behaviour": "fail"})
+    lines = []
+    task = container_logic.segmentationTask("contract-test", [volume], parameters={"behaviour": "sleep"},
+                                            log=lines.append)
+    report = task._report
+
+    def cancel_while_waiting(step):
+        report(step)
+        if step.text == "waiting":
+            task.cancel()
+
+    task._report = cancel_while_waiting
+    task.start()
+    assert task.wait(120)
+    assert task.state == "cancelled"
+    assert "contract test image: sleep" in lines
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
+
+
+def test_bad_container_requests_fail_before_any_work(container_logic):
+    volume, _ = phantom_volume()
+    with pytest.raises(ValueError, match="threshold"):
+        container_logic.segmentationTask("contract-test", [volume], parameters={"threshold": -1.0})
+    with pytest.raises(ValueError, match="offers container"):
+        container_logic.segmentationTask("contract-test", [volume], backend="inprocess")
+    with pytest.raises(ValueError, match="CPU or a CUDA GPU"):
+        container_logic.segmentationTask("contract-test", [volume], device="mps")
+
+
+def test_container_settings_are_remembered(container_logic, tmp_path):
+    settings = ContainerSettings(runtime="podman", memory_limit="2g", timeout=600.0, run_folder=str(tmp_path),
+                                 keep_run_folders=True)
+    container_logic.setContainerSettings(settings)
+    assert DeepSegmentLogic.savedContainerSettings() == settings
+    container_logic.setContainerSettings(ContainerSettings())
+    assert DeepSegmentLogic.savedContainerSettings() == ContainerSettings()
+
+
+def test_panel_offers_the_backend_and_the_image_parameters(container_logic, tmp_path):
+    widget = slicer.modules.deepsegment.widgetRepresentation().self()
+    originalLogic = widget.logic
+    widget.logic = container_logic
+    try:
+        volume, voxels = phantom_volume()
+        widget.updateModelList()
+        widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findData("contract-test"))
+        assert widget.ui.backendSelector.currentData == "container"
+        assert widget.ui.qualitySelector.isHidden() and not widget.ui.containerCollapsibleButton.isHidden()
+        assert widget.logic.containerSettings.run_folder == str(tmp_path / "runs")
+        assert "podman" in widget.ui.runtimeInfoLabel.text
+        assert set(widget.parameterWidgets) == {"behaviour", "threshold"}
+        assert widget.parameterValues() == {"behaviour": "ok", "threshold": 0.5}
+        widget.parameterWidgets["threshold"][1].value = 0.25
+        assert widget.inputSelectors[0].currentNode() is volume
+        widget.ui.applyButton.click()
+        assert widget.ui.applyButton.text == "Cancel"
+        deadline = time.monotonic() + 120
+        while widget.poller.busy and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        assert widget.ui.stageLabel.text == "Done.", widget.ui.stageLabel.text
+        output = widget.ui.outputSelector.currentNode()
+        segmentId = output.GetSegmentation().GetSegmentIdBySegmentName("Bright")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, volume)
+        np.testing.assert_array_equal(mask, (voxels > 0.25).astype(mask.dtype))
+        assert "contract test image: ok" in widget.ui.logText.plainText
+        widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findData("threshold-test"))
+        assert [widget.ui.backendSelector.itemData(i) for i in range(widget.ui.backendSelector.count)] == [
+            "inprocess", "container"]
+        assert not widget.ui.qualitySelector.isHidden() and widget.ui.parametersCollapsibleButton.isHidden()
+    finally:
+        widget.logic = originalLogic
+        widget.updateModelList()

@@ -117,11 +117,67 @@ def test_versions_are_newest_first_with_changelog_and_installed_state():
     assert "<i>brain-tissue</i>, version 1.10.0-rc1" in text
     # Without a version picked, the latest release is the one shown.
     assert "version 1.0.0" in card_html(entry)
-    assert "image lab/liver" in card_text(entry_of(full_document(), 1))
+
+
+def download_cells(text: str) -> dict:
+    """Version -> its Download cell, from a card's HTML."""
+    return dict(re.findall(r"<tr><td>(\d+\.\d+\.\d+[^<]*)</td><td>[^<]*</td><td>([^<]*)</td>", text))
+
+
+def test_download_column_says_what_each_version_offers():
+    document = full_document()
+    document["models"][0]["versions"][1]["files"][0]["size"] = 12_300_000
+    assert download_cells(card_html(entry_of(document))) == {
+        "1.10.0-rc1": "12.3 MB, or image 127.0.0.1:5000/lab/brain-tissue",
+        "1.0.0": "10 B",
+    }
+    assert download_cells(card_html(entry_of(document, 1))) == {"0.2.0": "image lab/liver"}
+    assert "  0.2.0              image lab/liver" in card_text(entry_of(document, 1)).splitlines()
+
+
+def test_parameters_of_the_shown_version_show_with_type_default_and_allowed_values():
+    entry = entry_of(full_document())
+    text = card_html(entry, version="1.10.0-rc1")
+    assert "Parameters" in headings(text)
+    table = text.split("<h3>Parameters</h3>")[1].split("</table>")[0]
+    rows = [re.findall(r"<t[dh]>(.*?)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    assert rows == [
+        ["Parameter", "Type", "Default", "Allowed", "Description"],
+        ["Threshold (threshold)", "float", "0.5", "0 to 1.0", "Probability above which a voxel is labelled"],
+        ["iterations", "int", "3", "at least 1", ""],
+        ["fast", "bool", "false", "true, false", ""],
+        ["mode", "enum", "b", "a, b, c", ""],
+    ]
+    # The latest release, shown by default, has no image; a version the card does not know shows as the latest release.
+    assert "Parameters" not in headings(card_html(entry))
+    assert "Parameters" not in headings(card_html(entry, version="9.9.9"))
+
+
+def test_parameters_show_in_the_text_card_of_the_latest_release():
+    document = full_document()
+    liver = document["models"][1]["versions"][0]
+    liver["image"]["parameters"] = [
+        {"name": "spacing", "type": "float", "default": 1.5, "maximum": 3},
+        {"name": "passes", "type": "int", "default": 2},
+        {"name": "level", "type": "float", "default": 0, "minimum": -1.5},
+    ]
+    lines = card_text(entry_of(document, 1)).splitlines()
+    start = lines.index("Parameters")
+    assert lines[start: start + 5] == [
+        "Parameters",
+        "  Parameter  Type   Default  Allowed",
+        "  spacing    float  1.5      at most 3",
+        "  passes     int    2        any integer",
+        "  level      float  0.0      at least -1.5",
+    ]
+    assert lines.index("Versions") > start
+    del liver["image"]["parameters"]
+    assert "Parameters" not in card_text(entry_of(document, 1)).splitlines()
 
 
 def marked_document() -> tuple:
-    """The full document with every text field replaced by a distinct piece of markup."""
+    """The full document with every text field replaced by a distinct piece of markup, the markers, and those of
+    them that are in the pre-release's image parameters (so only in the pre-release's card)."""
     document = full_document()
     markers = []
 
@@ -145,19 +201,27 @@ def marked_document() -> tuple:
             mark(lists, i)
     mark(model["deprecated"], "message")
     mark(model["versions"][0], "changelog")
-    return document, markers
+    first_parameter_marker = len(markers)
+    threshold, _, _, mode = model["versions"][1]["image"]["parameters"]
+    mark(threshold, "title")
+    mark(threshold, "description")
+    for i in range(len(mode["choices"])):
+        mark(mode["choices"], i)
+    mode["default"] = mode["choices"][0]
+    return document, markers, markers[first_parameter_marker:]
 
 
 def test_every_string_is_escaped():
-    document, markers = marked_document()
-    text = card_html(entry_of(document), version=markers[0])
+    document, markers, parameter_markers = marked_document()
+    # The marked title is an unknown version: the latest release shows, and the pre-release shows its parameters.
+    text = card_html(entry_of(document), version=markers[0]) + card_html(entry_of(document), version="1.10.0-rc1")
     for marker in markers:
         assert html.escape(marker) in text
     assert not re.search(r"<x\d", text)
     assert set(re.findall(r"</?([a-z0-9]+)", text)) <= QT_RICH_TEXT_TAGS
     assert "class=" not in text and "<script" not in text
     plain = card_text(entry_of(document))
-    assert all(marker in plain for marker in markers)
+    assert all(marker in plain for marker in markers if marker not in parameter_markers)
 
 
 def test_sizes_and_durations_read_well():

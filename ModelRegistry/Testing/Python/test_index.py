@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 from ModelRegistryLib.index import (
     MAX_INDEX_BYTES,
     Coding,
+    ContainerImage,
+    ImageParameter,
     IndexValidationError,
     ModelEntry,
+    ModelFile,
     ModelVersion,
     VersionNotFoundError,
     file_url,
@@ -50,7 +53,8 @@ LEFT = {"scheme": "SCT", "code": "7771000", "meaning": "Left"}
 
 
 def valid_document() -> dict:
-    """Two models: the first with every model-card field, the second with only the required ones."""
+    """Two models: the first with every model-card field (its pre-release has both files and an image with an
+    archive and a parameter of each type), the second with only the required ones and an image."""
     return {
         "schemaVersion": 1,
         "models": [
@@ -86,7 +90,21 @@ def valid_document() -> dict:
                     {"version": "1.0.0", "releaseDate": "2024-02-29", "changelog": "First release",
                      "files": [{"url": "https://x.org/a.zip", "sha256": "0" * 64, "size": 5},
                                {"url": "https://x.org/b/", "sha256": "1" * 64, "size": 5, "name": "model.pt"}]},
-                    {"version": "1.10.0-rc1", "files": [{"url": "file:///b.zip", "sha256": "f" * 64, "size": 0}]},
+                    {"version": "1.10.0-rc1", "files": [{"url": "file:///b.zip", "sha256": "f" * 64, "size": 0}],
+                     "image": {
+                         "name": "127.0.0.1:5000/lab/brain-tissue",
+                         "digest": "sha256:" + "b" * 64,
+                         "id": "sha256:" + "c" * 64,
+                         "archive": {"url": "images/brain-tissue.tar", "sha256": "2" * 64, "size": 7},
+                         "parameters": [
+                             {"name": "threshold", "type": "float", "title": "Threshold",
+                              "description": "Probability above which a voxel is labelled", "default": 0.5,
+                              "minimum": 0, "maximum": 1.0},
+                             {"name": "iterations", "type": "int", "default": 3, "minimum": 1},
+                             {"name": "fast", "type": "bool", "default": False},
+                             {"name": "mode", "type": "enum", "default": "b", "choices": ["a", "b", "c"]},
+                         ],
+                     }},
                 ],
             },
             {
@@ -208,62 +226,105 @@ def mutate(path, value):
 DELETE = object()
 MODEL = ("models", 0)
 VERSION = (*MODEL, "versions", 0)
-BAD_DOCUMENTS = {
-    "models[0].id": (("models", 0, "id"), "Brain Tissue"),
-    "models[1].title": (("models", 1, "title"), DELETE),
-    "models[0].versions": (("models", 0, "versions"), []),
-    "models[0].versions[1].version": (("models", 0, "versions", 1, "version"), "1.2"),
-    "models[0].versions[0].files[0].sha256": (("models", 0, "versions", 0, "files", 0, "sha256"), "ABC"),
-    "models[0].versions[0].files[0].size": (("models", 0, "versions", 0, "files", 0, "size"), -1),
-    "models[0].versions[0].files[0].url": (("models", 0, "versions", 0, "files", 0, "url"), 7),
-    "models[1].versions[0].image.digest": (("models", 1, "versions", 0, "image", "digest"), "a" * 64),
-    "models[0].anatomy[0]": (("models", 0, "anatomy"), [3]),
-    "schemaVersion": (("schemaVersion",), 2),
-    "models[0].inputs[0].name": ((*MODEL, "inputs", 0, "name"), DELETE),
-    "models[0].inputs[1].pattern": ((*MODEL, "inputs", 1, "pattern"), 5),
-    "models[0].labels[0].value": ((*MODEL, "labels", 0, "value"), 0),
-    "models[0].labels[1].color": ((*MODEL, "labels", 1, "color"), "red"),
-    "models[0].labels[1].name": ((*MODEL, "labels", 1, "name"), DELETE),
-    "models[0].labels[0].terminology.type": ((*MODEL, "labels", 0, "terminology", "type"), DELETE),
-    "models[0].labels[0].terminology.region.code": ((*MODEL, "labels", 0, "terminology", "region", "code"), 12738006),
-    "models[0].authors[1]": ((*MODEL, "authors"), ["A. Author", None]),
-    "models[0].license": ((*MODEL, "license"), ["MIT"]),
-    "models[0].intendedUse": ((*MODEL, "intendedUse"), 1),
-    "models[0].metrics[0].value": ((*MODEL, "metrics", 0, "value"), "0.91"),
-    "models[0].resources.ramGB": ((*MODEL, "resources", "ramGB"), -1),
-    "models[0].resources.gpuMemoryGB": ((*MODEL, "resources", "gpuMemoryGB"), True),
-    "models[0].runtime[1].device": ((*MODEL, "runtime", 1, "device"), "tpu"),
-    "models[0].runtime[0].seconds": ((*MODEL, "runtime", 0, "seconds"), DELETE),
-    "models[0].deprecated.message": ((*MODEL, "deprecated", "message"), DELETE),
-    "models[0].deprecated.replacedBy": ((*MODEL, "deprecated", "replacedBy"), "Brain Tissue 2"),
-    "models[0].versions[0].releaseDate": ((*VERSION, "releaseDate"), "29.02.2024"),
-    "models[0].versions[0].changelog": ((*VERSION, "changelog"), ["First release"]),
-    "models[0].versions[0].files[1].name": ((*VERSION, "files", 1, "name"), "../model.pt"),
-}
+IMAGE = (*MODEL, "versions", 1, "image")
+PARAMETERS = (*IMAGE, "parameters")
+THRESHOLD, ITERATIONS, FAST, MODE = ((*PARAMETERS, i) for i in range(4))
+IMAGE_FIELD = "models[0].versions[1].image"
+THRESHOLD_FIELD, ITERATIONS_FIELD, FAST_FIELD, MODE_FIELD = (f"{IMAGE_FIELD}.parameters[{i}]" for i in range(4))
+BAD_DOCUMENTS = [  # (field named in the error, path changed, new value)
+    ("models[0].id", ("models", 0, "id"), "Brain Tissue"),
+    ("models[1].title", ("models", 1, "title"), DELETE),
+    ("models[0].versions", ("models", 0, "versions"), []),
+    ("models[0].versions[1].version", ("models", 0, "versions", 1, "version"), "1.2"),
+    ("models[0].versions[0].files[0].sha256", ("models", 0, "versions", 0, "files", 0, "sha256"), "ABC"),
+    ("models[0].versions[0].files[0].size", ("models", 0, "versions", 0, "files", 0, "size"), -1),
+    ("models[0].versions[0].files[0].url", ("models", 0, "versions", 0, "files", 0, "url"), 7),
+    ("models[1].versions[0].image.digest", ("models", 1, "versions", 0, "image", "digest"), "a" * 64),
+    ("models[0].anatomy[0]", ("models", 0, "anatomy"), [3]),
+    ("schemaVersion", ("schemaVersion",), 2),
+    ("models[0].inputs[0].name", (*MODEL, "inputs", 0, "name"), DELETE),
+    ("models[0].inputs[1].pattern", (*MODEL, "inputs", 1, "pattern"), 5),
+    ("models[0].labels[0].value", (*MODEL, "labels", 0, "value"), 0),
+    ("models[0].labels[1].color", (*MODEL, "labels", 1, "color"), "red"),
+    ("models[0].labels[1].name", (*MODEL, "labels", 1, "name"), DELETE),
+    ("models[0].labels[0].terminology.type", (*MODEL, "labels", 0, "terminology", "type"), DELETE),
+    ("models[0].labels[0].terminology.region.code", (*MODEL, "labels", 0, "terminology", "region", "code"), 12738006),
+    ("models[0].authors[1]", (*MODEL, "authors"), ["A. Author", None]),
+    ("models[0].license", (*MODEL, "license"), ["MIT"]),
+    ("models[0].intendedUse", (*MODEL, "intendedUse"), 1),
+    ("models[0].metrics[0].value", (*MODEL, "metrics", 0, "value"), "0.91"),
+    ("models[0].resources.ramGB", (*MODEL, "resources", "ramGB"), -1),
+    ("models[0].resources.gpuMemoryGB", (*MODEL, "resources", "gpuMemoryGB"), True),
+    ("models[0].runtime[1].device", (*MODEL, "runtime", 1, "device"), "tpu"),
+    ("models[0].runtime[0].seconds", (*MODEL, "runtime", 0, "seconds"), DELETE),
+    ("models[0].deprecated.message", (*MODEL, "deprecated", "message"), DELETE),
+    ("models[0].deprecated.replacedBy", (*MODEL, "deprecated", "replacedBy"), "Brain Tissue 2"),
+    ("models[0].versions[0].releaseDate", (*VERSION, "releaseDate"), "29.02.2024"),
+    ("models[0].versions[0].changelog", (*VERSION, "changelog"), ["First release"]),
+    ("models[0].versions[0].files[1].name", (*VERSION, "files", 1, "name"), "../model.pt"),
+    ("models[1].versions[0].image.name", ("models", 1, "versions", 0, "image", "name"), DELETE),
+    (f"{IMAGE_FIELD}.name", (*IMAGE, "name"), "lab/brain:1.0"),
+    (f"{IMAGE_FIELD}.id", (*IMAGE, "id"), "c" * 64),
+    (f"{IMAGE_FIELD}.archive", (*IMAGE, "archive"), "images/brain-tissue.tar"),
+    (f"{IMAGE_FIELD}.archive.sha256", (*IMAGE, "archive", "sha256"), "2" * 63),
+    (f"{IMAGE_FIELD}.archive.size", (*IMAGE, "archive", "size"), DELETE),
+    (f"{IMAGE_FIELD}.parameters", (*IMAGE, "parameters"), {"threshold": 0.5}),
+    (f"{IMAGE_FIELD}.parameters[1]", (*PARAMETERS, 1), ["iterations", "int", 3]),
+    (f"{THRESHOLD_FIELD}.name", (*THRESHOLD, "name"), "2nd_threshold"),
+    (f"{ITERATIONS_FIELD}.name", (*ITERATIONS, "name"), DELETE),
+    (f"{THRESHOLD_FIELD}.type", (*THRESHOLD, "type"), "double"),
+    (f"{FAST_FIELD}.type", (*FAST, "type"), DELETE),
+    (f"{THRESHOLD_FIELD}.title", (*THRESHOLD, "title"), 3),
+    (f"{THRESHOLD_FIELD}.description", (*THRESHOLD, "description"), ["text"]),
+    (f"{MODE_FIELD}.default", (*MODE, "default"), DELETE),
+    (f"{THRESHOLD_FIELD}.default", (*THRESHOLD, "default"), "0.5"),
+    (f"{ITERATIONS_FIELD}.default", (*ITERATIONS, "default"), 2.5),
+    (f"{ITERATIONS_FIELD}.default", (*ITERATIONS, "default"), True),
+    (f"{FAST_FIELD}.default", (*FAST, "default"), 0),
+    (f"{MODE_FIELD}.default", (*MODE, "default"), 1),
+    (f"{MODE_FIELD}.choices", (*MODE, "choices"), DELETE),
+    (f"{MODE_FIELD}.choices", (*MODE, "choices"), []),
+    (f"{MODE_FIELD}.choices[1]", (*MODE, "choices"), ["a", 2]),
+    (f"{MODE_FIELD}.choices[2]", (*MODE, "choices"), ["a", "b", "a"]),
+    (f"{FAST_FIELD}.choices", (*FAST, "choices"), ["yes", "no"]),
+    (f"{FAST_FIELD}.minimum", (*FAST, "minimum"), 0),
+    (f"{MODE_FIELD}.maximum", (*MODE, "maximum"), 3),
+    (f"{THRESHOLD_FIELD}.minimum", (*THRESHOLD, "minimum"), "0"),
+    (f"{ITERATIONS_FIELD}.maximum", (*ITERATIONS, "maximum"), None),
+]
 
 
 # What a JSON Schema cannot say; the parser still refuses these, naming the field.
-PARSER_ONLY_RULES = {
-    "models[0].inputs[0].pattern": ((*MODEL, "inputs", 0, "pattern"), "t1|(mprage"),
-    "models[0].labels[1].value": ((*MODEL, "labels", 1, "value"), 1),
-    "models[0].versions[0].releaseDate": ((*VERSION, "releaseDate"), "2023-02-29"),
-    "models[0].versions[0].files[1].name": ((*VERSION, "files", 1, "name"), "a.zip"),
-    "models[0].versions[0].files[1].url": ((*VERSION, "files", 1), {"url": "https://x.org/b/", "sha256": 64 * "1",
+PARSER_ONLY_RULES = [
+    ("models[0].inputs[0].pattern", (*MODEL, "inputs", 0, "pattern"), "t1|(mprage"),
+    ("models[0].labels[1].value", (*MODEL, "labels", 1, "value"), 1),
+    ("models[0].versions[0].releaseDate", (*VERSION, "releaseDate"), "2023-02-29"),
+    ("models[0].versions[0].files[1].name", (*VERSION, "files", 1, "name"), "a.zip"),
+    ("models[0].versions[0].files[1].url", (*VERSION, "files", 1), {"url": "https://x.org/b/", "sha256": 64 * "1",
                                                                    "size": 5}),
-}
+    (f"{IMAGE_FIELD}.name", (*IMAGE, "name"), "lab/brain\n"),  # JSON Schema's "$" matches before a final newline
+    (f"{IMAGE_FIELD}.archive.url", (*IMAGE, "archive", "url"), "https://x.org/images/"),
+    (f"{THRESHOLD_FIELD}.default", (*THRESHOLD, "default"), 1.5),
+    (f"{ITERATIONS_FIELD}.default", (*ITERATIONS, "default"), 0),
+    (f"{ITERATIONS_FIELD}.default", (*ITERATIONS, "default"), 3.0),  # "integer" in JSON Schema takes 3.0
+    (f"{MODE_FIELD}.default", (*MODE, "default"), "d"),
+    (f"{THRESHOLD_FIELD}.minimum", (*THRESHOLD, "minimum"), 2),
+    (f"{IMAGE_FIELD}.parameters[1].name", (*ITERATIONS, "name"), "threshold"),
+    ("models[0].metrics[1].value", (*MODEL, "metrics", 1, "value"), 10**400),  # no float holds it
+]
 
 
-@pytest.mark.parametrize("field", PARSER_ONLY_RULES)
-def test_parser_refuses_what_a_schema_cannot_say_and_names_the_field(field):
-    path, value = PARSER_ONLY_RULES[field]
+@pytest.mark.parametrize(("field", "path", "value"), PARSER_ONLY_RULES, ids=[rule[0] for rule in PARSER_ONLY_RULES])
+def test_parser_refuses_what_a_schema_cannot_say_and_names_the_field(field, path, value):
+    document = mutate(path, value)
+    assert schema_validator().is_valid(document)
     with pytest.raises(IndexValidationError) as raised:
-        parse_index(mutate(path, value))
+        parse_index(document)
     assert raised.value.field == field
 
 
-@pytest.mark.parametrize("field", BAD_DOCUMENTS)
-def test_schema_and_parser_both_refuse_and_name_the_field(field):
-    path, value = BAD_DOCUMENTS[field]
+@pytest.mark.parametrize(("field", "path", "value"), BAD_DOCUMENTS, ids=[bad[0] for bad in BAD_DOCUMENTS])
+def test_schema_and_parser_both_refuse_and_name_the_field(field, path, value):
     document = mutate(path, value)
     assert not schema_validator().is_valid(document)
     with pytest.raises(IndexValidationError) as raised:
@@ -271,14 +332,221 @@ def test_schema_and_parser_both_refuse_and_name_the_field(field):
     assert raised.value.field == field
 
 
-def test_version_needs_files_or_image_but_not_both():
-    both = mutate(("models", 1, "versions", 0, "files"), [{"url": "u", "sha256": "0" * 64, "size": 1}])
+def test_version_needs_files_or_an_image_or_both():
+    both = mutate(("models", 1, "versions", 0, "files"), [{"url": "u.pt", "sha256": "0" * 64, "size": 1}])
+    schema_validator().validate(both)
+    version = parse_index(both)[1].latest
+    assert ([f.name for f in version.files], version.image.name) == (["u.pt"], "lab/liver")
     neither = mutate(("models", 1, "versions", 0, "image"), DELETE)
     empty_files = mutate(("models", 0, "versions", 0, "files"), [])
-    for document in (both, neither, empty_files):
+    for document, error in ((neither, "models[1].versions[0]: needs 'files', an 'image', or both"),
+                            (empty_files, "models[0].versions[0].files: must list at least one file")):
         assert not schema_validator().is_valid(document)
-        with pytest.raises(IndexValidationError):
+        with pytest.raises(IndexValidationError) as raised:
             parse_index(document)
+        assert str(raised.value) == error
+
+
+def brain_image():
+    return parse_index(valid_document())[0].version("1.10.0-rc1").image
+
+
+def test_image_parameters_of_every_type_parse():
+    image = brain_image()
+    assert (image.name, image.digest) == ("127.0.0.1:5000/lab/brain-tissue", "sha256:" + "b" * 64)
+    assert image.id == "sha256:" + "c" * 64
+    assert parse_index(valid_document())[1].latest.image.id == ""
+    threshold, iterations, fast, mode = image.parameters
+    assert threshold == ImageParameter("threshold", "float", 0.5, "Threshold",
+                                       "Probability above which a voxel is labelled", minimum=0, maximum=1.0)
+    assert iterations == ImageParameter("iterations", "int", 3, "iterations", minimum=1)
+    assert fast == ImageParameter("fast", "bool", False, "fast")
+    assert mode == ImageParameter("mode", "enum", "b", "mode", choices=("a", "b", "c"))
+    assert [type(p.default) for p in image.parameters] == [float, int, bool, str]
+    # An integer default of a float parameter is stored as a float.
+    whole = mutate((*THRESHOLD, "default"), 1)
+    assert repr(parse_index(whole)[0].version("1.10.0-rc1").image.parameters[0].default) == "1.0"
+
+
+@pytest.mark.parametrize(
+    "name", ["ghcr.io/lab/liver", "localhost/threshold-demo", "127.0.0.1:5000/lab/x", "liver", "a.b/c_d/e-f"]
+)
+def test_image_names_without_tag_or_digest_parse(name):
+    document = mutate((*IMAGE, "name"), name)
+    schema_validator().validate(document)
+    assert parse_index(document)[0].version("1.10.0-rc1").image.name == name
+
+
+@pytest.mark.parametrize("name", ["", "lab/liver:1.0", "lab/liver@sha256:" + "0" * 64, "lab /liver", "lab//liver",
+                                  "/lab/liver", "lab/liver/", "lab/\x00liver"])
+def test_image_names_with_a_tag_digest_or_blank_are_refused(name):
+    document = mutate((*IMAGE, "name"), name)
+    assert not schema_validator().is_valid(document)
+    with pytest.raises(IndexValidationError, match="without tag or digest") as raised:
+        parse_index(document)
+    assert raised.value.field == f"{IMAGE_FIELD}.name"
+
+
+def test_image_archive_resolves_against_the_index_and_is_not_a_file_of_the_version(tmp_path):
+    path = tmp_path / "registry" / "index.json"
+    write_index(path, valid_document())
+    version = load_index(path)[0].version("1.10.0-rc1")
+    archive = version.image.archive
+    assert archive == ModelFile(file_url(tmp_path) + "/registry/images/brain-tissue.tar", "2" * 64, 7,
+                                "brain-tissue.tar")
+    assert archive not in version.files
+    assert version.download_size == 0  # the version's one file has size 0; the archive's 7 bytes do not count
+    remote = parse_index(valid_document(), base_url="https://example.org/r/index.json")[0].version("1.10.0-rc1")
+    assert remote.image.archive.url == "https://example.org/r/images/brain-tissue.tar"
+    assert brain_image().archive.url == "images/brain-tissue.tar"  # no base URL: left as written
+    assert parse_index(valid_document())[1].latest.image.archive is None
+
+
+def test_backends_say_how_a_version_can_run():
+    brain, liver = parse_index(valid_document())
+    assert brain.version("1.0.0").backends == ("inprocess",)
+    assert brain.version("1.10.0-rc1").backends == ("inprocess", "container")
+    assert liver.latest.backends == ("container",)
+    assert ModelVersion("1.0.0").backends == ()
+
+
+def test_image_reference_is_name_at_digest():
+    assert brain_image().reference == "127.0.0.1:5000/lab/brain-tissue@sha256:" + "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "expected"),
+    [
+        ("threshold", 1, 1.0),
+        ("threshold", 0.25, 0.25),
+        ("threshold", 0, 0.0),
+        ("iterations", 7, 7),
+        ("iterations", 7.0, 7),
+        ("iterations", 10**30, 10**30),
+        ("fast", True, True),
+        ("mode", "c", "c"),
+    ],
+)
+def test_check_converts_to_the_parameter_type(parameter, value, expected):
+    checked = {p.name: p for p in brain_image().parameters}[parameter].check(value)
+    assert (checked, type(checked)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "message"),
+    [
+        ("threshold", 2.5, "parameter 'threshold' must be at most 1.0, not 2.5"),
+        ("threshold", -0.5, "parameter 'threshold' must be at least 0, not -0.5"),
+        ("threshold", True, "parameter 'threshold' must be a finite number, not True"),
+        ("threshold", float("nan"), "parameter 'threshold' must be a finite number, not nan"),
+        ("threshold", 10**400, "parameter 'threshold' must be a finite number, not 1000"),
+        ("threshold", "0.5", "parameter 'threshold' must be a finite number, not '0.5'"),
+        ("iterations", 2.5, "parameter 'iterations' must be an integer, not 2.5"),
+        ("iterations", False, "parameter 'iterations' must be an integer, not False"),
+        ("iterations", float("inf"), "parameter 'iterations' must be an integer, not inf"),
+        ("iterations", 0, "parameter 'iterations' must be at least 1, not 0"),
+        ("fast", 1, "parameter 'fast' must be true or false, not 1"),
+        ("mode", "d", "parameter 'mode' must be one of a, b, c, not 'd'"),
+        ("mode", None, "parameter 'mode' must be one of a, b, c, not None"),
+    ],
+)
+def test_check_refuses_with_a_message_naming_the_parameter(parameter, value, message):
+    with pytest.raises(ValueError) as raised:
+        {p.name: p for p in brain_image().parameters}[parameter].check(value)
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "text", "expected"),
+    [
+        ("threshold", "0.75", 0.75),
+        ("threshold", " 1 ", 1.0),
+        ("iterations", "12", 12),
+        *(("fast", word, True) for word in ("true", "TRUE", "1", "yes", "On")),
+        *(("fast", word, False) for word in ("false", "False", "0", "no", "OFF")),
+        ("mode", "a", "a"),
+    ],
+)
+def test_parse_reads_command_line_text(parameter, text, expected):
+    parsed = {p.name: p for p in brain_image().parameters}[parameter].parse(text)
+    assert (parsed, type(parsed)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
+    ("parameter", "text", "message"),
+    [
+        ("threshold", "high", "parameter 'threshold' must be a number, not 'high'"),
+        ("threshold", "1.5", "parameter 'threshold' must be at most 1.0, not 1.5"),
+        ("threshold", "nan", "parameter 'threshold' must be a finite number, not nan"),
+        ("iterations", "2.5", "parameter 'iterations' must be an integer, not '2.5'"),
+        ("iterations", "0", "parameter 'iterations' must be at least 1, not 0"),
+        ("fast", "maybe", "parameter 'fast' must be true or false (or yes/no, on/off, 1/0), not 'maybe'"),
+        ("mode", "A", "parameter 'mode' must be one of a, b, c, not 'A'"),
+    ],
+)
+def test_parse_refuses_with_a_message_naming_the_parameter(parameter, text, message):
+    with pytest.raises(ValueError) as raised:
+        {p.name: p for p in brain_image().parameters}[parameter].parse(text)
+    assert str(raised.value) == message
+
+
+def test_parameter_values_overlay_the_given_values_on_the_defaults():
+    image = brain_image()
+    defaults = {"threshold": 0.5, "iterations": 3, "fast": False, "mode": "b"}
+    assert image.parameter_values({}) == defaults
+    assert image.parameter_values({"iterations": 5.0, "fast": True}) == {**defaults, "iterations": 5, "fast": True}
+    with pytest.raises(ValueError, match="parameter 'mode' must be one of a, b, c, not 'z'"):
+        image.parameter_values({"mode": "z"})
+    with pytest.raises(ValueError) as raised:
+        image.parameter_values({"fast": True, "treshold": 0.2})
+    assert str(raised.value) == (
+        "image 127.0.0.1:5000/lab/brain-tissue has no parameter 'treshold'; "
+        "its parameters are threshold, iterations, fast, mode"
+    )
+    bare = ContainerImage("lab/x", "sha256:" + "0" * 64)
+    assert bare.parameter_values({}) == {}
+    with pytest.raises(ValueError, match="has no parameter 'x'; it has no parameters"):
+        bare.parameter_values({"x": 1})
+
+
+def test_a_parameter_title_is_its_name_unless_given():
+    assert ImageParameter("fast", "bool", True).title == "fast"
+    assert ImageParameter("fast", "bool", True, title="Fast mode").title == "Fast mode"
+    with pytest.raises(ValueError, match="has type 'str', not one of enum, bool, int, float"):
+        ImageParameter("name", "str", "x")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"type": "string"}, "type", "must be one of enum, bool, int, float"),
+        ({"name": "max-size"}, "name", "letters, digits and '_'"),
+        ({"default": 1.5}, "default", "parameter 'threshold' must be at most 1.0, not 1.5"),
+        ({"minimum": 2}, "minimum", "must not be more than the maximum, 1.0"),
+        ({"type": "enum", "default": "a", "minimum": DELETE, "maximum": DELETE}, "choices", "must list at least one"),
+        ({"type": "bool", "default": True, "minimum": DELETE}, "maximum", "only an 'int' or 'float' parameter"),
+        ({"choices": ["a"]}, "choices", "only an 'enum' parameter has choices"),
+        ({"maximum": float("inf")}, "maximum", "must be a finite number"),
+    ],
+)
+def test_parameter_errors_name_the_field_and_say_why(change, field, message):
+    document = mutate(PARAMETERS, [valid_document()["models"][0]["versions"][1]["image"]["parameters"][0]])
+    parameter = document["models"][0]["versions"][1]["image"]["parameters"][0]
+    for key, value in change.items():
+        if value is DELETE:
+            del parameter[key]
+        else:
+            parameter[key] = value
+    with pytest.raises(IndexValidationError, match=re.escape(message)) as raised:
+        parse_index(document)
+    assert raised.value.field == f"{THRESHOLD_FIELD}.{field}"
+
+
+def test_duplicate_parameter_names_are_refused():
+    document = mutate((*MODE, "name"), "fast")
+    with pytest.raises(IndexValidationError, match="duplicate parameter name 'fast'") as raised:
+        parse_index(document)
+    assert raised.value.field == f"{IMAGE_FIELD}.parameters[3].name"
 
 
 def test_duplicates_are_refused():
@@ -337,10 +605,12 @@ def check_parse(document, mutated_path=None) -> None:
     except IndexValidationError as error:
         assert names_a_place_in(document, error.field), error
         if mutated_path is not None and "duplicate" not in str(error):
-            # The error is about the changed value: at it or inside it, at a sibling that depends on it (a file's
-            # name on its URL), or at an object holding it that now lacks something.
-            path, parent = tuple(field_path(error.field)), tuple(mutated_path[:-1])
-            assert path[: len(parent)] == parent or tuple(mutated_path[: len(path)]) == path, (mutated_path, error)
+            # The error is about the changed value: at it or inside it, at a field of the object it belongs to that
+            # depends on it (a file's name on its URL, a parameter's default on its choices: a list item belongs to
+            # the object holding the list), or at an object holding it that now lacks something.
+            path = tuple(field_path(error.field))
+            owner = tuple(mutated_path[:-2] if isinstance(mutated_path[-1], int) else mutated_path[:-1])
+            assert path[: len(owner)] == owner or tuple(mutated_path[: len(path)]) == path, (mutated_path, error)
     else:
         # The parser checks all the schema does (and more), so a document it accepts the schema accepts.
         assert schema_validator().is_valid(document)

@@ -1,0 +1,261 @@
+"""Segmenting with a registry model's container image: the host side of the container contract.
+
+``segment_in_container`` gets the image (already there, loaded from its archive or pulled by digest),
+writes the inputs and ``request.json`` into a fresh run folder, runs the container with no network,
+read-only inputs and only the output folder writable, follows its progress, and checks what comes
+back: a ``result.json`` that says ``ok`` and a label map on exactly the first input's voxel grid whose
+values are the registry's labels. Anything else raises ContainerError with the container's own words.
+The run folder is removed afterwards unless the settings keep it.
+
+Example (needs a container runtime and the image)::
+
+    from ModelRegistryLib import Registry, bundled_source
+    entry, version = registry.resolve("liver-ct@1.2.0")
+    result = segment_in_container([ct_image], version.image, model_id=entry.id, model_version=version.version,
+                                  input_names=["CT"], label_values=[label.value for label in entry.labels])
+    result.labels  # a SimpleITK label map on ct_image's grid
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from ModelRegistryLib import download_file
+
+from .container_contract import (
+    INPUT_MOUNT,
+    OUTPUT_MOUNT,
+    ContractError,
+    RunRequest,
+    REQUEST_FILE,
+    parse_progress,
+    read_result,
+    write_json,
+)
+from .container_runtime import (
+    UNPRIVILEGED_USER,
+    ContainerError,
+    ContainerRunError,
+    ContainerRuntime,
+    find_runtime,
+    new_container_name,
+)
+from .engine import EngineProgress, SegmentationResult
+from .geometry import geometry_mismatch
+
+# Share of the progress bar for each step; the container's own progress fills the middle.
+_IMAGE_SHARE, _INPUT_SHARE, _RESULT_SHARE = 0.1, 0.05, 0.05
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    """How containers run: ``runtime`` (auto, docker, podman or a path), an optional ``memory_limit``
+    such as ``8g``, a ``timeout`` in seconds (None: no limit), the folder run folders are made in
+    (empty: the system's temporary folder) and whether run folders are kept for inspection."""
+
+    runtime: str = "auto"
+    memory_limit: str = ""
+    timeout: float | None = None
+    run_folder: str = ""
+    keep_run_folders: bool = False
+
+
+DEFAULT_SETTINGS = ContainerSettings()
+
+
+def ensure_image(runtime: ContainerRuntime, image, archive: str = "", download_folder: str = "",
+                 log: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> str:
+    """A reference that runs exactly ``image`` (a registry ContainerImage): the local copy when there is
+    one, else the image loaded from ``archive`` (or from the registry's archive, downloaded and verified
+    into ``download_folder``), else the image pulled by digest. Raises ContainerError when what was
+    loaded or pulled is not the image the registry names."""
+    wanted = {image.digest} | ({image.id} if image.id else set())
+    for reference in (image.reference, image.id):
+        if reference and runtime.image_identities(reference) & wanted:
+            return reference
+    downloaded = ""
+    if not archive and image.archive is not None and download_folder:
+        downloaded = archive = os.path.join(download_folder, f"{image.archive.sha256}.tar")
+        if log is not None:
+            log(f"Downloading the image archive {image.archive.url}")
+        download_file(image.archive.url, archive, sha256=image.archive.sha256, size=image.archive.size,
+                      cancel=cancel)
+    if archive:
+        try:
+            loaded = runtime.load(archive, log, cancel)
+        finally:
+            if downloaded:  # the runtime's store holds the image now; the archive only takes space
+                os.remove(downloaded)
+        for reference in [*loaded, image.id]:
+            if reference and runtime.image_identities(reference) & wanted:
+                return reference
+        raise ContainerError(f"The image archive {os.path.basename(archive)} holds {', '.join(loaded) or 'no image'}"
+                             f", not {image.reference}: its digest does not match the registry's.")
+    runtime.pull(image.reference, log, cancel)
+    if not runtime.image_identities(image.reference) & wanted:
+        raise ContainerError(f"Pulling {image.reference} gave an image with another digest than the registry's.")
+    return image.reference
+
+
+def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fields: dict,
+                        parent: str) -> tuple:
+    """A new run folder holding input/ (volumes and request.json) and an empty, writable output/."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    run_folder = tempfile.mkdtemp(prefix="deepsegment-run-", dir=parent or None)
+    input_folder, output_folder = os.path.join(run_folder, "input"), os.path.join(run_folder, "output")
+    os.mkdir(input_folder)
+    os.mkdir(output_folder)
+    inputs = []
+    for number, (image, name) in enumerate(zip(images, input_names)):
+        file = f"input-{number}.nrrd"
+        sitk.WriteImage(image, os.path.join(input_folder, file), useCompression=False)
+        inputs.append((name, file))
+    write_json(input_folder, REQUEST_FILE, RunRequest(inputs=tuple(inputs), **request_fields).to_json())
+    if hasattr(os, "getuid") and os.getuid() == 0:
+        # As root the container runs as nobody: it may read the inputs and write only the output folder.
+        for folder in (run_folder, input_folder):
+            os.chmod(folder, 0o755)
+        for name in os.listdir(input_folder):
+            os.chmod(os.path.join(input_folder, name), 0o644)
+        os.chown(output_folder, *UNPRIVILEGED_USER)
+    return run_folder, input_folder, output_folder
+
+
+def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, label_values) -> sitk.Image:
+    path = os.path.join(output_folder, label_map)
+    if not os.path.isfile(path):
+        raise ContractError(f"the label map {label_map} named by result.json is missing")
+    try:
+        labels = sitk.ReadImage(path)
+    except RuntimeError as error:
+        raise ContractError(f"the label map {label_map} cannot be read: {str(error).strip().splitlines()[-1]}") \
+            from error
+    if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetPixelID() not in (
+        sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+    ):
+        raise ContractError(f"the label map {label_map} must hold one integer per voxel, not "
+                            f"{labels.GetPixelIDTypeAsString()}")
+    mismatch = geometry_mismatch(reference, labels) if labels.GetDimension() == 3 else "it is not 3D"
+    if mismatch:
+        raise ContractError(f"the label map does not lie on the input's voxel grid ({mismatch}); it was rejected")
+    # Within the tolerance the grids are the same; the file's text round-off is not carried into Slicer.
+    labels.CopyInformation(reference)
+    if label_values is not None:
+        unknown = sorted(set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0} - set(label_values))
+        if unknown:
+            raise ContractError(f"the label map holds value(s) {', '.join(map(str, unknown))} that the registry "
+                                "lists no label for")
+    return labels
+
+
+def segment_in_container(
+    images: Sequence,
+    image,
+    *,
+    model_id: str,
+    model_version: str,
+    input_names: Sequence[str],
+    label_values: Sequence[int] | None = None,
+    parameters: dict | None = None,
+    device: str = "auto",
+    archive: str = "",
+    download_folder: str = "",
+    settings: ContainerSettings = DEFAULT_SETTINGS,
+    runtime: ContainerRuntime | None = None,
+    progress: Callable[[EngineProgress], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SegmentationResult:
+    """Segment ``images`` (SimpleITK volumes, one per input name) with a registry version's ``image``.
+
+    ``parameters`` are checked against the image's declared parameters (defaults fill the rest);
+    ``device`` is ``auto`` (the GPU when the runtime passes one through), ``cpu`` or ``cuda``;
+    ``label_values`` are the registry's labels (None accepts any); ``archive`` is an image archive to
+    load when the image is not there yet, else the registry's archive is downloaded into
+    ``download_folder`` (when given), else the image is pulled. Raises ContainerError (runtime
+    missing, image problem, container failure, malformed or misplaced result), ContainerTimeoutError
+    or ContainerCancelledError; nothing is left running and the run folder is removed either way.
+    """
+    images = list(images)
+    if len(images) != len(input_names) or not images:
+        raise ValueError(f"The model takes {len(input_names)} input volume(s); {len(images)} given")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"A container runs on 'auto', 'cpu' or 'cuda', not {device!r}")
+    values = image.parameter_values(parameters or {})
+    report = progress or (lambda step: None)
+    timings = {}
+    start = time.perf_counter()
+    report(EngineProgress(0.0, "finding the container runtime"))
+    runtime = runtime or find_runtime(settings.runtime)
+    use_gpu = device != "cpu" and (device != "auto" or bool(runtime.gpu_arguments))
+    report(EngineProgress(0.01, "getting the image"))
+    reference = ensure_image(runtime, image, archive, download_folder, log, cancel)
+    timings["image"] = time.perf_counter() - start
+    report(EngineProgress(_IMAGE_SHARE, "writing the inputs"))
+    request = {"model_id": model_id, "model_version": model_version, "parameters": values,
+               "device": "cuda" if use_gpu else "cpu"}
+    run_folder, input_folder, output_folder = _prepare_run_folder(images, input_names, request, settings.run_folder)
+    try:
+        timings["inputs"] = time.perf_counter() - start - timings["image"]
+        name = new_container_name()
+        arguments = runtime.run_arguments(
+            reference, [(input_folder, INPUT_MOUNT, False), (output_folder, OUTPUT_MOUNT, True)], name=name,
+            gpu=use_gpu, memory_limit=settings.memory_limit or None, environment={"PYTHONUNBUFFERED": "1"},
+        )
+        container_share = 1.0 - _IMAGE_SHARE - _INPUT_SHARE - _RESULT_SHARE
+
+        def on_line(line: str) -> None:
+            step = parse_progress(line)
+            if step is None:
+                if log is not None:
+                    log(line)
+            else:
+                report(EngineProgress(_IMAGE_SHARE + _INPUT_SHARE + container_share * step[0], step[1]))
+
+        report(EngineProgress(_IMAGE_SHARE + _INPUT_SHARE, f"starting the container ({runtime.name})"))
+        container_start = time.perf_counter()
+        exit_code, output = runtime.run(arguments, name=name, on_line=on_line, cancel=cancel,
+                                        timeout=settings.timeout)
+        timings["container"] = time.perf_counter() - container_start
+        report(EngineProgress(1.0 - _RESULT_SHARE, "reading the result"))
+        labels, messages = _read_outcome(exit_code, output, output_folder, images[0], label_values)
+    finally:
+        if settings.keep_run_folders:
+            if log is not None:
+                log(f"Run folder kept: {run_folder}")
+        else:
+            shutil.rmtree(run_folder, ignore_errors=True)
+    label_array = sitk.GetArrayViewFromImage(labels)
+    present = tuple(int(v) for v in np.unique(label_array) if v != 0)
+    timings["total"] = time.perf_counter() - start
+    report(EngineProgress(1.0, "done"))
+    where = f"{runtime.name} container, {'GPU' if use_gpu else 'CPU'}"
+    return SegmentationResult(labels=labels, label_values=present, timings=timings, device=where, messages=messages)
+
+
+def _read_outcome(exit_code: int, output: str, output_folder: str, reference: sitk.Image, label_values):
+    """The checked label map and messages of a finished container, or ContainerRunError saying what went wrong."""
+    try:
+        result = read_result(output_folder)
+    except ContractError as error:
+        if exit_code != 0:
+            raise ContainerRunError(f"The container failed (exit code {exit_code}):\n{output}", exit_code,
+                                    output) from error
+        raise ContainerRunError(f"The container ended without a valid result ({error}).\n{output}", exit_code,
+                                output) from error
+    if exit_code != 0 or result.status != "ok":
+        reason = "\n".join(result.messages) or output
+        raise ContainerRunError(f"The container failed (exit code {exit_code}): {reason}", exit_code, output)
+    try:
+        return _checked_labels(output_folder, result.label_map, reference, label_values), result.messages
+    except ContractError as error:
+        raise ContainerRunError(f"The container's result was rejected: {error}", exit_code, output) from error
