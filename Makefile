@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-requirements-dev
 
-.PHONY: test lint demo screenshots clean
+.PHONY: test lint machine demo screenshots clean
 
 # The environment is rebuilt only when the pinned requirements change.
 $(INSTALLED): requirements-dev.txt
@@ -16,7 +16,11 @@ $(INSTALLED): requirements-dev.txt
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
-test: lint
+# System libraries for Qt and a container runtime (installed on Debian as root; see the script).
+machine:
+	bash Testing/setup_machine.sh
+
+test: machine lint
 	$(BIN)/python -m pytest
 
 # The main job on built-in defaults: install brain-tissue-demo from the bundled registry, segment a

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     build = image.add_parser("build", help="build the reference image for a model package; prints the index entry")
     build.add_argument("--package", required=True, metavar="FOLDER", help="the model package (model.json, weights)")
     build.add_argument("--tag", required=True, metavar="NAME:TAG")
-    build.add_argument("--base-image", default="", help="replaces the recipe's base image (Python with PyTorch)")
+    build.add_argument("--base-image", default="", help="replaces the recipe's base image (any image with Python 3.9+)")
     build.add_argument("--pip-packages", default=None, help="what to pip-install on the base ('' for nothing)")
     build.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
     save = image.add_parser("save", help="write an image archive for offline sites; prints the index entry")

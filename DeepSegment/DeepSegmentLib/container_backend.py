@@ -198,7 +198,13 @@ def segment_in_container(
     runtime = runtime or find_runtime(settings.runtime)
     use_gpu = device != "cpu" and (device != "auto" or bool(runtime.gpu_arguments))
     report(EngineProgress(0.01, "getting the image"))
-    reference = ensure_image(runtime, image, archive, download_folder, log, cancel)
+
+    def image_log(line: str) -> None:  # the runtime's pull and load lines, shown as they come
+        report(EngineProgress(0.01, f"getting the image: {line}"))
+        if log is not None:
+            log(line)
+
+    reference = ensure_image(runtime, image, archive, download_folder, image_log, cancel)
     timings["image"] = time.perf_counter() - start
     report(EngineProgress(_IMAGE_SHARE, "writing the inputs"))
     request = {"model_id": model_id, "model_version": model_version, "parameters": values,

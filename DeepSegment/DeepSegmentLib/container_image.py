@@ -5,7 +5,7 @@
 it with Docker or Podman and returns what a registry index needs: the image's ID and digest and the
 parameters its entry point takes. ``save_image`` writes the image archive that offline sites load.
 
-Example (needs a container runtime; the base image must have Python with PyTorch and NumPy)::
+Example (needs a container runtime and, for the recipe's default base image, the network)::
 
     python -m DeepSegmentLib image build --package my-model/ --tag ghcr.io/lab/my-model:1.0.0
     python -m DeepSegmentLib image save --image ghcr.io/lab/my-model:1.0.0 --output my-model-1.0.0.tar
@@ -66,8 +66,8 @@ def build_image(runtime: ContainerRuntime, package_folder: str, tag: str, *, bas
                 pip_packages: str | None = None, log: Callable[[str], None] | None = None) -> BuiltImage:
     """Build the reference image for ``package_folder`` as ``tag``.
 
-    ``base_image`` replaces the recipe's base (it needs Python 3.9+ with PyTorch and NumPy);
-    ``pip_packages`` replaces what is installed on top of it (``""`` when the base has everything).
+    ``base_image`` replaces the recipe's base (any image with Python 3.9+); ``pip_packages`` replaces
+    what is pip-installed on it (``""`` when the base has PyTorch, NumPy and SimpleITK already).
     """
     arguments = ["build", "--tag", tag]
     if base_image:
