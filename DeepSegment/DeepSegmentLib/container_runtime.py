@@ -123,9 +123,9 @@ class ContainerRuntime:
         for arguments in (["kill", name], ["rm", "--force", name]):
             subprocess.run([self.executable, *arguments], capture_output=True, timeout=60)
 
-    def container_exists(self, name: str) -> bool:
-        output = self.call(["ps", "--all", "--filter", f"name=^{name}$", "--format", "{{.Names}}"], timeout=60)
-        return name in output.split()
+    def remove_image(self, reference: str) -> None:
+        """Remove an image and all its tags if it exists (no error when it is already gone)."""
+        subprocess.run([self.executable, "rmi", "--force", reference], capture_output=True, timeout=120)
 
     def _stream(self, arguments: list, log, cancel, doing: str) -> list:
         process = subprocess.Popen([self.executable, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -120,8 +120,6 @@ def _input_names(package) -> list:
 def _validate(images: Sequence, package) -> None:
     """Raise EngineError for inputs that cannot be segmented; cheap checks only (no voxel reads)."""
     names = _input_names(package)
-    if int(getattr(package, "dimensions", 3)) != 3:
-        raise EngineError(f"This engine runs 3D models; slice-wise {package.dimensions}D models are not supported yet")
     if len(images) != len(names):
         raise EngineError(
             f"The model needs {len(names)} input volume(s) ({', '.join(names)}), {len(images)} given"
@@ -132,7 +130,7 @@ def _validate(images: Sequence, package) -> None:
         if image.GetDimension() != 3:
             size = "×".join(str(n) for n in image.GetSize())
             raise EngineError(f"Input '{name}' is a {image.GetDimension()}D image ({size}); the model needs 3D volumes")
-        if min(image.GetSize()) < 2:
+        if min(image.GetSize()) < 2 and _dimensions(package) == 3:
             size = "×".join(str(n) for n in image.GetSize())
             raise EngineError(f"Input '{name}' has a single slice ({size}); the model needs 3D volumes")
         if image.GetNumberOfComponentsPerPixel() != 1:
@@ -149,6 +147,31 @@ def _validate(images: Sequence, package) -> None:
             f"The model is inconsistent: {mode} over {len(package.labels)} label(s) needs {counts[mode]} output"
             f" channels, the model declares {package.inference.output_channels}"
         )
+
+
+def _dimensions(package) -> int:
+    return int(getattr(package, "dimensions", 3))
+
+
+def window_patch_size(package) -> tuple:
+    """The sliding window's patch in image axes (x, y, z): a 2D model's plane patch is one voxel thick
+    along its slice axis, so slices are windows of the same engine (batched, blended, mirrored)."""
+    patch = [int(p) for p in package.inference.patch_size]
+    if _dimensions(package) == 2:
+        patch.insert(int(getattr(package, "slice_axis", 2)), 1)
+    return tuple(patch)
+
+
+class SliceWiseNetwork:
+    """A 2D network seen as a 3D one: N×C×Z×Y×X windows one voxel thick along the slice axis go in as
+    N×C×H×W slices, and the slice dimension is put back on the N×K×H×W output."""
+
+    def __init__(self, network: Callable, slice_axis: int) -> None:
+        self.network = network
+        self.dim = 4 - int(slice_axis)  # image axis x, y, z is tensor dimension 4, 3, 2
+
+    def __call__(self, windows):
+        return self.network(windows.squeeze(self.dim)).unsqueeze(self.dim)
 
 
 def _resolve_device(device) -> ComputeDevice:
@@ -182,8 +205,9 @@ def estimate_memory(images: Sequence, package, device) -> int:
     inference = package.inference
     channels = len(images)
     classes = int(inference.output_channels)
-    patch = int(np.prod(inference.patch_size))
-    padded = int(np.prod([max(n, p) for n, p in zip(grid.size, inference.patch_size)]))
+    patch_size = window_patch_size(package)
+    patch = int(np.prod(patch_size))
+    padded = int(np.prod([max(n, p) for n, p in zip(grid.size, patch_size)]))
     input_voxels = sum(int(np.prod(image.GetSize())) for image in images)
     accumulator_bytes = 2 if compute.kind == "cuda" else 4
     batch = int(inference.batch_size)
@@ -416,14 +440,14 @@ def _mirror_dims(mirror_axes: Sequence) -> tuple:
 
 
 def _network(package, network, compute: ComputeDevice):
-    if network is not None:
-        return network
-    from .package import load_network
+    if network is None:
+        from .package import load_network
 
-    try:
-        return load_network(package, compute.torch_name)
-    except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
-        raise EngineError(f"The model cannot be loaded: {error}") from error
+        try:
+            network = load_network(package, compute.torch_name)
+        except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
+            raise EngineError(f"The model cannot be loaded: {error}") from error
+    return SliceWiseNetwork(network, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else network
 
 
 def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
@@ -450,8 +474,9 @@ def segment(
 ) -> SegmentationResult:
     """Segment ``images`` (one SimpleITK volume per model input) with ``package``'s model.
 
-    ``network`` maps an N×C×Z×Y×X float32 tensor on the device to N×K×Z×Y×X logits; by default it is
-    loaded from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
+    ``network`` maps an N×C×Z×Y×X float32 tensor on the device to N×K×Z×Y×X logits (N×C×H×W slices
+    to N×K×H×W for a 2D package, run slice by slice along its slice axis); by default it is loaded
+    from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
     package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
     the estimated memory. Raises EngineError (bad inputs, not enough memory) or EngineCancelled.
     """
@@ -463,7 +488,7 @@ def segment(
     _check_memory(images, package, compute, memory_budget)
     inference = package.inference
     window = Window(
-        patch_size=tuple(int(p) for p in reversed(tuple(inference.patch_size))),
+        patch_size=tuple(reversed(window_patch_size(package))),
         overlap=float(inference.overlap if overlap is None else overlap),
         blending=inference.blending,
         batch_size=int(inference.batch_size),
@@ -552,6 +577,7 @@ __all__ = [
     "EngineError",
     "EngineProgress",
     "SegmentationResult",
+    "SliceWiseNetwork",
     "estimate_memory",
     "normalize",
     "segment",

@@ -59,8 +59,10 @@ def reference_image(container_runtime, base_image, threshold_model):
     """The reference recipe built around the threshold test model, on the test base image."""
     from DeepSegmentLib.container_image import build_image
 
-    return build_image(container_runtime, os.path.join(threshold_model, "package"),
-                       "localhost/deepsegment-threshold-test:latest", base_image=base_image, pip_packages="")
+    built = build_image(container_runtime, os.path.join(threshold_model, "package"),
+                        "localhost/deepsegment-threshold-test:latest", base_image=base_image, pip_packages="")
+    yield built
+    container_runtime.remove_image(built.id)  # only the base image, built once per machine, stays
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +72,9 @@ def contract_test_image(container_runtime, base_image):
     tag = "localhost/deepsegment-contract-test:latest"
     container_runtime.call(["build", "--tag", tag, "--build-arg", f"BASE_IMAGE={base_image}", CONTRACT_TEST_RECIPE],
                            timeout=600)
-    return inspect_image(container_runtime, tag)
+    built = inspect_image(container_runtime, tag)
+    yield built
+    container_runtime.remove_image(built.id)  # only the base image, built once per machine, stays
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +106,9 @@ def tiny_image(container_runtime, tmp_path_factory):
     (context / "Containerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
     tag = "localhost/deepsegment-tiny-test:latest"
     container_runtime.call(["build", "--tag", tag, str(context)], timeout=300)
-    return inspect_image(container_runtime, tag)
+    built = inspect_image(container_runtime, tag)
+    yield built
+    container_runtime.remove_image(built.id)  # only the base image, built once per machine, stays
 
 
 @pytest.fixture

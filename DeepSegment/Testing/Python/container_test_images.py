@@ -109,11 +109,11 @@ def base_image_files() -> dict:
 
 
 def base_image_tag(files: dict) -> str:
-    """A tag naming exactly this content: the interpreter and the distributions with their versions."""
+    """A tag naming this content by its files' paths and sizes: a new virtual environment with the same
+    pinned packages reuses the image, and another interpreter or package version gets a new one."""
     digest = hashlib.sha256()
     for target in sorted(files):
-        status = os.stat(files[target])
-        digest.update(f"{target}\0{status.st_size}\0{int(status.st_mtime)}\n".encode())
+        digest.update(f"{target}\0{os.path.getsize(files[target])}\n".encode())
     return f"{BASE_IMAGE_NAME}:{digest.hexdigest()[:16]}"
 
 
@@ -166,4 +166,9 @@ def ensure_base_image(runtime: str = "podman", environment: dict | None = None) 
     error = importer.stderr.read().decode(errors="replace")
     if importer.wait() != 0:
         raise RuntimeError(f"{runtime} import failed: {error.strip()}")
+    # Base images of other interpreters or package versions would only take space (over 1 GB each).
+    listed = subprocess.run([runtime, "images", "--format", "{{.Repository}}:{{.Tag}}", BASE_IMAGE_NAME],
+                            capture_output=True, text=True, env=environment).stdout.split()
+    for stale in set(listed) - {tag}:
+        subprocess.run([runtime, "rmi", stale], capture_output=True, env=environment)
     return tag

@@ -20,6 +20,7 @@ from DeepSegmentLib.engine import (
     segment,
 )
 from DeepSegmentLib.geometry import geometry_mismatch
+from DeepSegmentLib.sliding_window import window_starts
 from DeepSegmentLib.package import (
     Inference,
     ModelPackage,
@@ -367,3 +368,43 @@ def test_percentiles_of_the_foreground_map_onto_the_range():
     normalization = Normalization("percentile", percentiles=(10.0, 90.0), range=(0.0, 1.0), foreground="nonzero")
     result = normalize(torch.from_numpy(values.copy()), normalization).numpy()
     np.testing.assert_allclose(result, np.clip((values - 101) / 800, 0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_a_2d_model_runs_slice_by_slice_along_its_axis(slice_axis):
+    """Every slice along the axis reaches the 2D network as N×C×H×W windows of the plane patch."""
+    size = [13, 11, 12]
+    size[slice_axis] = 5
+    image = empty_image(size, (0.8, 1.1, 2.0), (5.0, -3.0, 12.0), rotation(1, 20))
+    voxels = np.random.default_rng(slice_axis).random(tuple(reversed(size))).astype(np.float32)
+    volume = sitk.GetImageFromArray(voxels)
+    volume.CopyInformation(image)
+    plane_patch = (6, 4)  # in image axes, x first, without the slice axis
+    package = dataclasses.replace(make_package(), dimensions=2, slice_axis=slice_axis)
+    package = dataclasses.replace(package, inference=dataclasses.replace(package.inference, patch_size=plane_patch))
+    shapes = []
+
+    def network(slices):
+        shapes.append(tuple(slices.shape))
+        return THRESHOLD(slices)
+
+    result = segment([volume], package, network, device="cpu")
+    assert geometry_mismatch(volume, result.labels) == ""
+    np.testing.assert_array_equal(labels_of(result), (voxels > 0.5).astype(np.uint8))
+    assert {shape[1:] for shape in shapes} == {(1, *reversed(plane_patch))}
+    plane = [n for axis, n in enumerate(size) if axis != slice_axis]
+    windows_per_slice = np.prod([len(window_starts(n, p, 0.5)) for n, p in zip(plane, plane_patch)])
+    assert sum(shape[0] for shape in shapes) == size[slice_axis] * windows_per_slice
+
+
+def test_a_2d_model_segments_a_single_slice_volume():
+    frame = empty_image((9, 7, 1), (0.3, 0.3, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    voxels = np.random.default_rng(3).random((1, 7, 9)).astype(np.float32)
+    volume = sitk.GetImageFromArray(voxels)
+    volume.CopyInformation(frame)
+    package = dataclasses.replace(make_package(), dimensions=2, slice_axis=2)
+    package = dataclasses.replace(package, inference=dataclasses.replace(package.inference, patch_size=(8, 8)))
+    result = segment([volume], package, THRESHOLD, device="cpu")
+    np.testing.assert_array_equal(labels_of(result), (voxels > 0.5).astype(np.uint8))
+    with pytest.raises(EngineError, match="single slice"):
+        segment([volume], make_package(), THRESHOLD, device="cpu")
