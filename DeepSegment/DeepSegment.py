@@ -63,11 +63,13 @@ class DeepSegment(ScriptedLoadableModule):
             "Segment volumes with a deep-learning model from the model registry, on a GPU or the CPU."
             " Pick a model: its inputs are pre-filled from the volumes' names. Apply installs the model if"
             " needed (verified download), runs it in the background with progress and Cancel, and makes a"
-            " segmentation with named, colored segments on the exact grid of the input."
+            " segmentation with named, colored segments on the exact grid of the input. Models shipped as"
+            " container images run in Docker or Podman, isolated (no network, read-only inputs), with their"
+            " parameters in the panel."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
-            " SlicerMONAIAuto3DSeg."
+            " SlicerMONAIAuto3DSeg; its container models from DeepInfer."
         )
 
 
@@ -179,7 +181,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.containerCollapsibleButton.visible = inContainer
         self.buildParameterWidgets(self.logic.imageParameters(self.ui.modelSelector.currentData) if inContainer else ())
         if inContainer:
-            self.onRuntimeChanged()
+            self.showRuntime()
 
     def buildParameterWidgets(self, parameters):
         """One widget per image parameter, like DeepInfer: a list, a check box or a range-limited number."""
@@ -241,8 +243,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                                  keep_run_folders=bool(self.ui.keepRunFolderCheckBox.checked))
 
     def onRuntimeChanged(self, _index=None):
+        """The user picked another runtime: ask it again."""
+        self.showRuntime(refresh=True)
+
+    def showRuntime(self, refresh=False):
         self.logic.setContainerSettings(self.containerSettings())
-        self.ui.runtimeInfoLabel.text = self.logic.runtimeDescription()
+        self.ui.runtimeInfoLabel.text = self.logic.runtimeDescription(refresh)
 
     def prefillInputs(self):
         modelId = self.ui.modelSelector.currentData
@@ -381,6 +387,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         self.registry = registry if registry is not None else ModelRegistryLogic().registry
         self.pool = ModelPool()
         self.containerSettings = self.savedContainerSettings()
+        self._runtimeDescriptions = {}
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -447,15 +454,22 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         stored.setValue(self.CONTAINER_SETTINGS + "RunFolder", settings.run_folder)
         stored.setValue(self.CONTAINER_SETTINGS + "KeepRunFolders", settings.keep_run_folders)
 
-    def runtimeDescription(self):
-        """One line on the container runtime the settings pick, or why none is usable."""
-        try:
-            runtime = find_runtime(self.containerSettings.runtime)
-        except ContainerRuntimeNotFoundError as error:
-            return str(error)
-        gpu = "GPU passthrough available" if runtime.gpu_arguments else "no GPU passthrough (CPU only)"
-        mode = "rootless" if runtime.rootless else "rootful"
-        return f"{runtime.name} ({runtime.executable}, {mode}), {gpu}."
+    def runtimeDescription(self, refresh=False):
+        """One line on the container runtime the settings pick, or why none is usable.
+
+        Asking a runtime takes a moment, so the answer is kept per runtime setting until ``refresh``.
+        """
+        choice = self.containerSettings.runtime
+        if refresh or choice not in self._runtimeDescriptions:
+            try:
+                runtime = find_runtime(choice)
+            except ContainerRuntimeNotFoundError as error:
+                self._runtimeDescriptions[choice] = str(error)
+            else:
+                gpu = "GPU passthrough available" if runtime.gpu_arguments else "no GPU passthrough (CPU only)"
+                mode = "rootless" if runtime.rootless else "rootful"
+                self._runtimeDescriptions[choice] = f"{runtime.name} ({runtime.executable}, {mode}), {gpu}."
+        return self._runtimeDescriptions[choice]
 
     def modelSummary(self, modelId):
         entry = self.registry.find(modelId) if modelId else None

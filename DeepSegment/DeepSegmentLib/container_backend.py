@@ -207,8 +207,10 @@ def segment_in_container(
     reference = ensure_image(runtime, image, archive, download_folder, image_log, cancel)
     timings["image"] = time.perf_counter() - start
     report(EngineProgress(_IMAGE_SHARE, "writing the inputs"))
+    # With GPUs passed through on "auto", the container picks: its PyTorch may still lack CUDA.
+    container_device = "cpu" if not use_gpu else ("auto" if device == "auto" else "cuda")
     request = {"model_id": model_id, "model_version": model_version, "parameters": values,
-               "device": "cuda" if use_gpu else "cpu"}
+               "device": container_device}
     run_folder, input_folder, output_folder = _prepare_run_folder(images, input_names, request, settings.run_folder)
     try:
         timings["inputs"] = time.perf_counter() - start - timings["image"]

@@ -191,3 +191,11 @@ def test_panel_offers_the_backend_and_the_image_parameters(container_logic, tmp_
     finally:
         widget.logic = originalLogic
         widget.updateModelList()
+
+
+def test_the_panel_explains_a_missing_runtime(container_logic, monkeypatch, tmp_path):
+    assert container_logic.runtimeDescription().startswith("podman (")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert container_logic.runtimeDescription().startswith("podman ("), "kept until asked again"
+    description = container_logic.runtimeDescription(refresh=True)
+    assert "No usable container runtime" in description and "podman: not found on PATH" in description
