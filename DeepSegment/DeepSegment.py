@@ -103,6 +103,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         for quality in DeepSegmentLogic.QUALITIES:
             self.ui.qualitySelector.addItem(quality.capitalize(), quality)
         self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(DeepSegmentLogic.DEFAULT_QUALITY))
+        for precision, label in DeepSegmentLogic.PRECISION_LABELS.items():
+            self.ui.precisionSelector.addItem(label, precision)
         self.showContainerSettings(self.logic.containerSettings)
         self.poller = BackgroundTaskPoller(self.showProgress, self.onTaskFinished)
         # Networks left unused for a while give their memory back (GPU memory above all).
@@ -176,7 +178,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         """Show what the chosen backend uses: quality for in-process runs, the image's parameters and the
         container settings for container runs."""
         inContainer = self.ui.backendSelector.currentData == "container"
-        for widget in (self.ui.qualityLabel, self.ui.qualitySelector, self.ui.threadsLabel, self.ui.threadsSpinBox):
+        for widget in (self.ui.qualityLabel, self.ui.qualitySelector, self.ui.threadsLabel, self.ui.threadsSpinBox,
+                       self.ui.precisionLabel, self.ui.precisionSelector):
             widget.visible = not inContainer
         self.ui.containerCollapsibleButton.visible = inContainer
         self.buildParameterWidgets(self.logic.imageParameters(self.ui.modelSelector.currentData) if inContainer else ())
@@ -297,6 +300,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 device=self.ui.deviceSelector.currentData,
                 quality=self.ui.qualitySelector.currentData,
                 threads=self.ui.threadsSpinBox.value or None,
+                precision=self.ui.precisionSelector.currentData,
                 backend=backend,
                 parameters=self.parameterValues() if inContainer else None,
                 log=self.pendingLog.append,
@@ -380,6 +384,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     )
     INSTALL_SHARE = 0.3  # of the progress bar, while the model downloads
     CONTAINER_SETTINGS = "DeepLearning/Container/"
+    PRECISION_LABELS = types.MappingProxyType(
+        {"auto": "Automatic (faster where the hardware allows)", "float32": "Full (float32)"}
+    )
 
     def __init__(self, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -540,11 +547,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     # -- running --------------------------------------------------------------------------------------------
 
     def segmentationTask(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, threads=None,
-                         backend="auto", parameters=None, log=None):
+                         backend="auto", parameters=None, log=None, precision="auto"):
         """A not yet started BackgroundTask: get the model if needed, then segment ``inputNodes``.
 
         ``backend`` is ``inprocess`` (the model's package in Slicer's Python), ``container`` (its image;
-        ``parameters`` are the image's) or ``auto`` (in-process when the version has a package). ``log``
+        ``parameters`` are the image's) or ``auto`` (in-process when the version has a package);
+        ``precision`` (in-process) is ``auto`` (reduced where the device computes it natively) or
+        ``float32``. ``log``
         receives the container's output lines, from the worker thread. The volumes are read here, on the
         main thread; the worker touches no MRML node.
         """
@@ -559,7 +568,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if backend == "container":
             run = self._containerRun(entry, version, images, device, parameters, log)
         else:
-            run = self._inProcessRun(modelSpec, images, device, quality, threads)
+            run = self._inProcessRun(modelSpec, images, device, quality, threads, precision)
 
         def timed(progress, cancel):
             start = time.perf_counter()
@@ -568,7 +577,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
         return BackgroundTask(timed, f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})")
 
-    def _inProcessRun(self, modelSpec, images, device, quality, threads):
+    def _inProcessRun(self, modelSpec, images, device, quality, threads, precision):
         deviceName = self.chooseDevice(device).torch_name
 
         def run(progress, cancel):
@@ -582,7 +591,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             package = load_package(installed.path)
             try:
                 result = segment(images, package, self.pool.get(package, deviceName), device=deviceName,
-                                 threads=threads, progress=segmenting, cancel=cancel,
+                                 threads=threads, precision=precision, progress=segmenting, cancel=cancel,
                                  **quality_options(package, quality.lower()))
             except EngineCancelled as cancelled:
                 raise CancelledError(str(cancelled) or "Cancelled") from cancelled
@@ -639,9 +648,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         return segmentationNode
 
     def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, segmentationNode=None,
-                       threads=None, backend="auto", parameters=None):
+                       threads=None, backend="auto", parameters=None, precision="auto"):
         """Segment and wait (Python console and scripts): returns the segmentation node."""
-        task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads, backend, parameters).start()
+        task = self.segmentationTask(modelSpec, inputNodes, device, quality, threads, backend, parameters,
+                                     precision=precision).start()
         while not task.wait(0.05):
             slicer.app.processEvents()
         if task.error is not None:
@@ -651,7 +661,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def timingSummary(run):
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.result.timings.items())
-        return f"Segmented in {run.seconds:.1f} s on {run.result.device} ({stages})."
+        return f"Segmented in {run.seconds:.1f} s on {run.result.device}, {run.result.precision} ({stages})."
 
     @staticmethod
     def failureText(task):

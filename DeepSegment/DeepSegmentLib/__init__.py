@@ -19,6 +19,7 @@ if importlib.util.find_spec("ModelRegistryLib") is None:
 from .devices import ComputeDevice, available_devices, choose_device
 from .engine import (
     DEFAULT_QUALITY,
+    PRECISIONS,
     QUALITY_PRESETS,
     EngineCancelled,
     EngineError,
@@ -38,6 +39,7 @@ from .torchsetup import driver_cuda_version, install_plan, installed_packages, t
 __all__ = [
     "DEFAULT_QUALITY",
     "LPS_FROM_RAS",
+    "PRECISIONS",
     "QUALITY_PRESETS",
     "ComputeDevice",
     "EngineCancelled",

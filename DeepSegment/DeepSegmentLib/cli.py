@@ -35,7 +35,7 @@ from ModelRegistryLib import (
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import EngineCancelled, EngineError, EngineProgress, segment
+from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
 from .imageio import read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, metavar="PATH", help=".seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    run.add_argument("--precision", choices=PRECISIONS, default="auto",
+                     help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -114,7 +116,8 @@ def choose_backend(version, backend: str = "auto") -> str:
 
 
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
-                  indexes: Sequence[str] = (), cache_dir: str | None = None, backend: str = "auto",
+                  precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
+                  backend: str = "auto",
                   parameters: Sequence[str] = (), container: ContainerSettings = DEFAULT_SETTINGS,
                   image_archive: str = "", progress=None, log=None) -> dict:
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
@@ -134,7 +137,7 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     images = [read_volume(path) for path in inputs]
     read_at = time.perf_counter()
     if backend == "inprocess":
-        result = segment(images, package, device=device, threads=threads, progress=progress)
+        result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress)
     else:
         names = [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
         result = segment_in_container(
@@ -173,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
-                                threads=arguments.threads, indexes=arguments.index, cache_dir=arguments.cache_dir,
+                                threads=arguments.threads, precision=arguments.precision, indexes=arguments.index,
+                                cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
                                 image_archive=arguments.image_archive, progress=_progress, log=_log)
     except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, LookupError, ValueError,

@@ -7,8 +7,8 @@ DeepSegment's engine and the package baked into the image, and writes ``/output/
 non-zero exit code, so the user sees the reason, not only an exit code.
 
 Parameters the reference image takes (``PARAMETERS``, declared in the registry entry that
-``python -m DeepSegmentLib image build`` prints): ``quality`` (``fast`` or ``accurate``) and
-``threads`` (CPU threads, 0 for PyTorch's choice).
+``python -m DeepSegmentLib image build`` prints): ``quality`` (``fast`` or ``accurate``), ``threads``
+(CPU threads, 0 for PyTorch's choice) and ``precision`` (``auto`` or ``float32``).
 
 Example (what the image runs)::
 
@@ -36,7 +36,7 @@ from .container_contract import (
     read_request,
     write_json,
 )
-from .engine import DEFAULT_QUALITY, QUALITY_PRESETS, EngineProgress, quality_options, segment
+from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS, EngineProgress, quality_options, segment
 from .imageio import read_volume
 from .package import load_package
 
@@ -47,6 +47,8 @@ PARAMETERS = (
      "default": DEFAULT_QUALITY, "description": "fast: less window overlap; accurate: adds mirroring"},
     {"name": "threads", "type": "int", "title": "CPU threads", "minimum": 0, "maximum": 256, "default": 0,
      "description": "0 lets PyTorch choose"},
+    {"name": "precision", "type": "enum", "title": "Precision", "choices": list(PRECISIONS), "default": "auto",
+     "description": "auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always"},
 )
 
 
@@ -65,6 +67,8 @@ def _checked_parameters(given: dict) -> dict:
     threads = values["threads"]
     if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= 256:
         raise ContractError(f"Parameter threads must be an integer from 0 to 256, not {threads!r}")
+    if values["precision"] not in PRECISIONS:
+        raise ContractError(f"Parameter precision must be one of {', '.join(PRECISIONS)}, not {values['precision']!r}")
     return values
 
 
@@ -77,7 +81,8 @@ def serve(package_folder: str, input_folder: str, output_folder: str) -> RunResu
     images = [read_volume(os.path.join(input_folder, file)) for _, file in request.inputs]
     read_at = time.perf_counter()
     result = segment(images, package, device=request.device, threads=parameters["threads"] or None,
-                     progress=_print_progress, **quality_options(package, parameters["quality"]))
+                     precision=parameters["precision"], progress=_print_progress,
+                     **quality_options(package, parameters["quality"]))
     written_at = time.perf_counter()
     # The .partial name keeps a reader from taking a half-written file for the result.
     partial = os.path.join(output_folder, "partial-" + LABEL_MAP_FILE)
@@ -88,7 +93,7 @@ def serve(package_folder: str, input_folder: str, output_folder: str) -> RunResu
         status="ok",
         labels=tuple((label.value, label.name) for label in package.labels),
         timings=timings,
-        messages=(f"Segmented on {result.device}",),
+        messages=(f"Segmented on {result.device} in {result.precision}",),
     )
 
 

@@ -102,3 +102,24 @@ def choose_device(request: str, devices) -> ComputeDevice:
             " PyTorch and a working NVIDIA driver are needed; torch.cuda.is_available() must be True."
         )
     raise ValueError(f"{_KIND_TITLES[kind]} is not available on this machine")
+
+
+def _cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AMX or AVX-512 BF16), as oneDNN sees them."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
+        return False
+
+
+def reduced_precision(device: ComputeDevice) -> str:
+    """The dtype a network runs in faster on ``device`` with little loss: ``"float16"`` on CUDA,
+    ``"bfloat16"`` on CPUs that compute it natively (on others it is emulated and slower), else ``""``
+    (float32: MPS, older CPUs)."""
+    if device.kind == "cuda":
+        return "float16"
+    if device.kind == "cpu" and _cpu_computes_bfloat16():
+        return "bfloat16"
+    return ""

@@ -50,7 +50,7 @@ try:  # POSIX only; on Windows the CPU peak is reported as unknown (0)
 except ImportError:  # pragma: no cover
     resource = None
 
-from .devices import ComputeDevice, available_devices, choose_device
+from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
 from .postprocess import postprocess
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
@@ -77,6 +77,8 @@ QUALITY_PRESETS = MappingProxyType({
     "accurate": MappingProxyType({"overlap": 0.5, "mirror": True}),
 })
 DEFAULT_QUALITY = "accurate"
+# "auto": reduced precision where the device computes it natively; "float32": never.
+PRECISIONS = ("auto", "float32")
 
 
 @dataclass
@@ -100,7 +102,7 @@ class SegmentationResult:
     """A label map with exactly ``images[0]``'s geometry, the label values present in the model,
     seconds per stage, the device's description, the peak memory the run used (bytes: CUDA
     allocations on a GPU, the process's peak resident size on CPU, 0 where unknown) and messages
-    for the user (a container's report)."""
+    for the user (a container's report), and the precision the network ran in."""
 
     labels: sitk.Image
     label_values: tuple
@@ -108,6 +110,7 @@ class SegmentationResult:
     device: str = ""
     peak_memory_bytes: int = 0
     messages: tuple = ()
+    precision: str = "float32"
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -469,6 +472,7 @@ def segment(
     overlap: float | None = None,
     mirror_axes: tuple | None = None,
     memory_budget: int | None = None,
+    precision: str = "auto",
     progress: Callable[[EngineProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> SegmentationResult:
@@ -478,13 +482,18 @@ def segment(
     to N×K×H×W for a 2D package, run slice by slice along its slice axis); by default it is loaded
     from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
     package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
-    the estimated memory. Raises EngineError (bad inputs, not enough memory) or EngineCancelled.
+    the estimated memory; ``precision`` ``"auto"`` runs the network in reduced precision where the
+    device computes it natively (float16 on CUDA, bfloat16 on CPUs with AMX or AVX-512 BF16: about
+    twice as fast) and ``"float32"`` never does. Raises EngineError (bad inputs, not enough memory) or
+    EngineCancelled.
     """
     import torch
 
     images = list(images)
     _validate(images, package)
     compute = _resolve_device(device)
+    if precision not in PRECISIONS:
+        raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
     _check_memory(images, package, compute, memory_budget)
     inference = package.inference
     window = Window(
@@ -493,6 +502,7 @@ def segment(
         blending=inference.blending,
         batch_size=int(inference.batch_size),
         mirror_dims=_mirror_dims(inference.mirror_axes if mirror_axes is None else mirror_axes),
+        autocast=reduced_precision(compute) if precision == "auto" else "",
     )
     if not 0.0 <= window.overlap < 1.0:
         raise EngineError(f"Overlap must be at least 0 and below 1, not {window.overlap}")
@@ -568,10 +578,14 @@ def segment(
         timings=stages.timings,
         device=compute.description,
         peak_memory_bytes=_peak_memory(torch_device),
+        precision=window.autocast or "float32",
     )
 
 
 __all__ = [
+    "DEFAULT_QUALITY",
+    "PRECISIONS",
+    "QUALITY_PRESETS",
     "STAGES",
     "EngineCancelled",
     "EngineError",
@@ -580,5 +594,7 @@ __all__ = [
     "SliceWiseNetwork",
     "estimate_memory",
     "normalize",
+    "quality_options",
     "segment",
+    "window_patch_size",
 ]

@@ -1,11 +1,12 @@
 """Sliding-window inference: a network that sees fixed-size patches, applied to a whole volume.
 
 Windows are copied into one preallocated batch tensor (no ``torch.cat`` per window), run through the
-network under ``torch.inference_mode`` (and ``torch.autocast`` on CUDA only: on CPU autocast slows
-3D convolutions down), turned into probabilities, optionally averaged over mirrored copies, and
-added into preallocated accumulators weighted by an importance map that is computed once per patch
-size and device. Accumulators are fp16 on CUDA (as nnU-Net: half the memory) and fp32 on CPU; when
-the GPU cannot hold them they live in CPU memory and only the network runs on the GPU.
+network under ``torch.inference_mode`` (and ``torch.autocast`` when the window asks for reduced
+precision: float16 on CUDA, bfloat16 on CPUs that compute it natively), turned into probabilities in
+float32, optionally averaged over mirrored copies, and added into preallocated accumulators weighted by
+an importance map that is computed once per patch size and device. Accumulators are fp16 on CUDA under
+float16 autocast (as nnU-Net: half the memory) and fp32 otherwise; when the GPU cannot hold them they
+live in CPU memory and only the network runs on the GPU.
 
 Example::
 
@@ -45,13 +46,16 @@ class OutOfDeviceMemoryError(MemoryError):
 class Window:
     """How windows tile a volume: ``patch_size`` in voxels in (z, y, x) tensor order, overlap in [0, 1),
     ``blending`` ``"gaussian"`` or ``"constant"``, windows per network call, and ``mirror_dims``: tensor
-    dimensions (2 = z, 3 = y, 4 = x) whose flips are averaged as test-time augmentation."""
+    dimensions (2 = z, 3 = y, 4 = x) whose flips are averaged as test-time augmentation; ``autocast``
+    names the reduced-precision dtype the network runs in (``"float16"``, ``"bfloat16"``), or is empty
+    for float32."""
 
     patch_size: tuple
     overlap: float = 0.5
     blending: str = "gaussian"
     batch_size: int = 1
     mirror_dims: tuple = ()
+    autocast: str = ""
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list:
@@ -87,15 +91,16 @@ def importance_map(patch_size: Sequence, blending: str, device, dtype):
         return _importance_maps[key]
 
 
-def _allocate_accumulators(channels: int, shape: tuple, device):
-    """Class-score and weight accumulators: on the device (fp16 on CUDA), else fp32 in CPU memory."""
+def _allocate_accumulators(channels: int, shape: tuple, device, half: bool):
+    """Class-score and weight accumulators: on a CUDA device (fp16 when ``half``), else fp32 in CPU memory."""
     import torch
 
     if device.type == "cuda":
+        dtype = torch.float16 if half else torch.float32
         out_of_memory = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
         try:
-            scores = torch.zeros((channels, *shape), dtype=torch.float16, device=device)
-            weights = torch.zeros(shape, dtype=torch.float16, device=device)
+            scores = torch.zeros((channels, *shape), dtype=dtype, device=device)
+            weights = torch.zeros(shape, dtype=dtype, device=device)
             return scores, weights
         except out_of_memory:
             torch.cuda.empty_cache()
@@ -108,15 +113,15 @@ def _mirror_flips(mirror_dims: Sequence) -> list:
     return [subset for r in range(len(dims) + 1) for subset in itertools.combinations(dims, r)]
 
 
-def _predict(network: Callable, batch, flips: list, activation: str, device):
+def _predict(network: Callable, batch, flips: list, activation: str, device, autocast: str):
     """Probabilities for a batch of windows, averaged over mirrored copies."""
     import torch
 
     total = None
     for dims in flips:
         inputs = batch.flip(dims) if dims else batch
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
+        if autocast:
+            with torch.autocast(device.type, dtype=getattr(torch, autocast)):
                 logits = network(inputs)
         else:
             logits = network(inputs)
@@ -174,14 +179,14 @@ def sliding_window(
             for i, region in enumerate(slices):
                 batch[i].copy_(image[(slice(None), *region)])
             try:
-                probabilities = _predict(network, batch[: len(chunk)], flips, activation, device)
+                probabilities = _predict(network, batch[: len(chunk)], flips, activation, device, window.autocast)
             except out_of_memory as error:
                 raise OutOfDeviceMemoryError(str(error)) from error
             if scores is None:
                 channels = probabilities.shape[1]
                 if output_channels is not None and channels != output_channels:
                     raise ValueError(f"the network gives {channels} output channels, the model says {output_channels}")
-                scores, weights = _allocate_accumulators(channels, padded_shape, device)
+                scores, weights = _allocate_accumulators(channels, padded_shape, device, window.autocast == "float16")
                 importance = importance_map(patch, window.blending, scores.device, scores.dtype)
             probabilities = probabilities.to(device=scores.device, dtype=scores.dtype)
             for i, region in enumerate(slices):

@@ -128,6 +128,6 @@ def test_image_build_and_save_print_the_index_entries(container_runtime, base_im
     index = {"schemaVersion": 1, "models": [{"id": "built", "title": "Built", "versions": [
         {"version": "1.0.0", "image": entry}]}]}
     image = parse_index(index, base_url=archive.as_uri())[0].latest.image
-    assert [parameter.name for parameter in image.parameters] == ["quality", "threads"]
+    assert [parameter.name for parameter in image.parameters] == ["quality", "threads", "precision"]
     assert image.archive.url == archive.as_uri()
     container_runtime.call(["rmi", tag])

@@ -167,7 +167,7 @@ def test_panel_offers_the_backend_and_the_image_parameters(container_logic, tmp_
         assert widget.ui.backendSelector.currentData == "container"
         assert widget.ui.qualitySelector.isHidden() and not widget.ui.containerCollapsibleButton.isHidden()
         assert widget.logic.containerSettings.run_folder == str(tmp_path / "runs")
-        assert "podman" in widget.ui.runtimeInfoLabel.text
+        assert widget.ui.runtimeInfoLabel.text == container_logic.runtimeDescription()
         assert set(widget.parameterWidgets) == {"behaviour", "threshold"}
         assert widget.parameterValues() == {"behaviour": "ok", "threshold": 0.5}
         widget.parameterWidgets["threshold"][1].value = 0.25
@@ -194,8 +194,9 @@ def test_panel_offers_the_backend_and_the_image_parameters(container_logic, tmp_
 
 
 def test_the_panel_explains_a_missing_runtime(container_logic, monkeypatch, tmp_path):
-    assert container_logic.runtimeDescription().startswith("podman (")
+    found = container_logic.runtimeDescription()
+    assert "No usable container runtime" not in found
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert container_logic.runtimeDescription().startswith("podman ("), "kept until asked again"
+    assert container_logic.runtimeDescription() == found, "kept until asked again"
     description = container_logic.runtimeDescription(refresh=True)
     assert "No usable container runtime" in description and "podman: not found on PATH" in description

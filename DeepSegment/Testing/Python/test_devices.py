@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from DeepSegmentLib.devices import ComputeDevice, available_devices, choose_device
+from DeepSegmentLib.devices import ComputeDevice, available_devices, choose_device, reduced_precision
 
 CPU = ComputeDevice("cpu", name="test cpu")
 GPU0 = ComputeDevice("cuda", 0, "GPU zero", 8 * 1024**3)
@@ -57,3 +58,10 @@ def test_descriptions_name_kind_and_memory():
     assert GPU1.description == "CUDA GPU 1: GPU one, 16.0 GiB"
     assert MPS.description == "Apple GPU (MPS): Metal"
     assert CPU.description == "CPU: test cpu"
+
+
+def test_reduced_precision_is_native_only():
+    assert reduced_precision(ComputeDevice(kind="cuda", index=0)) == "float16"
+    assert reduced_precision(ComputeDevice(kind="mps")) == ""
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert reduced_precision(ComputeDevice(kind="cpu")) == ("bfloat16" if native else "")

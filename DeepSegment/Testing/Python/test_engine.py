@@ -19,6 +19,7 @@ from DeepSegmentLib.engine import (
     normalize,
     segment,
 )
+from DeepSegmentLib.devices import ComputeDevice, reduced_precision
 from DeepSegmentLib.geometry import geometry_mismatch
 from DeepSegmentLib.sliding_window import window_starts
 from DeepSegmentLib.package import (
@@ -408,3 +409,25 @@ def test_a_2d_model_segments_a_single_slice_volume():
     np.testing.assert_array_equal(labels_of(result), (voxels > 0.5).astype(np.uint8))
     with pytest.raises(EngineError, match="single slice"):
         segment([volume], make_package(), THRESHOLD, device="cpu")
+
+
+class Smoothing(torch.nn.Module):
+    """A convolutional network (3×3×3 mean, then a threshold at 0.5): autocast changes its arithmetic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.full((1, 1, 3, 3, 3), 1.0 / 27.0, dtype=x.dtype, device=x.device)
+        smooth = torch.nn.functional.conv3d(x, weight, padding=1)
+        return torch.cat([0.5 - smooth, smooth - 0.5], dim=1)
+
+
+def test_precision_auto_runs_reduced_where_native_and_keeps_the_labels():
+    image = empty_image((20, 18, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    volume = phantom(image, [((10.0, 9.0, 8.0), 6.0)])
+    network = torch.jit.script(Smoothing())
+    full = segment([volume], make_package(), network, device="cpu", precision="float32")
+    automatic = segment([volume], make_package(), network, device="cpu")
+    assert full.precision == "float32"
+    assert automatic.precision == (reduced_precision(ComputeDevice(kind="cpu")) or "float32")
+    assert np.mean(labels_of(full) == labels_of(automatic)) > 0.99
+    with pytest.raises(EngineError, match="Unknown precision"):
+        segment([volume], make_package(), network, device="cpu", precision="half")
