@@ -113,7 +113,8 @@ def base_image_tag(files: dict) -> str:
     pinned packages reuses the image, and another interpreter or package version gets a new one."""
     digest = hashlib.sha256()
     for target in sorted(files):
-        digest.update(f"{target}\0{os.path.getsize(files[target])}\n".encode())
+        if ".dist-info/" not in target:  # pip's bookkeeping (REQUESTED, RECORD) differs between equal installs
+            digest.update(f"{target}\0{os.path.getsize(files[target])}\n".encode())
     return f"{BASE_IMAGE_NAME}:{digest.hexdigest()[:16]}"
 
 
