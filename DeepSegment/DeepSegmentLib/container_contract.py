@@ -129,7 +129,8 @@ def _read_json(folder: str, name: str) -> dict:
 
 
 def _safe_file_name(value, what: str) -> str:
-    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value:
+    # ':' too: on Windows "C:x" names a file relative to another drive's current folder.
+    if not isinstance(value, str) or not value or value in (".", "..") or any(c in value for c in "/\\:"):
         raise ContractError(f"{what} must be a plain file name, not {value!r}")
     return value
 

@@ -33,7 +33,7 @@ REQUEST = RunRequest(
 RESULT = RunResult("ok", "segmentation.nrrd", ((1, "liver"), (2, "liver tumor")), {"loading": 0.5, "inferring": 12},
                    ("2 labels found",))
 READERS = {REQUEST_FILE: read_request, RESULT_FILE: read_result}
-UNSAFE_FILE_NAMES = ["../x", "a/b", "", ".", "..", "/etc/passwd", "a\\b", "..\\x", None, 3]
+UNSAFE_FILE_NAMES = ["../x", "a/b", "", ".", "..", "/etc/passwd", "a\\b", "..\\x", "C:labels.nrrd", None, 3]
 
 
 def write_text(folder, name: str, text: str) -> None:
