@@ -39,7 +39,6 @@ from DeepSegmentLib import (
     torch_status,
     write_package,
 )
-from DeepSegmentLib.cli import choose_backend
 from DeepSegmentLib.container_backend import ContainerSettings, segment_in_container
 from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
@@ -489,7 +488,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         entry = self.registry.find(modelId) if modelId else None
         if entry is None:
             return []
-        return [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
+        return entry.input_names
 
     def matchInputs(self, modelId, volumeNodes):
         """For each model input, the first volume whose name matches its pattern (None where none does)."""
@@ -562,7 +561,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not inputNodes or not all(inputNodes):
             raise ValueError("Select a volume for every model input.")
         entry, version = self.registry.resolve(modelSpec)
-        backend = choose_backend(version, backend)
+        backend = version.choose_backend(backend)
         images = [self.imageFromVolumeNode(node) for node in inputNodes]
         inputNode = inputNodes[0]
         if backend == "container":
@@ -603,16 +602,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         values = version.image.parameter_values(parameters or {})  # a bad value fails here, before any work
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise ValueError(f"A container can run on the CPU or a CUDA GPU, not on {device}.")
-        names = [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
-        if len(images) != len(names):
-            raise ValueError(f"{entry.title} takes {len(names)} input volume(s); {len(images)} selected.")
 
         def run(progress, cancel):
             try:
                 result = segment_in_container(
-                    images, version.image, model_id=entry.id, model_version=version.version, input_names=names,
-                    label_values=[label.value for label in entry.labels] or None, parameters=values,
-                    device="cuda" if device.startswith("cuda") else device,
+                    images, entry, version, parameters=values, device="cuda" if device.startswith("cuda") else device,
                     download_folder=self.registry.store.cache_dir, settings=self.containerSettings,
                     progress=lambda step: progress(RunProgress(step.fraction, step.stage)), log=log, cancel=cancel,
                 )

@@ -106,15 +106,6 @@ def parse_parameters(texts: Sequence[str], image) -> dict:
     return values
 
 
-def choose_backend(version, backend: str = "auto") -> str:
-    """``inprocess`` or ``container`` for a registry version; errors say what the version offers."""
-    if backend == "auto":
-        return version.backends[0]
-    if backend not in version.backends:
-        raise ValueError(f"Version {version.version} cannot run {backend}: it offers {', '.join(version.backends)}")
-    return backend
-
-
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
                   precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
                   backend: str = "auto",
@@ -126,7 +117,7 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
     registry.refresh()
     entry, version = registry.resolve(model)
-    backend = choose_backend(version, backend)
+    backend = version.choose_backend(backend)
     values = parse_parameters(parameters, version.image if backend == "container" else None)
     if backend == "inprocess":
         package = load_package(registry.ensure_installed(model).path)
@@ -139,12 +130,8 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     if backend == "inprocess":
         result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress)
     else:
-        names = [modelInput.name for modelInput in entry.inputs] or ["Input volume"]
-        result = segment_in_container(
-            images, version.image, model_id=entry.id, model_version=version.version, input_names=names,
-            label_values=[label.value for label in entry.labels] or None, parameters=values, device=device,
-            archive=image_archive, download_folder=cache_dir, settings=container, progress=progress, log=log,
-        )
+        result = segment_in_container(images, entry, version, parameters=values, device=device, archive=image_archive,
+                                      download_folder=cache_dir, settings=container, progress=progress, log=log)
     segments = [SegmentInfo(label.value, label.name, label.color,
                             label.terminology.slicer_entry() if label.terminology else "") for label in labels]
     write_labels(output, result.labels, segments)

@@ -9,10 +9,8 @@ The run folder is removed afterwards unless the settings keep it.
 
 Example (needs a container runtime and the image)::
 
-    from ModelRegistryLib import Registry, bundled_source
-    entry, version = registry.resolve("liver-ct@1.2.0")
-    result = segment_in_container([ct_image], version.image, model_id=entry.id, model_version=version.version,
-                                  input_names=["CT"], label_values=[label.value for label in entry.labels])
+    entry, version = registry.resolve("liver-ct@1.2.0")   # a ModelRegistryLib Registry
+    result = segment_in_container([ct_image], entry, version, parameters={"quality": "fast"})
     result.labels  # a SimpleITK label map on ct_image's grid
 """
 
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from ModelRegistryLib import download_file
+from ModelRegistryLib.files import write_json_atomically
 
 from .container_contract import (
     INPUT_MOUNT,
@@ -38,7 +37,6 @@ from .container_contract import (
     REQUEST_FILE,
     parse_progress,
     read_result,
-    write_json,
 )
 from .container_runtime import (
     UNPRIVILEGED_USER,
@@ -78,9 +76,9 @@ def ensure_image(runtime: ContainerRuntime, image, archive: str = "", download_f
     into ``download_folder``), else the image pulled by digest. Raises ContainerError when what was
     loaded or pulled is not the image the registry names."""
     wanted = {image.digest} | ({image.id} if image.id else set())
-    for reference in (image.reference, image.id):
-        if reference and runtime.image_identities(reference) & wanted:
-            return reference
+    present = _reference_to(runtime, (image.reference, image.id), wanted)
+    if present:
+        return present
     downloaded = ""
     if not archive and image.archive is not None and download_folder:
         downloaded = archive = os.path.join(download_folder, f"{image.archive.sha256}.tar")
@@ -94,15 +92,20 @@ def ensure_image(runtime: ContainerRuntime, image, archive: str = "", download_f
         finally:
             if downloaded:  # the runtime's store holds the image now; the archive only takes space
                 os.remove(downloaded)
-        for reference in [*loaded, image.id]:
-            if reference and runtime.image_identities(reference) & wanted:
-                return reference
+        present = _reference_to(runtime, (*loaded, image.id), wanted)
+        if present:
+            return present
         raise ContainerError(f"The image archive {os.path.basename(archive)} holds {', '.join(loaded) or 'no image'}"
                              f", not {image.reference}: its digest does not match the registry's.")
     runtime.pull(image.reference, log, cancel)
     if not runtime.image_identities(image.reference) & wanted:
         raise ContainerError(f"Pulling {image.reference} gave an image with another digest than the registry's.")
     return image.reference
+
+
+def _reference_to(runtime: ContainerRuntime, references, wanted: set) -> str:
+    """The first of ``references`` naming a local image with one of the ``wanted`` digests, else ``""``."""
+    return next((r for r in references if r and runtime.image_identities(r) & wanted), "")
 
 
 def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fields: dict,
@@ -119,7 +122,8 @@ def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fi
         file = f"input-{number}.nrrd"
         sitk.WriteImage(image, os.path.join(input_folder, file), useCompression=False)
         inputs.append((name, file))
-    write_json(input_folder, REQUEST_FILE, RunRequest(inputs=tuple(inputs), **request_fields).to_json())
+    write_json_atomically(os.path.join(input_folder, REQUEST_FILE),
+                          RunRequest(inputs=tuple(inputs), **request_fields).to_json())
     if hasattr(os, "getuid") and os.getuid() == 0:
         # As root the container runs as nobody: it may read the inputs and write only the output folder.
         for folder in (run_folder, input_folder):
@@ -130,7 +134,8 @@ def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fi
     return run_folder, input_folder, output_folder
 
 
-def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, label_values) -> sitk.Image:
+def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, label_values) -> tuple:
+    """The label map on ``reference``'s exact grid and the label values it holds (0 left out)."""
     path = os.path.join(output_folder, label_map)
     if not os.path.isfile(path):
         raise ContractError(f"the label map {label_map} named by result.json is missing")
@@ -149,22 +154,20 @@ def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, l
         raise ContractError(f"the label map does not lie on the input's voxel grid ({mismatch}); it was rejected")
     # Within the tolerance the grids are the same; the file's text round-off is not carried into Slicer.
     labels.CopyInformation(reference)
+    present = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
     if label_values is not None:
-        unknown = sorted(set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0} - set(label_values))
+        unknown = sorted(present - set(label_values))
         if unknown:
             raise ContractError(f"the label map holds value(s) {', '.join(map(str, unknown))} that the registry "
                                 "lists no label for")
-    return labels
+    return labels, tuple(sorted(present))
 
 
 def segment_in_container(
     images: Sequence,
-    image,
+    entry,
+    version,
     *,
-    model_id: str,
-    model_version: str,
-    input_names: Sequence[str],
-    label_values: Sequence[int] | None = None,
     parameters: dict | None = None,
     device: str = "auto",
     archive: str = "",
@@ -175,16 +178,23 @@ def segment_in_container(
     log: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> SegmentationResult:
-    """Segment ``images`` (SimpleITK volumes, one per input name) with a registry version's ``image``.
+    """Segment ``images`` (SimpleITK volumes, one per model input) with the image of ``version`` of the
+    registry model ``entry`` (ModelRegistryLib ``ModelEntry`` and ``ModelVersion``).
 
     ``parameters`` are checked against the image's declared parameters (defaults fill the rest);
-    ``device`` is ``auto`` (the GPU when the runtime passes one through), ``cpu`` or ``cuda``;
-    ``label_values`` are the registry's labels (None accepts any); ``archive`` is an image archive to
+    ``device`` is ``auto`` (the GPU when the runtime passes one through), ``cpu`` or ``cuda``; the
+    label map may hold only the entry's label values (any, when it lists none); ``archive`` is an image archive to
     load when the image is not there yet, else the registry's archive is downloaded into
     ``download_folder`` (when given), else the image is pulled. Raises ContainerError (runtime
     missing, image problem, container failure, malformed or misplaced result), ContainerTimeoutError
     or ContainerCancelledError; nothing is left running and the run folder is removed either way.
     """
+    image = version.image
+    if image is None:
+        offers = ", ".join(version.backends)
+        raise ValueError(f"{entry.id} {version.version} has no container image: it offers {offers}")
+    input_names = entry.input_names
+    label_values = [label.value for label in entry.labels] or None
     images = list(images)
     if len(images) != len(input_names) or not images:
         raise ValueError(f"The model takes {len(input_names)} input volume(s); {len(images)} given")
@@ -209,7 +219,7 @@ def segment_in_container(
     report(EngineProgress(_IMAGE_SHARE, "writing the inputs"))
     # With GPUs passed through on "auto", the container picks: its PyTorch may still lack CUDA.
     container_device = "cpu" if not use_gpu else ("auto" if device == "auto" else "cuda")
-    request = {"model_id": model_id, "model_version": model_version, "parameters": values,
+    request = {"model_id": entry.id, "model_version": version.version, "parameters": values,
                "device": container_device}
     run_folder, input_folder, output_folder = _prepare_run_folder(images, input_names, request, settings.run_folder)
     try:
@@ -235,15 +245,13 @@ def segment_in_container(
                                         timeout=settings.timeout)
         timings["container"] = time.perf_counter() - container_start
         report(EngineProgress(1.0 - _RESULT_SHARE, "reading the result"))
-        labels, messages = _read_outcome(exit_code, output, output_folder, images[0], label_values)
+        labels, present, messages = _read_outcome(exit_code, output, output_folder, images[0], label_values)
     finally:
         if settings.keep_run_folders:
             if log is not None:
                 log(f"Run folder kept: {run_folder}")
         else:
             shutil.rmtree(run_folder, ignore_errors=True)
-    label_array = sitk.GetArrayViewFromImage(labels)
-    present = tuple(int(v) for v in np.unique(label_array) if v != 0)
     timings["total"] = time.perf_counter() - start
     report(EngineProgress(1.0, "done"))
     where = f"{runtime.name} container, {'GPU' if use_gpu else 'CPU'}"
@@ -251,7 +259,8 @@ def segment_in_container(
 
 
 def _read_outcome(exit_code: int, output: str, output_folder: str, reference: sitk.Image, label_values):
-    """The checked label map and messages of a finished container, or ContainerRunError saying what went wrong."""
+    """The checked label map, its label values and the messages of a finished container, or ContainerRunError
+    saying what went wrong."""
     try:
         result = read_result(output_folder)
     except ContractError as error:
@@ -264,6 +273,6 @@ def _read_outcome(exit_code: int, output: str, output_folder: str, reference: si
         reason = "\n".join(result.messages) or output
         raise ContainerRunError(f"The container failed (exit code {exit_code}): {reason}", exit_code, output)
     try:
-        return _checked_labels(output_folder, result.label_map, reference, label_values), result.messages
+        return (*_checked_labels(output_folder, result.label_map, reference, label_values), result.messages)
     except ContractError as error:
         raise ContainerRunError(f"The container's result was rejected: {error}", exit_code, output) from error

@@ -15,15 +15,17 @@ to standard output as lines ``PROGRESS: <fraction 0..1> <stage text>``; every ot
     {"contract": 1, "status": "ok", "labelMap": "labels.nrrd",
      "labels": [{"value": 1, "name": "liver"}], "timings": {"inferring": 12.5}, "messages": []}
 
-A failed run writes ``"status": "error"`` and says why in ``messages``. Volumes are NRRD files in LPS
+Both files are written with ``ModelRegistryLib.files.write_json_atomically``, so a reader never sees
+half of one. A failed run writes ``"status": "error"`` and says why in ``messages``. Volumes are NRRD files in LPS
 space (what SimpleITK, ITK and Slicer write); the label map must have the first input's exact grid.
 
 Example::
 
-    >>> import tempfile
+    >>> import os, tempfile
+    >>> from ModelRegistryLib.files import write_json_atomically
     >>> folder = tempfile.mkdtemp()
     >>> request = RunRequest("liver", "1.2.0", (("CT", "input-0.nrrd"),), {"fast": False}, "cpu")
-    >>> write_json(folder, REQUEST_FILE, request.to_json())
+    >>> write_json_atomically(os.path.join(folder, REQUEST_FILE), request.to_json())
     >>> read_request(folder) == request
     True
     >>> parse_progress("PROGRESS: 0.25 inferring"), parse_progress("loading weights")
@@ -93,19 +95,6 @@ class RunResult:
             "timings": dict(self.timings),
             "messages": list(self.messages),
         }
-
-
-def write_json(folder: str, name: str, document: dict) -> None:
-    """Write ``document`` as ``folder/name`` in one step, so a reader never sees half a file."""
-    path = os.path.join(folder, name)
-    partial = path + ".partial"
-    try:
-        with open(partial, "w", encoding="utf-8") as file:
-            json.dump(document, file, indent=1, allow_nan=False)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def _read_json(folder: str, name: str) -> dict:

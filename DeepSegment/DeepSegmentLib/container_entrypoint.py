@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 
 import SimpleITK as sitk
+from ModelRegistryLib.files import atomic_target, write_json_atomically
 
 from .container_contract import (
     INPUT_MOUNT,
@@ -34,7 +35,6 @@ from .container_contract import (
     RunResult,
     format_progress,
     read_request,
-    write_json,
 )
 from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS, EngineProgress, quality_options, segment
 from .imageio import read_volume
@@ -84,10 +84,8 @@ def serve(package_folder: str, input_folder: str, output_folder: str) -> RunResu
                      precision=parameters["precision"], progress=_print_progress,
                      **quality_options(package, parameters["quality"]))
     written_at = time.perf_counter()
-    # The .partial name keeps a reader from taking a half-written file for the result.
-    partial = os.path.join(output_folder, "partial-" + LABEL_MAP_FILE)
-    sitk.WriteImage(result.labels, partial, useCompression=True)
-    os.replace(partial, os.path.join(output_folder, LABEL_MAP_FILE))
+    with atomic_target(os.path.join(output_folder, LABEL_MAP_FILE), suffix=".nrrd") as temporary:
+        sitk.WriteImage(result.labels, temporary, useCompression=True)
     timings = {"reading": read_at - start, **result.timings, "writing": time.perf_counter() - written_at}
     return RunResult(
         status="ok",
@@ -109,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         print(message, file=sys.stderr, flush=True)
-        write_json(arguments.output, RESULT_FILE, RunResult(status="error", messages=(message,)).to_json())
+        write_json_atomically(os.path.join(arguments.output, RESULT_FILE),
+                              RunResult(status="error", messages=(message,)).to_json())
         return 1
-    write_json(arguments.output, RESULT_FILE, result.to_json())
+    write_json_atomically(os.path.join(arguments.output, RESULT_FILE), result.to_json())
     return 0
 
 

@@ -13,7 +13,6 @@ Example (needs a container runtime and, for the recipe's default base image, the
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -89,13 +88,10 @@ def build_image(runtime: ContainerRuntime, package_folder: str, tag: str, *, bas
 
 def inspect_image(runtime: ContainerRuntime, reference: str) -> BuiltImage:
     """The ID and manifest digest of a local image."""
-    images = json.loads(runtime.call(["image", "inspect", reference]) or "[]")
-    if not images:
+    image = runtime.local_image(reference)
+    if image is None:
         raise ContainerError(f"No image {reference}")
-    image = images[0]
-    image_id = image["Id"] if image["Id"].startswith("sha256:") else "sha256:" + image["Id"]
-    digests = [d.rsplit("@", 1)[-1] for d in image.get("RepoDigests") or ()]
-    return BuiltImage(tag=reference, id=image_id, digest=image.get("Digest") or (digests[0] if digests else ""))
+    return BuiltImage(tag=reference, id=image.id, digest=image.digests[0] if image.digests else "")
 
 
 def save_image(runtime: ContainerRuntime, reference: str, archive: str) -> dict:

@@ -68,6 +68,15 @@ class ContainerCancelledError(Exception):
 
 
 @dataclass(frozen=True)
+class LocalImage:
+    """An image in a runtime's store: its ``id`` (the digest of its configuration) and its manifest
+    ``digests``, its own first."""
+
+    id: str
+    digests: tuple = ()
+
+
+@dataclass(frozen=True)
 class ContainerRuntime:
     """A usable runtime: its ``name`` (docker or podman), ``executable``, whether it runs rootless,
     and the arguments that pass GPUs through (empty when it has no GPU support)."""
@@ -88,20 +97,24 @@ class ContainerRuntime:
             raise ContainerError(f"'{self.name} {' '.join(arguments[:2])}' failed: {_last_line(completed.stderr)}")
         return completed.stdout
 
-    def image_identities(self, reference: str) -> set:
-        """Every digest naming a local image (its ID, manifest digests), or an empty set when absent."""
+    def local_image(self, reference: str) -> LocalImage | None:
+        """The local image ``reference`` names, or None when there is none."""
         try:
             output = self.call(["image", "inspect", reference], timeout=60)
         except ContainerError:
-            return set()
-        identities = set()
-        for image in json.loads(output or "[]"):
-            identities.add(_with_algorithm(image.get("Id", "")))
-            if image.get("Digest"):
-                identities.add(image["Digest"])
-            identities.update(digest.rsplit("@", 1)[-1] for digest in image.get("RepoDigests") or ())
-        identities.discard("")
-        return identities
+            return None
+        images = json.loads(output or "[]")
+        if not images:
+            return None
+        image = images[0]
+        digests = [image["Digest"]] if image.get("Digest") else []
+        digests += [digest.rsplit("@", 1)[-1] for digest in image.get("RepoDigests") or ()]
+        return LocalImage(id=_with_algorithm(image.get("Id", "")), digests=tuple(dict.fromkeys(digests)))
+
+    def image_identities(self, reference: str) -> set:
+        """Every digest naming a local image (its ID, manifest digests), or an empty set when absent."""
+        image = self.local_image(reference)
+        return {image.id, *image.digests} - {""} if image is not None else set()
 
     def pull(self, reference: str, log: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> None:

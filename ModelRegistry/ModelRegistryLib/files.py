@@ -45,4 +45,5 @@ def write_text_atomically(path: str, text: str) -> None:
 
 
 def write_json_atomically(path: str, data) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    """Write ``data`` as JSON through :func:`atomic_target`; NaN and infinity, which JSON lacks, are refused."""
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False))

@@ -269,6 +269,15 @@ class ModelVersion:
         """How the version can run: ``"inprocess"`` (it has files), then ``"container"`` (it has an image)."""
         return (("inprocess",) if self.files else ()) + (("container",) if self.image is not None else ())
 
+    def choose_backend(self, backend: str = "auto") -> str:
+        """``backend`` if the version offers it, or for ``"auto"`` its first (in-process when it has files);
+        a ValueError says what it offers."""
+        if backend == "auto":
+            return self.backends[0]
+        if backend not in self.backends:
+            raise ValueError(f"Version {self.version} cannot run {backend}: it offers {', '.join(self.backends)}")
+        return backend
+
 
 @dataclass(frozen=True)
 class Coding:
@@ -411,6 +420,11 @@ class ModelEntry:
     def version(self, spec: str | None = None) -> ModelVersion:
         """The version a spec names; see :func:`resolve_version`."""
         return resolve_version(self, spec)
+
+    @property
+    def input_names(self) -> list:
+        """The names of the model's inputs, in order; one "Input volume" when the card lists none."""
+        return [model_input.name for model_input in self.inputs] or ["Input volume"]
 
     @cached_property
     def search_text(self) -> str:

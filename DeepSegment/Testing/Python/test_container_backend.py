@@ -51,12 +51,7 @@ def _phantom(seed: int = 0) -> sitk.Image:
 
 
 def _run(entry, images, settings, **options):
-    version = entry.latest
-    return segment_in_container(
-        images, version.image, model_id=entry.id, model_version=version.version,
-        input_names=[i.name for i in entry.inputs], label_values=[label.value for label in entry.labels],
-        settings=settings, **options,
-    )
+    return segment_in_container(images, entry, entry.latest, settings=settings, **options)
 
 
 def _containers(runtime) -> list:

@@ -9,6 +9,7 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ModelRegistryLib.files import write_json_atomically
 
 from DeepSegmentLib.container_contract import (
     CONTRACT_VERSION,
@@ -23,7 +24,6 @@ from DeepSegmentLib.container_contract import (
     parse_progress,
     read_request,
     read_result,
-    write_json,
 )
 
 REQUEST = RunRequest(
@@ -61,7 +61,7 @@ def refused(folder, name: str, document) -> str:
 
 
 def test_request_round_trip(tmp_path):
-    write_json(str(tmp_path), REQUEST_FILE, REQUEST.to_json())
+    write_json_atomically(str(tmp_path / REQUEST_FILE), REQUEST.to_json())
     assert read_request(str(tmp_path)) == REQUEST
     with open(tmp_path / REQUEST_FILE, encoding="utf-8") as file:
         assert json.load(file) == {
@@ -76,7 +76,7 @@ def test_request_round_trip(tmp_path):
 def test_request_device_and_parameters_default_to_auto_and_none(tmp_path):
     document = request_document()
     del document["device"], document["parameters"]
-    write_json(str(tmp_path), REQUEST_FILE, document)
+    write_json_atomically(str(tmp_path / REQUEST_FILE), document)
     request = read_request(str(tmp_path))
     assert (request.device, request.parameters) == ("auto", {})
     assert request.inputs == REQUEST.inputs
@@ -88,33 +88,39 @@ def test_request_device_and_parameters_default_to_auto_and_none(tmp_path):
     RunResult("ok", labels=((0, "background"), (255, "vessel")), timings={"total": 0}),
 ], ids=["ok", "error", "defaults"])
 def test_result_round_trip(tmp_path, result):
-    write_json(str(tmp_path), RESULT_FILE, result.to_json())
+    write_json_atomically(str(tmp_path / RESULT_FILE), result.to_json())
     assert read_result(str(tmp_path)) == result
 
 
 def test_result_defaults_label_map_labels_timings_and_messages(tmp_path):
-    write_json(str(tmp_path), RESULT_FILE, {"contract": CONTRACT_VERSION, "status": "error"})
+    write_json_atomically(str(tmp_path / RESULT_FILE), {"contract": CONTRACT_VERSION, "status": "error"})
     assert read_result(str(tmp_path)) == RunResult("error", LABEL_MAP_FILE, (), {}, ())
     assert LABEL_MAP_FILE == "labels.nrrd"
 
 
-def test_write_json_replaces_in_one_step_and_leaves_no_partial_file(tmp_path):
-    write_json(str(tmp_path), RESULT_FILE, RunResult("error").to_json())
-    write_json(str(tmp_path), RESULT_FILE, RESULT.to_json())
+def test_written_json_replaces_in_one_step_and_leaves_no_partial_file(tmp_path):
+    write_json_atomically(str(tmp_path / RESULT_FILE), RunResult("error").to_json())
+    write_json_atomically(str(tmp_path / RESULT_FILE), RESULT.to_json())
     assert os.listdir(tmp_path) == [RESULT_FILE]
     assert read_result(str(tmp_path)) == RESULT
 
 
-def test_write_json_that_fails_keeps_the_previous_file(tmp_path):
-    write_json(str(tmp_path), RESULT_FILE, RESULT.to_json())
+def test_written_json_that_fails_keeps_the_previous_file(tmp_path):
+    write_json_atomically(str(tmp_path / RESULT_FILE), RESULT.to_json())
     with pytest.raises(TypeError):
-        write_json(str(tmp_path), RESULT_FILE, {**RESULT.to_json(), "timings": {"total": object()}})
+        write_json_atomically(str(tmp_path / RESULT_FILE), {**RESULT.to_json(), "timings": {"total": object()}})
     assert read_result(str(tmp_path)) == RESULT
 
 
-def test_write_json_that_fails_leaves_no_partial_file(tmp_path):
+def test_written_json_refuses_what_json_lacks(tmp_path):
+    with pytest.raises(ValueError):
+        write_json_atomically(str(tmp_path / RESULT_FILE), {**RESULT.to_json(), "timings": {"total": float("nan")}})
+    assert os.listdir(tmp_path) == []
+
+
+def test_written_json_that_fails_leaves_no_partial_file(tmp_path):
     with pytest.raises(TypeError):
-        write_json(str(tmp_path), RESULT_FILE, {"contract": CONTRACT_VERSION, "status": object()})
+        write_json_atomically(str(tmp_path / RESULT_FILE), {"contract": CONTRACT_VERSION, "status": object()})
     assert os.listdir(tmp_path) == []
 
 
@@ -234,7 +240,7 @@ def test_request_input_file_must_be_a_plain_file_name(tmp_path, file):
 
 @pytest.mark.parametrize("file", ["input-0.nrrd", "CT image.nii.gz", ".hidden", "...", "ünïcödé.nrrd"])
 def test_request_input_file_names_that_are_plain(tmp_path, file):
-    write_json(str(tmp_path), REQUEST_FILE, request_document(inputs=[{"name": "CT", "file": file}]))
+    write_json_atomically(str(tmp_path / REQUEST_FILE), request_document(inputs=[{"name": "CT", "file": file}]))
     assert read_request(str(tmp_path)).inputs == (("CT", file),)
 
 
@@ -252,7 +258,7 @@ def test_request_unknown_device(tmp_path, device):
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
 def test_request_known_devices(tmp_path, device):
-    write_json(str(tmp_path), REQUEST_FILE, request_document(device=device))
+    write_json_atomically(str(tmp_path / REQUEST_FILE), request_document(device=device))
     assert read_request(str(tmp_path)).device == device
 
 

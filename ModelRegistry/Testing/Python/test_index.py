@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -408,6 +409,21 @@ def test_backends_say_how_a_version_can_run():
     assert brain.version("1.10.0-rc1").backends == ("inprocess", "container")
     assert liver.latest.backends == ("container",)
     assert ModelVersion("1.0.0").backends == ()
+
+
+def test_a_backend_is_chosen_among_those_the_version_offers():
+    brain, liver = parse_index(valid_document())
+    assert brain.version("1.10.0-rc1").choose_backend() == "inprocess"
+    assert brain.version("1.10.0-rc1").choose_backend("container") == "container"
+    assert liver.latest.choose_backend() == "container"
+    with pytest.raises(ValueError, match="cannot run inprocess: it offers container"):
+        liver.latest.choose_backend("inprocess")
+
+
+def test_input_names_follow_the_card_or_name_one_input():
+    brain, liver = parse_index(valid_document())
+    assert brain.input_names == [model_input.name for model_input in brain.inputs]
+    assert dataclasses.replace(liver, inputs=()).input_names == ["Input volume"]
 
 
 def test_image_reference_is_name_at_digest():
