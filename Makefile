@@ -7,10 +7,11 @@ INSTALLED := $(VENV)/.installed-requirements-dev
 
 .PHONY: test lint machine demo screenshots clean
 
-# The environment is rebuilt only when the pinned requirements change.
+# The environment is rebuilt only when the pinned requirements change. requirements-dev.txt is a complete lock
+# file, so nothing is resolved: --no-deps keeps any package from pulling in another torch (see the file).
 $(INSTALLED): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-dev.txt
 	touch $@
 
 lint: $(INSTALLED)
