@@ -156,7 +156,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui.removeSourceButton.connect("clicked(bool)", self.onRemoveSource)
         self.ui.refreshButton.connect("clicked(bool)", self.onRefresh)
         self.ui.cacheDirectoryPathLineEdit.currentPath = self.logic.cacheDir
-        self.ui.cacheDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onCacheDirectoryChanged)
+        self.cacheDirectoryChoice = PathChoiceWatcher(self.ui.cacheDirectoryPathLineEdit, self.onCacheDirectoryChosen)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
@@ -271,25 +271,35 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         modelId = self.selectedModelId()
         if not slicer.util.confirmOkCancelDisplay(f"Remove every installed version of {modelId}?"):
             return
-        with slicer.util.tryWithErrorDisplay("Removing the model failed."):
-            self.ui.progressLabel.text = self.logic.remove(modelId)
-        self.updateModelTable()
+        # tryWithErrorDisplay shows the error and raises it again, so what must follow a failure too is in
+        # ``finally``: a removal that failed half-way has removed some versions.
+        try:
+            with slicer.util.tryWithErrorDisplay("Removing the model failed."):
+                self.ui.progressLabel.text = self.logic.remove(modelId)
+        finally:
+            self.updateModelTable()
 
     # -- sources ---------------------------------------------------------------------------------------------
 
     def onAddSource(self):
-        with slicer.util.tryWithErrorDisplay("Adding the index failed."):
-            self.logic.addSource(self.ui.sourceLineEdit.text.strip())
-            self.ui.sourceLineEdit.text = ""
-        self.refresh(offline=True)
+        try:
+            with slicer.util.tryWithErrorDisplay("Adding the index failed."):
+                self.logic.addSource(self.ui.sourceLineEdit.text.strip())
+                self.ui.sourceLineEdit.text = ""
+        finally:
+            # Also after a failure: a source that was added but could not be read is listed as unavailable.
+            self.refresh(offline=True)
 
     def onRemoveSource(self):
         row = self.ui.sourceList.currentRow
-        with slicer.util.tryWithErrorDisplay("Removing the index failed."):
-            self.logic.removeSourceAt(row)
-        self.refresh(offline=True)
+        try:
+            with slicer.util.tryWithErrorDisplay("Removing the index failed."):
+                self.logic.removeSourceAt(row)
+        finally:
+            self.refresh(offline=True)
 
-    def onCacheDirectoryChanged(self, path):
+    def onCacheDirectoryChosen(self, path):
+        """A cache folder was chosen (browsed, or typed and confirmed): every index is read again there."""
         if not path or path == self.logic.cacheDir or self.poller.busy:
             return
         qt.QSettings().setValue(ModelRegistryLogic.CACHE_DIRECTORY_SETTING, path)
@@ -299,6 +309,63 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     def onRefresh(self):
         with slicer.util.tryWithErrorDisplay("Refreshing the indexes failed.", waitCursor=True):
             self.refresh(offline=False)
+
+
+#
+# PathChoiceWatcher (shared by the extension's panels)
+#
+
+
+class PathChoiceWatcher:
+    """Calls ``onPathChosen(path)`` when the user has chosen a path in a ``ctkPathLineEdit``, not per keystroke.
+
+    ctkPathLineEdit emits ``currentPathChanged`` on every change of its text that its name filters accept
+    (ctkPathLineEdit::updateHasValidInput runs on the line edit's textChanged): without name filters every
+    keystroke of ``/data/project`` emits, ``/d`` first; so does every completion highlighted in its file
+    completer's popup (QLineEdit sets the text). A path counts as chosen here
+    - when it is set otherwise: the browse dialog, the history list, a completion picked, or code
+      (QLineEdit::setText clears the line edit's ``modified`` flag, which typing sets);
+    - when typing ends (Return, or the focus leaving the field: ``editingFinished``), if the name filters
+      accept the text or it is empty;
+    - as "" when code empties the field (ctkPathLineEdit emits no ``currentPathChanged`` for an empty path).
+
+    Example (a panel's ``setup``)::
+
+        self.cacheChoice = PathChoiceWatcher(self.ui.cacheDirectoryPathLineEdit, self.onCacheDirectoryChosen)
+    """
+
+    def __init__(self, pathLineEdit, onPathChosen):
+        self.pathLineEdit = pathLineEdit
+        self._lineEdit = pathLineEdit.comboBox().lineEdit()
+        self._onPathChosen = onPathChosen
+        # A text shown while the user was typing or picking a completion: chosen when editing ends.
+        self._pending = False
+        pathLineEdit.connect("currentPathChanged(QString)", self._onCurrentPathChanged)
+        pathLineEdit.connect("validInputChanged(bool)", self._onValidInputChanged)
+        self._lineEdit.connect("editingFinished()", self._onEditingFinished)
+
+    def _editing(self):
+        completer = self._lineEdit.completer()
+        return self._lineEdit.modified or (completer is not None and completer.popup().visible)
+
+    def _onCurrentPathChanged(self, path):
+        self._pending = self._editing()
+        if not self._pending:
+            self._onPathChosen(path)
+
+    def _onValidInputChanged(self, valid):
+        if not valid and not self._editing() and not self.pathLineEdit.currentPath:
+            self._pending = False
+            self._onPathChosen("")
+
+    def _onEditingFinished(self):
+        if not (self._lineEdit.modified or self._pending):
+            return
+        self._lineEdit.modified = False
+        self._pending = False
+        path = self.pathLineEdit.currentPath
+        if not path or self._lineEdit.acceptableInput:
+            self._onPathChosen(path)
 
 
 #

@@ -18,8 +18,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
-from ModelRegistry import BackgroundTaskPoller
+from ModelRegistry import BackgroundTaskPoller, PathChoiceWatcher
 from ModelRegistryLib import BackgroundTask, CancelledError
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
@@ -91,15 +92,25 @@ class TrainingDataExport(ScriptedLoadableModule):
 #
 
 
-class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
-    """Panel: the case list and label schema, the annotation workflow with the Segment Editor, the export."""
+class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel: the case list and label schema, the annotation workflow with the Segment Editor, the export.
+
+    The embedded Segment Editor lives as in Slicer's own Segment Editor module (SegmentEditor.py): its
+    keyboard shortcuts, which act in the whole main window, are installed in ``enter()`` and removed in
+    ``exit()`` together with the active effect and its view observations; closing the scene clears its
+    selections.
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
+        self.segmentEditorWidget = None
         self.exportPoller = None
         self.autosaveTimer = None
+        # Questions to the user go through here, so that a self-test can answer them without a modal dialog.
+        self.confirm = slicer.util.confirmYesNoDisplay
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,7 +121,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.caseTable.setColumnCount(len(TrainingDataExportLogic.TABLE_COLUMNS))
         self.ui.caseTable.setHorizontalHeaderLabels(TrainingDataExportLogic.TABLE_COLUMNS)
         self.ui.caseTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.segmentEditorWidget = self.createSegmentEditor()
         self.ui.annotatorLineEdit.text = self.logic.annotator
         self.ui.exportProgressBar.setRange(0, 1000)
         self.ui.exportProgressBar.visible = False
@@ -118,9 +129,13 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         _showText(self.ui.annotationStatusLabel, "")
         _showText(self.ui.exportResultLabel, "")
 
-        self.ui.caseListPathLineEdit.connect("currentPathChanged(QString)", self.onCaseListPathChanged)
-        self.ui.labelSchemaPathLineEdit.connect("currentPathChanged(QString)", self.onLabelSchemaPathChanged)
-        self.ui.imageFolderPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+        # Reading a case list closes the loaded case: only once a path is chosen, not at every keystroke.
+        self.caseListChoice = PathChoiceWatcher(self.ui.caseListPathLineEdit, self.onCaseListPathChosen)
+        self.labelSchemaChoice = PathChoiceWatcher(self.ui.labelSchemaPathLineEdit, self.onLabelSchemaPathChosen)
+        # Cheap checks follow every keystroke; an emptied field emits only validInputChanged.
+        for pathLineEdit in (self.ui.imageFolderPathLineEdit, self.ui.outputPathLineEdit):
+            pathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+            pathLineEdit.connect("validInputChanged(bool)", self.updateButtonStates)
         self.ui.createFromFolderButton.connect("clicked(bool)", self.onCreateFromFolder)
         self.ui.caseTable.connect("itemSelectionChanged()", self.updateButtonStates)
         self.ui.caseTable.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
@@ -134,8 +149,10 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.markReviewedButton.connect("clicked(bool)", lambda: self.onMarkStatus(REVIEWED))
         self.ui.spacingCheckBox.connect("toggled(bool)", self.updateButtonStates)
         self.ui.cropCheckBox.connect("toggled(bool)", self.updateButtonStates)
-        self.ui.outputPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         # Work in progress goes to a recovery file regularly, so a crash loses at most this interval.
         self.autosaveTimer = qt.QTimer()
@@ -146,9 +163,59 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.layout.addStretch(1)
         self.updateCaseTable()
 
+    def createSegmentEditor(self):
+        """The Segment Editor, made in code as Slicer's Segment Editor module makes it (no designer plug-in
+        needed to load the panel), below the annotation buttons."""
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMaximumNumberOfUndoStates(10)
+        editor.toolTip = "The Segment Editor, set to the loaded case's segmentation and first image."
+        # The parameter node first, so that the selections the editor makes when it gets the scene are kept.
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setMRMLScene(slicer.mrmlScene)
+        layout = self.ui.annotationCollapsibleButton.layout()
+        layout.insertWidget(layout.indexOf(self.ui.annotationStatusLabel), editor)
+        return editor
+
+    def enter(self):
+        # The editor's keys (1-0 pick an effect, Z/Y undo and redo...) act in the whole main window: only while
+        # this module is shown.
+        self.segmentEditorWidget.installKeyboardShortcuts()
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        self.segmentEditorWidget.updateWidgetFromMRML()
+
+    def exit(self):
+        self.releaseSegmentEditor()
+
+    def releaseSegmentEditor(self):
+        """Deactivate the editor's effect and remove its keyboard shortcuts and view observations."""
+        self.segmentEditorWidget.setActiveEffect(None)
+        self.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.segmentEditorWidget.removeViewObservations()
+
+    def onSceneStartClose(self, caller, event):
+        # The loaded case's nodes go with the scene: its unsaved work is kept in the recovery file first.
+        self.onAutosave()
+        self.segmentEditorWidget.setSegmentationNode(None)
+        self.segmentEditorWidget.removeViewObservations()
+
+    def onSceneEndClose(self, caller, event):
+        self.logic.closeCase()  # forgets the removed nodes
+        _showText(self.ui.annotationStatusLabel, "")
+        self.updateCaseTable()
+        self.onSceneEndImport(caller, event)
+
+    def onSceneEndImport(self, caller, event):
+        if self.parent.isEntered:
+            # The parameter node is a singleton: closing the scene reset it, importing one may have replaced it.
+            self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+            self.segmentEditorWidget.updateWidgetFromMRML()
+
     def cleanup(self):
+        # Reload calls cleanup() on an entered panel too: its shortcuts must not outlive it.
+        self.releaseSegmentEditor()
+        self.removeObservers()
         # The editor's selectors observe the scene: a panel deleted while they still do would be called back.
-        self.ui.segmentEditorWidget.setMRMLScene(None)
+        self.segmentEditorWidget.setMRMLScene(None)
         self.autosaveTimer.stop()
         self.exportPoller.stop()
 
@@ -215,9 +282,11 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
 
     # -- cases ----------------------------------------------------------------------------------------------
 
-    def onCaseListPathChanged(self, path):
-        # Errors a user can fix (a malformed CSV, an unreadable file) go to the status line, not to a dialog:
-        # the path changes as the user types, and a dialog per keystroke would be unbearable.
+    def onCaseListPathChosen(self, path):
+        """Open the chosen case list (closing the loaded case), or forget the cases for an empty path."""
+        if path and os.path.abspath(path) == self.logic.caseListPath:
+            return  # typed back to, or written by Create from folder: nothing to close and read again
+        # Errors a user can fix (a malformed CSV, an unreadable file) go to the status line, not to a dialog.
         try:
             self.logic.openCaseList(path)
         except (CaseListError, OSError) as error:
@@ -226,7 +295,9 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
             return
         self.updateCaseTable()
 
-    def onLabelSchemaPathChanged(self, path):
+    def onLabelSchemaPathChosen(self, path):
+        if path and os.path.abspath(path) == self.logic.labelSchemaPath:
+            return
         try:
             self.logic.openLabelSchema(path)
         except (LabelSchemaError, OSError) as error:
@@ -243,7 +314,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         except (CaseListError, OSError) as error:
             self.ui.statusLabel.text = str(error)
             return
-        # Showing the written file; setting the same path again emits nothing, so the table is updated here.
+        # Showing the written file, which is the case list already open: the table is updated here.
         self.ui.caseListPathLineEdit.currentPath = self.logic.caseListPath
         self.updateCaseTable()
 
@@ -269,20 +340,16 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         """Run ``load`` (a Logic call loading a case), offer its recovery file, and show the case for editing."""
         try:
             recovery = load()
-            if recovery and (
-                slicer.app.testingEnabled()
-                or slicer.util.confirmYesNoDisplay(
-                    f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
-                    " Slicer stopped or the case was left unsaved). Restore it?"
-                )
+            if recovery and self.confirm(
+                f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
+                " Slicer stopped or the case was left unsaved). Restore it?"
             ):
                 self.logic.restoreRecovery()
         except USER_ERRORS as error:
             self._showError("Loading the case failed.", error)
             self.updateCaseTable()
             return
-        editor = self.ui.segmentEditorWidget
-        editor.setMRMLScene(slicer.mrmlScene)
+        editor = self.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         editor.setSegmentationNode(self.logic.segmentationNode)
         editor.setSourceVolumeNode(self.logic.volumeNodes[0])
@@ -676,6 +743,8 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         slicer.mrmlScene.RemoveNode(self.segmentationNode)
         self.segmentationNode = node
         self._addSchemaSegments(node, self.volumeNodes[0])
+        # Read from the recovery file, the node would count as saved: Slicer's Save dialog must offer it.
+        node.StorableModified()
         self._autosavedStamp = self._editStamp()
         return node
 
@@ -703,20 +772,16 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
     def hasUnsavedWork(self):
         return self.caseLoaded() and self._editStamp() > self._autosavedStamp
 
-    def _writeSegmentation(self, path):
-        """Write the segmentation to ``path`` (a new file) without changing where the node is stored."""
-        storageNode = self.segmentationNode.GetStorageNode()
-        previous = storageNode.GetFileName() if storageNode is not None else None
+    def _writeSegmentation(self, path, storageNode):
+        """Write the segmentation through ``storageNode`` to ``path`` (a new file), removed again on failure."""
+        storageNode.SetFileName(path)
         try:
-            if not slicer.util.saveNode(self.segmentationNode, path):
+            if not storageNode.WriteData(self.segmentationNode):
                 raise OSError(f"Could not write the segmentation to {path}")
         except BaseException:
             if os.path.exists(path):
                 os.remove(path)
             raise
-        finally:
-            if previous:
-                self.segmentationNode.GetStorageNode().SetFileName(previous)
 
     def saveCase(self):
         """Save the loaded case's segmentation (see ``TrainingDataExportLib.segmentation_save_path``) atomically,
@@ -725,9 +790,20 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         case = self.currentCase()
         path = segmentation_save_path(case)
         temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
-        self._writeSegmentation(temporary)
-        install_file(temporary, path)
-        self.segmentationNode.GetStorageNode().SetFileName(path)
+        # Through the node's own storage node: Slicer then counts the segmentation as saved (its Save dialog
+        # and exit prompt compare the node's changes with that storage node's last write, GetModifiedSinceRead).
+        if self.segmentationNode.GetStorageNode() is None:
+            self.segmentationNode.AddDefaultStorageNode()
+        storageNode = self.segmentationNode.GetStorageNode()
+        previous = storageNode.GetFileName()
+        try:
+            self._writeSegmentation(temporary, storageNode)
+            install_file(temporary, path)
+        except BaseException:
+            storageNode.SetFileName(previous)
+            self.segmentationNode.StorableModified()  # not saved after all
+            raise
+        storageNode.SetFileName(path)
         now = time.monotonic()
         case.time_spent += round(now - self._startTime)
         self._startTime = now
@@ -750,7 +826,9 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             return ""
         path = recovery_path(self.currentCase())
         temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
-        self._writeSegmentation(temporary)
+        # Through a storage node of its own, not the node's: the segmentation keeps its file and still counts as
+        # unsaved in Slicer's Save dialog and exit prompt, since the recovery file is not the case's file.
+        self._writeSegmentation(temporary, slicer.vtkMRMLSegmentationStorageNode())
         install_file(temporary, path, keep_backup=False)
         self._autosavedStamp = self._editStamp()
         return path
@@ -960,7 +1038,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _resetPanel(widget):
-        """The panel as a user first sees it (ctkPathLineEdit may not signal an empty path: slots called)."""
+        """The panel as a user first sees it (handlers called too: a field already empty signals nothing)."""
         widget.logic.closeCase()
         for pathLineEdit in (
             widget.ui.caseListPathLineEdit,
@@ -969,8 +1047,8 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
             widget.ui.outputPathLineEdit,
         ):
             pathLineEdit.currentPath = ""
-        widget.onCaseListPathChanged("")
-        widget.onLabelSchemaPathChanged("")
+        widget.onCaseListPathChosen("")
+        widget.onLabelSchemaPathChosen("")
         _showText(widget.ui.annotationStatusLabel, "")
         _showText(widget.ui.exportResultLabel, "")
         widget.updateButtonStates()
@@ -1053,8 +1131,10 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.currentIndex, 0)
         self.assertEqual(logic.cases[0].status, "in progress")
         segmentationNode = logic.segmentationNode
-        self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), segmentationNode)
-        self.assertIs(widget.ui.segmentEditorWidget.sourceVolumeNode(), logic.volumeNodes[0])
+        editor = widget.segmentEditorWidget
+        self.assertIs(editor.mrmlSegmentEditorNode(), logic.segmentEditorNode())
+        self.assertIs(editor.segmentationNode(), segmentationNode)
+        self.assertIs(editor.sourceVolumeNode(), logic.volumeNodes[0])
         segmentation = segmentationNode.GetSegmentation()
         self.assertEqual(
             [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
@@ -1072,10 +1152,20 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         recovery = os.path.join(folder, "case01.recovery.seg.nrrd")
         self.assertTrue(os.path.isfile(recovery))
         self.assertIn("recovery", widget.ui.annotationStatusLabel.text)
+        # The recovery file is not the case's file: Slicer's Save dialog must still offer the segmentation.
+        self.assertTrue(segmentationNode.GetModifiedSinceRead())
 
-        self.delayDisplay("Reloading offers the recovery file; the panel restores it in testing mode")
-        widget.ui.loadCaseButton.click()
+        self.delayDisplay("Reloading offers the recovery file; the answer restores it")
+        questions = []
+        widget.confirm = lambda question: questions.append(question) or True  # no modal dialog in a self-test
+        try:
+            widget.ui.loadCaseButton.click()
+        finally:
+            widget.confirm = slicer.util.confirmYesNoDisplay
+        self.assertEqual(len(questions), 1)
+        self.assertIn("case01.recovery.seg.nrrd", questions[0])
         segmentationNode = logic.segmentationNode
+        self.assertTrue(segmentationNode.GetModifiedSinceRead())
         liverId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Liver")
         restored = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, logic.volumeNodes[0])
         np.testing.assert_array_equal(restored, painted)
@@ -1085,6 +1175,8 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         savedPath = os.path.join(folder, "case01.seg.nrrd")
         self.assertTrue(os.path.isfile(savedPath))
         self.assertFalse(os.path.exists(recovery))
+        self.assertFalse(segmentationNode.GetModifiedSinceRead())
+        self.assertEqual(segmentationNode.GetStorageNode().GetFileName(), savedPath)
         self.assertFalse(os.path.exists(backup_path(savedPath)))
         with open(savedPath, "rb") as file:
             firstVersion = file.read()

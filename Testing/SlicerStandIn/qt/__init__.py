@@ -284,6 +284,10 @@ def _disconnectCallable(sender, signature, function=None):
 
 def _connect(self, signal, receiver, slot=None):
     """``obj.connect('signal(args)', callable)`` or ``obj.connect('signal(args)', receiver, 'slot(args)')``."""
+    if isinstance(signal, _QtCore.QObject):
+        # PySide's own call, QObject.connect(sender, SIGNAL(...), callable), as QTimer.singleShot(msec,
+        # widget.close) makes it for a slot of a widget with a parent.
+        return _pysideConnect(signal, receiver, slot)
     if slot is None:
         return _connectCallable(self, signal, receiver)
     resolved = _resolveSignal(self, signal)
@@ -377,6 +381,22 @@ def _resolveStandInFlagSets(root):
             ElementTree.SubElement(prop, "number").text = str(value)
 
 
+def _refuseDuplicateProperties(root):
+    """A widget or layout that sets one property twice in a .ui file is refused.
+
+    Qt's uic and QUiLoader apply both settings, the last one winning, and Qt Designer keeps only one when
+    it saves the file: a hand edit that duplicates a property silently loses one of the two values.
+    """
+    for element in root.iter():
+        if element.tag not in ("widget", "layout", "item", "action"):
+            continue
+        names = [prop.get("name") for prop in element.findall("property")]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            owner = element.get("name") or element.get("class") or element.tag
+            raise ValueError(f".ui file sets {', '.join(duplicates)} more than once on {owner}")
+
+
 def _findByName(root, name):
     if _QtCore.QObject.objectName(root) == name:
         return root
@@ -389,6 +409,7 @@ class QUiLoader(_QtUiTools.QUiLoader):
     Here standard Qt widgets come from Qt, and any other class named in the .ui file is
     looked up in the ``ctk`` module and in the ``slicer`` namespace.  Connections of the
     .ui file that carry VTK objects are made through the PythonQt-style ``connect``.
+    Stricter than Qt: a property set twice on one widget is refused (``ValueError``).
     """
 
     def createWidget(self, className, parent=None, name=""):
@@ -410,6 +431,7 @@ class QUiLoader(_QtUiTools.QUiLoader):
         else:
             data = bytes(device.readAll())
         root = ElementTree.fromstring(data)
+        _refuseDuplicateProperties(root)
         vtkConnections = _takeVtkConnections(root)
         _resolveStandInFlagSets(root)
         buffer = _QtCore.QBuffer()
