@@ -740,10 +740,10 @@ def _per_sample(value, count: int, name: str) -> list:
     array = np.asarray(value, dtype=np.float64)
     size = 9 if name == "direction" else 3
     if array.size == size:
-        return [value] * count
+        return [tuple(array.reshape(size).tolist())] * count
     if array.size != size * count:
         raise ValueError(f"{name}: give one for all samples or one for each of the {count}, not {array.shape}")
-    return list(value)
+    return [tuple(values) for values in array.reshape(count, size).tolist()]
 
 
 def _as_tensor(array, device: torch.device | str | None) -> torch.Tensor:

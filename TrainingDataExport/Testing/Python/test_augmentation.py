@@ -142,7 +142,7 @@ def test_a_patch_centred_off_the_middle_is_that_block_of_the_source():
     center_index = start + (size - 1) / 2.0  # k, j, i
     center_mm = ((center_index - (np.array([10, 12, 14]) - 1) / 2.0) * spacing[::-1])[::-1]
     batch = apply_parameters(image, labels, spacing, [SampleParameters()], output_shape=tuple(size),
-                             centers_mm=center_mm)
+                             centers_mm=[center_mm])  # one centre per sample (of one)
     block = (slice(None), slice(None), *[slice(a, a + b) for a, b in zip(start, size)])
     assert torch.equal(batch.labels, labels[block])
     assert torch.allclose(batch.images, image[block], atol=1e-5)
