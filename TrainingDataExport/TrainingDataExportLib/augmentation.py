@@ -47,12 +47,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.nn import functional
+
+from ModelRegistryLib import CancelledError
 
 LABEL_MODES = ("nearest", "linear", "onehot")
 IMAGE_PADDINGS = ("minimum", "zeros", "border", "reflection")
@@ -216,6 +219,42 @@ class SampleParameters:
     def intensity_identity(self) -> bool:
         return (self.thick_slices is None and self.blur_sigma_mm == 0.0 and self.bias_log_field is None
                 and self.gamma == 1.0 and self.contrast == 1.0 and self.noise_std == 0.0)
+
+    def describe(self) -> str:
+        """What the changes are, in a few words (for a preview's name or tooltip).
+
+        Example::
+
+            >>> SampleParameters(linear=linear_part([0.0, 0.0, math.radians(12)], [1.1] * 3), gamma=0.8).describe()
+            'turned 12°, magnified 1.10, gamma 0.80'
+            >>> SampleParameters().describe()
+            'unchanged'
+        """
+        words = []
+        if not np.array_equal(self.linear, np.eye(3)):
+            left, singular, right = np.linalg.svd(self.linear)
+            turn = math.degrees(math.acos(np.clip((np.trace(left @ right) - 1.0) / 2.0, -1.0, 1.0)))
+            low, high = sorted((1.0 / singular.max(), 1.0 / singular.min()))
+            words.append(f"turned {turn:.0f}°")
+            words.append(f"magnified {low:.2f}" if high - low < 0.005 else f"magnified {low:.2f}-{high:.2f}")
+        if np.any(self.translation_mm):
+            words.append(f"moved {np.linalg.norm(self.translation_mm):.1f} mm")
+        if self.elastic_mm is not None:
+            words.append(f"deformed (control points up to {np.abs(self.elastic_mm).max():.1f} mm)")
+        words += [f"flipped {name}" for name, flipped in zip(AXIS_NAMES, self.flips) if flipped]
+        if self.thick_slices is not None:
+            words.append(f"{self.thick_slices[1]:.1f}× thicker slices along {AXIS_NAMES[self.thick_slices[0]]}")
+        if self.blur_sigma_mm:
+            words.append(f"blurred {self.blur_sigma_mm:.1f} mm")
+        if self.bias_log_field is not None:
+            words.append(f"bias field up to {math.exp(np.abs(self.bias_log_field).max()) - 1.0:.0%}")
+        if self.gamma != 1.0:
+            words.append(f"gamma {self.gamma:.2f}")
+        if self.contrast != 1.0:
+            words.append(f"contrast ×{self.contrast:.2f}")
+        if self.noise_std:
+            words.append(f"noise {self.noise_std:.0%}")
+        return ", ".join(words) or "unchanged"
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -881,3 +920,65 @@ def _resample_labels(labels: torch.Tensor, parameters: Sequence[SampleParameters
     one_hot = (labels == values.view(1, -1, 1, 1, 1)).float()
     probabilities = resample(one_hot, parameters, *sample, "bilinear", "zeros")
     return values[probabilities.argmax(dim=1, keepdim=True)]
+
+
+# -- a preview of one case -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewVariant:
+    """One augmented variant of a case, on the case's own grid: image (C, K, J, I) float32, labels (K, J, I)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    description: str
+
+
+def preview_variants(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    direction: Sequence[float] | np.ndarray | None = None,
+    count: int = 4,
+    seed: int = 0,
+    settings: AugmentationSettings | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    device: str = "cpu",
+) -> list:
+    """``count`` augmented variants of one case, each on the case's grid, to look at before training with them.
+
+    Args:
+        image: (C, K, J, I), the case's image channels on one grid.
+        labels: (K, J, I) label map on that grid.
+        spacing: voxel size (x, y, z) in mm.
+        direction: the image's direction cosines (9 numbers row-major), so that rotations are about patient axes.
+        count: how many variants; variant ``n`` is seeded ``sample_seed(seed, 0, n)``.
+        seed: the preview's seed (another seed, other variants).
+        settings: the augmentation (the defaults when None).
+        progress: called with (fraction done, message) before each variant.
+        cancel: set to stop between variants (raises ``CancelledError``).
+        device: where to compute.
+
+    Plain arrays in and out (:class:`PreviewVariant`), so that it can run in a worker process.
+
+    Example::
+
+        >>> image = np.random.default_rng(0).normal(size=(1, 10, 12, 14)).astype(np.float32)
+        >>> variants = preview_variants(image, (image[0] > 0).astype(np.uint8), (1.0, 1.0, 2.0), count=2)
+        >>> [variant.image.shape for variant in variants], variants[0].labels.dtype
+        ([(1, 10, 12, 14), (1, 10, 12, 14)], dtype('uint8'))
+    """
+    variants = []
+    for index in range(count):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("augmentation preview cancelled")
+        if progress is not None:
+            progress(index / count, f"Augmenting variant {index + 1} of {count}")
+        batch = augment(image[None], labels[None, None], spacing, [sample_seed(seed, 0, index)], settings,
+                        direction=direction, device=device)
+        variants.append(PreviewVariant(batch.images[0].cpu().numpy(), batch.labels[0, 0].cpu().numpy(),
+                                       batch.parameters[0].describe()))
+    if progress is not None:
+        progress(1.0, f"{count} variants")
+    return variants
