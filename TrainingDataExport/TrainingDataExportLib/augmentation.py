@@ -26,8 +26,8 @@ Conventions: tensors are (batch, channel, D, H, W), D/H/W being the K/J/I axes o
 array; ``spacing``, points and displacements are (x, y, z) = (I, J, K) in millimetres; an output voxel's
 offset ``p`` (mm, from the output's centre) samples the source at ``A (F p + e(F p)) + c + t`` where ``F``
 flips, ``e`` is the elastic displacement, ``A`` the linear part, ``c`` the output centre's offset from the
-source centre and ``t`` the translation: flips, then the elastic deformation, then the affine, so that
-applying them one at a time in that order gives the same result up to interpolation.
+source centre and ``t`` the translation. That is, in one resample, what resampling the source with the affine,
+then that result with the elastic deformation, then flipping it would give (up to interpolation).
 
 Example::
 
