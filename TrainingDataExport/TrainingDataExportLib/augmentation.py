@@ -526,37 +526,40 @@ def _join(pieces: list, dimension: int) -> torch.Tensor:
 
 
 def resample(
-    source: torch.Tensor,
+    sources: Sequence[tuple],
     parameters: Sequence[SampleParameters],
     spacings: Sequence[Sequence[float]],
     output_shape: Sequence[int],
     centers_mm: Sequence[Sequence[float]],
     directions: Sequence,
-    mode: str = "bilinear",
-    padding_mode: str = "zeros",
-) -> torch.Tensor:
-    """``source`` (1 or N, C, D, H, W; float) sampled for each of the N samples: ONE grid per sample, built a
-    slab of rows at a time and shared by all its channels.
+) -> list:
+    """Each of ``sources``, (volumes, mode, padding_mode) with volumes (1 or N, C, D, H, W; float), sampled for
+    each of the N samples: ONE grid per sample (built a slab of rows at a time), shared by every source and
+    channel, and one ``grid_sample`` per source and sample.
 
     Example::
 
         >>> volume = torch.arange(24.0).reshape(1, 1, 2, 3, 4)
         >>> turned = SampleParameters(linear=rotation_matrix([0.0, 0.0, math.pi]))  # a half turn about z
-        >>> out = resample(volume, [turned], [(1.0, 1.0, 1.0)], (2, 3, 4), [(0, 0, 0)], [None], mode="nearest")
-        >>> torch.equal(out, volume.flip(3, 4))
-        True
+        >>> image, labels = resample([(volume, "bilinear", "zeros"), (volume, "nearest", "zeros")], [turned],
+        ...                          [(1.0, 1.0, 1.0)], (2, 3, 4), [(0, 0, 0)], [None])
+        >>> torch.equal(labels, volume.flip(3, 4)), bool(torch.allclose(image, volume.flip(3, 4), atol=1e-5))
+        (True, True)
     """
-    samples = []
+    source_shape = sources[0][0].shape[2:]
+    results = [[] for _ in sources]
     for index, sample in enumerate(parameters):
-        image = source[index if source.shape[0] > 1 else 0][None]
-        slabs = []
+        slabs = [[] for _ in sources]
         for rows in _row_slabs(output_shape):
-            grid = sampling_grid(sample, source.shape[2:], spacings[index], output_shape, centers_mm[index],
-                                 directions[index], rows, source.device)
-            slabs.append(functional.grid_sample(image, grid[None], mode=mode, padding_mode=padding_mode,
-                                                align_corners=False))
-        samples.append(_join(slabs, 2))
-    return _join(samples, 0)
+            grid = sampling_grid(sample, source_shape, spacings[index], output_shape, centers_mm[index],
+                                 directions[index], rows, sources[0][0].device)[None]
+            for pieces, (volumes, mode, padding_mode) in zip(slabs, sources):
+                volume = volumes[index if volumes.shape[0] > 1 else 0][None]
+                pieces.append(functional.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode,
+                                                     align_corners=False))
+        for samples, pieces in zip(results, slabs):
+            samples.append(_join(pieces, 2))
+    return [_join(samples, 0) for samples in results]
 
 
 # -- intensity -----------------------------------------------------------------------------------------------
@@ -893,33 +896,43 @@ def apply_parameters(
         output_labels = None if output_labels is None else (
             output_labels.float() if label_mode == "linear" else output_labels).clone()
     else:
-        sample = (spacings, output_shape, centers, directions)
+        # The image: outside the source, each channel's minimum (sampled with zeros around the image less it).
         fill = _channel_reduce(source, torch.amin) if image_padding == "minimum" else None
-        if fill is not None and bool(torch.any(fill != 0)):
-            output = resample(source - fill, parameters, *sample, "bilinear", "zeros")
-            output += fill
-        else:
-            padding = "zeros" if image_padding == "minimum" else image_padding
-            output = resample(source, parameters, *sample, "bilinear", padding)
-        output_labels = None if label_source is None else _resample_labels(label_source, parameters, sample,
-                                                                           label_mode)
+        if fill is not None and not bool(torch.any(fill != 0)):
+            fill = None
+        padding = "zeros" if image_padding == "minimum" else image_padding
+        sources = [(source if fill is None else source - fill, "bilinear", padding)]
+        if label_source is not None:
+            sources.append(_label_source(label_source, label_mode))
+        resampled = resample(sources, parameters, spacings, output_shape, centers, directions)
+        output = resampled[0] if fill is None else resampled[0].add_(fill)
+        output_labels = None if label_source is None else _label_result(resampled[1], label_source, label_mode)
     change_intensities(output, parameters, spacings)
     return AugmentedBatch(output, output_labels, list(parameters))
 
 
-def _resample_labels(labels: torch.Tensor, parameters: Sequence[SampleParameters], sample: tuple,
-                     label_mode: str) -> torch.Tensor:
+def _label_source(labels: torch.Tensor, label_mode: str) -> tuple:
+    """What to sample for ``labels``: (volumes, mode, padding), labels 0 outside."""
     if label_mode == "linear":
-        return resample(labels.float(), parameters, *sample, "bilinear", "zeros")
+        return labels.float(), "bilinear", "zeros"
     if label_mode == "nearest":
-        return resample(labels.float(), parameters, *sample, "nearest", "zeros").to(labels.dtype)
-    # One-hot: a channel per value (0, the value outside, always among them), sampled linearly; the likeliest wins.
+        return labels.float(), "nearest", "zeros"
+    # One-hot: a channel per value (0, the value outside, always among them), sampled linearly.
     if labels.shape[1] != 1:
         raise ValueError("label_mode 'onehot' takes one label map channel")
-    values = torch.unique(torch.cat([labels.flatten(), labels.new_zeros(1)]))
-    one_hot = (labels == values.view(1, -1, 1, 1, 1)).float()
-    probabilities = resample(one_hot, parameters, *sample, "bilinear", "zeros")
-    return values[probabilities.argmax(dim=1, keepdim=True)]
+    return (labels == _label_values(labels).view(1, -1, 1, 1, 1)).float(), "bilinear", "zeros"
+
+
+def _label_values(labels: torch.Tensor) -> torch.Tensor:
+    return torch.unique(torch.cat([labels.flatten(), labels.new_zeros(1)]))
+
+
+def _label_result(resampled: torch.Tensor, labels: torch.Tensor, label_mode: str) -> torch.Tensor:
+    if label_mode == "linear":
+        return resampled
+    if label_mode == "nearest":
+        return resampled.to(labels.dtype)
+    return _label_values(labels)[resampled.argmax(dim=1, keepdim=True)]  # one-hot: the likeliest value
 
 
 # -- a preview of one case -----------------------------------------------------------------------------------
