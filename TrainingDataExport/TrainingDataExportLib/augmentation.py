@@ -886,6 +886,7 @@ def apply_parameters(
     spacings = _per_sample(spacing, count, "spacing")
     centers = _per_sample(centers_mm if centers_mm is not None else (0.0, 0.0, 0.0), count, "centers_mm")
     directions = _per_sample(direction, count, "direction")
+    converted = source.dtype != torch.float32  # then ``source`` below is our own copy, free to change in place
     source = source.float()
 
     unchanged = (output_shape == source_shape and all(sample.spatial_identity for sample in parameters)
@@ -901,7 +902,9 @@ def apply_parameters(
         if fill is not None and not bool(torch.any(fill != 0)):
             fill = None
         padding = "zeros" if image_padding == "minimum" else image_padding
-        sources = [(source if fill is None else source - fill, "bilinear", padding)]
+        if fill is not None:
+            source = source.sub_(fill) if converted else source - fill
+        sources = [(source, "bilinear", padding)]
         if label_source is not None:
             sources.append(_label_source(label_source, label_mode))
         resampled = resample(sources, parameters, spacings, output_shape, centers, directions)

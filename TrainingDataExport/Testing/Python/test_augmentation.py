@@ -134,6 +134,17 @@ def test_a_translation_by_whole_voxels_shifts_them_and_pads_outside(image_paddin
         assert torch.allclose(batch.images[:, :, :, -2:], image[:, :, :, -1:].expand(-1, -1, -1, 2, -1), atol=1e-4)
 
 
+def test_the_callers_images_are_never_changed_whatever_their_dtype():
+    ct = (volume() * 1000 - 1000).to(torch.int16)
+    as_float = ct.float()
+    kept = (ct.clone(), as_float.clone())
+    shifted = [SampleParameters(translation_mm=np.array([0.0, 2.0, 0.0]), gamma=0.5)]
+    from_integers = apply_parameters(ct, None, (1.0, 1.0, 1.0), shifted).images
+    from_floats = apply_parameters(as_float, None, (1.0, 1.0, 1.0), shifted).images
+    assert torch.equal(ct, kept[0]) and torch.equal(as_float, kept[1])
+    assert torch.equal(from_integers, from_floats) and from_integers.dtype == torch.float32
+
+
 def test_a_patch_centred_off_the_middle_is_that_block_of_the_source():
     spacing = (1.0, 2.0, 0.5)
     image, labels = volume((10, 12, 14)), label_volume((10, 12, 14))
