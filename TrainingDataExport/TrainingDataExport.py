@@ -944,7 +944,6 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             f" Dataset card: {cardPath}"
         )
 
-
     # -- augmentation preview ------------------------------------------------------------------------------
 
     # The preview of the loaded case: (volume node, segmentation node, description) per variant, and the subject
