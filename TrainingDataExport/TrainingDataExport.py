@@ -1,6 +1,7 @@
 import copy
 import dataclasses
 import getpass
+import importlib.util
 import json
 import os
 import shutil
@@ -56,6 +57,8 @@ from TrainingDataExportLib.workflow import SEGMENTATION_FILE_EXTENSION, is_slice
 
 # What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
 USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
+# Marks the subject hierarchy folder of an augmentation preview (its value: the case id).
+AUGMENTATION_FOLDER_ATTRIBUTE = "TrainingDataExport.AugmentationPreview"
 
 #
 # TrainingDataExport
@@ -160,6 +163,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
         self.exportPoller = BackgroundTaskPoller(self.showExportProgress, self.onExportFinished)
+        self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
 
@@ -227,6 +231,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def updateButtonStates(self, _unused=None):
         ui = self.ui
+        self.updateAugmentationPreviewButtons()
         ui.createFromFolderButton.enabled = self.logic.canCreateFromFolder(ui.imageFolderPathLineEdit.currentPath)
         selected = self.selectedIndex()
         current = self.logic.currentIndex if self.logic.caseLoaded() else None
@@ -438,6 +443,64 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def _showStage(self, text):
         # The stage is written on the progress bar ("%p" is Qt's percentage), so it needs no line of its own.
         self.ui.exportProgressBar.setFormat(text.replace("%", "%%") + " (%p%)")
+
+    # -- augmentation preview ------------------------------------------------------------------------------
+
+    def setupAugmentationPreview(self):
+        ui = self.ui
+        _showText(ui.augmentationStatusLabel, "")
+        ui.augmentationPreviewButton.connect("clicked(bool)", self.onAugmentationPreview)
+        ui.augmentationRemoveButton.connect("clicked(bool)", self.onAugmentationRemove)
+        ui.augmentationShowComboBox.connect("currentIndexChanged(int)", self.onAugmentationShow)
+
+    def updateAugmentationPreviewButtons(self):
+        ui = self.ui
+        previewed = len(self.logic.augmentationPreviewChoices()) > 1
+        ui.augmentationPreviewButton.enabled = self.logic.caseLoaded()
+        ui.augmentationRemoveButton.enabled = previewed
+        ui.augmentationShowComboBox.enabled = previewed
+
+    def onAugmentationPreview(self):
+        # Runs here, on the GUI thread, until the job supervisor runs such work in a worker process: the panel
+        # shows a wait cursor and each variant's progress meanwhile.
+        ui = self.ui
+        ui.augmentationPreviewButton.enabled = False
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            count, seed = ui.augmentationCountSpinBox.value, ui.augmentationSeedSpinBox.value
+            self.logic.previewAugmentation(count, seed, progress=self._showAugmentationProgress)
+        except USER_ERRORS as error:
+            _showText(ui.augmentationStatusLabel, f"Preview failed: {error}")
+            self.updateAugmentationPreviewButtons()
+            return
+        finally:
+            slicer.app.restoreOverrideCursor()
+        self._fillAugmentationChoices(shown=1)
+
+    def _showAugmentationProgress(self, _fraction, message):
+        _showText(self.ui.augmentationStatusLabel, message)
+        slicer.app.processEvents()  # repaint the line; the Preview button is disabled meanwhile
+
+    def onAugmentationRemove(self):
+        self.logic.clearAugmentationPreview()
+        self._fillAugmentationChoices(shown=0)
+
+    def onAugmentationShow(self, index):
+        if index < 0:
+            _showText(self.ui.augmentationStatusLabel, "")
+            return
+        self.logic.showAugmentationPreview(index)
+        _showText(self.ui.augmentationStatusLabel, self.logic.augmentationPreviewDescription(index))
+
+    def _fillAugmentationChoices(self, shown):
+        comboBox = self.ui.augmentationShowComboBox
+        comboBox.blockSignals(True)
+        comboBox.clear()
+        comboBox.addItems(self.logic.augmentationPreviewChoices())
+        comboBox.currentIndex = shown if comboBox.count else -1
+        comboBox.blockSignals(False)
+        self.onAugmentationShow(comboBox.currentIndex)
+        self.updateAugmentationPreviewButtons()
 
 
 #
@@ -959,6 +1022,146 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             f" Dataset card: {cardPath}"
         )
 
+    # -- augmentation preview ------------------------------------------------------------------------------
+
+    # The preview of the loaded case: (volume node, segmentation node, description) per variant, and the subject
+    # hierarchy folder holding them (class-level defaults: none until a preview is made).
+    augmentationPreview = ()
+    _augmentationFolder = 0
+
+    @staticmethod
+    def augmentationAvailable():
+        """Whether PyTorch, which the augmentation engine runs on, can be imported."""
+        return importlib.util.find_spec("torch") is not None
+
+    def previewAugmentation(self, count=4, seed=0, settings=None, progress=None, cancel=None):
+        """Add ``count`` augmented variants of the loaded case to the scene and show the first.
+
+        Each variant is the case's first image and its segmentation (its segments as a label map; where segments
+        overlap, the later one wins) through ``TrainingDataExportLib.augmentation`` with ``settings`` (an
+        ``AugmentationSettings``; the defaults when None): a volume on the case's grid, with the case's window and
+        level so that intensity changes show, and a segmentation with the case's segment names, colors and
+        terminology, in a subject hierarchy folder "<case> augmentation preview". Rotations are about the
+        patient's axes. The same ``seed`` gives the same variants. A previous preview is replaced.
+        ``progress(fraction, message)`` and ``cancel`` (a ``threading.Event``) are passed on.
+
+        Returns [(volume node, segmentation node)] per variant.
+
+        Example (Slicer's Python console)::
+
+            logic = slicer.util.getModuleLogic("TrainingDataExport")
+            logic.loadCase(0)
+            from TrainingDataExportLib.augmentation import AugmentationSettings
+            logic.previewAugmentation(4, seed=1, settings=AugmentationSettings(flip_probability=(0.5, 0, 0)))
+            logic.showAugmentationPreview(2)     # 0 is the case itself
+            logic.clearAugmentationPreview()
+        """
+        if not self.augmentationAvailable():
+            raise ValueError(
+                "The augmentation preview needs PyTorch: Deep Segment installs it when it first runs a model, or"
+                " install Slicer's PyTorch extension."
+            )
+        from TrainingDataExportLib.augmentation import preview_variants  # imports PyTorch
+
+        case = self.currentCase()
+        reference = self.volumeNodes[0]
+        segmentation = self.segmentationNode.GetSegmentation()
+        segmentIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        image = slicer.util.arrayFromVolume(reference)
+        labels = np.zeros(image.shape, np.uint8 if len(segmentIds) < 256 else np.uint16)
+        for value, segmentId in enumerate(segmentIds, 1):
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, reference)
+            labels[mask > 0] = value
+        directions = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASDirectionMatrix(directions)
+        direction = [directions.GetElement(row, column) for row in range(3) for column in range(3)]
+        variants = preview_variants(
+            image[None], labels, reference.GetSpacing(), direction, count, seed, settings, progress, cancel
+        )
+
+        self.clearAugmentationPreview()
+        hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+        folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), f"{case.case_id} augmentation preview")
+        hierarchy.SetItemAttribute(folder, AUGMENTATION_FOLDER_ATTRIBUTE, case.case_id)
+        preview = []
+        for number, variant in enumerate(variants, 1):
+            name = f"{case.case_id} augmented {number}"
+            volumeNode = slicer.util.addVolumeFromArray(variant.image[0], name=name)
+            volumeNode.CopyOrientation(reference)
+            volumeNode.SetAttribute("TrainingDataExport.Augmentation", variant.description)
+            display, referenceDisplay = volumeNode.GetDisplayNode(), reference.GetDisplayNode()
+            if display is not None and referenceDisplay is not None:
+                display.SetAutoWindowLevel(False)
+                display.SetWindowLevel(referenceDisplay.GetWindow(), referenceDisplay.GetLevel())
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            for value, segmentId in enumerate(segmentIds, 1):
+                copiedId = _copySegmentDescription(segmentation.GetSegment(segmentId), segmentationNode)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    (variant.labels == value).astype(np.uint8), segmentationNode, copiedId, volumeNode
+                )
+            for node in (volumeNode, segmentationNode):
+                item = hierarchy.GetItemByDataNode(node)
+                if item:
+                    hierarchy.SetItemParent(item, folder)
+                else:  # no subject hierarchy plugin made an item for the node (outside the application)
+                    hierarchy.CreateItem(folder, node)
+            preview.append((volumeNode, segmentationNode, variant.description))
+        self.augmentationPreview = tuple(preview)
+        self._augmentationFolder = folder
+        self.showAugmentationPreview(1 if preview else 0)
+        return [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in preview]
+
+    def _augmentationPreviewNodes(self):
+        """(volume, segmentation) of the case, then of each variant still in the scene."""
+        nodes = [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in self.augmentationPreview
+                 if volumeNode.GetScene() is not None and segmentationNode.GetScene() is not None]
+        return ([(self.volumeNodes[0], self.segmentationNode)] if self.caseLoaded() else []) + nodes
+
+    def augmentationPreviewChoices(self):
+        """What :meth:`showAugmentationPreview` can show, by index: the case, then each variant (empty without a
+        preview)."""
+        nodes = self._augmentationPreviewNodes()
+        if not self.caseLoaded() or len(nodes) < 2:
+            return []
+        return ["Loaded case"] + [f"Variant {number}" for number in range(1, len(nodes))]
+
+    def augmentationPreviewDescription(self, index):
+        """What was done to variant ``index`` (0: the case itself)."""
+        if index == 0:
+            return "The loaded case, as annotated."
+        return f"Variant {index}: {self.augmentationPreview[index - 1][2]}."
+
+    def showAugmentationPreview(self, index):
+        """Show the case (``index`` 0) or variant ``index`` in the slice views, with its segmentation alone."""
+        nodes = self._augmentationPreviewNodes()
+        if not 0 <= index < len(nodes):
+            raise ValueError(f"There is no variant {index} to show.")
+        slicer.util.setSliceViewerLayers(background=nodes[index][0])
+        for position, (_volumeNode, segmentationNode) in enumerate(nodes):
+            display = segmentationNode.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(position == index)
+
+    def clearAugmentationPreview(self):
+        """Remove the preview's nodes and folder; the case is shown again."""
+        hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+        for volumeNode, segmentationNode, _ in self.augmentationPreview:
+            for node in (volumeNode, segmentationNode):
+                if node.GetScene() is not None:
+                    node.GetScene().RemoveNode(node)
+        # Only our folder: after a scene close its item id may name another item, or none.
+        items = vtk.vtkIdList()
+        hierarchy.GetItemChildren(hierarchy.GetSceneItemID(), items, True)
+        folder = self._augmentationFolder
+        if folder and items.IsId(folder) >= 0 and hierarchy.GetItemAttribute(folder, AUGMENTATION_FOLDER_ATTRIBUTE):
+            hierarchy.RemoveItem(folder)
+        self.augmentationPreview = ()
+        self._augmentationFolder = 0
+        if self.caseLoaded():
+            self.showAugmentationPreview(0)
+
 
 def _showText(label, text):
     label.text = text
@@ -987,6 +1190,20 @@ def _terminologyEntry(segment):
     entry = vtk.reference("")
     segment.GetTag("TerminologyEntry", entry)
     return str(entry)
+
+
+def _copySegmentDescription(segment, segmentationNode):
+    """An empty segment in ``segmentationNode`` with ``segment``'s name, color and terminology; returns its id."""
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.AddEmptySegment("", segment.GetName(), segment.GetColor())
+    entry = _terminologyEntry(segment)
+    if entry:
+        copied = segmentation.GetSegment(segmentId)
+        if hasattr(copied, "SetTerminology"):
+            copied.SetTerminology(entry)
+        else:
+            copied.SetTag("TerminologyEntry", entry)
+    return segmentId
 
 
 def _modificationTime(path):

@@ -2,7 +2,9 @@
 patient-level splits, export formats, the dataset card and the command line.
 
 Importable in Slicer, in its Python console, from a command line and in tests. The label schema is read
-with ``ModelRegistryLib`` (the ModelRegistry module's Qt-free core, on ``sys.path`` in Slicer).
+with ``ModelRegistryLib`` (the ModelRegistry module's Qt-free core, on ``sys.path`` in Slicer). The 3D
+augmentation engine needs PyTorch, so it is not imported here: ``from TrainingDataExportLib.augmentation
+import augment``.
 """
 
 from .card import (
