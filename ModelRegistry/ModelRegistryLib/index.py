@@ -493,6 +493,22 @@ def resolve_version(entry: ModelEntry, spec: str | None = None) -> ModelVersion:
     raise VersionNotFoundError(entry.id, spec, newest_first)
 
 
+def model_spec_problem(model_id: str, version_spec: str | None = None) -> str:
+    """Why ``model_id`` (and ``version_spec``) can name no model version of any index, or ``""``.
+
+    >>> model_spec_problem("liver-ct", "1.2"), model_spec_problem("Liver CT"), model_spec_problem("liver", "v2")
+    ('', "'Liver CT' is not a model id (lower-case letters, digits, '.', '_' and '-')", \
+"'v2' is not a version: use 1.2.3, 1.2, 1 or latest")
+    """
+    if not _MODEL_ID.fullmatch(model_id):
+        return f"{model_id!r} is not a model id (lower-case letters, digits, '.', '_' and '-')"
+    if version_spec is not None and version_spec != "latest" and not (
+        _SEMANTIC_VERSION.fullmatch(version_spec) or _VERSION_PREFIX.fullmatch(version_spec)
+    ):
+        return f"{version_spec!r} is not a version: use 1.2.3, 1.2, 1 or latest"
+    return ""
+
+
 # --- input name patterns ----------------------------------------------------------------------------
 # Python's re backtracks and has no timeout: "^(\w+\s?)+$" takes minutes on a long volume name, and the
 # panel matches patterns on its own thread. So an index may only use a subset of regular expressions whose
