@@ -362,6 +362,9 @@ class ModelStore:
                                 "through the container runtime when it runs")
         _checked_files(entry, version)
         blobs = [self._folder("downloads", model_file.sha256) for model_file in version.files]
+        existing = self.get(entry.id, version.version)
+        if existing is not None and not any(os.path.lexists(blob) for blob in blobs):
+            return existing  # without a lock, so that a read-only (shared) cache serves what it holds
         with self._writing(), contextlib.ExitStack() as locks:
             locks.enter_context(self._lock(f"{entry.id}@{version.version}", cancel))
             # Two versions may share a file, hence its download: one writer per download (sorted: no deadlock).
