@@ -85,7 +85,7 @@ def _list(registry: Registry) -> int:
 
 def _verify(registry: Registry, spec: str | None) -> int:
     results = registry.verify(spec, progress=_print_progress, cancel=threading.Event())
-    _print_progress(InstallProgress("done", 1.0, f"Checked {len(results)} installed versions"))
+    _print_progress(InstallProgress("done", 1.0, f"Checked {len(results)} installed version(s)"))
     for result in results:
         print(result.text)
     if not results:
