@@ -208,7 +208,9 @@ def download_file(
 
     - Writes ``destination + ".part"`` in chunks of about 1 MiB, hashing as it goes; a ``.part`` left
       by an earlier attempt is resumed with an HTTP Range request (a server answering 200 instead of
-      206 restarts it from zero; for file URLs the source is simply read from that offset).
+      206 restarts it from zero, and so does one answering with another range than asked, or none:
+      it is not asked for a range again; for file URLs the source is simply read from that offset).
+      Redirects are followed to http and https addresses only.
     - ``retries``: how many failed attempts in a row are retried after the first one, waiting
       ``backoff``, then twice as long each time (at most 30 s). Retried: refused, reset or dropped
       connections, no byte for ``timeout`` seconds, HTTP 5xx, 408 and 429. Not retried: other 4xx,
@@ -219,8 +221,9 @@ def download_file(
       ``durable``: first force the bytes to disk (fsync), so that a power cut cannot leave a renamed
       but empty file; pass False for a file that is unpacked and deleted right away (fsync costs
       about a quarter of a loopback download's time).
-    - ``cancel`` set: CancelledError within about 0.1 s while bytes are expected (even from a silent
-      server; while connecting, within ``timeout``); the ``.part`` is kept for a later resume.
+    - ``cancel`` set: CancelledError within about 0.1 s, while connecting, waiting for an answer or
+      reading (even from a silent server); the ``.part`` is kept for a later resume. The connection
+      of a request left this way closes at its next chunk or after ``timeout``, on its helper thread.
     - ``progress`` is called at most about 10 times a second, and once at the end with done == total.
     - When ``destination`` already holds the right bytes, returns at once without the network.
     """
@@ -560,8 +563,10 @@ def _open_file(url: str, offset: int) -> Iterator[tuple]:
         stream = open_regular_file(path)
     except FileNotFoundError as error:
         raise NotFoundError(f"file not found: {path}", url) from error
-    except (OSError, RegistryError) as error:
-        raise DownloadError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}", url) from error
+    except OSError as error:
+        raise DownloadError(f"cannot read {path}: {error.strerror or error}", url) from error
+    except RegistryError as error:  # not a regular file
+        raise DownloadError(str(error), url) from error
     with stream:
         total = os.fstat(stream.fileno()).st_size
         start = offset if offset <= total else 0
