@@ -581,8 +581,11 @@ def _certificate_bundle() -> str | None:
 
 
 def _new_session():
-    import requests  # Slicer bundles it; imported here so that file URLs and the rest work without it
-
+    try:
+        import requests  # Slicer bundles it; imported here so that file URLs and the rest work without it
+    except ImportError as error:
+        raise DownloadError("downloading from http and https addresses needs the requests package, which Slicer "
+                            "bundles; elsewhere: python -m pip install requests") from error
     session = requests.Session()
     # Identity: the bytes hashed, counted and resumed are the file's, never a compressed form of it.
     session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
