@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 
 
 @contextlib.contextmanager
@@ -26,8 +26,7 @@ def atomic_target(path: str, suffix: str = ".tmp"):
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
-    os.close(handle)
+    temporary = _new_file(folder, f".{os.path.basename(path)}.", suffix)
     try:
         yield temporary
         with open(temporary, "rb+") as file:
@@ -36,6 +35,18 @@ def atomic_target(path: str, suffix: str = ".tmp"):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+
+
+def _new_file(folder: str, prefix: str, suffix: str) -> str:
+    """A new empty file in ``folder``, with the permissions the umask allows (tempfile.mkstemp makes 0600 files,
+    which lock a group out of a shared cache or output folder)."""
+    while True:
+        candidate = os.path.join(folder, prefix + secrets.token_hex(6) + suffix)
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def write_text_atomically(path: str, text: str) -> None:

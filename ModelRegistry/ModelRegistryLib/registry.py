@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import RegistryError
-from .index import ModelEntry, ModelVersion, VersionNotFoundError, resolve_version, search, semantic_version_key
+from .index import (
+    ModelEntry,
+    ModelVersion,
+    VersionNotFoundError,
+    model_spec_problem,
+    resolve_version,
+    search,
+    semantic_version_key,
+)
 from .sources import IndexSource, load_sources
 from .files import write_json_atomically
 from .store import InstalledModel, InstallProgress, ModelStore
@@ -46,13 +54,20 @@ def user_sources(cache_dir: str) -> list:
 
     They live with the cache so that Slicer, its Python console and the command line see the same ones.
     """
+    path = os.path.join(cache_dir, USER_SOURCES_FILE)
     try:
-        with open(os.path.join(cache_dir, USER_SOURCES_FILE), encoding="utf-8") as file:
+        with open(path, encoding="utf-8") as file:
             items = json.load(file)
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as error:
-        raise RegistryError(f"Cannot read {USER_SOURCES_FILE} in {cache_dir}: {error}") from error
+    except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
+        raise RegistryError(f"cannot read {path}: {error}; correct or delete it") from error
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("location"), str) and item["location"]
+        and isinstance(item.get("name", ""), str) for item in items
+    ):
+        raise RegistryError(f'{path} must be a JSON list of {{"location": URL_OR_PATH, "name": TEXT}} objects; '
+                            "correct or delete it")
     return [IndexSource(item["location"], name=item.get("name", "")) for item in items]
 
 
@@ -64,10 +79,13 @@ def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
 
 
 def parse_model_spec(spec: str) -> tuple:
-    """``"id"`` or ``"id@version"`` → (id, version spec or None)."""
+    """``"id"`` or ``"id@version"`` → (id, version spec or None); RegistryError for what can name no version."""
     model_id, _, version = spec.strip().partition("@")
     if not model_id:
         raise RegistryError(f"No model id in {spec!r}: use ID or ID@VERSION")
+    problem = model_spec_problem(model_id, version or None)
+    if problem:
+        raise RegistryError(f"{spec!r}: {problem}")
     return model_id, (version or None)
 
 
@@ -143,16 +161,30 @@ class Registry:
     # -- resolving and installing ----------------------------------------------------------------------------
 
     def resolve(self, spec: str) -> tuple:
-        """``id[@version]`` → (entry, version) from the sources; a pinned version wins when none is asked."""
+        """``id[@version]`` → (entry, version) from the sources; a pinned version wins when none is asked.
+
+        A pin no index can satisfy is an error that names the pin and how to lift it.
+        """
         model_id, version_spec = parse_model_spec(spec)
+        pinned = None if version_spec else self.store.pins().get(model_id)
         entry = self.find(model_id)
         if entry is None:
             known = ", ".join(sorted(m.id for m in self._models)[:10]) or "none"
-            raise RegistryError(f"Model '{model_id}' is in none of the registry indexes (known: {known})")
-        return entry, resolve_version(entry, version_spec or self.store.pins().get(model_id))
+            raise RegistryError(f"Model '{model_id}' is in none of the registry indexes (known: {known})"
+                                + (self._pin_note(model_id, pinned) if pinned else ""))
+        try:
+            return entry, resolve_version(entry, version_spec or pinned)
+        except VersionNotFoundError as error:
+            if not pinned:
+                raise
+            raise RegistryError(f"{error}{self._pin_note(model_id, pinned)}") from error
+
+    def _pin_note(self, model_id: str, pinned: str) -> str:
+        return (f"; {model_id} is pinned to {pinned} in {os.path.join(self.store.cache_dir, 'pins.json')}:"
+                f" unpin it (unpin {model_id}) or pin another version")
 
     def installed_model(self, spec: str) -> InstalledModel | None:
-        """The installed version ``spec`` means, without network: the pinned, asked or newest installed one."""
+        """The installed (complete) version ``spec`` means, without network: the pinned, asked or newest one."""
         model_id, version_spec = parse_model_spec(spec)
         versions = self.store.installed_versions(model_id)
         if not versions:
@@ -196,14 +228,33 @@ class Registry:
             raise RegistryError(f"{spec} is not installed")
         return removed
 
-    def verify(self, spec: str | None = None) -> list:
+    def verify(self, spec: str | None = None, **options) -> list:
+        """``ModelStore.verify`` of ``id[@version]`` (everything when None); ``options``: progress, cancel."""
         model_id, version = parse_model_spec(spec) if spec else (None, None)
-        return self.store.verify(model_id, version)
+        return self.store.verify(model_id, version, **options)
 
-    def import_package(self, path: str) -> InstalledModel:
-        return self.store.import_package(path, self._models)
+    def import_package(self, path: str, **options) -> InstalledModel:
+        """``ModelStore.import_package`` against the listed models; ``options``: progress, cancel."""
+        return self.store.import_package(path, self._models, **options)
 
     def pin(self, spec: str) -> None:
-        model_id, version = parse_model_spec(spec)
-        self.store.pin(model_id, version)
+        """Pin ``id@version`` (a version spec some index lists or that is installed); ``id`` alone unpins.
+
+        >>> import tempfile
+        >>> registry = Registry([bundled_source()], tempfile.mkdtemp()); _ = registry.refresh(offline=True)
+        >>> try:
+        ...     registry.pin("brain-tissue-demo@9")
+        ... except LookupError as error:
+        ...     print(error)
+        model 'brain-tissue-demo' has no version matching '9'; available: 1.0.0
+        """
+        model_id, version_spec = parse_model_spec(spec)
+        if version_spec is not None:
+            entry = self.find(model_id)
+            known = {version.version for version in entry.versions} if entry is not None else set()
+            known |= set(self.store.installed_versions(model_id))
+            if not known:
+                raise RegistryError(f"Model '{model_id}' is neither in the registry indexes nor installed")
+            resolve_version(ModelEntry(model_id, model_id, tuple(ModelVersion(v) for v in known)), version_spec)
+        self.store.pin(model_id, version_spec)
 
