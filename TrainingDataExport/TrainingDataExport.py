@@ -21,6 +21,7 @@ from slicer.ScriptedLoadableModule import (
 
 from ModelRegistry import BackgroundTaskPoller
 from ModelRegistryLib import BackgroundTask, CancelledError
+from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
     DONE,
@@ -33,25 +34,22 @@ from TrainingDataExportLib import (
     ExportError,
     ExportSettings,
     LabelSchemaError,
-    backup_path,
     case_list_from_folder,
     check_case,
     export_dataset,
     format_duration,
-    install_file,
     load_label_schema,
     read_case_list,
     recovery_path,
     recovery_to_offer,
     save_label_schema,
     segmentation_save_path,
-    temporary_path,
     validate_cases,
     write_case_list,
 )
 from TrainingDataExportLib.card import MARKDOWN_NAME
 from TrainingDataExportLib.formats import FORMATS
-from TrainingDataExportLib.workflow import SEGMENTATION_FILE_EXTENSION, is_slicer_segmentation_file
+from TrainingDataExportLib.workflow import is_slicer_segmentation_file
 
 # What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
 USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
@@ -68,8 +66,9 @@ class TrainingDataExport(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Training Data Export"
         self.parent.categories = ["Deep Learning"]
-        # The label schema is the model registry's label format, read with ModelRegistryLib.
-        self.parent.dependencies = ["ModelRegistry"]
+        # The label schema is the model registry's label format, read with ModelRegistryLib (which also writes every
+        # file atomically); images are read with DeepSegmentLib's checked reader, shared with DeepSegment.
+        self.parent.dependencies = ["ModelRegistry", "DeepSegment"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
             "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
@@ -724,9 +723,9 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         atomically too). Returns the segmentation's path."""
         case = self.currentCase()
         path = segmentation_save_path(case)
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        temporary = temporary_path(path)
         self._writeSegmentation(temporary)
-        install_file(temporary, path)
+        install_file(temporary, path, keep_backup=True)
         self.segmentationNode.GetStorageNode().SetFileName(path)
         now = time.monotonic()
         case.time_spent += round(now - self._startTime)
@@ -749,9 +748,9 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         if not self.hasUnsavedWork():
             return ""
         path = recovery_path(self.currentCase())
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        temporary = temporary_path(path)
         self._writeSegmentation(temporary)
-        install_file(temporary, path, keep_backup=False)
+        install_file(temporary, path)
         self._autosavedStamp = self._editStamp()
         return path
 

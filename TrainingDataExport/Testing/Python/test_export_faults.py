@@ -1,9 +1,10 @@
-"""Fault injection on the export: kill -9 at every stage, then any later export.
+"""Fault injection on the export: kill -9 at every stage, a full disk, read-only folders, hostile manifests,
+journals and case lists, corrupted inputs.
 
-Each interrupted export runs in a child process (export_child.py) that kills itself with SIGKILL at a
-chosen moment: before the N-th rename of a finished file, before the N-th flush to disk (a temporary file
-half-way), or at the N-th progress report. The folder is then exported again, with the same or other
-settings, and must be byte for byte what a clean export with those settings writes into a new folder.
+Each interrupted export runs in a child process (export_child.py) that kills itself with SIGKILL at a chosen
+moment: before the N-th rename of a finished file, the N-th removal, the N-th flush to disk, or at the N-th
+progress report, for every N until the export completes. The folder is then exported again, with the same or
+other settings, and must be byte for byte what a clean export with those settings writes into a new folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,52 +20,77 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from fault_injection import child_environment
 from ModelRegistryLib.index import Label
 
 from TrainingDataExportLib.caselist import Case
-from TrainingDataExportLib.export import ExportSettings, export_dataset
+from TrainingDataExportLib.export import ExportError, ExportSettings, export_dataset
+from TrainingDataExportLib.manifest import JOURNAL_NAME, MANIFEST_NAME
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_child.py")
 SCHEMA = [Label(1, "liver", "#dd8259"), Label(2, "tumor", "#90d5ff")]
-CASES = 10
+NNUNET = {"format": "nnunet"}
+SEED_1 = {"folds": 2, "test_fraction": 0.3, "seed": 1, "workers": 1}
+SEED_2 = dict(SEED_1, seed=2)
+
+
+def make_case(folder, index: int) -> Case:
+    rng = np.random.default_rng(index)
+    image = sitk.GetImageFromArray(rng.normal(100, 20, (6, 12, 14)).astype(np.int16))
+    image.SetSpacing((0.9, 0.9, 2.0))
+    label = np.zeros((6, 12, 14), np.uint8)
+    label[1:5, 2 + index % 4 : 9, 3:10] = 1
+    label[2:4, 4:6, 5 : 7 + index % 3] = 2
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(image)
+    paths = [os.path.join(folder, f"case{index:02d}{suffix}.nrrd") for suffix in ("", "_seg")]
+    sitk.WriteImage(image, paths[0])
+    sitk.WriteImage(label_image, paths[1])
+    return Case(f"case{index:02d}", f"patient{index:02d}", {"image": paths[0]}, paths[1])
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
-    """Ten small annotated cases of ten patients (seeded)."""
-    folder = tmp_path_factory.mktemp("data")
-    found = []
-    for index in range(CASES):
-        rng = np.random.default_rng(index)
-        image = sitk.GetImageFromArray(rng.normal(100, 20, (6, 12, 14)).astype(np.int16))
-        image.SetSpacing((0.9, 0.9, 2.0))
-        label = np.zeros((6, 12, 14), np.uint8)
-        label[1:5, 2 + index % 4 : 9, 3:10] = 1
-        label[2:4, 4:6, 5 : 7 + index % 3] = 2
-        label_image = sitk.GetImageFromArray(label)
-        label_image.CopyInformation(image)
-        paths = [str(folder / f"case{index:02d}{suffix}.nrrd") for suffix in ("", "_seg")]
-        sitk.WriteImage(image, paths[0])
-        sitk.WriteImage(label_image, paths[1])
-        found.append(Case(f"case{index:02d}", f"patient{index:02d}", {"image": paths[0]}, paths[1]))
-    return found
+    """Eight small annotated cases of eight patients (seeded)."""
+    folder = str(tmp_path_factory.mktemp("data"))
+    return [make_case(folder, index) for index in range(8)]
 
 
 def export(cases, output, settings: dict, options: dict):
     return export_dataset(cases, SCHEMA, str(output), ExportSettings(**settings), **options)
 
 
-def interrupted_export(cases, output, settings: dict, options: dict, kill: dict) -> int:
-    """Run the export in a child killed as ``kill`` says; return its exit status (negative: killed by signal)."""
-    request = {
-        "cases": [[c.case_id, c.patient_id, c.images, c.segmentation] for c in cases],
-        "schema": [[label.value, label.name, label.color] for label in SCHEMA],
-        "output": str(output),
-        "settings": settings,
-        "options": options,
-        "kill": kill,
-    }
-    return subprocess.run([sys.executable, CHILD, json.dumps(request)], timeout=300).returncode
+@pytest.fixture(scope="module")
+def children():
+    """The export_child.py server: one import of the export, a fork per interrupted export."""
+    server = subprocess.Popen([sys.executable, CHILD], env=child_environment(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    yield server
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
+@pytest.fixture
+def interrupted_export(children):
+    def run(cases, output, settings: dict, options: dict, kill: dict | None, file_size_limit: int = 0) -> int:
+        """Run the export in a child killed as ``kill`` says (or failing on files over ``file_size_limit`` bytes);
+        return its exit status (negative: killed by that signal; 1: OSError)."""
+        request = {
+            "cases": [[c.case_id, c.patient_id, c.images, c.segmentation] for c in cases],
+            "schema": [[label.value, label.name, label.color] for label in SCHEMA],
+            "output": str(output),
+            "settings": settings,
+            "options": options,
+            "kill": kill,
+            "file_size_limit": file_size_limit,
+        }
+        children.stdin.write(json.dumps(request) + "\n")
+        children.stdin.flush()
+        status = int(children.stdout.readline())
+        assert status in (0, 1, -signal.SIGKILL), f"the child export failed unexpectedly ({status})"
+        return status
+
+    return run
 
 
 def tree(folder) -> dict:
@@ -79,22 +106,124 @@ def tree(folder) -> dict:
     return found
 
 
-NNUNET = {"format": "nnunet"}
-SEED_1 = {"folds": 2, "test_fraction": 0.3, "seed": 1, "workers": 1}
-SEED_2 = dict(SEED_1, seed=2)
+@pytest.fixture(scope="module")
+def clean(cases, tmp_path_factory):
+    """``clean(settings, options)``: the tree of a clean export with those settings into a new folder."""
+    trees = {}
+
+    def clean_tree(settings: dict, options: dict, selected=None) -> dict:
+        key = json.dumps([settings, options, [c.case_id for c in selected or cases]], sort_keys=True)
+        if key not in trees:
+            output = tmp_path_factory.mktemp("clean") / "out"
+            export(selected or cases, output, settings, options)
+            trees[key] = tree(output)
+        return trees[key]
+
+    return clean_tree
 
 
-def test_the_issue_leak_a_killed_re_export_with_another_seed_leaves_no_test_case_in_training(cases, tmp_path):
+def kill_points(at: str, step: int = 1):
+    """``{"at": at, "call": N}`` for N = 1, 1 + step, ... (the caller stops when the child completes)."""
+    call = 1
+    while True:
+        yield {"at": at, "call": call}
+        call += step
+
+
+def test_the_issue_leak_a_killed_re_export_with_another_seed_leaves_no_test_case_in_training(cases, tmp_path, clean, interrupted_export):
     """Export with seed 1, kill a re-export with seed 2 while it writes, export with seed 1 again."""
-    output, clean = tmp_path / "out", tmp_path / "clean"
-    export(cases, clean, NNUNET, SEED_1)
-    export(cases, output, NNUNET, SEED_1)
+    output = tmp_path / "out"
+    first = export(cases, output, NNUNET, SEED_1)
+    second = export(cases, tmp_path / "other", NNUNET, SEED_2)
+    moved = {s.case_id for s in first.summaries if s.subset == "test"} ^ {
+        s.case_id for s in second.summaries if s.subset == "test"}
+    assert moved, "the two seeds must move cases between training and test for this test to mean anything"
     # The 6th rename: some cases moved by the new seed are written, the run dies before its index files.
     assert interrupted_export(cases, output, NNUNET, SEED_2, {"at": "os.replace", "call": 6}) == -signal.SIGKILL
-    report = export(cases, output, NNUNET, SEED_1)
+    export(cases, output, NNUNET, SEED_1)
     dataset = output / "Dataset001_Export"
     training = {name.split(".")[0] for name in os.listdir(dataset / "labelsTr")}
     testing = {name.split(".")[0] for name in os.listdir(dataset / "labelsTs")}
-    assert not training & testing, f"test cases in labelsTr: {sorted(training & testing)} ({report.written})"
+    assert not training & testing, f"test cases in labelsTr: {sorted(training & testing)}"
     assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == len(training)
-    assert tree(output) == tree(clean)
+    assert tree(output) == clean(NNUNET, SEED_1)
+
+
+@pytest.mark.parametrize(("at", "step"), [("os.replace", 1), ("os.remove", 1), ("progress", 1), ("os.fsync", 2)])
+def test_kill_at_every_moment_of_a_re_export_then_export_again(cases, tmp_path, clean, interrupted_export, at, step):
+    """Every rename, removal, progress report (and every 2nd flush) of a re-export with another seed."""
+    first = tmp_path / "first"
+    export(cases, first, NNUNET, SEED_1)
+    for number, kill in enumerate(kill_points(at, step)):
+        output = tmp_path / f"run{number}"
+        shutil.copytree(first, output)
+        status = interrupted_export(cases, output, NNUNET, SEED_2, kill)
+        assert status in (0, -signal.SIGKILL)
+        # Alternately the first settings again (the issue) and the interrupted ones.
+        final = SEED_1 if number % 2 == 0 else SEED_2
+        export(cases, output, NNUNET, final)
+        assert tree(output) == clean(NNUNET, final), f"killed at {kill}, then exported with seed {final['seed']}"
+        shutil.rmtree(output)
+        if status == 0:
+            break
+    assert number >= 3, "the export was never interrupted"
+
+
+@pytest.mark.parametrize("at", ["os.replace", "progress"])
+def test_kill_a_first_export_at_every_moment_then_export_again(cases, tmp_path, clean, interrupted_export, at):
+    """Every 3rd rename and progress report of an export into a new folder (the claim of the folder included)."""
+    for number, kill in enumerate(kill_points(at, 3)):
+        output = tmp_path / f"run{number}"
+        status = interrupted_export(cases, output, {"format": "pairs"}, SEED_1, kill)
+        export(cases, output, {"format": "pairs"}, SEED_1)
+        assert tree(output) == clean({"format": "pairs"}, SEED_1), f"killed at {kill}"
+        if status == 0:
+            break
+
+
+VARIANTS = {
+    "folds": ({"format": "monai"}, dict(SEED_1, folds=3)),
+    "spacing": ({"format": "monai", "spacing": [1.5, 1.5, 1.5]}, SEED_1),
+    "compression": ({"format": "monai", "compression_level": 0}, SEED_1),
+    "crop": ({"format": "monai", "crop_margin_mm": 2.0}, SEED_1),
+    "test fraction": ({"format": "monai"}, dict(SEED_1, test_fraction=0.0)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("kill", [{"at": "os.replace", "call": 3}, {"at": "os.fsync", "call": 14}])
+def test_kill_a_re_export_with_other_settings_then_export_with_either(cases, tmp_path, clean, interrupted_export, variant, kill):
+    base = ({"format": "monai"}, SEED_1)
+    other = VARIANTS[variant]
+    for final in (base, other):
+        output = tmp_path / f"to-{'base' if final is base else 'other'}"
+        export(cases, output, *base)
+        assert interrupted_export(cases, output, *other, kill) == -signal.SIGKILL
+        export(cases, output, *final)
+        assert tree(output) == clean(*final)
+
+
+def test_kill_a_re_export_without_a_case_then_export_with_it(cases, tmp_path, clean, interrupted_export):
+    output = tmp_path / "out"
+    export(cases, output, NNUNET, SEED_1)
+    assert interrupted_export(cases[:-2], output, NNUNET, SEED_1, {"at": "os.remove", "call": 2}) == -signal.SIGKILL
+    export(cases[:-2], output, NNUNET, SEED_1)
+    assert tree(output) == clean(NNUNET, SEED_1, cases[:-2])
+    export(cases, output, NNUNET, SEED_1)
+    assert tree(output) == clean(NNUNET, SEED_1)
+
+
+# --- full disks and read-only folders --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1500, 6000, 10000])
+def test_a_full_disk_fails_the_export_and_the_next_export_completes_it(cases, tmp_path, clean, interrupted_export, limit):
+    """Writes past ``limit`` bytes fail as on a full disk: a case file, an index file or a card plot."""
+    for final in (SEED_1, SEED_2):
+        output = tmp_path / f"seed{final['seed']}"
+        export(cases, output, NNUNET, SEED_1)
+        before = tree(output)
+        assert interrupted_export(cases, output, dict(NNUNET, compression_level=0), SEED_2, None, limit) == 1
+        assert tree(output) != before  # it failed part-way
+        export(cases, output, NNUNET, final)
+        assert tree(output) == clean(NNUNET, final)
