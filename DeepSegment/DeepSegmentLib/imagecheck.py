@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import math
 import os
@@ -356,17 +357,19 @@ def _gzip_trailer_size(layout: DataLayout) -> int | None:
         return struct.unpack("<I", file.read(4))[0]
 
 
-def check_image_file(path: str) -> bool:
+def check_image_file(path: str, values: bool = True) -> bool:
     """Raise :class:`ImageFileError` when the file at ``path`` holds less data than its header announces, or
-    non-finite floating-point voxels (see the module description). Returns whether the voxel values were
-    checked (True for floating-point NIfTI, NRRD and MetaImage data), so that a caller knows whether the image
-    it reads needs the check.
+    (with ``values``) non-finite floating-point voxels (see the module description). Returns whether the voxel
+    values were checked (True for floating-point NIfTI, NRRD and MetaImage data), so that a caller knows
+    whether the image it reads needs the check.
     """
     path = os.fspath(path)
     try:
         layout = data_layout(path)
         if layout is None:
             return False
+        if not values:
+            layout = dataclasses.replace(layout, dtype=None)
         if not os.path.isfile(layout.data_path):
             raise ImageFileError(f"{path}: its data file {layout.data_path} does not exist")
         values = _Values(layout.dtype)

@@ -146,12 +146,12 @@ def _write_with_itk(image: sitk.Image, path: str, compression_level: int) -> Non
     try:
         writer.Execute(image)
     except RuntimeError as error:
-        raise OSError(f"Cannot write {path}: {_itk_error(error)}") from None
+        raise OSError(_itk_error(error)) from None
     # ITK's NIfTI writer says nothing when a write falls short (a full disk): the length is checked here.
     try:
-        check_image_file(path)
-    except ImageFileError as error:
-        raise OSError(f"writing {path} failed (is the disk full?): {error}") from None
+        check_image_file(path, values=False)
+    except ImageFileError:
+        raise OSError("the file written is shorter than its header says (is the disk full?)") from None
 
 
 def write_image(image: sitk.Image, path: str, compression_level: int = 1) -> None:
@@ -162,19 +162,22 @@ def write_image(image: sitk.Image, path: str, compression_level: int = 1) -> Non
     lower = path.lower()
     if lower.endswith((".mhd", ".nhdr")):
         raise ValueError(f"{path}: .mhd and .nhdr keep their data in a second file; write .mha or .nrrd instead")
-    with atomic_target(path) as temporary:
-        if not lower.endswith(".nii.gz"):
-            _write_with_itk(image, temporary, compression_level)
-            return
-        uncompressed = temporary_path(path[: -len(".gz")])
-        try:
-            _write_with_itk(image, uncompressed, 0)
-            with open(uncompressed, "rb") as raw, open(temporary, "wb") as file:
-                with _gzip_stream(file, compression_level) as stream:
-                    shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
-        finally:
-            if os.path.exists(uncompressed):
-                os.remove(uncompressed)
+    try:
+        with atomic_target(path) as temporary:
+            if not lower.endswith(".nii.gz"):
+                _write_with_itk(image, temporary, compression_level)
+                return
+            uncompressed = temporary_path(path[: -len(".gz")])
+            try:
+                _write_with_itk(image, uncompressed, 0)
+                with open(uncompressed, "rb") as raw, open(temporary, "wb") as file:
+                    with _gzip_stream(file, compression_level) as stream:
+                        shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
+            finally:
+                if os.path.exists(uncompressed):
+                    os.remove(uncompressed)
+    except OSError as error:
+        raise OSError(f"Cannot write {path}: {error.strerror or error}") from None
 
 
 def write_labels(path: str, labels: sitk.Image, segments: Sequence[SegmentInfo]) -> None:
@@ -188,11 +191,11 @@ def check_output_path(path: str) -> None:
     """Raise ``ValueError`` (one line) when a result cannot be written to ``path``: an unknown ending, a folder,
     or a folder where files cannot be created. Checked before a run, so that its work is never lost."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"Output {path} is a folder; give a file name")
     if not path.lower().endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"Unknown output type for {path}: use {SEGMENTATION_SUFFIX} or a label map "
                          f"({', '.join(LABEL_MAP_SUFFIXES)})")
-    if os.path.isdir(path):
-        raise ValueError(f"Output {path} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.isdir(existing):

@@ -79,11 +79,20 @@ def missing_files(case: Case) -> list:
     return found
 
 
-def resampled_voxels(reader, spacing: Sequence[float]) -> int:
-    """Voxels of the image whose header ``reader`` read once resampled to ``spacing`` (every frame of a 4D one)."""
+def resampled_size_problem(reader, spacing: Sequence[float]) -> str:
+    """Why the image whose header ``reader`` read is too large once resampled to ``spacing`` (every frame of a 4D
+    one), or ""."""
     size, old_spacing = reader.GetSize(), reader.GetSpacing()
+    if len(size) not in (3, 4):
+        return ""
     voxels = math.prod(max(1, round(n * s / t)) for n, s, t in zip(size[:3], old_spacing[:3], spacing))
-    return voxels * (size[3] if len(size) == 4 else 1)
+    voxels *= size[3] if len(size) == 4 else 1
+    if voxels <= MAX_VOXELS_PER_CASE:
+        return ""
+    return (
+        f"resampled to a spacing of {' x '.join(f'{s:g}' for s in spacing)} mm it would hold {voxels:,} voxels "
+        f"(at most {MAX_VOXELS_PER_CASE:,} per case): check the spacing"
+    )
 
 
 def _image_problems(case: Case, settings: ExportSettings | None) -> tuple:
@@ -104,13 +113,10 @@ def _image_problems(case: Case, settings: ExportSettings | None) -> tuple:
     for channel, reader in readers.items():
         if reader.GetNumberOfComponents() != 1:
             problems.append(LabelProblem(f"image of channel {channel} has {reader.GetNumberOfComponents()} components"))
-    if settings is not None and settings.spacing is not None and reference.GetDimension() in (3, 4):
-        voxels = resampled_voxels(reference, settings.spacing)
-        if voxels > MAX_VOXELS_PER_CASE:
-            problems.append(LabelProblem(
-                f"resampled to a spacing of {' x '.join(f'{s:g}' for s in settings.spacing)} mm it would hold "
-                f"{voxels:,} voxels (at most {MAX_VOXELS_PER_CASE:,} per case): check the spacing"
-            ))
+    if settings is not None and settings.spacing is not None:
+        size_problem = resampled_size_problem(reference, settings.spacing)
+        if size_problem:
+            problems.append(LabelProblem(size_problem))
     return problems, reference
 
 

@@ -56,8 +56,12 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """The CSV text of ``header`` and ``rows``, every cell made :func:`spreadsheet_safe`, ``\\n`` line ends."""
     output = io.StringIO()
     writer = csv.writer(output, lineterminator="\n")
-    writer.writerow([spreadsheet_safe(cell) for cell in header])
-    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+    # csv quotes a cell holding "\n" but not one holding a lone "\r", which readers then take as a line end:
+    # such rows are written with every cell quoted.
+    quoting_all = csv.writer(output, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in [header, *rows]:
+        cells = [spreadsheet_safe(cell) for cell in row]
+        (quoting_all if any("\r" in cell for cell in cells) else writer).writerow(cells)
     return output.getvalue()
 
 

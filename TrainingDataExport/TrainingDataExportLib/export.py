@@ -72,7 +72,7 @@ from . import formats
 from .card import card_file_names, card_warnings, write_dataset_card
 from .casedata import CaseJob, geometry, prepare_case, summary_from_json, summary_to_json
 from .caselist import Case, CaseListError, validate_cases
-from .checks import inspect_case, missing_files
+from .checks import inspect_case, missing_files, resampled_size_problem
 from .manifest import MANIFEST_NAME, OWN_FILES, Journal, read_manifest, write_manifest
 from .segmentations import schema_terminology_key
 from .settings import (
@@ -459,11 +459,17 @@ class _Run:
     to_write: list
 
 
+# Settings that change only the index files (dataset.json), never a case's files: changing them rewrites no case.
+_INDEX_ONLY_SETTINGS = ("dataset_id", "dataset_name", "channel_names")
+
+
 def _settings_hash(settings: ExportSettings, labels: Sequence) -> str:
+    """The part of every case's fingerprint that comes from the settings and the schema."""
+    case_settings = {key: value for key, value in settings.to_json().items() if key not in _INDEX_ONLY_SETTINGS}
     return _json_sha256(
         [
             ENGINE_VERSION,
-            settings.to_json(),
+            case_settings,
             _schema_pairs(labels),
             [schema_terminology_key(label.terminology) for label in labels],
         ]
@@ -478,9 +484,32 @@ def _validated_request(cases, labels, output_dir, settings, split, folds, test_f
         raise ExportError(problems)
     root, manifest, folder_problems = _folder_problems(output_dir, settings)
     problems = [("", message) for message in folder_problems] + _case_list_problems(cases)
+    if not problems:
+        problems = _size_problems(cases, settings)
     if problems:
         raise ExportError(problems)
     return root, manifest
+
+
+def _size_problems(cases: Sequence[Case], settings: ExportSettings) -> list:
+    """Cases a target spacing would make absurdly large, found from their headers alone (a typo such as
+    0.001 mm is refused at once; :func:`~TrainingDataExportLib.checks.inspect_case` checks the same later)."""
+    if settings.spacing is None:
+        return []
+    problems = []
+    for case in cases:
+        if not case.annotated:
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(next(iter(case.images.values())))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue  # an unreadable image is reported by the case checks
+        problem = resampled_size_problem(reader, settings.spacing)
+        if problem:
+            problems.append((case.case_id, problem))
+    return problems
 
 
 def _planned_run(annotated, labels, root, manifest, settings, split, folds, test_fraction, seed, workers, steps,

@@ -540,6 +540,20 @@ def test_progress_reaches_one(cases, tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+def test_progress_reports_each_case_as_it_is_written(cases, tmp_path):
+    """Not all at once after the last case (the issue: "checking" for the whole write phase, then every case)."""
+    labels = tmp_path / "out" / "labels"
+    seen = []
+
+    def progress(fraction, message):
+        if message.startswith("wrote case"):
+            seen.append((message, sorted(os.listdir(labels))))
+
+    run(cases, tmp_path / "out", format="monai", workers=1, progress=progress)
+    assert [message for message, _ in seen] == [f"wrote case case{i} ({i + 1} of 8)" for i in range(8)]
+    assert [files for _, files in seen] == [[f"case{j}.nii.gz" for j in range(i + 1)] for i in range(8)]
+
+
 def test_summaries_hold_statistics_hashes_and_annotator(cases, tmp_path):
     cases[0].annotator = "ann"
     report = run(cases, tmp_path / "out", format="pairs")

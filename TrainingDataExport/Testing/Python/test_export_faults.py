@@ -227,3 +227,103 @@ def test_a_full_disk_fails_the_export_and_the_next_export_completes_it(cases, tm
         assert tree(output) != before  # it failed part-way
         export(cases, output, NNUNET, final)
         assert tree(output) == clean(NNUNET, final)
+
+
+# --- hostile manifests, journals and case lists; read-only folders; corrupted inputs ------------------------
+
+
+def victim(tmp_path):
+    """A file outside the export folder that nothing may touch."""
+    path = tmp_path / "victim.txt"
+    path.write_text("precious")
+    return path
+
+
+@pytest.mark.parametrize("entry", ["../victim.txt", "labelsTr/../../victim.txt", "ABSOLUTE", "linked/victim.txt"])
+def test_a_manifest_naming_files_outside_the_folder_is_refused_and_nothing_is_deleted(cases, tmp_path, entry):
+    """The issue's crafted `../` entry in .training-data-export.json deleted files outside the export."""
+    target = victim(tmp_path)
+    output = tmp_path / "out"
+    export(cases, output, {"format": "pairs"}, SEED_1)
+    (output / "linked").symlink_to(tmp_path)
+    manifest = json.loads((output / MANIFEST_NAME).read_text())
+    entry = str(target) if entry == "ABSOLUTE" else entry
+    manifest["cases"]["case00"]["files"][entry] = 8
+    (output / MANIFEST_NAME).write_text(json.dumps(manifest))
+    before = tree(output)
+    with pytest.raises(ExportError, match="not a file inside the export folder"):
+        export(cases[1:], output, {"format": "pairs"}, SEED_1)  # case00 gone: its files would be removed
+    assert target.read_text() == "precious" and tree(output) == before
+
+
+@pytest.mark.parametrize("damage", ["not json", "a list", "files not a mapping", "index_files of numbers"])
+def test_a_damaged_manifest_is_refused_with_the_reason(cases, tmp_path, damage):
+    output = tmp_path / "out"
+    export(cases, output, {"format": "pairs"}, SEED_1)
+    manifest = json.loads((output / MANIFEST_NAME).read_text())
+    if damage == "not json":
+        text = "{"
+    elif damage == "a list":
+        text = "[]"
+    elif damage == "files not a mapping":
+        manifest["cases"]["case00"]["files"] = ["images/case00_image.nii.gz"]
+        text = json.dumps(manifest)
+    else:
+        manifest["index_files"] = [1, 2]
+        text = json.dumps(manifest)
+    (output / MANIFEST_NAME).write_text(text)
+    with pytest.raises(ExportError, match="cannot use the manifest"):
+        export(cases, output, {"format": "pairs"}, SEED_1)
+
+
+def test_a_journal_naming_files_outside_the_folder_is_ignored(cases, tmp_path, clean):
+    target = victim(tmp_path)
+    output = tmp_path / "out"
+    export(cases, output, NNUNET, SEED_1)
+    root = output / "Dataset001_Export"
+    (root / "linked").symlink_to(tmp_path)
+    lines = ["../../victim.txt", str(target), "linked/victim.txt", "imagesTr/../../../victim.txt", 42]
+    (root / JOURNAL_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines) + '"torn')
+    export(cases, output, NNUNET, SEED_2)
+    assert target.read_text() == "precious"
+    (root / "linked").unlink()
+    assert tree(output) == clean(NNUNET, SEED_2)
+
+
+def test_a_case_list_cannot_make_the_export_write_outside_its_folder(cases, tmp_path):
+    hostile = [Case("../escape", "p", dict(cases[0].images), cases[0].segmentation), *cases[1:]]
+    with pytest.raises(ExportError, match="not usable as a file name"):
+        export(hostile, tmp_path / "out", {"format": "pairs"}, SEED_1)
+    assert not (tmp_path / "escape_image.nii.gz").exists() and not (tmp_path / "out").exists()
+
+
+def test_an_export_folder_made_read_only_fails_cleanly_and_keeps_what_it_held(cases, tmp_path):
+    from fault_injection import read_only
+
+    output = tmp_path / "out"
+    export(cases, output, {"format": "pairs"}, SEED_1)
+    before = tree(output)
+    with read_only(output), pytest.raises(ExportError, match="cannot be written"):
+        export(cases, output, {"format": "pairs"}, SEED_2)
+    assert tree(output) == before
+
+
+@pytest.mark.parametrize("kind", ["truncated image", "NaN in the image", "truncated segmentation"])
+def test_corrupted_inputs_stop_the_export_before_anything_is_written(cases, tmp_path, kind):
+    from test_checks import spoil
+
+    spoiled = [Case(c.case_id, c.patient_id, dict(c.images), c.segmentation) for c in cases]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for case in spoiled[2:3]:
+        for channel, path in case.images.items():
+            case.images[channel] = shutil.copy(path, folder)
+        case.segmentation = shutil.copy(case.segmentation, folder)
+    image = sitk.ReadImage(spoiled[2].images["image"])
+    float_path = str(folder / "case02.nii")
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), float_path)
+    spoiled[2].images["image"] = float_path
+    spoil(kind, spoiled[2])
+    with pytest.raises(ExportError, match=r"in 1 case\(s\): case02"):
+        export(spoiled, tmp_path / "out", {"format": "pairs"}, SEED_1)
+    assert not (tmp_path / "out").exists()
