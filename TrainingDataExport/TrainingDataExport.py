@@ -133,6 +133,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.markReviewedButton.connect("clicked(bool)", lambda: self.onMarkStatus(REVIEWED))
         self.ui.spacingCheckBox.connect("toggled(bool)", self.updateButtonStates)
         self.ui.cropCheckBox.connect("toggled(bool)", self.updateButtonStates)
+        self.ui.formatComboBox.connect("currentIndexChanged(int)", self.updateButtonStates)
         self.ui.outputPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
@@ -172,6 +173,9 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         for spinBox in (ui.spacingXSpinBox, ui.spacingYSpinBox, ui.spacingZSpinBox):
             spinBox.enabled = ui.spacingCheckBox.checked
         ui.cropMarginSpinBox.enabled = ui.cropCheckBox.checked
+        nnunet = ui.formatComboBox.currentText == "nnunet"
+        for widget in (ui.datasetIdSpinBox, ui.datasetNameLineEdit, ui.channelNamesLineEdit):
+            widget.enabled = nnunet
         ui.exportButton.enabled = self.exportPoller.busy or (
             bool(self.logic.cases) and bool(self.logic.labels) and bool(ui.outputPathLineEdit.currentPath)
         )
@@ -324,11 +328,14 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         spacing = None
         if ui.spacingCheckBox.checked:
             spacing = (ui.spacingXSpinBox.value, ui.spacingYSpinBox.value, ui.spacingZSpinBox.value)
-        return ExportSettings(
-            format=ui.formatComboBox.currentText,
+        return self.logic.exportSettings(
+            ui.formatComboBox.currentText,
             spacing=spacing,
-            crop_margin_mm=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
-            compression_level=ui.compressionSpinBox.value,
+            cropMargin=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
+            compression=ui.compressionSpinBox.value,
+            datasetId=ui.datasetIdSpinBox.value,
+            datasetName=ui.datasetNameLineEdit.text,
+            channelNames=ui.channelNamesLineEdit.text,
         )
 
     def onExportButton(self):
@@ -816,6 +823,31 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         return f"Case {case.case_id} ({self.currentIndex + 1} of {len(self.cases)}): {case.status}, {saved}."
 
     # -- export --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def exportSettings(format, spacing=None, cropMargin=None, compression=1, datasetId=0, datasetName="",
+                       channelNames=""):
+        """The ``ExportSettings`` of the panel's fields: ``datasetId`` 0 and an empty ``datasetName`` mean "from an
+        output folder named DatasetNNN_Name, else the default"; ``channelNames`` is comma-separated (nnU-Net's
+        names: CT, noNorm, zscore...), empty for the case list's channel names. Raises ``ValueError`` for
+        settings an export would refuse.
+
+        >>> TrainingDataExportLogic.exportSettings("nnunet", datasetId=7, datasetName="Liver", channelNames="CT, T2")
+        ExportSettings(format='nnunet', ..., dataset_id=7, dataset_name='Liver', channel_names=('CT', 'T2'))
+        """
+        settings = ExportSettings(
+            format=format,
+            spacing=tuple(spacing) if spacing else None,
+            crop_margin_mm=cropMargin,
+            compression_level=compression,
+            dataset_id=datasetId or None,
+            dataset_name=datasetName.strip() or None,
+            channel_names=tuple(name.strip() for name in channelNames.split(",") if name.strip()),
+        )
+        problems = settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
 
     def _exporter(self, settings, outputDir, folds, testFraction, seed, workers):
         """``function(progress, cancel)`` exporting a snapshot of the cases and schema taken now (so that a

@@ -26,7 +26,7 @@ Example::
     >>> check_image_file(path)
     Traceback (most recent call last):
     ...
-    DeepSegmentLib.imagecheck.ImageFileError: .../ct.nii holds 110 bytes of image data where its header announces 120: the file is truncated or damaged
+    DeepSegmentLib.imagecheck.ImageFileError: .../ct.nii holds 110 bytes of image data where its header announces ...
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _header_lines(path: str, last_line) -> tuple:
 
 def _nrrd_layout(path: str) -> DataLayout | None:
     with open(path, "rb") as file:
-        if not file.read(4) == b"NRRD":
+        if file.read(4) != b"NRRD":
             return None
     lines, header_bytes = _header_lines(path, lambda line: not line.strip())
     detached = path.lower().endswith(".nhdr")

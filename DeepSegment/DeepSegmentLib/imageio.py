@@ -170,9 +170,9 @@ def write_image(image: sitk.Image, path: str, compression_level: int = 1) -> Non
             uncompressed = temporary_path(path[: -len(".gz")])
             try:
                 _write_with_itk(image, uncompressed, 0)
-                with open(uncompressed, "rb") as raw, open(temporary, "wb") as file:
-                    with _gzip_stream(file, compression_level) as stream:
-                        shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
+                with open(uncompressed, "rb") as raw, open(temporary, "wb") as file, \
+                        _gzip_stream(file, compression_level) as stream:
+                    shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
             finally:
                 if os.path.exists(uncompressed):
                     os.remove(uncompressed)

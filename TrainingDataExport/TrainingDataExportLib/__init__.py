@@ -11,10 +11,12 @@ import importlib.util
 import os
 import sys
 
-for _module in ("ModelRegistry", "DeepSegment"):
-    if importlib.util.find_spec(_module + "Lib") is None:
-        sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                     _module))
+if importlib.util.find_spec("ModelRegistryLib") is None:
+    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "ModelRegistry"))
+if importlib.util.find_spec("DeepSegmentLib") is None:
+    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "DeepSegment"))
 
 from .card import (
     CaseSummary,
@@ -84,9 +86,9 @@ __all__ = [
     "STATUSES",
     "TO_DO",
     "Case",
+    "CaseCheck",
     "CaseListError",
     "CaseListProblem",
-    "CaseCheck",
     "CaseSummary",
     "ChannelIntensity",
     "DatasetSplit",

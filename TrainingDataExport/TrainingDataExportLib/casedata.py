@@ -13,8 +13,8 @@ Example::
     >>> image = sitk.Image([10, 10, 4], sitk.sitkInt16)
     >>> image.SetSpacing((0.5, 0.5, 2.0))
     >>> grid = target_grid(image, (1.0, 1.0, 1.0))
-    >>> grid["size"], grid["origin"]
-    ([5, 5, 8], (0.25, 0.25, -0.5))
+    >>> grid["size"], [float(value) for value in grid["origin"]]
+    ([5, 5, 8], [0.25, 0.25, -0.5])
 """
 
 from __future__ import annotations

@@ -392,7 +392,7 @@ def _remove_files(root: str, relatives) -> None:
 
 def _remove_empty_folders(root: str) -> None:
     """Folders left empty by removals (a test set that no longer exists...); never ``root`` itself."""
-    for folder, subfolders, names in os.walk(root, topdown=False):
+    for folder, _, names in os.walk(root, topdown=False):
         if folder != root and not names and not os.listdir(folder):
             os.rmdir(folder)
 
@@ -667,7 +667,8 @@ def export_dataset(
     annotated = [case for case in cases if case.annotated]
     report.skipped = {case.case_id: "not annotated" for case in cases if not case.annotated}
     if report.skipped:
-        report.warnings.append(f"{len(report.skipped)} unannotated case(s) skipped: {', '.join(sorted(report.skipped))}")
+        skipped = ", ".join(sorted(report.skipped))
+        report.warnings.append(f"{len(report.skipped)} unannotated case(s) skipped: {skipped}")
     if not annotated:
         raise ExportError([("", "no case is annotated: there is nothing to export")])
     workers = workers or min(os.cpu_count() or 1, 4)

@@ -151,7 +151,7 @@ class Journal:
         with self._lock:
             if self._file is None:
                 created = not os.path.exists(self.path)
-                self._file = open(self.path, "ab")
+                self._file = open(self.path, "ab")  # noqa: SIM115 (kept open for the whole export, closed by close())
                 if created:
                     sync_folder(self.root)
             self._file.write(data)

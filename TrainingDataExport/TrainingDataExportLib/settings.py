@@ -106,7 +106,9 @@ class ExportSettings:
             found.append(f"dataset_id must be a whole number from 1 to 999, not {self.dataset_id!r}")
         if self.dataset_name is not None:
             if not isinstance(self.dataset_name, str) or not _NNUNET_NAME.match(self.dataset_name):
-                found.append(f"dataset_name must be letters, digits, '_' or '-' (like Liver), not {self.dataset_name!r}")
+                found.append(
+                    f"dataset_name must be letters, digits, '_' or '-' (like Liver), not {self.dataset_name!r}"
+                )
             elif NNUNET_DATASET_FOLDER.match(self.dataset_name):
                 found.append(
                     f"dataset_name is the name part of the folder, not the folder: use dataset_id and a name like "
@@ -115,7 +117,9 @@ class ExportSettings:
         if not isinstance(self.channel_names, (tuple, list)) or not all(
             isinstance(name, str) and name.strip() == name and name for name in self.channel_names
         ):
-            found.append(f"channel_names must be non-empty names without surrounding spaces, not {self.channel_names!r}")
+            found.append(
+                f"channel_names must be non-empty names without surrounding spaces, not {self.channel_names!r}"
+            )
         return found
 
     def to_json(self) -> dict:

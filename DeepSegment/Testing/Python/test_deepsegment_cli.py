@@ -165,7 +165,8 @@ def test_bad_run_arguments_are_one_line_before_any_work(tmp_path, capsys, extra,
     extra = [part.replace("OUT", str(tmp_path)).replace("FILE", str(tmp_path / "FILE")) for part in extra]
     given = dict(zip(extra[::2], extra[1::2]))
     command = ["run", "--model", "threshold-test", "--index", index, "--cache-dir", str(tmp_path / "cache"),
-               "--input", given.pop("--input", input_path), "--output", given.pop("--output", str(tmp_path / "o.nii.gz")),
+               "--input", given.pop("--input", input_path),
+               "--output", given.pop("--output", str(tmp_path / "o.nii.gz")),
                *[part for pair in given.items() for part in pair]]
     assert main(command) == 1
     captured = capsys.readouterr()

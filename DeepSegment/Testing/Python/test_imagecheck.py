@@ -99,7 +99,7 @@ def test_the_issue_truncated_nifti_is_not_segmented_as_zeros(tmp_path):
     assert np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(path)) == 0) == 0
     truncate(path)
     assert np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(path)) == 0) > 0  # what ITK alone does
-    with pytest.raises(ValueError, match="truncated or damaged|ends early"):
+    with pytest.raises(ValueError, match=r"truncated or damaged|ends early"):
         read_volume(path)
 
 
@@ -117,10 +117,12 @@ def test_big_endian_and_byte_skip_nrrd_are_read_by_their_header(tmp_path):
 
 def test_damaged_gzip_data_is_refused(tmp_path):
     path = written(tmp_path, "v.nii.gz", False, volume(np.int16))
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as file:
+        data = bytearray(file.read())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
-    open(path, "wb").write(bytes(data))
-    with pytest.raises(ImageFileError, match="damaged|truncated"):
+    with open(path, "wb") as file:
+        file.write(bytes(data))
+    with pytest.raises(ImageFileError, match=r"damaged|truncated"):
         read_image(path)
 
 
@@ -185,7 +187,7 @@ def test_a_write_into_a_read_only_folder_fails_and_keeps_the_previous_file(tmp_p
     with read_only(folder):
         with pytest.raises(OSError):
             write_image(image * 0, str(folder / name))
-        with pytest.raises(ValueError, match="Read-only file system|Permission denied"):
+        with pytest.raises(ValueError, match=r"Read-only file system|Permission denied"):
             write_labels(str(folder / name), image * 0, [SegmentInfo(1, "A", "#ff0000")])
     assert (folder / name).read_bytes() == before and os.listdir(folder) == [name]
 

@@ -130,7 +130,7 @@ def test_an_absurd_spacing_is_refused_from_the_headers_before_any_work(tmp_path)
     settings = ExportSettings("pairs", spacing=(0.001, 0.001, 0.001))
     assert "voxels (at most" in inspect_case(cases[0], SCHEMA, settings).blocking[0]
     calls = []
-    with pytest.raises(ExportError, match="would hold .* voxels") as error:
+    with pytest.raises(ExportError, match=r"would hold .* voxels") as error:
         export_dataset(cases, SCHEMA, str(tmp_path / "out"), settings, folds=0, test_fraction=0,
                        progress=lambda fraction, message: calls.append(message))
     assert calls == [] and len(error.value.problems) == 3  # no file hashed, no case read

