@@ -56,6 +56,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -248,16 +249,30 @@ def _itk_threads_for(workers: int):
 # --- 1. the request ------------------------------------------------------------------------------------------
 
 
-def _request_problems(cases, labels, settings, split, folds, test_fraction, seed, workers) -> list:
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`export_dataset` was asked, but the cases and the output folder."""
+
+    labels: Sequence
+    settings: ExportSettings
+    split: DatasetSplit | None
+    folds: int
+    test_fraction: float
+    seed: int
+    workers: int
+
+
+def _request_problems(cases: Sequence[Case], request: _Request) -> list:
     """What makes the request itself impossible, before any file is read."""
-    problems = settings.problems() + _schema_problems(labels)
+    settings, split, workers = request.settings, request.split, request.workers
+    problems = settings.problems() + _schema_problems(request.labels)
     try:
-        check_split_arguments(folds, test_fraction, seed)
+        check_split_arguments(request.folds, request.test_fraction, request.seed)
     except ValueError as error:
         problems.append(str(error))
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= _MAX_WORKERS:
         problems.append(f"workers must be 0 (one per processor, up to 4) to {_MAX_WORKERS}, not {workers!r}")
-    if settings.format == "monai" and (len(split.folds) if split is not None else folds) < 2:
+    if settings.format == "monai" and (len(split.folds) if split is not None else request.folds) < 2:
         problems.append(
             "MONAI datalists need 2 folds or more: every training entry holds the fold that validates it "
             "(without folds, Auto3DSeg draws its own by case, and a patient's scans can land on both sides)"
@@ -476,16 +491,15 @@ def _settings_hash(settings: ExportSettings, labels: Sequence) -> str:
     )
 
 
-def _validated_request(cases, labels, output_dir, settings, split, folds, test_fraction, seed, workers) -> tuple:
+def _validated_request(cases: Sequence[Case], request: _Request, output_dir: str) -> tuple:
     """``(export folder, earlier manifest)``; raises :class:`ExportError` listing every problem."""
-    problems = [("", message) for message in _request_problems(
-        cases, labels, settings, split, folds, test_fraction, seed, workers)]
+    problems = [("", message) for message in _request_problems(cases, request)]
     if problems:
         raise ExportError(problems)
-    root, manifest, folder_problems = _folder_problems(output_dir, settings)
+    root, manifest, folder_problems = _folder_problems(output_dir, request.settings)
     problems = [("", message) for message in folder_problems] + _case_list_problems(cases)
     if not problems:
-        problems = _size_problems(cases, settings)
+        problems = _size_problems(cases, request.settings)
     if problems:
         raise ExportError(problems)
     return root, manifest
@@ -512,9 +526,10 @@ def _size_problems(cases: Sequence[Case], settings: ExportSettings) -> list:
     return problems
 
 
-def _planned_run(annotated, labels, root, manifest, settings, split, folds, test_fraction, seed, workers, steps,
-                 report) -> _Run:
-    """Hash and check the cases, split them, and decide which to write; raises :class:`ExportError`."""
+def _planned_run(annotated: Sequence[Case], request: _Request, root: str, manifest, steps: _Steps,
+                 report: ExportReport) -> _Run:
+    """Hash and check the cases and split them; raises :class:`ExportError`."""
+    labels, settings, split, workers = request.labels, request.settings, request.split, request.workers
     channels = tuple(annotated[0].images)
     settings_hash = _settings_hash(settings, labels)
     previous_cases = (manifest or {}).get("cases", {})
@@ -541,7 +556,8 @@ def _planned_run(annotated, labels, root, manifest, settings, split, folds, test
         raise ExportError(problems)
     if split is None:
         try:
-            split = split_by_patient(annotated, folds=folds, test_fraction=test_fraction, seed=seed, strata=strata)
+            split = split_by_patient(annotated, folds=request.folds, test_fraction=request.test_fraction,
+                                     seed=request.seed, strata=strata)
         except ValueError as error:
             raise ExportError([("", f"cannot split the cases: {error}")]) from None
     jobs = [
@@ -601,8 +617,9 @@ def _nnunet_card_notes(labels, settings, channels, root) -> tuple:
     return notes, warnings
 
 
-def _finish(run, place, labels, settings, channels, folds, test_fraction, report) -> list:
+def _finish(run: _Run, place: _Place, request: _Request, channels: tuple, report: ExportReport) -> list:
     """Write the index files and the dataset card; return their paths relative to the export folder."""
+    settings = request.settings
     index_entries = [
         formats.IndexEntry(
             case_id=job.case.case_id,
@@ -614,12 +631,13 @@ def _finish(run, place, labels, settings, channels, folds, test_fraction, report
         )
         for job in run.jobs
     ]
-    pairs = _schema_pairs(labels)
+    pairs = _schema_pairs(request.labels)
     index_files = formats.write_index(run.root, place, index_entries, run.split, channels, pairs, settings)
     report.summaries = [summary_from_json(run.entries[job.case.case_id]["summary"]) for job in run.jobs]
     notes, nnunet_warnings = _nnunet_card_notes(pairs, settings, channels, run.root)
     report.warnings = report.warnings + nnunet_warnings + card_warnings(report.summaries, pairs)
-    card_settings = dict(settings.to_json(), folds=folds, test_fraction=test_fraction, seed=run.split.seed, **notes)
+    card_settings = dict(settings.to_json(), folds=request.folds, test_fraction=request.test_fraction,
+                         seed=run.split.seed, **notes)
     write_dataset_card(run.root, report.summaries, pairs, run.split, card_settings, report.warnings, place=place)
     return index_files + card_file_names()
 
@@ -660,10 +678,10 @@ def export_dataset(
     started = time.perf_counter()
     output_dir = os.path.abspath(os.fspath(output_dir))
     cases = list(cases)
+    request = _Request(tuple(labels), settings, split, folds, test_fraction, seed, workers)
     steps = _Steps(progress, cancel)
     report = ExportReport(output_dir=output_dir)
-    root, manifest = _validated_request(cases, labels, output_dir, settings, split, folds, test_fraction, seed,
-                                        workers)
+    root, manifest = _validated_request(cases, request, output_dir)
     annotated = [case for case in cases if case.annotated]
     report.skipped = {case.case_id: "not annotated" for case in cases if not case.annotated}
     if report.skipped:
@@ -671,11 +689,20 @@ def export_dataset(
         report.warnings.append(f"{len(report.skipped)} unannotated case(s) skipped: {skipped}")
     if not annotated:
         raise ExportError([("", "no case is annotated: there is nothing to export")])
-    workers = workers or min(os.cpu_count() or 1, 4)
-    channels = tuple(annotated[0].images)
-    run = _planned_run(annotated, labels, root, manifest, settings, split, folds, test_fraction, seed, workers,
-                       steps, report)
+    request = dataclasses.replace(request, workers=workers or min(os.cpu_count() or 1, 4))
+    run = _planned_run(annotated, request, root, manifest, steps, report)
+    _write_run(run, request, tuple(annotated[0].images), steps, report)
+    report.written.sort()
+    report.seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0, f"exported {len(run.jobs)} case(s) to {root}")
+    return report
 
+
+def _write_run(run: _Run, request: _Request, channels: tuple, steps: _Steps, report: ExportReport) -> None:
+    """Write what ``run`` needs into its folder, through the journal, and the manifest last (see the module
+    description)."""
+    root, manifest, settings = run.root, run.manifest, request.settings
     os.makedirs(root, exist_ok=True)
     if manifest is None:
         # Claims the new folder, so that a re-run after a cancel or a crash knows it as ours.
@@ -693,14 +720,15 @@ def export_dataset(
         _remove_files(root, [*formats.index_file_names(settings, run.split), *card_file_names(),
                              *(manifest or {}).get("index_files", [])])
         place = _Place(journal)
-        label_values = consecutive_label_values([int(label.value) for label in labels]) \
+        label_values = consecutive_label_values([int(label.value) for label in request.labels]) \
             if settings.format == "nnunet" else None
-        written = _write_cases(run.to_write, place, labels, settings, channels, writer, label_values, workers, steps)
+        written = _write_cases(run.to_write, place, request.labels, settings, channels, writer, label_values,
+                               request.workers, steps)
         for job, entry in zip(run.to_write, written):
             run.entries[job.case.case_id] = entry
             report.written.append(job.case.case_id)
         steps.tell(0.92, "writing the index files and the dataset card")
-        own_files = _finish(run, place, labels, settings, channels, folds, test_fraction, report)
+        own_files = _finish(run, place, request, channels, report)
         kept = {path for entry in run.entries.values() for path in entry["files"]} | set(own_files) | set(OWN_FILES)
         _remove_files(root, (set(previous) | untrusted | journal.pending()) - kept)
         _remove_empty_folders(root)
@@ -708,8 +736,3 @@ def export_dataset(
     finally:
         journal.close()
     journal.remove()
-    report.written.sort()
-    report.seconds = time.perf_counter() - started
-    if progress is not None:
-        progress(1.0, f"exported {len(run.jobs)} case(s) to {root}")
-    return report
