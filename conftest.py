@@ -20,6 +20,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Models installed by tests go to a private folder, never to the user's cache.
 os.environ["SLICER_DEEPLEARNING_CACHE_DIR"] = tempfile.mkdtemp(prefix="SlicerDeepLearning-test-cache-")
 sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "SlicerStandIn"))
+# Test helpers every module's tests share (fault_injection: full disks, read-only folders, killed children).
+sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "Python"))
 
 
 def pytest_configure(config):

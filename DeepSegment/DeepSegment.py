@@ -43,6 +43,7 @@ from DeepSegmentLib.container_backend import ContainerSettings, segment_in_conta
 from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
 from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
+from ModelRegistryLib.files import write_text_atomically
 
 #
 # DeepSegment
@@ -685,8 +686,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not confirm(f"Deep Segment needs PyTorch. Install {plan.description}? This downloads up to a few GB."):
             return False
         pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
-        with open(pins, "w", encoding="utf-8") as pinsFile:
-            pinsFile.write("\n".join(plan.constraints) + "\n")
+        write_text_atomically(pins, "\n".join(plan.constraints) + "\n")
         slicer.util.pip_install(plan.pip_arguments(pins))
         return torch_status().installed
 

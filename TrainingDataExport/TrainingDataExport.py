@@ -23,6 +23,7 @@ from slicer.util import VTKObservationMixin
 
 from ModelRegistry import BackgroundTaskPoller, PathChoiceWatcher
 from ModelRegistryLib import BackgroundTask, CancelledError
+from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
     DONE,
@@ -35,25 +36,22 @@ from TrainingDataExportLib import (
     ExportError,
     ExportSettings,
     LabelSchemaError,
-    backup_path,
     case_list_from_folder,
     check_case,
     export_dataset,
     format_duration,
-    install_file,
     load_label_schema,
     read_case_list,
     recovery_path,
     recovery_to_offer,
     save_label_schema,
     segmentation_save_path,
-    temporary_path,
     validate_cases,
     write_case_list,
 )
 from TrainingDataExportLib.card import MARKDOWN_NAME
 from TrainingDataExportLib.formats import FORMATS
-from TrainingDataExportLib.workflow import SEGMENTATION_FILE_EXTENSION, is_slicer_segmentation_file
+from TrainingDataExportLib.workflow import is_slicer_segmentation_file
 
 # What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
 USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
@@ -72,8 +70,9 @@ class TrainingDataExport(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Training Data Export"
         self.parent.categories = ["Deep Learning"]
-        # The label schema is the model registry's label format, read with ModelRegistryLib.
-        self.parent.dependencies = ["ModelRegistry"]
+        # The label schema is the model registry's label format, read with ModelRegistryLib (which also writes every
+        # file atomically); images are read with DeepSegmentLib's checked reader, shared with DeepSegment.
+        self.parent.dependencies = ["ModelRegistry", "DeepSegment"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
             "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
@@ -152,6 +151,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.markReviewedButton.connect("clicked(bool)", lambda: self.onMarkStatus(REVIEWED))
         self.ui.spacingCheckBox.connect("toggled(bool)", self.updateButtonStates)
         self.ui.cropCheckBox.connect("toggled(bool)", self.updateButtonStates)
+        self.ui.formatComboBox.connect("currentIndexChanged(int)", self.updateButtonStates)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -245,6 +245,9 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         for spinBox in (ui.spacingXSpinBox, ui.spacingYSpinBox, ui.spacingZSpinBox):
             spinBox.enabled = ui.spacingCheckBox.checked
         ui.cropMarginSpinBox.enabled = ui.cropCheckBox.checked
+        nnunet = ui.formatComboBox.currentText == "nnunet"
+        for widget in (ui.datasetIdSpinBox, ui.datasetNameLineEdit, ui.channelNamesLineEdit):
+            widget.enabled = nnunet
         ui.exportButton.enabled = self.exportPoller.busy or (
             bool(self.logic.cases) and bool(self.logic.labels) and bool(ui.outputPathLineEdit.currentPath)
         )
@@ -397,11 +400,14 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         spacing = None
         if ui.spacingCheckBox.checked:
             spacing = (ui.spacingXSpinBox.value, ui.spacingYSpinBox.value, ui.spacingZSpinBox.value)
-        return ExportSettings(
-            format=ui.formatComboBox.currentText,
+        return self.logic.exportSettings(
+            ui.formatComboBox.currentText,
             spacing=spacing,
-            crop_margin_mm=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
-            compression_level=ui.compressionSpinBox.value,
+            cropMargin=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
+            compression=ui.compressionSpinBox.value,
+            datasetId=ui.datasetIdSpinBox.value,
+            datasetName=ui.datasetNameLineEdit.text,
+            channelNames=ui.channelNamesLineEdit.text,
         )
 
     def onExportButton(self):
@@ -852,7 +858,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         atomically too). Returns the segmentation's path."""
         case = self.currentCase()
         path = segmentation_save_path(case)
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        temporary = temporary_path(path)
         # Through the node's own storage node: Slicer then counts the segmentation as saved (its Save dialog
         # and exit prompt compare the node's changes with that storage node's last write, GetModifiedSinceRead).
         if self.segmentationNode.GetStorageNode() is None:
@@ -861,7 +867,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         previous = storageNode.GetFileName()
         try:
             self._writeSegmentation(temporary, storageNode)
-            install_file(temporary, path)
+            install_file(temporary, path, keep_backup=True)
         except BaseException:
             storageNode.SetFileName(previous)
             self.segmentationNode.StorableModified()  # not saved after all
@@ -888,7 +894,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         if not self.hasUnsavedWork():
             return ""
         path = recovery_path(self.currentCase())
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
+        temporary = temporary_path(path)
         # Through a storage node of its own, not the node's: the segmentation keeps its file and still counts as
         # unsaved in Slicer's Save dialog and exit prompt, since the recovery file is not the case's file.
         self._writeSegmentation(temporary, slicer.vtkMRMLSegmentationStorageNode())
@@ -958,6 +964,31 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         return f"Case {case.case_id} ({self.currentIndex + 1} of {len(self.cases)}): {case.status}, {saved}."
 
     # -- export --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def exportSettings(format, spacing=None, cropMargin=None, compression=1, datasetId=0, datasetName="",
+                       channelNames=""):
+        """The ``ExportSettings`` of the panel's fields: ``datasetId`` 0 and an empty ``datasetName`` mean "from an
+        output folder named DatasetNNN_Name, else the default"; ``channelNames`` is comma-separated (nnU-Net's
+        names: CT, noNorm, zscore...), empty for the case list's channel names. Raises ``ValueError`` for
+        settings an export would refuse.
+
+        >>> TrainingDataExportLogic.exportSettings("nnunet", datasetId=7, datasetName="Liver", channelNames="CT, T2")
+        ExportSettings(format='nnunet', ..., dataset_id=7, dataset_name='Liver', channel_names=('CT', 'T2'))
+        """
+        settings = ExportSettings(
+            format=format,
+            spacing=tuple(spacing) if spacing else None,
+            crop_margin_mm=cropMargin,
+            compression_level=compression,
+            dataset_id=datasetId or None,
+            dataset_name=datasetName.strip() or None,
+            channel_names=tuple(name.strip() for name in channelNames.split(",") if name.strip()),
+        )
+        problems = settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
 
     def _exporter(self, settings, outputDir, folds, testFraction, seed, workers):
         """``function(progress, cancel)`` exporting a snapshot of the cases and schema taken now (so that a

@@ -48,6 +48,8 @@ from .container_runtime import (
 )
 from .engine import EngineProgress, SegmentationResult
 from .geometry import geometry_mismatch
+from .imagecheck import ImageFileError
+from .imageio import read_image, write_image
 
 # Share of the progress bar for each step; the container's own progress fills the middle.
 _IMAGE_SHARE, _INPUT_SHARE, _RESULT_SHARE = 0.1, 0.05, 0.05
@@ -120,7 +122,7 @@ def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fi
     inputs = []
     for number, (image, name) in enumerate(zip(images, input_names)):
         file = f"input-{number}.nrrd"
-        sitk.WriteImage(image, os.path.join(input_folder, file), useCompression=False)
+        write_image(image, os.path.join(input_folder, file), compression_level=0)
         inputs.append((name, file))
     write_json_atomically(os.path.join(input_folder, REQUEST_FILE),
                           RunRequest(inputs=tuple(inputs), **request_fields).to_json())
@@ -140,10 +142,9 @@ def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, l
     if not os.path.isfile(path):
         raise ContractError(f"the label map {label_map} named by result.json is missing")
     try:
-        labels = sitk.ReadImage(path)
-    except RuntimeError as error:
-        raise ContractError(f"the label map {label_map} cannot be read: {str(error).strip().splitlines()[-1]}") \
-            from error
+        labels = read_image(path)
+    except ImageFileError as error:
+        raise ContractError(f"the label map {label_map} cannot be used: {error}") from error
     if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetPixelID() not in (
         sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
     ):

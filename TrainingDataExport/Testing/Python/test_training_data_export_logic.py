@@ -175,3 +175,35 @@ def test_only_editable_columns_and_valid_values_are_accepted(logic):
         logic.editCase(0, "Status", "finished")
     logic.editCase(1, "Annotator", "second reader")
     assert read_case_list(logic.caseListPath)[1].annotator == "second reader"
+
+
+def test_panel_fields_set_the_nnunet_dataset_and_channel_names():
+    widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+    ui = widget.ui
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("nnunet")
+    ui.datasetIdSpinBox.value = 42
+    ui.datasetNameLineEdit.text = "Liver"
+    ui.channelNamesLineEdit.text = "CT, noNorm"
+    settings = widget.exportSettings()
+    assert (settings.dataset_id, settings.dataset_name, settings.channel_names) == (42, "Liver", ("CT", "noNorm"))
+    assert ui.datasetIdSpinBox.enabled and ui.channelNamesLineEdit.enabled
+    ui.datasetIdSpinBox.value = 0
+    ui.datasetNameLineEdit.text = ""
+    ui.channelNamesLineEdit.text = ""
+    settings = widget.exportSettings()
+    assert (settings.dataset_id, settings.dataset_name, settings.channel_names) == (None, None, ())
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("monai")
+    assert not ui.datasetIdSpinBox.enabled and not ui.channelNamesLineEdit.enabled
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("nnunet")
+    ui.datasetNameLineEdit.text = "no/slash"
+    with pytest.raises(ValueError, match="dataset_name must be letters"):
+        widget.exportSettings()
+    ui.datasetNameLineEdit.text = ""
+
+
+def test_export_from_the_console_with_a_dataset_id_name_and_channel_names(logic, tmp_path):
+    logic.cases[1].segmentation = ""
+    settings = TrainingDataExportLogic.exportSettings("nnunet", datasetId=5, datasetName="Liver", channelNames="CT")
+    report = logic.exportDataset(settings, str(tmp_path / "nnUNet_raw"), folds=0, testFraction=0.0)
+    dataset = json.loads((tmp_path / "nnUNet_raw" / "Dataset005_Liver" / "dataset.json").read_text(encoding="utf-8"))
+    assert dataset["channel_names"] == {"0": "CT"} and report.written == ["a"]
