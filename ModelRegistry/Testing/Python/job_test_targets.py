@@ -97,3 +97,12 @@ def sha256_of(path, progress):
             digest.update(chunk)
             progress(None, "hashing")
     return digest.hexdigest()
+
+
+def hash_blocks(count, block_bytes):
+    """What a verify does: sha256 over ``count`` blocks (generated here, so no disk is involved)."""
+    block = bytes(range(256)) * (block_bytes // 256)
+    digest = hashlib.sha256()
+    for _ in range(count):
+        digest.update(block)
+    return digest.hexdigest()
