@@ -56,7 +56,6 @@ from .registry import (
 )
 from .sources import IndexSource, SourceStatus, load_sources
 from .store import InstalledModel, InstallProgress, ModelStore, VerifyResult, default_cache_dir
-from .tasks import BackgroundTask
 from .jobs import (
     Job,
     JobCancelledError,
@@ -74,7 +73,6 @@ __all__ = [
     "NOT_INSTALLED",
     "UNKNOWN",
     "UPDATE_AVAILABLE",
-    "BackgroundTask",
     "CancelledError",
     "ChecksumMismatchError",
     "Coding",
