@@ -36,7 +36,7 @@ from DeepSegmentLib import (
 )
 from DeepSegmentLib.container_backend import ContainerSettings
 from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find_runtime
-from ModelRegistry import JobPoller, ModelRegistryLogic, runJob, workerPython
+from ModelRegistry import JobPoller, ModelRegistryLogic, runJob, slicerPythonOnPath
 from ModelRegistryLib import IndexSource, Registry
 
 #
@@ -378,7 +378,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._devices = None
         self.registry = registry if registry is not None else ModelRegistryLogic().registry
-        self.service = ModelService(workerPython())
+        self.service = ModelService(slicerPythonOnPath())
         self.containerSettings = self.savedContainerSettings()
         self._runtimeDescriptions = {}
 

@@ -69,12 +69,15 @@ class ModelRegistry(ScriptedLoadableModule):
 #
 
 
-def workerPython():
-    """Slicer's own Python interpreter for worker processes: PythonSlicer, which Slicer puts on PATH.
+def slicerPythonOnPath():
+    """PythonSlicer, Slicer's own Python interpreter, which Slicer puts on PATH (None outside Slicer): what
+    worker processes run. ``sys.executable`` is the Slicer application itself: it would open a second Slicer."""
+    return shutil.which("PythonSlicer")
 
-    ``sys.executable`` is the Slicer application itself: starting it would open a second Slicer.
-    """
-    return worker_python(shutil.which("PythonSlicer"))
+
+def workerPython():
+    """The interpreter worker processes run (ModelRegistryLib.jobs.worker_python); raises JobError if none."""
+    return worker_python(slicerPythonOnPath())
 
 
 def startJob(target, kwargs=None, description="", sysPath=(), **options):
@@ -84,7 +87,8 @@ def startJob(target, kwargs=None, description="", sysPath=(), **options):
     would crawl, and a crashing job would take Slicer down. ``sysPath`` lists the module folders the job
     imports from; ``options`` are ModelRegistryLib.jobs.start_job's (``timeout``, ``cancel_grace``...).
     """
-    return start_job(target, kwargs, description=description, python=workerPython(), sys_path=sysPath, **options)
+    return start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
+                     **options)
 
 
 def processEventsBriefly():

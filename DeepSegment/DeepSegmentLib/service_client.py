@@ -66,7 +66,7 @@ class SegmentationRun:
 class ModelService:
     """Runs models in persistent worker processes, one per compute device (see the module description).
 
-    ``python`` is the interpreter of the workers (ModelRegistryLib.jobs.worker_python by default); the pool of
+    ``python`` is the preferred interpreter of the workers (see ModelRegistryLib.jobs.worker_python); the pool of
     each worker keeps networks within ``memory_budget_bytes`` (estimated) and unloads those unused for
     ``idle_seconds``; ``env`` adds environment variables to workers started from now on.
     """

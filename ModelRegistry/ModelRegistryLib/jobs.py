@@ -499,7 +499,9 @@ _LIVE_WORKERS: set = set()
 class WorkerProcess:
     """A worker process running jobs one after another (see the module description).
 
-    ``python`` defaults to :func:`worker_python`; ``sys_path`` lists folders the jobs import from (the
+    ``python`` is the preferred interpreter (see :func:`worker_python`, which picks one when it is None; the
+    environment variable overrides both), resolved when the process starts; ``sys_path`` lists folders the
+    jobs import from (the
     ModelRegistry folder is always first); ``env`` adds environment variables; ``name`` is how messages
     call the worker ("The DeepSegment model service"). The process starts with the first :meth:`submit`.
     """
@@ -541,7 +543,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         if self.process is not None:
             raise RuntimeError(f"{self.name} was started already; make a new WorkerProcess")
-        python = self.python or worker_python()
+        python = worker_python(self.python)
         try:
             self.process = subprocess.Popen(
                 [python, "-c", _BOOTSTRAP, *self.sys_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

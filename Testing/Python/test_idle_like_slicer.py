@@ -68,7 +68,7 @@ def test_nested_event_loops_run_timers_and_end():
 
 def test_a_thread_job_starves_while_the_same_work_in_a_worker_process_does_not():
     """The reason long jobs run in worker processes; if a thread design came back, its panels would crawl."""
-    blocks = 400
+    blocks = 800
     block = bytes(range(256)) * (BLOCK_BYTES // 256)
     hashed = [0]
 
