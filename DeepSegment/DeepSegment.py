@@ -552,17 +552,16 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         entry, version = self.registry.resolve(modelSpec)
         backend = version.choose_backend(backend)
         cacheDir = self.registry.store.cache_dir
+        images = [self.imageFromVolumeNode(node) for node in inputNodes]
         if backend == "container":
             values = version.image.parameter_values(parameters or {})  # a bad value fails here, before any work
             if device not in ("auto", "cpu") and not device.startswith("cuda"):
                 raise ValueError(f"A container can run on the CPU or a CUDA GPU, not on {device}.")
-            images = [self.imageFromVolumeNode(node) for node in inputNodes]
             task = self.service.segment_in_container(
                 images, entry, version, cacheDir, parameters=values,
                 device="cuda" if device.startswith("cuda") else device, settings=self.containerSettings)
         else:
             deviceName = self.chooseDevice(device).torch_name
-            images = [self.imageFromVolumeNode(node) for node in inputNodes]
             task = self.service.segment(images, entry, version, cacheDir, device=deviceName, quality=quality.lower(),
                                         threads=threads, precision=precision)
         inputNode = inputNodes[0]
@@ -619,7 +618,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if task.state == "cancelled":
             return "Cancelled: the scene was not changed."
         if task.error.kind == "crash":
-            return f"Segmentation failed: {task.error} The scene was not changed; the next run starts a new service."
+            return f"Segmentation failed; the scene was not changed and the next run starts a new service. {task.error}"
         return f"Segmentation failed: {task.error}"
 
     # -- PyTorch ---------------------------------------------------------------------------------------------

@@ -440,7 +440,7 @@ class Job:
         if kind == "progress":
             self.progress = JobProgress(message.get("fraction"), message.get("text", ""))
         elif kind == "log":
-            self._logs.append(JobLog(message.get("level", "info"), message.get("text", "")))
+            self._log(JobLog(message.get("level", "info"), message.get("text", "")))
         elif kind == "result":
             try:
                 result = decode_value(message.get("value"))

@@ -86,8 +86,8 @@ def test_a_killed_service_is_explained_and_the_next_apply_works(panel):
     os.kill(worker, signal.SIGKILL)
     assert panel.poller.waitUntilDone(60)
     assert panel.ui.stageLabel.text == (
-        "Segmentation failed: The DeepSegment model service stopped unexpectedly: it was killed (SIGKILL; the system"
-        " may have run out of memory). The scene was not changed; the next run starts a new service.")
+        "Segmentation failed; the scene was not changed and the next run starts a new service. The DeepSegment"
+        " model service stopped unexpectedly: it was killed (SIGKILL; the system may have run out of memory).")
     assert scene_nodes() == before
     assert gone(worker)
     volume, voxels = phantom((12, 14, 16))
