@@ -1,5 +1,4 @@
 import copy
-import dataclasses
 import getpass
 import importlib.util
 import json
@@ -21,8 +20,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from ModelRegistry import BackgroundTaskPoller, PathChoiceWatcher
-from ModelRegistryLib import BackgroundTask, CancelledError
+from ModelRegistry import JobPoller, PathChoiceWatcher, startJob, waitForJob
+from ModelRegistryLib import JobError
 from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
@@ -32,13 +31,11 @@ from TrainingDataExportLib import (
     STATUSES,
     TO_DO,
     CaseListError,
-    ExportCancelledError,
     ExportError,
     ExportSettings,
     LabelSchemaError,
     case_list_from_folder,
     check_case,
-    export_dataset,
     format_duration,
     load_label_schema,
     read_case_list,
@@ -53,8 +50,10 @@ from TrainingDataExportLib.card import MARKDOWN_NAME
 from TrainingDataExportLib.formats import FORMATS
 from TrainingDataExportLib.workflow import is_slicer_segmentation_file
 
-# What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
-USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
+_MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# What a user can fix (a file, a setting, a case list cell), or a worker process that would not start; anything
+# else is a bug and should show as one.
+USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, JobError, OSError, ValueError)
 # Marks the subject hierarchy folder of an augmentation preview (its value: the case id).
 AUGMENTATION_FOLDER_ATTRIBUTE = "TrainingDataExport.AugmentationPreview"
 
@@ -162,7 +161,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.autosaveTimer.setInterval(int(TrainingDataExportLogic.AUTOSAVE_SECONDS * 1000))
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
-        self.exportPoller = BackgroundTaskPoller(self.showExportProgress, self.onExportFinished)
+        self.exportPoller = JobPoller(self.showExportProgress, self.onExportFinished)
         self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
@@ -427,7 +426,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         except USER_ERRORS as error:
             _showText(ui.exportResultLabel, str(error))
             return
-        self.exportPoller.start(task)
+        self.exportPoller.follow(task)
         ui.exportButton.text = "Cancel"
         ui.exportProgressBar.value = 0
         ui.exportProgressBar.visible = True
@@ -436,9 +435,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.updateButtonStates()
 
     def showExportProgress(self, progress):
-        fraction, text = progress
-        self.ui.exportProgressBar.value = int(fraction * 1000)
-        self._showStage("Cancelling…" if self.exportPoller.task.cancel_event.is_set() else text)
+        self.ui.exportProgressBar.value = int((progress.fraction or 0.0) * 1000)
+        self._showStage("Cancelling…" if self.exportPoller.task.cancel_requested else progress.text)
 
     def onExportFinished(self, task):
         self.ui.exportButton.text = "Export"
@@ -990,53 +988,49 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             raise ValueError("; ".join(problems))
         return settings
 
-    def _exporter(self, settings, outputDir, folds, testFraction, seed, workers):
-        """``function(progress, cancel)`` exporting a snapshot of the cases and schema taken now (so that a
-        worker thread never reads what the GUI changes meanwhile)."""
+    def exportTask(self, settings, outputDir, folds=5, testFraction=0.2, seed=0, workers=0):
+        """Start exporting the cases with the schema (``TrainingDataExportLib.export_dataset``) to ``outputDir``
+        in a worker process; returns the running Job (``progress``, ``cancel()``, ``state``, ``result``: the
+        ``ExportReport``).
+
+        The export reads, resamples and compresses every case: in a worker process of Slicer's Python it runs
+        at full speed while the GUI stays responsive (a thread of Slicer's process would crawl while the GUI
+        idles, as the GUI keeps Python's GIL then). The cases and schema are sent as they are now, so what the
+        panel changes meanwhile does not reach the running export. ``settings`` is an ``ExportSettings``.
+        """
         if not self.labels:
             raise ValueError("Choose the label schema first: the export writes its label values.")
         if not outputDir:
             raise ValueError("Choose an output folder for the export.")
-        cases = [dataclasses.replace(case, images=dict(case.images), extra=dict(case.extra)) for case in self.cases]
-        labels = tuple(self.labels)
-
-        def export(progress=None, cancel=None):
-            return export_dataset(
-                cases,
-                labels,
-                outputDir,
-                settings,
-                folds=folds,
-                test_fraction=testFraction,
-                seed=seed,
-                workers=workers,
-                progress=progress,
-                cancel=cancel,
-            )
-
-        return export
+        arguments = {
+            "cases": list(self.cases), "labels": tuple(self.labels), "output_dir": os.path.abspath(outputDir),
+            "settings": settings, "folds": folds, "test_fraction": testFraction, "seed": seed, "workers": workers,
+        }
+        return startJob("TrainingDataExportLib:export_dataset", arguments,
+                        f"Exporting {len(self.cases)} cases as {settings.format}", sysPath=[_MODULE_FOLDER])
 
     def exportDataset(self, settings, outputDir, progress=None, cancel=None, folds=5, testFraction=0.2, seed=0,
                       workers=0):
-        """Export the cases with the schema (``TrainingDataExportLib.export_dataset``) to ``outputDir``.
+        """Export as ``exportTask`` does and wait (keeping the GUI responsive); returns the ``ExportReport``.
 
-        ``settings`` is an ``ExportSettings``; ``progress(fraction, message)`` and ``cancel`` (a
-        ``threading.Event``) are passed on. Returns the ``ExportReport``; raises ``ExportError`` listing every
-        offending case before anything is written.
+        ``progress(fraction, message)`` is called as the export goes on; setting ``cancel`` (a
+        ``threading.Event``) cancels it. Raises ModelRegistryLib's ``JobError`` saying why the export failed
+        (every offending case is listed before anything is written) or ``JobCancelledError``.
         """
-        return self._exporter(settings, outputDir, folds, testFraction, seed, workers)(progress, cancel)
+        task = self.exportTask(settings, outputDir, folds, testFraction, seed, workers)
+        reported = [None]
 
-    def exportTask(self, settings, outputDir, folds=5, testFraction=0.2, seed=0, workers=0):
-        """A not yet started ``BackgroundTask`` exporting the cases; its progress is ``(fraction, message)``."""
-        export = self._exporter(settings, outputDir, folds, testFraction, seed, workers)
+        def follow():
+            if progress is not None and task.progress is not None and task.progress != reported[0]:
+                reported[0] = task.progress
+                progress(task.progress.fraction, task.progress.text)
+            if cancel is not None and cancel.is_set():
+                task.cancel()
 
-        def run(progress, cancel):
-            try:
-                return export(lambda fraction, message: progress((fraction, message)), cancel)
-            except ExportCancelledError as error:
-                raise CancelledError(str(error)) from error
-
-        return BackgroundTask(run, f"Exporting {len(self.cases)} cases as {settings.format}")
+        while not waitForJob(task, 0.1):
+            follow()
+        follow()
+        return task.outcome()
 
     @staticmethod
     def exportOutcomeText(task):
@@ -1461,11 +1455,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.exportButton.enabled)
         widget.ui.exportButton.click()
         self.assertEqual(widget.ui.exportButton.text, "Cancel")
-        deadline = time.time() + 60
-        while widget.exportPoller.busy and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.02)
-        self.assertFalse(widget.exportPoller.busy, "the export did not finish in 60 s")
+        self.assertTrue(widget.exportPoller.waitUntilDone(60), "the export did not finish in 60 s")
         self.assertEqual(widget.ui.exportButton.text, "Export")
         self.assertIn("Exported 1 case(s)", widget.ui.exportResultLabel.text)
         self.assertIn("1 skipped", widget.ui.exportResultLabel.text)

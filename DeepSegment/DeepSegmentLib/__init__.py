@@ -1,6 +1,7 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
-inference engine (resampling, sliding window, postprocessing), compute devices, exact image geometry,
-image files, and the PyTorch install plan.
+inference engine (resampling, sliding window, postprocessing), the model service (persistent worker
+processes that run models for Slicer, volumes passed in shared memory), compute devices, exact image
+geometry, image files, and the PyTorch install plan.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -34,6 +35,7 @@ from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
 from .pool import ModelPool
 from .segfile import SegmentInfo, write_segmentation
+from .service_client import ModelService, SegmentationRun
 from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
 
 __all__ = [
@@ -47,9 +49,11 @@ __all__ = [
     "EngineProgress",
     "ModelPackage",
     "ModelPool",
+    "ModelService",
     "PackageError",
     "SegmentInfo",
     "SegmentationResult",
+    "SegmentationRun",
     "available_devices",
     "choose_device",
     "driver_cuda_version",

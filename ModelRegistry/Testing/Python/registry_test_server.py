@@ -44,6 +44,7 @@ connections and joins every thread the server started.
 from __future__ import annotations
 
 import contextlib
+import os
 import dataclasses
 import re
 import socket
@@ -320,3 +321,33 @@ class RegistryTestServer:
         """Copies of the logged requests, oldest first; only those for ``path`` when given."""
         with self._httpd.lock:
             return [dataclasses.replace(r) for r in self._httpd.log if path is None or r.path == path]
+
+
+def serve_files(files: dict, bytes_per_second: float | None = None, progress=None, cancel=None) -> None:
+    """Job target: serve the files (URL path -> file on disk) until cancelled; the first progress text is the
+    base URL. Panel tests run a server this way, in a process of its own: a server thread in the test process
+    starves while the test idles as Slicer does."""
+    with RegistryTestServer() as server:
+        for path, file_path in files.items():
+            with open(file_path, "rb") as file:
+                server.add(path, file.read(), bytes_per_second=bytes_per_second)
+        progress(0.0, server.base_url)
+        cancel.wait()
+
+
+@contextlib.contextmanager
+def served_in_a_process(files: dict, bytes_per_second: float | None = None):
+    """``with served_in_a_process({"/index.json": path, ...}) as base_url:`` (see :func:`serve_files`)."""
+    from ModelRegistryLib.jobs import start_job
+
+    job = start_job("registry_test_server:serve_files", {"files": files, "bytes_per_second": bytes_per_second},
+                    description="Test server", sys_path=[os.path.dirname(os.path.abspath(__file__))])
+    try:
+        while job.progress is None and not job.finished:
+            job.wait(0.02)
+        if job.finished:
+            raise RuntimeError(f"the test server did not start: {job.error}")
+        yield job.progress.text
+    finally:
+        job.cancel()
+        job.wait(30)
