@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ModelRegistryLib.files import is_temporary_name
 from TrainingDataExport import TrainingDataExportLogic
-from TrainingDataExportLib.formats import PARTIAL_PREFIX
 
 import slicer
 
@@ -66,7 +66,7 @@ def test_an_export_cancelled_from_the_panel_leaves_only_complete_files(panel, tm
     assert panel.exportPoller.waitUntilDone(60)
     assert panel.ui.exportResultLabel.text.startswith("Export cancelled")
     written = [os.path.join(folder, name) for folder, _, names in os.walk(output) for name in names]
-    assert not [path for path in written if path.endswith(".tmp") or os.path.basename(path).startswith(PARTIAL_PREFIX)]
+    assert not [path for path in written if path.endswith(".tmp") or is_temporary_name(path)]
     for path in written:
         if path.endswith(".nii.gz"):
             sitk.ReadImage(path)  # complete: it reads
