@@ -173,9 +173,12 @@ def install():
     """Make every modal dialog of the process fail unless answered (idempotent)."""
     if getattr(QtWidgets.QDialog, "_standInGuarded", False):
         return
-    guarded = _guardExec(QtWidgets.QDialog.exec)
-    QtWidgets.QDialog.exec = guarded
-    QtWidgets.QDialog.exec_ = guarded  # PythonQt's name, which Slicer's util uses
+    # The stand-in's qt gives each of these classes an exec() that idles as PythonQt does: guard every one.
+    for dialogClass in (QtWidgets.QDialog, QtWidgets.QMessageBox, QtWidgets.QFileDialog, QtWidgets.QInputDialog,
+                        QtWidgets.QProgressDialog):
+        guarded = _guardExec(dialogClass.exec)
+        dialogClass.exec = guarded
+        dialogClass.exec_ = guarded  # PythonQt's name, which Slicer's util uses
     for cls, names in _STATIC_HELPERS.items():
         for name in names:
             if hasattr(cls, name):
