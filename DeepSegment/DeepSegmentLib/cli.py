@@ -3,7 +3,8 @@
 ``run`` installs the model from the registry when needed (verified download), segments the inputs in
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
 MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name. ``image build`` and
-``image save`` ship a model package as a container image. Failures exit with code 1 and say why on
+``image save`` ship a model package as a container image. ``evaluate`` measures predictions against
+references and writes a report (see ``evaluation_cli``). Failures exit with code 1 and say why on
 standard error.
 
 Example (from the repository root)::
@@ -36,6 +37,7 @@ from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_c
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
 from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .evaluation_cli import add_evaluate_parser, main_evaluate
 from .imageio import read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument("--image", required=True, metavar="REFERENCE")
     save.add_argument("--output", required=True, metavar="ARCHIVE.tar")
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -157,6 +160,8 @@ def _image_command(arguments) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    if arguments.command == "evaluate":
+        return main_evaluate(arguments)
     try:
         if arguments.command == "image":
             return _image_command(arguments)
