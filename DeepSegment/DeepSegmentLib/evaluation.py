@@ -343,18 +343,13 @@ def _placed(array: np.ndarray, offset: Sequence[int], shape: Sequence[int]) -> n
     return result
 
 
-def _labelled_outside(prediction: sitk.Image, reference: sitk.Image) -> bool:
-    """Whether ``prediction`` has labels beyond the box of ``reference``'s grid (lost by resampling onto it)."""
-    boxes = [box for box in ndimage.find_objects((sitk.GetArrayViewFromImage(prediction) > 0).view(np.uint8)) if box]
-    if not boxes:
-        return False
-    box = boxes[0]
-    corners = np.array([[i, j, k] for k in (box[0].start, box[0].stop - 1) for j in (box[1].start, box[1].stop - 1)
-                        for i in (box[2].start, box[2].stop - 1)], float)
-    points = [prediction.TransformContinuousIndexToPhysicalPoint(corner.tolist()) for corner in corners]
-    indices = np.array([reference.TransformPhysicalPointToContinuousIndex(point) for point in points])
-    size = np.array(reference.GetSize(), float)
-    return bool(np.any(indices < -0.5) or np.any(indices > size - 0.5))
+def _labelled_voxels_outside(prediction: sitk.Image, reference: sitk.Image) -> int:
+    """How many labelled voxels of ``prediction`` lie outside ``reference``'s grid (lost by resampling onto it)."""
+    ones = sitk.Image(reference.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(reference)
+    inside = sitk.Resample(ones, prediction, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    labelled = sitk.GetArrayViewFromImage(prediction) > 0
+    return int(np.count_nonzero(labelled & (sitk.GetArrayViewFromImage(inside) == 0)))
 
 
 def align_to_reference(reference: sitk.Image, prediction: sitk.Image, resample: bool = True) -> tuple:
@@ -394,8 +389,9 @@ def align_to_reference(reference: sitk.Image, prediction: sitk.Image, resample: 
         raise EvaluationError(f"the prediction's grid differs from the reference's ({difference}); "
                               "allow resampling to compare them")
     notes = [f"prediction resampled onto the reference grid (nearest neighbour): {difference}"]
-    if _labelled_outside(prediction, reference):
-        notes.append("the prediction has labels outside the reference's grid: they are not counted")
+    outside = _labelled_voxels_outside(prediction, reference)
+    if outside:
+        notes.append(f"{outside} labelled prediction voxels lie outside the reference's grid: they are not counted")
     resampled = sitk.Resample(prediction, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               prediction.GetPixelID())
     return sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(resampled), spacing, notes

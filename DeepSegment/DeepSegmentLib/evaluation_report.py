@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -320,7 +319,9 @@ def _worst_case_plot(report: EvaluationReport, path: str) -> bool:
 
 def report_plots(report: EvaluationReport, folder: str) -> tuple:
     """``(paths, note)``: PNG plots written into ``folder``, or none and a note saying why."""
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        import matplotlib  # noqa: F401  (optional: some Slicer installs lack it)
+    except ImportError:
         return [], "Plots skipped: matplotlib is not installed."
     if not any(not case.error for case in report.cases):
         return [], "No plots: no case was measured."
