@@ -336,11 +336,14 @@ def _check_label_image(image: sitk.Image, role: str) -> None:
                               "orthogonal axes; resample it first")
 
 
-def _placed(array: np.ndarray, offset: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """``array`` (K, J, I) put at ``offset`` (K, J, I) into zeros of ``shape``."""
-    result = np.zeros(shape, array.dtype)
-    result[tuple(slice(o, o + n) for o, n in zip(offset, array.shape))] = array
-    return result
+def _placed(image: sitk.Image, offset: Sequence[int], grid: sitk.Image) -> sitk.Image:
+    """``image`` put into zeros on ``grid``, its first voxel at index ``offset`` (I, J, K) of the grid."""
+    array = sitk.GetArrayViewFromImage(image)
+    result = np.zeros(tuple(grid.GetSize())[::-1], array.dtype)
+    result[tuple(slice(o, o + n) for o, n in zip(offset[::-1], array.shape))] = array
+    placed = sitk.GetImageFromArray(result)
+    placed.CopyInformation(grid)
+    return placed
 
 
 def _labelled_voxels_outside(prediction: sitk.Image, reference: sitk.Image) -> int:
@@ -353,36 +356,37 @@ def _labelled_voxels_outside(prediction: sitk.Image, reference: sitk.Image) -> i
 
 
 def align_to_reference(reference: sitk.Image, prediction: sitk.Image, resample: bool = True) -> tuple:
-    """``(reference array, prediction array, spacing x y z, notes)``: both label maps on one grid.
+    """``(reference, prediction, notes)``: both label-map images on one grid, and how they were put there.
 
     The same grid is used as it is; grids on one voxel lattice (same spacing and axes, origins whole voxels
     apart) are both placed, exactly, on the union of their boxes; any other prediction grid is resampled
-    onto the reference's with nearest-neighbour interpolation when ``resample`` (else refused). ``notes``
-    say what was done. Images must be 3D, one label per voxel, with orthogonal axes.
+    onto the reference's with nearest-neighbour interpolation when ``resample`` (else refused). Images must
+    be 3D, one label per voxel, with orthogonal axes.
 
     >>> reference = sitk.Image([8, 8, 8], sitk.sitkUInt8)
     >>> prediction = sitk.Image([4, 4, 4], sitk.sitkUInt8)
     >>> prediction.SetOrigin((6.0, 0.0, 0.0))  # 6 voxels along x: one lattice
-    >>> ref, pred, spacing, notes = align_to_reference(reference, prediction)
-    >>> ref.shape, pred.shape, spacing
-    ((8, 8, 10), (8, 8, 10), (1.0, 1.0, 1.0))
+    >>> aligned_reference, aligned_prediction, notes = align_to_reference(reference, prediction)
+    >>> aligned_reference.GetSize(), aligned_prediction.GetSize(), aligned_prediction.GetOrigin()
+    ((10, 8, 8), (10, 8, 8), (0.0, 0.0, 0.0))
     >>> notes
     ['the grids differ but share one voxel lattice: compared exactly on their union']
     """
     _check_label_image(reference, "reference")
     _check_label_image(prediction, "prediction")
-    spacing = tuple(float(s) for s in reference.GetSpacing())
     offset = lattice_offset(prediction, reference)
     if offset is not None:
-        reference_array = sitk.GetArrayFromImage(reference)
-        prediction_array = sitk.GetArrayFromImage(prediction)
         if not any(offset) and prediction.GetSize() == reference.GetSize():
-            return reference_array, prediction_array, spacing, []
-        offset_kji = np.array(offset[::-1])
-        low = np.minimum(0, offset_kji)
-        high = np.maximum(reference_array.shape, offset_kji + prediction_array.shape)
-        shape = tuple(int(n) for n in high - low)
-        return (_placed(reference_array, -low, shape), _placed(prediction_array, offset_kji - low, shape), spacing,
+            same = sitk.Image(prediction)
+            same.CopyInformation(reference)  # the reference's numbers replace a file format's round-off
+            return reference, same, []
+        low = np.minimum(0, offset)
+        high = np.maximum(reference.GetSize(), np.array(offset) + prediction.GetSize())
+        union = sitk.Image([int(n) for n in high - low], sitk.sitkUInt8)
+        union.SetSpacing(reference.GetSpacing())
+        union.SetDirection(reference.GetDirection())
+        union.SetOrigin(reference.TransformIndexToPhysicalPoint([int(n) for n in low]))
+        return (_placed(reference, -low, union), _placed(prediction, np.array(offset) - low, union),
                 ["the grids differ but share one voxel lattice: compared exactly on their union"])
     difference = grid_difference(prediction, reference)
     if not resample:
@@ -394,7 +398,7 @@ def align_to_reference(reference: sitk.Image, prediction: sitk.Image, resample: 
         notes.append(f"{outside} labelled prediction voxels lie outside the reference's grid: they are not counted")
     resampled = sitk.Resample(prediction, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               prediction.GetPixelID())
-    return sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(resampled), spacing, notes
+    return reference, resampled, notes
 
 
 def image_metrics(reference: sitk.Image, prediction: sitk.Image, labels: Iterable,
@@ -409,5 +413,6 @@ def image_metrics(reference: sitk.Image, prediction: sitk.Image, labels: Iterabl
     >>> results[0].dice, round(results[0].reference_ml, 6), notes
     (1.0, 0.1024, [])
     """
-    reference_array, prediction_array, spacing, notes = align_to_reference(reference, prediction, resample)
-    return label_map_metrics(reference_array, prediction_array, spacing, labels, tolerance_mm), notes
+    reference, prediction, notes = align_to_reference(reference, prediction, resample)
+    return label_map_metrics(sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction),
+                             reference.GetSpacing(), labels, tolerance_mm), notes

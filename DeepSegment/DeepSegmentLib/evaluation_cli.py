@@ -21,10 +21,10 @@ import sys
 
 from ModelRegistryLib.index import IndexValidationError
 from TrainingDataExportLib.caselist import CaseListError
-from TrainingDataExportLib.labelschema import LabelSchemaError, load_label_schema
+from TrainingDataExportLib.labelschema import LabelSchemaError
 
-from .evaluation import DEFAULT_TOLERANCE_MM, EvaluationError, as_labels, check_tolerance
-from .evaluation_cohort import EvaluationCancelledError, evaluate_cohort, pair_case_list, pair_folders
+from .evaluation import DEFAULT_TOLERANCE_MM, EvaluationError, check_tolerance
+from .evaluation_cohort import EvaluationCancelledError, evaluate_cohort, pair_case_list, pair_folders, parse_labels
 from .evaluation_report import (
     add_metrics_to_index,
     card_metrics,
@@ -57,25 +57,6 @@ def add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--model", metavar="ID", help="the model of --add-metrics-to")
     evaluate.add_argument("--dataset", metavar="TEXT",
                           help="the metrics' dataset (default: the source's name and the case count)")
-
-
-def parse_labels(text: str | None) -> list | None:
-    """``--labels``: a label schema file, or comma-separated label values; None when not given.
-
-    >>> [label.value for label in parse_labels("1, 3")]
-    [1, 3]
-    """
-    if not text:
-        return None
-    if os.path.isfile(text):
-        return list(load_label_schema(text))
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise EvaluationError(f"--labels takes a label schema file or values such as 1,2,5, not {text!r}") from None
-    if not values:
-        raise EvaluationError("--labels lists no label value")
-    return as_labels(values)
 
 
 def _writable_folder_problem(folder: str) -> str:

@@ -61,16 +61,17 @@ from TrainingDataExportLib.caselist import (
     read_case_list,
 )
 from TrainingDataExportLib.labelschema import DEFAULT_LABEL_SCHEMA_NAME, load_label_schema
-from TrainingDataExportLib.segmentations import read_label_map, segments_of
+from TrainingDataExportLib.segmentations import read_label_map, segments_of, terminology_key
 
 from .evaluation import (
     DEFAULT_COLOR,
     DEFAULT_TOLERANCE_MM,
     EvaluationError,
     LabelMetrics,
+    align_to_reference,
     as_labels,
     check_tolerance,
-    image_metrics,
+    label_map_metrics,
 )
 
 SEGMENTATION_FILE_SUFFIX = ".seg.nrrd"
@@ -250,6 +251,26 @@ def pair_case_list(case_list: str, prediction_folder: str) -> Pairing:
                    tuple(case.case_id for case in cases if not case.segmentation), labels, source)
 
 
+def parse_labels(text: str | None) -> list | None:
+    """Labels given as text (``--labels``, a panel field): a label schema file, or comma-separated label values;
+    None when ``text`` is empty.
+
+    >>> [label.value for label in parse_labels("1, 3")]
+    [1, 3]
+    """
+    if not text:
+        return None
+    if os.path.isfile(text):
+        return list(load_label_schema(text))
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EvaluationError(f"labels are a label schema file or values such as 1,2,5, not {text!r}") from None
+    if not values:
+        raise EvaluationError(f"no label value in {text!r}")
+    return as_labels(values)
+
+
 # --- reading -------------------------------------------------------------------------------------------------
 
 
@@ -349,13 +370,58 @@ def cohort_schema(pairs: Iterable[CasePair]) -> list | None:
     return None
 
 
+def match_segments(reference: Sequence[tuple], prediction: Sequence[tuple]) -> list:
+    """For each reference segment ``(name, serialized terminology)``, the index of the prediction segment that is
+    the same structure, or None: the same name (letter case and surrounding spaces ignored), else the same
+    terminology (category, type and modifier codes, as ``TrainingDataExportLib`` matches segments). A
+    terminology that several segments of one side share names no one structure (Slicer gives segments made
+    without one a generic "Tissue"), so it matches nothing. Each prediction segment is used once.
+
+    >>> match_segments([("Liver", ""), ("Tumor", ""), ("Cyst", "")], [("tumor", ""), ("LIVER ", ""), ("Spleen", "")])
+    [1, 0, None]
+    """
+
+    def distinctive_keys(segments) -> list:
+        keys = [terminology_key(terminology or "") for _, terminology in segments]
+        codes = [key[:3] if key else None for key in keys]
+        return [code if code is not None and codes.count(code) == 1 else None for code in codes]
+
+    reference_keys, prediction_keys = distinctive_keys(reference), distinctive_keys(prediction)
+    names = [name.strip().casefold() for name, _ in prediction]
+    used, matches = set(), []
+    for (name, _), key in zip(reference, reference_keys):
+        candidates = [index for index, other in enumerate(names) if other == name.strip().casefold()]
+        candidates += [index for index, other in enumerate(prediction_keys) if key is not None and other == key]
+        match = next((index for index in candidates if index not in used), None)
+        if match is not None:
+            used.add(match)
+        matches.append(match)
+    return matches
+
+
 # --- evaluating ----------------------------------------------------------------------------------------------
+
+
+def read_case_labels(pair: CasePair, labels: Sequence | None = None, resample: bool = True) -> tuple:
+    """``(reference, prediction, labels, notes)``: a pair's label maps on one grid (see
+    :func:`~DeepSegmentLib.evaluation.align_to_reference`), with the labels to compare (``labels``, else the
+    files' own: see the module) and notes on how they were read and aligned. Raises
+    :class:`~DeepSegmentLib.evaluation.EvaluationError` when the files cannot be used."""
+    schema = as_labels(labels) if labels else (file_schema(pair.reference) or file_schema(pair.prediction))
+    reference, reference_labels, reference_notes = read_label_file(pair.reference, schema)
+    prediction, prediction_labels, prediction_notes = read_label_file(pair.prediction, schema)
+    if schema is None:
+        schema = as_labels(sorted({label.value for label in [*reference_labels, *prediction_labels]}))
+    reference, prediction, grid_notes = align_to_reference(reference, prediction, resample)
+    notes = [f"reference: {note}" for note in reference_notes]
+    notes += [f"prediction: {note}" for note in prediction_notes]
+    return reference, prediction, schema, notes + grid_notes
 
 
 def evaluate_case(pair: CasePair, labels: Sequence | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                   resample: bool = True) -> CaseEvaluation:
-    """Measure one pair (see :func:`~DeepSegmentLib.evaluation.image_metrics`); a file that cannot be read or
-    compared gives a case with ``error`` set instead of an exception.
+    """Measure one pair (:func:`read_case_labels`, then :func:`~DeepSegmentLib.evaluation.label_map_metrics`); a
+    file that cannot be read or compared gives a case with ``error`` set instead of an exception.
 
     Args:
         pair: the case's files.
@@ -365,16 +431,9 @@ def evaluate_case(pair: CasePair, labels: Sequence | None = None, tolerance_mm: 
     """
     case = CaseEvaluation(pair.case_id, pair.reference, pair.prediction, pair.image)
     try:
-        schema = as_labels(labels) if labels else (file_schema(pair.reference) or file_schema(pair.prediction))
-        reference, reference_labels, reference_notes = read_label_file(pair.reference, schema)
-        prediction, prediction_labels, prediction_notes = read_label_file(pair.prediction, schema)
-        if schema is None:
-            values = sorted({label.value for label in reference_labels} | {label.value for label in prediction_labels})
-            schema = as_labels(values)
-        case.notes += [f"reference: {note}" for note in reference_notes]
-        case.notes += [f"prediction: {note}" for note in prediction_notes]
-        case.labels, notes = image_metrics(reference, prediction, schema, tolerance_mm, resample)
-        case.notes += notes
+        reference, prediction, schema, case.notes = read_case_labels(pair, labels, resample)
+        case.labels = label_map_metrics(sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction),
+                                        reference.GetSpacing(), schema, tolerance_mm)
     except (EvaluationError, ValueError, OSError, RuntimeError) as error:
         case.error = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return case

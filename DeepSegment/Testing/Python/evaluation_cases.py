@@ -8,6 +8,9 @@ Everything is computed in the blob's own bounding box, so a 256³ case takes a f
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,3 +100,71 @@ def label_map_pair(seed: int, shape=(64, 64, 64), labels: int = 5, smallest: flo
     if rng.uniform() < extra:
         paint(prediction, random_blob(rng, shape, 2.0, smallest), int(rng.integers(1, labels + 1)))
     return reference, prediction
+
+
+def monai_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_xyz, labels: int, tolerance_mm: float,
+                  one_hot_inputs: tuple | None = None, maximum: bool = True) -> np.ndarray:
+    """MONAI's measures of labels 1..``labels``, one row each: Dice (``ignore_empty=False``), HD95, symmetric
+    average surface distance, NSD at ``tolerance_mm`` and the maximum Hausdorff distance (HD100; NaN unless
+    ``maximum``, as the benchmark times the first four alone).
+
+    ``one_hot_inputs`` are ``(y_pred, y)`` already made by :func:`monai_inputs` (the benchmark times them apart).
+    """
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
+
+    y_pred, y = one_hot_inputs if one_hot_inputs is not None else monai_inputs(reference, prediction, labels)
+    spacing = [float(s) for s in spacing_xyz[::-1]]  # arrays are (K, J, I)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns about empty masks, which the tests want
+        columns = [
+            compute_dice(y_pred, y, include_background=False, ignore_empty=False)[0].numpy(),
+            compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)[0].numpy(),
+            compute_average_surface_distance(y_pred, y, symmetric=True, spacing=spacing)[0].numpy(),
+            compute_surface_dice(y_pred, y, [tolerance_mm] * labels, spacing=spacing)[0].numpy(),
+        ]
+        columns.append(compute_hausdorff_distance(y_pred, y, spacing=spacing)[0].numpy() if maximum
+                       else np.full(labels, np.nan))
+    return np.stack(columns, axis=1)
+
+
+def monai_inputs(reference: np.ndarray, prediction: np.ndarray, labels: int) -> tuple:
+    """``(y_pred, y)``: the label maps as MONAI's metrics take them, one-hot tensors (1, labels + 1, K, J, I)."""
+    import torch
+    from monai.networks.utils import one_hot
+
+    def encoded(array):
+        return one_hot(torch.from_numpy(array[None, None].astype(np.int64)), labels + 1)
+
+    return encoded(prediction), encoded(reference)
+
+
+def monai_disagreements(results: Sequence, expected: np.ndarray, tolerance: float = 1e-3) -> list:
+    """Where ``LabelMetrics`` ``results`` differ from :func:`monai_metrics` rows by more than ``tolerance``.
+
+    The conventions of ``DeepSegmentLib.evaluation`` for empty masks are MONAI's: both empty, MONAI gives NaN
+    distances and NSD (and Dice NaN with its default ``ignore_empty=True``; we give NaN, flagged); one side empty,
+    Dice and NSD 0 and infinite distances (MONAI's 95th percentile interpolates between infinities into NaN;
+    its maximum and mean say infinity).
+    """
+    problems = []
+    for result, row in zip(results, expected):
+        dice, hd95, asd, nsd, hd100 = (float(value) for value in row)
+        if result.status == "both empty":
+            pairs = [("dice", result.dice, math.nan), ("hd95", result.hd95_mm, hd95), ("msd", result.msd_mm, asd),
+                     ("nsd", result.nsd, nsd)]
+        elif result.status != "both present":
+            pairs = [("dice", result.dice, dice), ("nsd", result.nsd, nsd), ("hd95", result.hd95_mm, hd100),
+                     ("msd", result.msd_mm, asd)]
+        else:
+            pairs = [("dice", result.dice, dice), ("hd95", result.hd95_mm, hd95), ("msd", result.msd_mm, asd),
+                     ("nsd", result.nsd, nsd)]
+        for name, ours, theirs in pairs:
+            same = (math.isnan(ours) and math.isnan(theirs)) or ours == theirs or abs(ours - theirs) <= tolerance
+            if not same:
+                problems.append(f"label {result.value} {name}: ours {ours}, MONAI {theirs}")
+    return problems

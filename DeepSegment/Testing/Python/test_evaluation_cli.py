@@ -86,7 +86,7 @@ def test_case_list_with_schema_and_metrics_into_an_index(cohort, capsys):
     (["--reference", "{folder}/missing"], "folder not found"),
     (["--reference", "{folder}/reference", "--tolerance", "nan"], "tolerance"),
     (["--reference", "{folder}/reference", "--tolerance", "-1"], "tolerance"),
-    (["--reference", "{folder}/reference", "--labels", "liver"], "--labels takes a label schema file"),
+    (["--reference", "{folder}/reference", "--labels", "liver"], "labels are a label schema file or values"),
     (["--reference", "{folder}/reference", "--labels", "0"], "positive"),
     (["--reference", "{folder}/reference", "--output", "{folder}/reference/case0_seg.nrrd"], "is a file"),
     (["--reference", "{folder}/reference", "--add-metrics-to", "{folder}/index.json"], "needs --model"),
