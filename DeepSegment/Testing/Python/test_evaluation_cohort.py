@@ -23,6 +23,7 @@ from DeepSegmentLib.evaluation_cohort import (
     evaluate_cohort,
     file_schema,
     label_files,
+    match_segments,
     pair_case_list,
     pair_folders,
 )
@@ -200,3 +201,17 @@ def test_report_survives_json(tmp_path):
     assert back.to_json() == report.to_json()
     assert [result.status for result in back.cases[0].labels] == [result.status for result in report.cases[0].labels]
     assert (back.reference_only, back.prediction_only) == (["r9"], ["p9"])
+
+
+def slicer_terminology(code: str, meaning: str) -> str:
+    """A serialized Slicer terminology entry of an anatomical structure."""
+    return (f"Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~"
+            f"SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+def test_segments_match_by_name_else_by_a_distinctive_terminology():
+    liver, kidney = slicer_terminology("10200004", "Liver"), slicer_terminology("64033007", "Kidney")
+    tissue = slicer_terminology("85756007", "Tissue")  # what Slicer gives a segment made without a terminology
+    reference = [("Liver", liver), ("Left kidney", kidney), ("Lesion", tissue), ("Cyst", tissue)]
+    prediction = [("Segment_1", tissue), ("Hepar", liver), ("Segment_3", tissue), ("Ren", kidney), ("lesion", "")]
+    assert match_segments(reference, prediction) == [1, 3, 4, None]
