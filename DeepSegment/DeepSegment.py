@@ -40,6 +40,7 @@ from DeepSegmentLib import (
     write_package,
 )
 from DeepSegmentLib.container_backend import ContainerSettings, segment_in_container
+from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
 from DeepSegmentLib.evaluation_cohort import (
     CaseEvaluation,
@@ -53,7 +54,6 @@ from DeepSegmentLib.evaluation_cohort import (
     read_case_labels,
 )
 from DeepSegmentLib.evaluation_report import worst_cases, write_report
-from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
 from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
 from ModelRegistryLib.index import Label
@@ -891,8 +891,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                  for index, segment in enumerate(predictionSegments) if index not in matches]
         case = CaseEvaluation(f"{referenceNode.GetName()} / {predictionNode.GetName()}", referenceNode.GetName(),
                               predictionNode.GetName(), labels=results, notes=notes)
-        return EvaluationReport([case], labels, float(tolerance),
-                                source={"reference": referenceNode.GetName(), "prediction": predictionNode.GetName()})
+        return EvaluationReport([case], labels, float(tolerance), source={
+            "reference node": referenceNode.GetName(), "prediction node": predictionNode.GetName()})
 
     @staticmethod
     def _segments(segmentationNode):
@@ -1084,7 +1084,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """Load case ``caseIndex`` of a cohort report: its image (when the case list gives one), the reference
         (outlined) and the prediction (filled) as segmentations, on the grid they were compared on. The nodes of
         the case loaded before are removed. Returns the new nodes by role (``image``, ``reference``,
-        ``prediction``)."""
+        ``prediction``); a comparison of two segmentation nodes has nothing to load (``{}``)."""
+        if "reference node" in report.source:
+            return {}
         case = report.cases[caseIndex]
         if not os.path.isfile(case.reference) or not os.path.isfile(case.prediction):
             raise ValueError(f"Case {case.case_id} has no reference and prediction files to load.")

@@ -231,6 +231,9 @@ def test_panel_evaluate_section(project):
     ui.evaluateButton.click()
     assert section.tableNode is tableNode and tableNode.GetTable().GetNumberOfRows() == 1
     assert table.rowCount == 1 and table.item(0, 0).text() == f"{firstCase} reference / {firstCase} prediction"
+    nodes = slicer.mrmlScene.GetNumberOfNodes()
+    table.selectRow(0)  # the two segmentations are in the scene already: nothing to load
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes
     expected = label_map_metrics(*arrays[firstCase], SPACING, [1, 2], 2.0)
     assert float(table.item(0, 1).text()) == pytest.approx(
         np.mean([result.dice for result in expected if math.isfinite(result.dice)]), abs=1e-3)
