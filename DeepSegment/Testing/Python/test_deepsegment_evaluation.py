@@ -201,7 +201,16 @@ def test_panel_evaluate_section(project):
     widget = slicer.modules.deepsegment.widgetRepresentation().self()
     section = widget.evaluateSection
     ui = section.ui
-    assert ui.evaluateCollapsibleButton.text == "Evaluate"
+    try:
+        exercise_the_evaluate_section(section, ui, folder, arrays)
+    finally:  # the panel outlives the test: leave it as a new user sees it
+        ui.evaluateModeSelector.setCurrentIndex(0)
+        ui.evaluateCollapsibleButton.collapsed = True
+
+
+def exercise_the_evaluate_section(section, ui, folder, arrays):
+    assert ui.evaluateCollapsibleButton.text == "Evaluate" and ui.evaluateCollapsibleButton.collapsed
+    ui.evaluateCollapsibleButton.collapsed = False  # as the user opens it (a collapsed section hides its widgets)
     ui.evaluateModeSelector.setCurrentIndex(ui.evaluateModeSelector.findData("cases"))
     assert not ui.caseListPathLineEdit.isHidden() and ui.referenceFolderPathLineEdit.isHidden()
     assert not ui.evaluateButton.enabled
