@@ -36,9 +36,25 @@ from DeepSegmentLib import (
 )
 from DeepSegmentLib.container_backend import ContainerSettings
 from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find_runtime
-from ModelRegistry import JobPoller, ModelRegistryLogic, runJob, slicerPythonOnPath
+from ModelRegistry import JobPoller, ModelRegistryLogic, runJob, slicerPythonOnPath, startJob
 from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.files import write_text_atomically
+from ModelRegistryLib.index import Label
+from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
+from DeepSegmentLib.evaluation_cohort import (
+    CaseEvaluation,
+    CasePair,
+    EvaluationReport,
+    match_segments,
+    pair_case_list,
+    pair_folders,
+    parse_labels,
+    read_case_labels,
+)
+from DeepSegmentLib.evaluation_report import worst_cases
+from TrainingDataExport import segmentTerminologyEntry
+
+_MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
 
 #
 # DeepSegment
@@ -52,7 +68,7 @@ class DeepSegment(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Deep Segment"
         self.parent.categories = ["Deep Learning"]
-        self.parent.dependencies = ["ModelRegistry"]
+        self.parent.dependencies = ["ModelRegistry", "TrainingDataExport"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
             "Segment volumes with a deep-learning model from the model registry, on a GPU or the CPU."
@@ -60,7 +76,8 @@ class DeepSegment(ScriptedLoadableModule):
             " needed (verified download), runs it in the background with progress and Cancel, and makes a"
             " segmentation with named, colored segments on the exact grid of the input. Models shipped as"
             " container images run in Docker or Podman, isolated (no network, read-only inputs), with their"
-            " parameters in the panel."
+            " parameters in the panel. Evaluate measures segmentations against references (Dice, HD95, mean"
+            " surface distance, normalized surface Dice, volumes) for two segmentations or a whole cohort."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
@@ -83,6 +100,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.inputSelectors = []
         self.parameterWidgets = {}
         self.poller = None
+        self.evaluateSection = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -106,6 +124,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.runtimeSelector.connect("currentIndexChanged(int)", self.onRuntimeChanged)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelList)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
+        self.evaluateSection = EvaluateSection(self)
+        self.layout.addWidget(self.evaluateSection.widget)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.updateModelList()
@@ -115,6 +135,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.poller.stop()
         # The model service's workers hold networks (and GPU memory): they stop with the panel.
         self.logic.service.stop()
+        self.evaluateSection.cleanup()
 
     def enter(self):
         self.prefillInputs()
@@ -331,6 +352,137 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.logText.appendPlainText(time.strftime("%H:%M:%S ") + text)
 
 
+class EvaluateSection:
+    """The panel's Evaluate section: two segmentations, two folders, or a case list and a prediction folder
+    measured against each other; results in a table node and a plot chart node, and a list of cases (lowest
+    Dice first) where selecting one loads it. Decisions are the Logic's; cohorts run in the background."""
+
+    MODES = (("nodes", "Two segmentations"), ("folders", "Two folders"), ("cases", "Case list and folder"))
+
+    def __init__(self, owner):
+        self.owner = owner  # the panel: its logic may be replaced (tests do)
+        self.widget = slicer.util.loadUI(owner.resourcePath("UI/DeepSegmentEvaluate.ui"))
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        self.report = None
+        self.tableNode = None
+        self.chartNode = None
+        self.poller = JobPoller(self.showProgress, self.onFinished)
+        ui = self.ui
+        for selector in (ui.referenceSegmentationSelector, ui.predictionSegmentationSelector):
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateState)
+        for mode, label in self.MODES:
+            ui.evaluateModeSelector.addItem(label, mode)
+        ui.toleranceSpinBox.value = DEFAULT_TOLERANCE_MM
+        ui.evaluateCaseTable.setColumnCount(len(DeepSegmentLogic.EVALUATION_CASE_COLUMNS))
+        ui.evaluateCaseTable.setHorizontalHeaderLabels(DeepSegmentLogic.EVALUATION_CASE_COLUMNS)
+        ui.evaluateProgressBar.visible = False
+        ui.evaluateModeSelector.connect("currentIndexChanged(int)", self.updateState)
+        for pathLineEdit in (ui.referenceFolderPathLineEdit, ui.caseListPathLineEdit, ui.predictionFolderPathLineEdit):
+            pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
+        ui.evaluateButton.connect("clicked(bool)", self.onEvaluateOrCancel)
+        ui.evaluateCaseTable.connect("itemSelectionChanged()", self.onCaseSelected)
+        self.updateState()
+
+    @property
+    def logic(self):
+        return self.owner.logic
+
+    def mode(self):
+        return self.ui.evaluateModeSelector.currentData
+
+    def updateState(self, _unused=None):
+        ui, mode = self.ui, self.mode()
+        for widget in (ui.referenceSegmentationLabel, ui.referenceSegmentationSelector, ui.predictionSegmentationLabel,
+                       ui.predictionSegmentationSelector):
+            widget.visible = mode == "nodes"
+        for widget in (ui.referenceFolderLabel, ui.referenceFolderPathLineEdit):
+            widget.visible = mode == "folders"
+        for widget in (ui.caseListLabel, ui.caseListPathLineEdit):
+            widget.visible = mode == "cases"
+        for widget in (ui.predictionFolderLabel, ui.predictionFolderPathLineEdit, ui.evaluateLabelsLabel,
+                       ui.evaluateLabelsLineEdit, ui.reportFolderLabel, ui.reportFolderPathLineEdit):
+            widget.visible = mode != "nodes"
+        if self.poller.busy:
+            return
+        if mode == "nodes":
+            ready = ui.referenceSegmentationSelector.currentNode() is not None and \
+                ui.predictionSegmentationSelector.currentNode() is not None
+        else:
+            reference = ui.referenceFolderPathLineEdit if mode == "folders" else ui.caseListPathLineEdit
+            ready = bool(reference.currentPath) and bool(ui.predictionFolderPathLineEdit.currentPath)
+        ui.evaluateButton.enabled = ready
+
+    def onEvaluateOrCancel(self):
+        ui = self.ui
+        if self.poller.busy:
+            self.poller.cancel()
+            ui.evaluateStatusLabel.text = "Cancelling…"
+            return
+        try:
+            if self.mode() == "nodes":
+                report = self.logic.evaluateSegmentations(ui.referenceSegmentationSelector.currentNode(),
+                                                          ui.predictionSegmentationSelector.currentNode(),
+                                                          ui.toleranceSpinBox.value)
+                self.showReport(report)
+                return
+            reference = ui.referenceFolderPathLineEdit.currentPath if self.mode() == "folders" else None
+            cases = ui.caseListPathLineEdit.currentPath if self.mode() == "cases" else None
+            task = self.logic.evaluationTask(ui.predictionFolderPathLineEdit.currentPath, reference=reference,
+                                             cases=cases, labels=ui.evaluateLabelsLineEdit.text.strip(),
+                                             tolerance=ui.toleranceSpinBox.value,
+                                             reportFolder=ui.reportFolderPathLineEdit.currentPath)
+        except DeepSegmentLogic.EVALUATION_USER_ERRORS as error:
+            ui.evaluateStatusLabel.text = f"Evaluation could not start: {error}"
+            return
+        self.poller.follow(task)
+        ui.evaluateButton.text = "Cancel"
+        ui.evaluateProgressBar.visible = True
+        ui.evaluateProgressBar.value = 0
+        ui.evaluateStatusLabel.text = "Evaluating…"
+
+    def showProgress(self, progress):
+        self.ui.evaluateProgressBar.value = int(progress.fraction * 100)
+        self.ui.evaluateStatusLabel.text = progress.text
+
+    def onFinished(self, task):
+        self.ui.evaluateButton.text = "Evaluate"
+        self.ui.evaluateProgressBar.visible = False
+        if task.state == "succeeded":
+            self.showReport(task.result)
+        else:
+            self.ui.evaluateStatusLabel.text = ("Cancelled." if task.state == "cancelled"
+                                                else f"Evaluation failed: {task.error}")
+        self.updateState()
+
+    def showReport(self, report):
+        """Table and chart nodes in the scene (shown in the views where there are any), and the case list."""
+        self.report = report
+        self.tableNode, self.chartNode = self.logic.showEvaluation(report, self.tableNode, self.chartNode)
+        self.logic.showEvaluationInViews(self.tableNode, self.chartNode)
+        table = self.ui.evaluateCaseTable
+        rows = self.logic.evaluationCaseRows(report)
+        table.blockSignals(True)
+        table.clearContents()
+        table.setRowCount(len(rows))
+        for rowIndex, (_, cells) in enumerate(rows):
+            for columnIndex, text in enumerate(cells):
+                table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(text))
+        table.blockSignals(False)
+        self.ui.evaluateStatusLabel.text = self.logic.evaluationSummary(report)
+
+    def onCaseSelected(self):
+        rows = sorted({index.row() for index in self.ui.evaluateCaseTable.selectedIndexes()})
+        if not rows or self.report is None:
+            return
+        caseIndex = self.logic.evaluationCaseRows(self.report)[rows[0]][0]
+        with slicer.util.tryWithErrorDisplay("The case could not be loaded."):
+            self.logic.loadEvaluatedCase(self.report, caseIndex)
+
+    def cleanup(self):
+        self.poller.stop()
+
+
 #
 # DeepSegmentLogic
 #
@@ -382,6 +534,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         self.service = ModelService(slicerPythonOnPath())
         self.containerSettings = self.savedContainerSettings()
         self._runtimeDescriptions = {}
+        self._evaluatedCaseNodes = {}  # role -> node of the evaluated case on show
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -577,28 +730,34 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     def applyResult(self, run, segmentationNode=None):
         """Put a finished run's labels into a segmentation node (a new one unless given); main thread only."""
-        labelmap = self.volumeNodeFromImage(run.result.labels, "DeepSegment labels", "vtkMRMLLabelMapVolumeNode")
+        if segmentationNode is None:
+            name = slicer.mrmlScene.GenerateUniqueName(run.inputNode.GetName() + " segmentation")
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentationNode.CreateDefaultDisplayNodes()
+        self.fillSegmentation(segmentationNode, run.result.labels, run.labels, run.inputNode)
+        return segmentationNode
+
+    def fillSegmentation(self, segmentationNode, labelImage, labels, referenceVolumeNode=None):
+        """Replace the segments of ``segmentationNode`` by one per label (registry ``Label``: value, name, color,
+        terminology) holding the voxels of ``labelImage`` (SimpleITK) with that value. The segmentation's grid
+        is ``referenceVolumeNode``'s, else the label image's. Main thread only."""
+        labelmap = self.volumeNodeFromImage(labelImage, "DeepSegment labels", "vtkMRMLLabelMapVolumeNode")
         try:
-            if segmentationNode is None:
-                name = slicer.mrmlScene.GenerateUniqueName(run.inputNode.GetName() + " segmentation")
-                segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-                segmentationNode.CreateDefaultDisplayNodes()
             segmentation = segmentationNode.GetSegmentation()
             segmentation.RemoveAllSegments()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(run.inputNode)
-            labels = slicer.util.arrayFromVolume(labelmap)
-            for label in run.labels:
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode or labelmap)
+            values = slicer.util.arrayFromVolume(labelmap)
+            for label in labels:
                 color = [int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
                 segmentId = segmentation.AddEmptySegment(f"label_{label.value}", label.name, color)
                 segment = segmentation.GetSegment(segmentId)
                 if label.terminology is not None:
                     segment.SetTag("TerminologyEntry", label.terminology.slicer_entry())
                 slicer.util.updateSegmentBinaryLabelmapFromArray(
-                    (labels == label.value).astype(np.uint8), segmentationNode, segmentId, labelmap
+                    (values == label.value).astype(np.uint8), segmentationNode, segmentId, labelmap
                 )
         finally:
-            slicer.mrmlScene.RemoveNode(labelmap)
-        return segmentationNode
+            self.removeTemporaryLabelmap(labelmap)
 
     def segmentVolumes(self, modelSpec, inputNodes, device="auto", quality=DEFAULT_QUALITY, segmentationNode=None,
                        threads=None, backend="auto", parameters=None, precision="auto"):
@@ -647,6 +806,257 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         write_text_atomically(pins, "\n".join(plan.constraints) + "\n")
         slicer.util.pip_install(plan.pip_arguments(pins))
         return torch_status().installed
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+
+    EVALUATION_CASE_COLUMNS = ("Case", "Mean Dice", "Worst label", "Its Dice", "Largest HD95 (mm)", "Notes")
+    EVALUATION_USER_ERRORS = (EvaluationError, ValueError, OSError)
+    EVALUATION_MEASURES = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("msd_mm", "MSD (mm)"), ("nsd", "NSD"),
+                           ("volume_difference_percent", "Volume difference (%)"))
+
+    def evaluateSegmentations(self, referenceNode, predictionNode, tolerance=DEFAULT_TOLERANCE_MM,
+                              referenceVolumeNode=None):
+        """Measure ``predictionNode`` against ``referenceNode`` (segmentation nodes), segment by segment; returns
+        an ``EvaluationReport`` with one case.
+
+        Prediction segments are matched to the reference's by name, else terminology; a reference segment
+        without a match is compared with an empty one. Both are taken on ``referenceVolumeNode``'s grid, else on
+        the reference segmentation's own geometry (Slicer resamples the prediction there, nearest neighbour).
+        """
+        if referenceNode is None or predictionNode is None:
+            raise ValueError("Select a reference and a prediction segmentation.")
+        referenceIds, referenceSegments = self._segments(referenceNode)
+        predictionIds, predictionSegments = self._segments(predictionNode)
+        if not referenceIds:
+            raise ValueError(f"The reference segmentation '{referenceNode.GetName()}' has no segment.")
+        matches = match_segments([(s.GetName(), segmentTerminologyEntry(s)) for s in referenceSegments],
+                                 [(s.GetName(), segmentTerminologyEntry(s)) for s in predictionSegments])
+        geometryNode = referenceVolumeNode or self._referenceGeometryNode(referenceNode)
+        try:
+            spacing = self.imageFromVolumeNode(geometryNode).GetSpacing()
+            labels, results = [], []
+            for position, (segmentId, segment, match) in enumerate(zip(referenceIds, referenceSegments, matches)):
+                color = "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in segment.GetColor()))
+                labels.append(Label(position + 1, segment.GetName(), color))
+                referenceMask = self._segmentMask(referenceNode, segmentId, geometryNode)
+                predictionMask = (np.zeros_like(referenceMask) if match is None else
+                                  self._segmentMask(predictionNode, predictionIds[match], geometryNode))
+                results.append(mask_metrics(referenceMask, predictionMask, spacing, tolerance, labels[-1]))
+        finally:
+            if geometryNode is not referenceVolumeNode:
+                self.removeTemporaryLabelmap(geometryNode)
+        notes = [f"prediction segment '{segment.GetName()}' matches no reference segment"
+                 for index, segment in enumerate(predictionSegments) if index not in matches]
+        case = CaseEvaluation(f"{referenceNode.GetName()} / {predictionNode.GetName()}", referenceNode.GetName(),
+                              predictionNode.GetName(), labels=results, notes=notes)
+        return EvaluationReport([case], labels, float(tolerance), source={
+            "reference node": referenceNode.GetName(), "prediction node": predictionNode.GetName()})
+
+    @staticmethod
+    def _segments(segmentationNode):
+        segmentation = segmentationNode.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        return ids, [segmentation.GetSegment(segmentId) for segmentId in ids]
+
+    @staticmethod
+    def _segmentMask(segmentationNode, segmentId, geometryNode):
+        """The segment as a boolean array on ``geometryNode``'s grid (Slicer resamples it there, nearest
+        neighbour, parent transforms included). Unlike ``slicer.util.arrayFromSegmentBinaryLabelmap``, no display
+        node is left behind in the scene."""
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "DeepSegment evaluation mask")
+        try:
+            segmentIds = vtk.vtkStringArray()
+            segmentIds.InsertNextValue(segmentId)
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, segmentIds,
+                                                                                      labelmap, geometryNode):
+                raise ValueError(f"Segment '{segmentId}' of '{segmentationNode.GetName()}' could not be exported.")
+            return slicer.util.arrayFromVolume(labelmap) > 0
+        finally:
+            DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
+
+    @staticmethod
+    def removeTemporaryLabelmap(labelmap):
+        """Remove a label map node used for a computation, with its display node and the color table a
+        segmentation export made for it (Slicer's shared color tables are singletons and stay)."""
+        display = labelmap.GetDisplayNode()
+        if display is not None:
+            color = display.GetColorNode()
+            slicer.mrmlScene.RemoveNode(display)
+            if color is not None and not color.GetSingletonTag():
+                slicer.mrmlScene.RemoveNode(color)
+        slicer.mrmlScene.RemoveNode(labelmap)
+
+    @staticmethod
+    def _referenceGeometryNode(segmentationNode):
+        """A temporary label map on the segmentation's reference geometry (the caller removes it)."""
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "DeepSegment evaluation grid")
+        if not slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
+                segmentationNode, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
+            raise ValueError(f"The segmentation '{segmentationNode.GetName()}' has no geometry to compare on.")
+        return labelmap
+
+    def evaluationTask(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
+                       resample=True, reportFolder=""):
+        """Start measuring a prediction folder against a reference folder or a case list's annotations (one of
+        ``reference`` and ``cases``) in a worker process; returns the running job (``progress``, ``cancel()``,
+        ``state``, ``result``: the ``EvaluationReport``, also written into ``reportFolder`` when given).
+        ``labels`` is a schema file, values ("1,2,5") or empty (the inputs' own). Inputs are paired here, so
+        that a missing folder or a bad case list fails at once.
+
+        A cohort takes minutes (surface distances of every label of every case): in a worker process of
+        Slicer's Python it runs at full speed while the GUI stays responsive, where a thread of Slicer's
+        process would crawl (the GUI keeps Python's GIL while it idles).
+        """
+        if bool(reference) == bool(cases):
+            raise ValueError("Give either a reference folder or a case list.")
+        if not prediction:
+            raise ValueError("Select the prediction folder.")
+        schema = parse_labels(labels)
+        pairing = pair_case_list(cases, prediction) if cases else pair_folders(reference, prediction)
+        if not pairing.pairs:
+            raise ValueError(f"No prediction in {prediction} matches a reference case.")
+        arguments = {"pairing": pairing, "labels": schema, "tolerance_mm": tolerance, "resample": resample,
+                     "report_folder": reportFolder}
+        return startJob("DeepSegmentLib.evaluation_cohort:evaluate_and_report", arguments,
+                        f"evaluating {len(pairing.pairs)} cases", sysPath=[_MODULE_FOLDER])
+
+    def evaluateCohort(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
+                       resample=True, reportFolder=""):
+        """:meth:`evaluationTask`, waited for while Slicer stays responsive (Python console and scripts): returns
+        the ``EvaluationReport``, or raises ModelRegistryLib's ``JobError`` saying why it failed."""
+        return runJob(self.evaluationTask(prediction, reference, cases, labels, tolerance, resample, reportFolder))
+
+    def showEvaluation(self, report, tableNode=None, chartNode=None):
+        """``(table node, plot chart node)`` of a report: one table row per case (per label: Dice, HD95, MSD,
+        NSD and volume difference; NaN where undefined) and a chart of each label's Dice per case. Given nodes
+        are reused."""
+        if tableNode is None:
+            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode",
+                                                           slicer.mrmlScene.GenerateUniqueName("Evaluation"))
+        table = tableNode.GetTable()
+        with slicer.util.NodeModify(tableNode):
+            tableNode.RemoveAllColumns()
+            caseColumn = vtk.vtkStringArray()
+            caseColumn.SetName("Case")
+            numberColumn = vtk.vtkDoubleArray()
+            numberColumn.SetName("Case number")
+            measureColumns = []
+            for label in report.labels:
+                for measure, title in self.EVALUATION_MEASURES:
+                    column = vtk.vtkDoubleArray()
+                    column.SetName(f"{label.name} {title}")
+                    measureColumns.append((label.value, measure, column))
+            statusColumn = vtk.vtkStringArray()
+            statusColumn.SetName("Status")
+            for number, case in enumerate(report.cases, start=1):
+                caseColumn.InsertNextValue(case.case_id)
+                numberColumn.InsertNextValue(number)
+                for value, measure, column in measureColumns:
+                    result = case.label(value)
+                    column.InsertNextValue(result.measure(measure) if result is not None else float("nan"))
+                statusColumn.InsertNextValue(case.error or "; ".join(
+                    f"{result.name}: {result.status}" for result in case.labels if result.status != BOTH_PRESENT))
+            for column in (caseColumn, numberColumn, *(column for _, _, column in measureColumns), statusColumn):
+                table.AddColumn(column)
+        tableNode.Modified()
+        if chartNode is None:
+            chartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode",
+                                                           slicer.mrmlScene.GenerateUniqueName("Evaluation Dice"))
+        for index in range(chartNode.GetNumberOfPlotSeriesNodes() - 1, -1, -1):
+            series = chartNode.GetNthPlotSeriesNode(index)
+            chartNode.RemoveNthPlotSeriesNodeID(index)
+            slicer.mrmlScene.RemoveNode(series)
+        chartNode.SetTitle("Dice per case")
+        chartNode.SetXAxisTitle("Case number")
+        chartNode.SetYAxisTitle("Dice")
+        for label in report.labels:
+            series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{label.name} Dice")
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetXColumnName("Case number")
+            series.SetYColumnName(f"{label.name} Dice")
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+            series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+            series.SetColor(*(int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)))
+            chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
+        return tableNode, chartNode
+
+    @staticmethod
+    def showEvaluationInViews(tableNode, chartNode):
+        """Show the table and the chart in Slicer's views (nothing to do without views: headless, tests)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        applicationLogic = slicer.app.applicationLogic()
+        selection = applicationLogic.GetSelectionNode()
+        selection.SetActiveTableID(tableNode.GetID())
+        applicationLogic.PropagateTableSelection()
+        selection.SetActivePlotChartID(chartNode.GetID())
+        applicationLogic.PropagatePlotChartSelection()
+
+    @staticmethod
+    def evaluationCaseRows(report):
+        """``[(case index, cells)]`` for the panel's case list (:attr:`EVALUATION_CASE_COLUMNS`): measured cases
+        with the lowest mean Dice first, then the others (failed, or nothing to measure), by case id."""
+        ranked = {item["case_id"]: item for item in worst_cases(report, count=len(report.cases))}
+        order = [case.case_id for case in report.cases]
+        rows = []
+        for index, case in enumerate(report.cases):
+            item = ranked.get(case.case_id)
+            if item is None:
+                cells = [case.case_id, "", "", "", "", case.error or "; ".join(case.notes)]
+            else:
+                hd95 = item["largest_hd95_mm"]
+                cells = [case.case_id, f"{item['mean_dice']:.3f}", item["worst_label"], f"{item['worst_dice']:.3f}",
+                         "" if hd95 is None else ("∞" if hd95 == float("inf") else f"{hd95:.2f}"),
+                         "; ".join(case.notes)]
+            rows.append((index, cells))
+        rank = {case_id: position for position, case_id in enumerate(ranked)}
+        rows.sort(key=lambda row: (rank.get(order[row[0]], len(rank)), order[row[0]]))
+        return rows
+
+    @staticmethod
+    def evaluationSummary(report):
+        """One line: cases measured and failed, mean Dice per label."""
+        means = []
+        for label in report.labels:
+            values = [result.dice for case in report.cases if not case.error for result in case.labels
+                      if result.value == label.value and np.isfinite(result.dice)]
+            means.append(f"{label.name} {np.mean(values):.3f}" if values else f"{label.name} –")
+        measured = len(report.cases) - len(report.failed)
+        return (f"{measured} case{'s' if measured != 1 else ''} measured, {len(report.failed)} failed. "
+                f"Mean Dice: {', '.join(means)}.")
+
+    def loadEvaluatedCase(self, report, caseIndex):
+        """Load case ``caseIndex`` of a cohort report: its image (when the case list gives one), the reference
+        (outlined) and the prediction (filled) as segmentations, on the grid they were compared on. The nodes of
+        the case loaded before are removed. Returns the new nodes by role (``image``, ``reference``,
+        ``prediction``); a comparison of two segmentation nodes has nothing to load (``{}``)."""
+        if "reference node" in report.source:
+            return {}
+        case = report.cases[caseIndex]
+        if not os.path.isfile(case.reference) or not os.path.isfile(case.prediction):
+            raise ValueError(f"Case {case.case_id} has no reference and prediction files to load.")
+        for node in self._evaluatedCaseNodes.values():
+            if node is not None and slicer.mrmlScene.IsNodePresent(node):
+                slicer.mrmlScene.RemoveNode(node)
+        self._evaluatedCaseNodes = {}
+        reference, prediction, labels, _ = read_case_labels(CasePair(case.case_id, case.reference, case.prediction),
+                                                            report.labels)
+        nodes = {"image": slicer.util.loadVolume(case.image, {"name": f"{case.case_id} image"})
+                 if case.image and os.path.isfile(case.image) else None}
+        for role, image in (("reference", reference), ("prediction", prediction)):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{case.case_id} {role}")
+            node.CreateDefaultDisplayNodes()
+            self.fillSegmentation(node, image, labels)
+            display = node.GetDisplayNode()
+            display.SetVisibility2DFill(role == "prediction")  # the reference as an outline over the prediction
+            display.SetVisibility2DOutline(True)
+            nodes[role] = node
+        self._evaluatedCaseNodes = nodes
+        return nodes
 
 
 #

@@ -14,6 +14,8 @@ import sys
 import tempfile
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The height every panel must fit in (the test checks it): DeepSegment's and TrainingDataExport's, with their
+# collapsed Evaluate and Augmentation preview sections, need some 595 px in the stand-in.
 PANEL_SIZE = (480, 600)
 
 

@@ -70,8 +70,8 @@ class TrainingDataExport(ScriptedLoadableModule):
         self.parent.title = "Training Data Export"
         self.parent.categories = ["Deep Learning"]
         # The label schema is the model registry's label format, read with ModelRegistryLib (which also writes every
-        # file atomically); images are read with DeepSegmentLib's checked reader, shared with DeepSegment.
-        self.parent.dependencies = ["ModelRegistry", "DeepSegment"]
+        # file atomically). DeepSegment depends on this module (case lists, image files), not the other way round.
+        self.parent.dependencies = ["ModelRegistry"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
             "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
@@ -1208,7 +1208,7 @@ def _userName():
         return ""
 
 
-def _terminologyEntry(segment):
+def segmentTerminologyEntry(segment):
     """The serialized terminology of a segment (the TerminologyEntry tag)."""
     if hasattr(segment, "GetTerminology"):
         return segment.GetTerminology()
@@ -1221,7 +1221,7 @@ def _copySegmentDescription(segment, segmentationNode):
     """An empty segment in ``segmentationNode`` with ``segment``'s name, color and terminology; returns its id."""
     segmentation = segmentationNode.GetSegmentation()
     segmentId = segmentation.AddEmptySegment("", segment.GetName(), segment.GetColor())
-    entry = _terminologyEntry(segment)
+    entry = segmentTerminologyEntry(segment)
     if entry:
         copied = segmentation.GetSegment(segmentId)
         if hasattr(copied, "SetTerminology"):
@@ -1383,7 +1383,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
             ["Liver", "Tumor"],
         )
         liverId = segmentation.GetSegmentIdBySegmentName("Liver")
-        self.assertIn("SCT^10200004^Liver", _terminologyEntry(segmentation.GetSegment(liverId)))
+        self.assertIn("SCT^10200004^Liver", segmentTerminologyEntry(segmentation.GetSegment(liverId)))
 
         self.delayDisplay("Painting through the segmentation API; autosave writes the recovery file")
         self.assertEqual(logic.autosave(), "")  # nothing painted yet

@@ -11,11 +11,15 @@ import importlib.util
 import os
 import sys
 
-# Model labels and inputs are parsed by ModelRegistry's Lib. Slicer puts every module folder on sys.path;
-# from a command line or another Python, the sibling ModelRegistry folder of this source tree is used.
+# Model labels and inputs are parsed by ModelRegistry's Lib, and evaluation reads case lists and segmentations
+# with TrainingDataExport's. Slicer puts every module folder on sys.path; from a command line or another
+# Python, the sibling folders of this source tree are used (a container image holds only ModelRegistryLib).
 if importlib.util.find_spec("ModelRegistryLib") is None:
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                  "ModelRegistry"))
+if importlib.util.find_spec("TrainingDataExportLib") is None:
+    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "TrainingDataExport"))
 
 from .devices import ComputeDevice, available_devices, choose_device
 from .engine import (

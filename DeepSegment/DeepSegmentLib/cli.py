@@ -3,7 +3,8 @@
 ``run`` installs the model from the registry when needed (verified download), segments the inputs in
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
 MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``image build``
-and ``image save`` ship a model package as a container image. Every failure exits with code 1 and one line
+and ``image save`` ship a model package as a container image; ``evaluate`` measures predictions against
+references and writes a report (see ``evaluation_cli``). Every failure exits with code 1 and one line
 on standard error saying why; the arguments (inputs, output type and folder, threads, device, timeout,
 parameters) are checked before any work, so that a typo is not found after a long inference.
 
@@ -39,6 +40,7 @@ from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_c
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
 from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .evaluation_cli import add_evaluate_parser, main_evaluate
 from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
@@ -88,6 +90,7 @@ def _parser() -> ArgumentParser:
     save.add_argument("--image", required=True, metavar="REFERENCE")
     save.add_argument("--output", required=True, metavar="ARCHIVE.tar")
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -205,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # --help, or a bad argument already reported on one line
         return exit.code
     terminal = _Terminal()
+    if arguments.command == "evaluate":
+        return main_evaluate(arguments)
     try:
         if arguments.command == "image":
             return _image_command(arguments, terminal.log)

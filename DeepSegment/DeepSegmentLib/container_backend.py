@@ -29,6 +29,9 @@ import SimpleITK as sitk
 from ModelRegistryLib import download_file
 from ModelRegistryLib.files import write_json_atomically
 
+from TrainingDataExportLib.imagecheck import ImageFileError
+from TrainingDataExportLib.imagefiles import read_image, write_image
+
 from .container_contract import (
     INPUT_MOUNT,
     OUTPUT_MOUNT,
@@ -48,8 +51,6 @@ from .container_runtime import (
 )
 from .engine import EngineProgress, SegmentationResult
 from .geometry import geometry_mismatch
-from .imagecheck import ImageFileError
-from .imageio import read_image, write_image
 
 # Share of the progress bar for each step; the container's own progress fills the middle.
 _IMAGE_SHARE, _INPUT_SHARE, _RESULT_SHARE = 0.1, 0.05, 0.05

@@ -36,7 +36,9 @@ from .container_contract import (
     read_request,
 )
 from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS, EngineProgress, quality_options, segment
-from .imageio import read_volume, write_image
+from TrainingDataExportLib.imagefiles import write_image
+
+from .imageio import read_volume
 from .package import load_package
 
 PACKAGE_FOLDER = "/opt/deepsegment/model"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ModelRegistryLib
+import TrainingDataExportLib
 from ModelRegistryLib.download import file_sha256
 
 from .container_entrypoint import PARAMETERS
@@ -27,7 +29,9 @@ from .container_runtime import ContainerError, ContainerRuntime
 from .package import load_package
 
 RECIPE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Container")
-_LIBRARIES = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(ModelRegistryLib.__file__)))
+# DeepSegmentLib and the Libs it imports (registry labels and files; image files and case lists).
+_LIBRARIES = tuple(os.path.dirname(os.path.abspath(module.__file__))
+                   for module in (sys.modules[__package__], ModelRegistryLib, TrainingDataExportLib))
 
 
 @dataclass(frozen=True)

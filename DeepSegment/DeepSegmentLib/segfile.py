@@ -82,9 +82,9 @@ def segmentation_image(labels: sitk.Image, segments: Sequence[SegmentInfo]) -> s
 
 def write_segmentation(path: str, labels: sitk.Image, segments: Sequence[SegmentInfo]) -> None:
     """Write ``labels`` (one layer, values as in ``segments``) as a ``.seg.nrrd`` Slicer opens with segment names,
-    atomically and verified (``DeepSegmentLib.imageio.write_image``)."""
+    atomically and verified (``TrainingDataExportLib.imagefiles.write_image``)."""
     # Imported here: imageio imports this module for write_labels.
-    from .imageio import write_image
+    from TrainingDataExportLib.imagefiles import write_image
 
     if not path.lower().endswith(SEGMENTATION_SUFFIX):
         raise ValueError(f"A Slicer segmentation file name ends in {SEGMENTATION_SUFFIX}: {path}")

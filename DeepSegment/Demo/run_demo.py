@@ -42,7 +42,8 @@ sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY
 from mni_template import dice_scores, read_template, reference_label_image, template_folder  # noqa: E402
 
 from DeepSegmentLib.engine import segment  # noqa: E402
-from DeepSegmentLib.imageio import write_image, write_labels  # noqa: E402
+from DeepSegmentLib.imageio import write_labels  # noqa: E402
+from TrainingDataExportLib.imagefiles import write_image  # noqa: E402
 from DeepSegmentLib.package import load_package  # noqa: E402
 from DeepSegmentLib.segfile import SegmentInfo  # noqa: E402
 from ModelRegistryLib.registry import Registry, bundled_source  # noqa: E402

@@ -1,12 +1,12 @@
 """Qt-free core of the TrainingDataExport module: case lists and their annotation workflow, the label schema,
 patient-level splits, export formats, the dataset card and the command line.
 
-Importable in Slicer, in its Python console, from a command line and in tests. It uses two other modules'
-Qt-free cores: ``ModelRegistryLib`` (label schemas, the one atomic file write) and ``DeepSegmentLib`` (the one
-checked image reader, shared with DeepSegment). Slicer puts every module folder on ``sys.path``; from a command
-line or another Python, the sibling folders of this source tree are used. The 3D
-augmentation engine needs PyTorch, so it is not imported here: ``from TrainingDataExportLib.augmentation
-import augment``.
+Importable in Slicer, in its Python console, from a command line and in tests. It uses ModelRegistry's Qt-free
+core, ``ModelRegistryLib`` (label schemas, the one atomic file write); Slicer puts every module folder on
+``sys.path``, and from a command line or another Python the sibling folder of this source tree is used. Its image
+files (``imagefiles``: the one checked reader and verified writer) serve DeepSegment too, which depends on this
+module. The 3D augmentation engine needs PyTorch, so it is not imported here: ``from
+TrainingDataExportLib.augmentation import augment``.
 """
 
 import importlib.util
@@ -16,9 +16,6 @@ import sys
 if importlib.util.find_spec("ModelRegistryLib") is None:
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                  "ModelRegistry"))
-if importlib.util.find_spec("DeepSegmentLib") is None:
-    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                 "DeepSegment"))
 
 from .card import (
     CaseSummary,

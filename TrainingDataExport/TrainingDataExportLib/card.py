@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from DeepSegmentLib.imageio import write_image
+from .imagefiles import write_image
 from ModelRegistryLib.files import write_text_atomically
 
 from .splits import TEST, TRAIN, DatasetSplit, _listed
@@ -472,7 +472,7 @@ def _cell(value) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return [*lines, ""]
@@ -499,7 +499,7 @@ def card_markdown(card: dict) -> str:
     lines = ["# Dataset card", "", "## Warnings", ""]
     lines += [f"- {_cell(warning)}" for warning in card["warnings"]] or ["None."]
     lines += ["", "## Cases and patients", ""]
-    lines += _table(
+    lines += markdown_table(
         ["subset", "cases", "patients"], [(s["subset"], s["cases"], s["patients"]) for s in counts["subsets"]]
     )
     if counts["folds"]:
@@ -507,7 +507,7 @@ def card_markdown(card: dict) -> str:
             f"{len(counts['folds'])} cross-validation folds, split by patient with seed {card['split']['seed']}:",
             "",
         ]
-        lines += _table(
+        lines += markdown_table(
             ["fold", "validation cases", "validation patients", "training cases", "training patients"],
             [
                 (
@@ -526,7 +526,7 @@ def card_markdown(card: dict) -> str:
 
     lines += ["## Labels", ""]
     fold_header = [f"fold {f['fold']}" for f in counts["folds"]]
-    lines += _table(
+    lines += markdown_table(
         ["value", "name", "cases", "train", "test", *fold_header, "volume ml min", "median", "max"],
         [
             (
@@ -546,7 +546,7 @@ def card_markdown(card: dict) -> str:
 
     geometry = card["geometry"]
     lines += ["## Geometry", ""]
-    lines += _table(
+    lines += markdown_table(
         ["axis", "spacing mm min", "median", "max", "size voxels min", "median", "max"],
         [
             (
@@ -561,7 +561,7 @@ def card_markdown(card: dict) -> str:
 
     lines += ["## Intensities", ""]
     if card["intensities"]:
-        lines += _table(
+        lines += markdown_table(
             ["channel", *(f"{name}: median (min to max) over cases" for name in INTENSITY_STATISTICS)],
             [
                 (channel, *(_median_and_range(statistics_[name]) for name in INTENSITY_STATISTICS))
@@ -572,7 +572,7 @@ def card_markdown(card: dict) -> str:
         lines += ["No intensity statistics.", ""]
 
     lines += ["## Annotators", ""]
-    lines += _table(
+    lines += markdown_table(
         ["annotator", "cases"], [(a["annotator"] or UNKNOWN_ANNOTATOR, a["cases"]) for a in card["annotators"]]
     )
 
@@ -587,7 +587,7 @@ def card_markdown(card: dict) -> str:
         "",
     ]
     if card["settings"]:
-        lines += _table(["setting", "value"], list(card["settings"].items()))
+        lines += markdown_table(["setting", "value"], list(card["settings"].items()))
     else:
         lines += ["None recorded.", ""]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from DeepSegmentLib.imageio import read_image
+from .imagefiles import read_image
 
 from .card import CaseSummary, ChannelIntensity, channel_intensity
 from .caselist import Case

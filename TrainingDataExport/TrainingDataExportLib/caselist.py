@@ -435,6 +435,20 @@ def _segmentation_base(stem: str, extension: str) -> str | None:
     return None
 
 
+def case_id_of(file_name: str) -> str | None:
+    """The case id a segmentation file is named after, or None when the file is no label map.
+
+    >>> [case_id_of(name) for name in ("ct01.seg.nrrd", "ct01_seg.nii.gz", "ct02.nii", "notes.txt", ".x.nrrd")]
+    ['ct01', 'ct01', 'ct02', None, None]
+    """
+    if file_name.startswith(".") or file_name.lower().endswith(RECOVERY_SUFFIX):
+        return None
+    stem, extension = _split_extension(file_name)
+    if not extension:
+        return None
+    return _segmentation_base(stem, extension) or stem
+
+
 def _image_files(folder: str, recursive: bool, skip: str = "") -> list[str]:
     """Image files of ``folder`` (and its subfolders when ``recursive``, except ``skip``), sorted."""
     found = []

@@ -6,7 +6,7 @@ other accepts.
 
 - a missing image or segmentation file;
 - an image that cannot be read, or whose data is truncated or holds NaN or infinity (the shared reader of
-  ``DeepSegmentLib.imageio``), and the same for the segmentation;
+  ``TrainingDataExportLib.imagefiles``), and the same for the segmentation;
 - the segmentation against the label schema: unmapped segments, values outside the schema, overlaps, an
   empty segmentation (blocking); missing labels, segments matched by terminology (for review);
 - an image that is neither 3D nor (for 2D slices only) a 4D sequence, or has several components per voxel;
@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import SimpleITK as sitk
-from DeepSegmentLib.imagecheck import ImageFileError
-from DeepSegmentLib.imageio import read_image_information
+from .imagecheck import ImageFileError
+from .imagefiles import read_image_information
 
 from .caselist import Case
 from .segmentations import LabelProblem, label_counts, label_on_grid, read_label_map

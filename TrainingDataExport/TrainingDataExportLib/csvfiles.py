@@ -5,26 +5,28 @@
   run when the exported CSV is opened. Such a cell is written with a leading apostrophe (the OWASP
   recommendation: spreadsheets show the text as it is), and so is a cell that starts with an apostrophe
   itself; reading removes one leading apostrophe, so every cell reads back exactly as it was written.
-  A hand-written cell that starts with an apostrophe loses it on reading.
+  A hand-written cell that starts with an apostrophe loses it on reading. A plain number (``-3``, ``+1.5e2``)
+  is no formula and stays a number, so that a report's negative values can be summed.
 - **Encoding**: files are written in UTF-8 with ``\\n`` line ends. Reading accepts UTF-8 with or without the
   byte-order mark spreadsheet programs add; any other encoding is refused with :class:`CsvEncodingError`
   naming the file and the line (save the file as "CSV UTF-8").
 
 Example::
 
-    >>> text = csv_text(["case_id", "patient_id"], [["=1+2", "'quoted"], ["-3", "p4"]])
+    >>> text = csv_text(["case_id", "patient_id"], [["=1+2", "'quoted"], ["-3-4", "-3"]])
     >>> print(text, end="")
     case_id,patient_id
     '=1+2,''quoted
-    '-3,p4
+    '-3-4,-3
     >>> csv_rows(text)
-    [['case_id', 'patient_id'], ['=1+2', "'quoted"], ['-3', 'p4']]
+    [['case_id', 'patient_id'], ['=1+2', "'quoted"], ['-3-4', '-3']]
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import os
 from collections.abc import Sequence
 
@@ -37,14 +39,19 @@ class CsvEncodingError(ValueError):
     """A CSV file is not UTF-8; the message names the file and the line."""
 
 
-def spreadsheet_safe(cell) -> str:
-    """``cell`` as text a spreadsheet shows and never runs (see the module description).
+# A plain decimal number ("-2.5", "+1e3"): a spreadsheet reads it as a number, runs nothing.
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
-    >>> spreadsheet_safe("@SUM(A1)"), spreadsheet_safe("case01"), spreadsheet_safe(3)
-    ("'@SUM(A1)", 'case01', '3')
+
+def spreadsheet_safe(cell) -> str:
+    """``cell`` as text a spreadsheet shows and never runs (see the module description). A plain number, such as
+    a negative volume difference, is no formula and stays a number.
+
+    >>> spreadsheet_safe("@SUM(A1)"), spreadsheet_safe("case01"), spreadsheet_safe(3), spreadsheet_safe(-2.5)
+    ("'@SUM(A1)", 'case01', '3', '-2.5')
     """
     text = str(cell)
-    return ESCAPE + text if text.startswith((*FORMULA_STARTS, ESCAPE)) else text
+    return ESCAPE + text if text.startswith((*FORMULA_STARTS, ESCAPE)) and not _PLAIN_NUMBER.fullmatch(text) else text
 
 
 def from_spreadsheet_safe(cell: str) -> str:

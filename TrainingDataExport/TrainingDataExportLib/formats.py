@@ -1,6 +1,6 @@
 """The four export formats: the files of each case and the index files, written through the export's journal.
 
-Every file is written with ``DeepSegmentLib.imageio.write_image`` or ``ModelRegistryLib.files`` (a temporary
+Every file is written with ``TrainingDataExportLib.imagefiles.write_image`` or ``ModelRegistryLib.files`` (a temporary
 file in its final folder, flushed, renamed into place, verified), after the export has recorded it in its
 journal (the ``place`` function each writer gets: it records relative paths and returns where to write them,
 refusing any that would lead outside the export folder). Writers embed no time stamps or random ids: the same
@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from DeepSegmentLib.imageio import write_image
+from .imagefiles import write_image
 from ModelRegistryLib.files import atomic_target, write_bytes_atomically
 
 from .csvfiles import csv_text

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from DeepSegmentLib.imagecheck import ImageFileError
-from DeepSegmentLib.imageio import read_image
+from .imagecheck import ImageFileError
+from .imagefiles import read_image
 
 OVERLAP_POLICIES = ("error", "schema-order")
 

@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 from fault_injection import read_only, run_python
 
-from DeepSegmentLib.imagecheck import ImageFileError, check_image_file, data_layout
-from DeepSegmentLib.imageio import read_image, read_image_information, read_volume, write_image, write_labels
+from TrainingDataExportLib.imagecheck import ImageFileError, check_image_file, data_layout
+from DeepSegmentLib.imageio import read_volume, write_labels
+from TrainingDataExportLib.imagefiles import read_image, read_image_information, write_image
 from DeepSegmentLib.segfile import SegmentInfo
 
 # (file name, compressed): every layout ITK writes for the formats check_image_file reads.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import doctest
 import io
+import re
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ HOSTILE_IDS = ["=HYPERLINK(\"http://x\")", "+1+2", "-3-4", "@SUM(A1)", "'quoted"
 
 
 def formula_cells(text: str) -> list:
-    """Cells a spreadsheet would run as a formula."""
-    return [cell for row in csv.reader(io.StringIO(text)) for cell in row if cell.startswith(csvfiles.FORMULA_STARTS)]
+    """Cells a spreadsheet would run as a formula (a plain number such as -5 is read as a number)."""
+    return [cell for row in csv.reader(io.StringIO(text)) for cell in row
+            if cell.startswith(csvfiles.FORMULA_STARTS) and not re.fullmatch(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?", cell)]
 
 
 # Any text but NUL, which Python's csv reader refuses before 3.11 (Slicer 5.8 has 3.9).
