@@ -41,6 +41,16 @@ else:
     import _posixshmem
 
 NAME_PREFIX = "sdl_"  # short: macOS allows 31 characters in a segment name
+
+
+def segment_prefix(pid: int | None = None) -> str:
+    """The start of the names of the segments process ``pid`` (this one by default) creates: a leftover segment
+    names the process that leaked it.
+
+    >>> segment_prefix(4194304)
+    'sdl_4194304_'
+    """
+    return f"{NAME_PREFIX}{os.getpid() if pid is None else pid}_"
 LABEL_MAP_BYTES_PER_VOXEL = 2  # label maps are uint8 or uint16
 
 
@@ -69,7 +79,7 @@ class SharedBlock:
 
     @classmethod
     def create(cls, size: int) -> SharedBlock:
-        return cls(NAME_PREFIX + secrets.token_hex(8), max(1, int(size)), create=True)
+        return cls(segment_prefix() + secrets.token_hex(6), max(1, int(size)), create=True)
 
     @classmethod
     def attach(cls, name: str) -> SharedBlock:

@@ -17,7 +17,7 @@ import torch
 
 from DeepSegmentLib.package import write_package
 from DeepSegmentLib.service_client import SERVICE_NAME, ModelService
-from DeepSegmentLib.shared_images import NAME_PREFIX
+from DeepSegmentLib.shared_images import segment_prefix
 from ModelRegistry import processEventsBriefly, waitForJob
 from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE
@@ -99,8 +99,9 @@ def run(service, registry, spec, image, **options):
 
 
 def segments_on_disk():
-    return {name for name in os.listdir("/dev/shm") if name.startswith(NAME_PREFIX)} if os.path.isdir("/dev/shm") \
-        else set()
+    # This process's own segments: other test runs on the machine may be creating and freeing theirs meanwhile.
+    return {name for name in os.listdir("/dev/shm") if name.startswith(segment_prefix())} \
+        if os.path.isdir("/dev/shm") else set()
 
 
 def wait_for_stage(job, stage):

@@ -15,10 +15,10 @@ import pytest
 import SimpleITK as sitk
 
 from DeepSegmentLib.shared_images import (
-    NAME_PREFIX,
     SharedBlock,
     allocate_label_map,
     read_shared_image,
+    segment_prefix,
     share_image,
     write_shared_image,
 )
@@ -45,8 +45,9 @@ def same_image(a, b):
 
 
 def segments_on_disk():
-    return {name for name in os.listdir("/dev/shm") if name.startswith(NAME_PREFIX)} if os.path.isdir("/dev/shm") \
-        else set()
+    # This process's own segments: other test runs on the machine may be creating and freeing theirs meanwhile.
+    return {name for name in os.listdir("/dev/shm") if name.startswith(segment_prefix())} \
+        if os.path.isdir("/dev/shm") else set()
 
 
 @pytest.mark.parametrize("pixel_type", [np.int16, np.float32, np.uint8])
