@@ -1,6 +1,7 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
-inference engine (resampling, sliding window, postprocessing), compute devices, exact image geometry,
-image files, and the PyTorch install plan.
+inference engine (resampling, sliding window, postprocessing), per-frame inference for live streams
+(``frames``; the OpenIGTLink stream server is ``stream``), compute devices, exact image geometry, image
+files, and the PyTorch install plan.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -29,6 +30,7 @@ from .engine import (
     quality_options,
     segment,
 )
+from .frames import FrameError, FrameSegmenter
 from .geometry import LPS_FROM_RAS, geometry_mismatch, ijk_to_ras_from_image, image_from_array, is_oblique
 from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
@@ -45,6 +47,8 @@ __all__ = [
     "EngineCancelled",
     "EngineError",
     "EngineProgress",
+    "FrameError",
+    "FrameSegmenter",
     "ModelPackage",
     "ModelPool",
     "PackageError",
