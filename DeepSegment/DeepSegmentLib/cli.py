@@ -3,7 +3,8 @@
 ``run`` installs the model from the registry when needed (verified download), segments the inputs in
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
 MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name. ``image build`` and
-``image save`` ship a model package as a container image. Failures exit with code 1 and say why on
+``image save`` ship a model package as a container image. ``stream`` segments OpenIGTLink image streams
+live with a 2D model until Ctrl-C or SIGTERM (``stream.py``). Failures exit with code 1 and say why on
 standard error.
 
 Example (from the repository root)::
@@ -11,13 +12,17 @@ Example (from the repository root)::
     cd DeepSegment && python -m DeepSegmentLib run --model brain-tissue-demo --input t1.nii.gz --output seg.seg.nrrd
     python -m DeepSegmentLib run --model liver-ct --backend container --parameter quality=fast --input ct.nrrd \
         --output liver.seg.nrrd
+    python -m DeepSegmentLib stream --model us-bone-2d --connect 127.0.0.1:18944 --listen 18945 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -35,10 +40,19 @@ from ModelRegistryLib import (
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress, segment
+from .frames import FrameSegmenter
 from .imageio import read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
+from .stream import (
+    DEFAULT_OUTPUT_DEVICE,
+    DEFAULT_REPORT_SECONDS,
+    StreamError,
+    StreamServer,
+    bind_listener,
+    parse_address,
+)
 
 BACKENDS = ("auto", "inprocess", "container")
 
@@ -83,7 +97,80 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument("--image", required=True, metavar="REFERENCE")
     save.add_argument("--output", required=True, metavar="ARCHIVE.tar")
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
+    _add_stream_parser(commands)
     return parser
+
+
+def _add_stream_parser(commands) -> None:
+    stream = commands.add_parser("stream", help="segment OpenIGTLink image streams live with a 2D model")
+    stream.add_argument("--model", required=True, metavar="ID[@VERSION]", help="a 2D model (dimensions 2)")
+    stream.add_argument("--listen", metavar="[HOST:]PORT",
+                        help="accept OpenIGTLink clients on this port (host 127.0.0.1 unless given; port 0: any)")
+    stream.add_argument("--connect", metavar="HOST:PORT",
+                        help="take frames from this OpenIGTLink server (such as PLUS); with --listen the label"
+                             " maps go to the listening clients, else back to it")
+    stream.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    stream.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    stream.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
+    stream.add_argument("--quality", choices=tuple(QUALITY_PRESETS), default="fast",
+                        help="fast (default): no mirroring; accurate: the model's mirroring (slower)")
+    stream.add_argument("--output-device", default=DEFAULT_OUTPUT_DEVICE, metavar="NAME",
+                        help="device name of the replies; {device} is the frame's (default: %(default)s)")
+    stream.add_argument("--report-interval", type=float, default=DEFAULT_REPORT_SECONDS, metavar="SECONDS",
+                        help="log frames per second, latency and drops this often while frames arrive (0: only"
+                             " at exit)")
+    stream.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
+                        help="a registry index to read after the bundled one; repeatable")
+    stream.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
+
+
+def _stream_command(arguments) -> int:
+    """Serve until Ctrl-C or SIGTERM; the port is bound before the model loads, so a busy port fails at once."""
+    if not (arguments.listen or arguments.connect):
+        raise ValueError("stream needs --listen PORT, --connect HOST:PORT or both")
+    if arguments.report_interval < 0 or (arguments.threads is not None and arguments.threads < 1):
+        raise ValueError("--report-interval must be 0 or more and --threads 1 or more")
+    listen = parse_address(arguments.listen, "127.0.0.1", "--listen") if arguments.listen else None
+    connect = parse_address(arguments.connect, None, "--connect") if arguments.connect else None
+    if importlib.util.find_spec("pyigtl") is None:
+        raise ValueError("the stream server needs the pyigtl package (pip install pyigtl)")
+    listener = bind_listener(*listen) if listen else None
+    try:
+        registry = open_registry(arguments.index, arguments.cache_dir)
+        package = load_package(registry.ensure_installed(arguments.model).path)
+        segmenter = FrameSegmenter(package, device=arguments.device, threads=arguments.threads,
+                                   precision=arguments.precision, quality=arguments.quality)
+        began = time.perf_counter()
+        segmenter.warm_up()
+        _stream_log(f"{arguments.model} ready on {segmenter.compute.description} ({segmenter.precision}, warm-up"
+                    f" {time.perf_counter() - began:.2f} s)")
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = StreamServer(segmenter, output_device=arguments.output_device, log=_stream_log,
+                          report_seconds=arguments.report_interval).start()
+    try:
+        if listener is not None:
+            server.listen(listener)
+        if connect:
+            server.connect(*connect, relay=listener is not None)
+        while not stop.wait(0.5):  # a timed wait, so that Ctrl-C (KeyboardInterrupt) is delivered
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        statistics = server.stop()
+    _stream_log(f"stopped: {statistics.summary()}")
+    return 0
+
+
+def _stream_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _progress(step: EngineProgress) -> None:
@@ -106,6 +193,14 @@ def parse_parameters(texts: Sequence[str], image) -> dict:
     return values
 
 
+def open_registry(indexes: Sequence[str], cache_dir: str | None) -> Registry:
+    """The registry of the bundled index, the user's sources and ``indexes``, read afresh (or from its cache)."""
+    cache_dir = cache_dir or default_cache_dir()
+    registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
+    registry.refresh()
+    return registry
+
+
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
                   precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
                   backend: str = "auto",
@@ -114,8 +209,7 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
-    registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
-    registry.refresh()
+    registry = open_registry(indexes, cache_dir)
     entry, version = registry.resolve(model)
     backend = version.choose_backend(backend)
     values = parse_parameters(parameters, version.image if backend == "container" else None)
@@ -160,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "image":
             return _image_command(arguments)
+        if arguments.command == "stream":
+            return _stream_command(arguments)
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
@@ -167,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
                                 image_archive=arguments.image_archive, progress=_progress, log=_log)
-    except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, LookupError, ValueError,
-            OSError) as error:
+    except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, StreamError, LookupError,
+            ValueError, OSError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
     except (EngineCancelled, ContainerCancelledError, KeyboardInterrupt):
