@@ -2,9 +2,9 @@
 
 A :class:`StreamServer` takes OpenIGTLink IMAGE messages from clients that connect to it (``listen``) or
 from a server it connects to (``connect``, e.g. PLUS), segments each frame with a :class:`FrameSegmenter`
-and sends the label map back as an IMAGE message with the frame's geometry (IJK-to-world matrix and
-coordinate system), its timestamp (the same 64 bits) and a device name made from the frame's
-(``{device}_Segmentation`` by default).
+and sends the label map back as an IMAGE message with the frame's geometry (the same 12 float32 numbers of
+axes and centre, and coordinate system), its timestamp (the same 64 bits) and a device name made from the
+frame's (``{device}_Segmentation`` by default).
 
 **Newest frame first.** Each connection keeps at most one waiting frame per device name: a frame that
 arrives before its predecessor was taken replaces it (counted as dropped), so a model slower than the
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import socket
 import struct
@@ -62,6 +63,8 @@ HEADER_BYTES = 58
 DEVICE_NAME_BYTES = 20
 # Bytes 34 to 41 of a header hold the timestamp (seconds and fraction), echoed unchanged in replies.
 _TIMESTAMP_BYTES = slice(34, 42)
+# Bytes 12 to 59 of an IMAGE message's content hold its axes and centre (12 float32), echoed unchanged.
+_GEOMETRY_BYTES = slice(12, 60)
 DEFAULT_OUTPUT_DEVICE = "{device}_Segmentation"
 DEVICE_NAME_METADATA_KEY = "IGTL_DEVICE_NAME"
 # A message body above this closes the connection: frames are megabytes at most.
@@ -198,13 +201,14 @@ class _Tally:
 @dataclass
 class Frame:
     """One IMAGE message as received: pixels in (k, j, i[, c]) order, the 4×4 IJK-to-world matrix of its
-    ``coordinates`` (``"ras"`` or ``"lps"``), timestamp (seconds, and the 8 header bytes), header version,
-    and when its last byte arrived (``time.perf_counter``)."""
+    ``coordinates`` (``"ras"`` or ``"lps"``; and the message's 48 bytes of axes and centre), timestamp
+    (seconds, and the 8 header bytes), header version, and when its last byte arrived (``time.perf_counter``)."""
 
     connection: _Connection
     device: str
     pixels: np.ndarray
     ijk_to_world: np.ndarray
+    geometry_bytes: bytes
     coordinates: str
     timestamp: float
     timestamp_bytes: bytes
@@ -228,15 +232,31 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytearray | None:
     return buffer
 
 
-def pack_reply(frame: Frame, labels: np.ndarray, template: str = DEFAULT_OUTPUT_DEVICE) -> bytes:
-    """The IMAGE message answering ``frame`` with ``labels`` (its (k, j, i) shape): the frame's matrix,
-    coordinate system, timestamp bytes and header version (2 at most), and the device name of ``template``."""
+@functools.cache
+def _reply_class():
     import pyigtl
 
+    class ReplyImage(pyigtl.ImageMessage):
+        """An IMAGE message whose axes and centre are the 48 bytes of the frame it answers: exactly its float32
+        values, where pyigtl would recompute the centre from an origin (off by an ulp for some senders)."""
+
+        geometry = b""
+
+        def _pack_content(self) -> bytes:
+            content = super()._pack_content()
+            return content[:_GEOMETRY_BYTES.start] + self.geometry + content[_GEOMETRY_BYTES.stop :]
+
+    return ReplyImage
+
+
+def pack_reply(frame: Frame, labels: np.ndarray, template: str = DEFAULT_OUTPUT_DEVICE) -> bytes:
+    """The IMAGE message answering ``frame`` with ``labels`` (its (k, j, i) shape): the frame's geometry bytes
+    and coordinate system, timestamp bytes and header version (2 at most), and the device name of ``template``."""
     short_name, full_name = reply_device_name(template, frame.device)
-    message = pyigtl.ImageMessage(labels, ijk_to_world_matrix=frame.ijk_to_world,
-                                  world_coordinate_system=frame.coordinates, timestamp=frame.timestamp,
-                                  device_name=short_name)
+    message = _reply_class()(labels, ijk_to_world_matrix=frame.ijk_to_world,
+                             world_coordinate_system=frame.coordinates, timestamp=frame.timestamp,
+                             device_name=short_name)
+    message.geometry = frame.geometry_bytes
     message.header_version = min(2, max(1, frame.header_version))
     if message.header_version > 1 and short_name != full_name:
         message.metadata[DEVICE_NAME_METADATA_KEY] = full_name
@@ -325,7 +345,9 @@ class _Connection:
                                 " skipped")
             return None
         self.devices.add(device)
-        return Frame(self, device, message.image, np.asarray(message.ijk_to_world_matrix, dtype=float),
+        content = int.from_bytes(body[:2], "big") if message.header_version > 1 else 0  # after the extended header
+        geometry = body[content + _GEOMETRY_BYTES.start : content + _GEOMETRY_BYTES.stop]
+        return Frame(self, device, message.image, np.asarray(message.ijk_to_world_matrix, dtype=float), geometry,
                      message.world_coordinate_system, float(fields["timestamp"]), timestamp_bytes,
                      int(fields["header_version"]), received_at)
 

@@ -301,6 +301,50 @@ def test_frames_the_model_cannot_take_are_skipped_with_one_line(model):
     assert statistics.rejected >= 1 and statistics.rejected + statistics.dropped == 3  # stale ones never reach it
 
 
+def _receive_message(sock: socket.socket) -> tuple:
+    """(header, body) of the next message on ``sock``."""
+    def receive(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, "connection closed"
+            data += chunk
+        return data
+
+    header = receive(58)
+    return header, receive(int.from_bytes(header[42:50], "big"))
+
+
+def _geometry(body: bytes, header_version: int) -> bytes:
+    content = int.from_bytes(body[:2], "big") if header_version > 1 else 0
+    return body[content + 12 : content + 60]
+
+
+@pytest.mark.parametrize("header_version", [1, 2])
+def test_the_frames_geometry_and_timestamp_bytes_come_back_unchanged(model, header_version):
+    """A sender that writes its own centre (as OpenIGTLink's C++ library does) gets exactly its 12 float32 values
+    back, not values recomputed from an origin; every reply carries a valid CRC-64."""
+    from pyigtl.messages import CRC64
+
+    _, package = model
+    frames, spacing = ultrasound_frames(3)
+    rng = np.random.default_rng(header_version)
+    with stream_server(package) as (_, port, _), socket.create_connection(("127.0.0.1", port)) as sock:
+        for index, frame in enumerate(frames):
+            message = bytearray(frame_message(frame, index, spacing, header_version=header_version).pack())
+            axes = np.linalg.qr(rng.normal(size=(3, 3)))[0] * spacing
+            centre = rng.normal(size=3) * 0.01  # near the world origin, far from the image's corner
+            content = 58 + (12 if header_version > 1 else 0)
+            message[content + 12 : content + 60] = np.concatenate([axes.T.ravel(), centre]).astype(">f4").tobytes()
+            message[50:58] = CRC64(bytes(message[58:])).to_bytes(8, "big")
+            sock.sendall(bytes(message))
+            header, body = _receive_message(sock)
+            assert header[34:42] == message[34:42]  # the timestamp
+            assert _geometry(body, header_version) == _geometry(bytes(message[58:]), header_version)
+            assert int.from_bytes(header[50:58], "big") == CRC64(body)
+            assert int.from_bytes(header[:2], "big") == header_version
+
+
 def test_a_message_over_the_size_limit_closes_the_connection(model):
     _, package = model
     with stream_server(package) as (_, port, log), socket.create_connection(("127.0.0.1", port)) as sock:
