@@ -338,10 +338,10 @@ class _Connection:
         except (KeyError, ValueError, NotImplementedError, IndexError, struct.error) as error:
             problem = {KeyError: f"unsupported pixel type {error}", NotImplementedError: "sub-volumes"}.get(
                 type(error), str(error))
-            self.reject(device, f"IMAGE '{device}' cannot be read ({problem}); its frames are skipped")
+            self.reject(f"IMAGE '{device}' cannot be read ({problem}); its frames are skipped")
             return None
         if device not in self.devices and len(self.devices) >= MAX_DEVICES_PER_CONNECTION:
-            self.reject(device, f"more than {MAX_DEVICES_PER_CONNECTION} devices on one connection; '{device}' is"
+            self.reject(f"more than {MAX_DEVICES_PER_CONNECTION} devices on one connection; '{device}' is"
                                 " skipped")
             return None
         self.devices.add(device)
@@ -351,7 +351,8 @@ class _Connection:
                      message.world_coordinate_system, float(fields["timestamp"]), timestamp_bytes,
                      int(fields["header_version"]), received_at)
 
-    def reject(self, device: str, problem: str) -> None:
+    def reject(self, problem: str) -> None:
+        """Count a frame that is not segmented, and log why (once per problem)."""
         self.server.count("rejected")
         self.counts["rejected"] += 1
         self.report_once(problem)
@@ -409,8 +410,9 @@ class _Connection:
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """A socket listening on ``host``:``port`` (0: any free port), or StreamError saying why it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), backlog=MAX_CLIENTS)
+        return socket.create_server((host, port), family=family, backlog=MAX_CLIENTS)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise StreamError(f"Port {port} on {host} is in use by another program; choose another --listen port"
@@ -605,14 +607,13 @@ class StreamServer:
             try:
                 labels = self.segmenter.segment(frame.pixels, frame.ijk_to_ras)
             except FrameError as error:
-                frame.connection.reject(frame.device, f"frames of '{frame.device}' are skipped: {error}")
+                frame.connection.reject(f"frames of '{frame.device}' are skipped: {error}")
                 continue
             except EngineError as error:
-                frame.connection.reject(frame.device, f"segmenting '{frame.device}' failed: {error}")
+                frame.connection.reject(f"segmenting '{frame.device}' failed: {error}")
                 continue
             except Exception as error:  # a model can fail in any way; the server goes on with the next frame
-                frame.connection.reject(frame.device, f"segmenting '{frame.device}' failed:"
-                                                      f" {type(error).__name__}: {error}")
+                frame.connection.reject(f"segmenting '{frame.device}' failed: {type(error).__name__}: {error}")
                 continue
             self.count("segmented")
             for connection in self._recipients(frame):
