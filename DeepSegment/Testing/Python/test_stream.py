@@ -62,6 +62,20 @@ class SlowNetwork:
         return self.network(windows)
 
 
+class GatedNetwork:
+    """The threshold network that holds each call until ``gate`` is set, and sets ``busy`` when called."""
+
+    def __init__(self, network) -> None:
+        self.network = network
+        self.busy, self.gate = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def __call__(self, windows):
+        self.busy.set()
+        assert self.gate.wait(120), "the test never opened the gate"
+        return self.network(windows)
+
+
 @contextlib.contextmanager
 def stream_server(package, network=None, *, listen: bool = True, report_seconds: float = 0.0):
     """A started StreamServer (listening on a free port unless ``listen`` is False), its port and its log."""
@@ -74,13 +88,14 @@ def stream_server(package, network=None, *, listen: bool = True, report_seconds:
         yield server, port, log
 
 
-def stream_frames(peer, frames, spacing, **message_options) -> list:
-    """Send ``frames`` through ``peer`` (a pyigtl client or server) at 30 frames/s; returns the messages."""
+def stream_frames(peer, frames, spacing, start: int = 0, **message_options) -> list:
+    """Send ``frames`` from ``start`` on through ``peer`` (a pyigtl client or server) at 30 frames/s; returns
+    the messages."""
     sent = []
     began = time.perf_counter()
-    for index, frame in enumerate(frames):
-        message = frame_message(frame, index, spacing, **message_options)
-        delay = began + index * FRAME_SECONDS - time.perf_counter()
+    for index in range(start, len(frames)):
+        message = frame_message(frames[index], index, spacing, **message_options)
+        delay = began + (index - start) * FRAME_SECONDS - time.perf_counter()
         if delay > 0:
             time.sleep(delay)  # the pace of a scanner, not a wait for a result
         peer.send_message(message, wait=False)
@@ -137,27 +152,49 @@ def test_a_client_gets_each_frame_segmented_with_its_geometry_and_timestamp(mode
     assert log.wait_for("disconnected (45 frames, ")
 
 
-def test_a_model_slower_than_the_stream_drops_stale_frames_and_builds_no_backlog(model):
+def test_a_model_slower_than_the_stream_drops_stale_frames(model):
     _, package = model
     frames, spacing = ultrasound_frames(60)
-    slow = SlowNetwork(load_network(package, "cpu"), 0.1)  # 2 batches of windows: about 0.2 s per frame
+    slow = SlowNetwork(load_network(package, "cpu"), 0.1)  # 2 batches of windows: at least 0.2 s per frame
     with stream_server(package, slow, report_seconds=0.5) as (server, port, log):
         client, replies = recording_client(port)
         try:
             sent = stream_frames(client, frames, spacing, device="Probe")
-            replies_before_the_end = len(replies.items)
-            wait_for_reply_to(replies, sent[-1])
+            wait_for_reply_to(replies, sent[-1])  # the newest frame is always answered
+            assert log.wait_for("dropped as stale")  # in the periodic report
         finally:
             client.stop()
     statistics = server.statistics()
     answered = check_replies(replies.items, sent, frames, device="Probe_Segmentation")
     check_accounting(statistics, len(frames))
-    assert statistics.dropped > 0 and len(answered) < len(frames)
-    # The newest frame is always answered, and after the stream ends only the frame being segmented and
-    # the newest one (plus one reply possibly on its way) are left: no queue of stale frames.
-    assert answered[-1] == len(frames) - 1
-    assert len(replies.items) - replies_before_the_end <= 3
-    assert log.wait_for("dropped as stale")
+    assert statistics.dropped > 0 and len(answered) < len(frames) and answered[-1] == len(frames) - 1
+
+
+def test_no_backlog_builds_up_behind_a_busy_model(model):
+    """While the network is busy with frame 0, frames 1 to 29 arrive: only the newest, 29, is segmented next."""
+    _, package = model
+    frames, spacing = ultrasound_frames(30)
+    network = GatedNetwork(load_network(package, "cpu"))
+    with stream_server(package, network) as (server, port, _):
+        client, replies = recording_client(port)
+        try:
+            network.busy.clear()  # the warm-up went through
+            network.gate.clear()
+            sent = [frame_message(frames[0], 0, spacing, device="Probe")]
+            client.send_message(sent[0], wait=False)
+            assert network.busy.wait(60), "frame 0 never reached the network"
+            sent += stream_frames(client, frames, spacing, start=1, device="Probe")
+            # Frames 2 to 29 each replaced the one waiting before it.
+            assert _wait(lambda: server.statistics().dropped == len(frames) - 2)
+            network.gate.set()
+            wait_for_reply_to(replies, sent[-1])
+        finally:
+            network.gate.set()
+            client.stop()
+    statistics = server.statistics()
+    assert check_replies(replies.items, sent, frames, device="Probe_Segmentation") == [0, len(frames) - 1]
+    check_accounting(statistics, len(frames))
+    assert (statistics.segmented, statistics.dropped) == (2, len(frames) - 2)
 
 
 def test_several_clients_each_get_their_own_replies(model):
