@@ -1,7 +1,8 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
 inference engine (resampling, sliding window, postprocessing), the model service (persistent worker
-processes that run models for Slicer, volumes passed in shared memory), compute devices, exact image
-geometry, image files, and the PyTorch install plan.
+processes that run models for Slicer, volumes passed in shared memory), per-frame inference for live streams
+(``frames``; the OpenIGTLink stream server is ``stream``), accuracy assessment (``evaluation``), compute
+devices, exact image geometry, and reading inputs and writing results.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -34,6 +35,7 @@ from .engine import (
     quality_options,
     segment,
 )
+from .frames import FrameError, FrameSegmenter
 from .geometry import LPS_FROM_RAS, geometry_mismatch, ijk_to_ras_from_image, image_from_array, is_oblique
 from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
@@ -51,6 +53,8 @@ __all__ = [
     "EngineCancelled",
     "EngineError",
     "EngineProgress",
+    "FrameError",
+    "FrameSegmenter",
     "ModelPackage",
     "ModelPool",
     "ModelService",

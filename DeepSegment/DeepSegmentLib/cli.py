@@ -4,7 +4,8 @@
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
 MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``image build``
 and ``image save`` ship a model package as a container image; ``evaluate`` measures predictions against
-references and writes a report (see ``evaluation_cli``). Every failure exits with code 1 and one line
+references and writes a report (see ``evaluation_cli``); ``stream`` segments OpenIGTLink image streams
+live with a 2D model until Ctrl-C or SIGTERM (``stream.py``). Every failure exits with code 1 and one line
 on standard error saying why; the arguments (inputs, output type and folder, threads, device, timeout,
 parameters) are checked before any work, so that a typo is not found after a long inference.
 
@@ -13,15 +14,19 @@ Example (from the repository root)::
     cd DeepSegment && python -m DeepSegmentLib run --model brain-tissue-demo --input t1.nii.gz --output seg.seg.nrrd
     python -m DeepSegmentLib run --model liver-ct --backend container --parameter quality=fast --input ct.nrrd \
         --output liver.seg.nrrd
+    python -m DeepSegmentLib stream --model us-bone-2d --connect 127.0.0.1:18944 --listen 18945 --threads 2
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -39,11 +44,20 @@ from ModelRegistryLib.commandline import ArgumentParser, one_line
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress, segment
 from .evaluation_cli import add_evaluate_parser, main_evaluate
+from .frames import FrameSegmenter
 from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
+from .stream import (
+    DEFAULT_OUTPUT_DEVICE,
+    DEFAULT_REPORT_SECONDS,
+    StreamError,
+    StreamServer,
+    bind_listener,
+    parse_address,
+)
 
 BACKENDS = ("auto", "inprocess", "container")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$", re.IGNORECASE)
@@ -91,6 +105,7 @@ def _parser() -> ArgumentParser:
     save.add_argument("--output", required=True, metavar="ARCHIVE.tar")
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
     add_evaluate_parser(commands)
+    _add_stream_parser(commands)
     return parser
 
 
@@ -141,6 +156,78 @@ class _Terminal:
         print(f"error: {message}", file=sys.stderr)
 
 
+def _add_stream_parser(commands) -> None:
+    stream = commands.add_parser("stream", help="segment OpenIGTLink image streams live with a 2D model")
+    stream.add_argument("--model", required=True, metavar="ID[@VERSION]", help="a 2D model (dimensions 2)")
+    stream.add_argument("--listen", metavar="[HOST:]PORT",
+                        help="accept OpenIGTLink clients on this port (host 127.0.0.1 unless given; port 0: any)")
+    stream.add_argument("--connect", metavar="HOST:PORT",
+                        help="take frames from this OpenIGTLink server (such as PLUS); with --listen the label"
+                             " maps go to the listening clients, else back to it")
+    stream.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    stream.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    stream.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
+    stream.add_argument("--quality", choices=tuple(QUALITY_PRESETS), default="fast",
+                        help="fast (default): no mirroring; accurate: the model's mirroring (slower)")
+    stream.add_argument("--output-device", default=DEFAULT_OUTPUT_DEVICE, metavar="NAME",
+                        help="device name of the replies; {device} is the frame's (default: %(default)s)")
+    stream.add_argument("--report-interval", type=float, default=DEFAULT_REPORT_SECONDS, metavar="SECONDS",
+                        help="log frames per second, latency and drops this often while frames arrive (0: only"
+                             " at exit)")
+    stream.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
+                        help="a registry index to read after the bundled one; repeatable")
+    stream.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
+
+
+def _stream_command(arguments) -> int:
+    """Serve until Ctrl-C or SIGTERM; the port is bound before the model loads, so a busy port fails at once."""
+    if not (arguments.listen or arguments.connect):
+        raise ValueError("stream needs --listen PORT, --connect HOST:PORT or both")
+    if arguments.report_interval < 0 or (arguments.threads is not None and arguments.threads < 1):
+        raise ValueError("--report-interval must be 0 or more and --threads 1 or more")
+    listen = parse_address(arguments.listen, "127.0.0.1", "--listen") if arguments.listen else None
+    connect = parse_address(arguments.connect, None, "--connect") if arguments.connect else None
+    if importlib.util.find_spec("pyigtl") is None:
+        raise ValueError("the stream server needs the pyigtl package (pip install pyigtl)")
+    listener = bind_listener(*listen) if listen else None
+    try:
+        registry = open_registry(arguments.index, arguments.cache_dir)
+        package = load_package(registry.ensure_installed(arguments.model).path)
+        segmenter = FrameSegmenter(package, device=arguments.device, threads=arguments.threads,
+                                   precision=arguments.precision, quality=arguments.quality)
+        began = time.perf_counter()
+        segmenter.warm_up()
+        _stream_log(f"{arguments.model} ready on {segmenter.compute.description} ({segmenter.precision}, warm-up"
+                    f" {time.perf_counter() - began:.2f} s)")
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = StreamServer(segmenter, output_device=arguments.output_device, log=_stream_log,
+                          report_seconds=arguments.report_interval).start()
+    try:
+        if listener is not None:
+            server.listen(listener)
+        if connect:
+            server.connect(*connect, relay=listener is not None)
+        while not stop.wait(0.5):  # a timed wait, so that Ctrl-C (KeyboardInterrupt) is delivered
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        statistics = server.stop()
+    _stream_log(f"stopped: {statistics.summary()}")
+    return 0
+
+
+def _stream_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def parse_parameters(texts: Sequence[str], image) -> dict:
     """``NAME=VALUE`` texts as the image's typed parameter values."""
     if texts and image is None:
@@ -157,6 +244,14 @@ def parse_parameters(texts: Sequence[str], image) -> dict:
     return values
 
 
+def open_registry(indexes: Sequence[str], cache_dir: str | None) -> Registry:
+    """The registry of the bundled index, the user's sources and ``indexes``, read afresh (or from its cache)."""
+    cache_dir = cache_dir or default_cache_dir()
+    registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
+    registry.refresh()
+    return registry
+
+
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
                   precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
                   backend: str = "auto",
@@ -165,8 +260,7 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
-    registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
-    registry.refresh()
+    registry = open_registry(indexes, cache_dir)
     entry, version = registry.resolve(model)
     backend = version.choose_backend(backend)
     values = parse_parameters(parameters, version.image if backend == "container" else None)
@@ -213,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "image":
             return _image_command(arguments, terminal.log)
+        if arguments.command == "stream":
+            return _stream_command(arguments)
         check_run_arguments(arguments)
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
@@ -221,8 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
                                 image_archive=arguments.image_archive, progress=terminal.progress, log=terminal.log)
-    except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, LookupError, ValueError,
-            OSError) as error:
+    except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, StreamError, LookupError,
+            ValueError, OSError) as error:
         terminal.error(one_line(error))
         return 1
     except (EngineCancelled, ContainerCancelledError, KeyboardInterrupt):
