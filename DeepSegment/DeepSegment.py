@@ -41,7 +41,7 @@ from DeepSegmentLib import (
 )
 from DeepSegmentLib.container_backend import ContainerSettings, segment_in_container
 from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
-from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
+from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic, addLabelSegment, importLabelMap
 from ModelRegistryLib import BackgroundTask, CancelledError, IndexSource, Registry
 
 #
@@ -624,19 +624,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 name = slicer.mrmlScene.GenerateUniqueName(run.inputNode.GetName() + " segmentation")
                 segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
                 segmentationNode.CreateDefaultDisplayNodes()
-            segmentation = segmentationNode.GetSegmentation()
-            segmentation.RemoveAllSegments()
+            segmentationNode.GetSegmentation().RemoveAllSegments()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(run.inputNode)
-            labels = slicer.util.arrayFromVolume(labelmap)
-            for label in run.labels:
-                color = [int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
-                segmentId = segmentation.AddEmptySegment(f"label_{label.value}", label.name, color)
-                segment = segmentation.GetSegment(segmentId)
-                if label.terminology is not None:
-                    segment.SetTag("TerminologyEntry", label.terminology.slicer_entry())
-                slicer.util.updateSegmentBinaryLabelmapFromArray(
-                    (labels == label.value).astype(np.uint8), segmentationNode, segmentId, labelmap
-                )
+            # Every label gets a segment (an empty one when the model found none of it), with a stable id. The
+            # label map holds only these values: the engine writes no other, a container's result is checked.
+            segmentIds = {label.value: addLabelSegment(segmentationNode, label, f"label_{label.value}")
+                          for label in run.labels}
+            importLabelMap(labelmap, segmentationNode, segmentIds)
         finally:
             slicer.mrmlScene.RemoveNode(labelmap)
         return segmentationNode
