@@ -1,6 +1,6 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
 inference engine (resampling, sliding window, postprocessing), compute devices, exact image geometry,
-image files, and the PyTorch install plan.
+image files, and whether PyTorch is installed.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -34,7 +34,7 @@ from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
 from .pool import ModelPool
 from .segfile import SegmentInfo, write_segmentation
-from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
+from .torchsetup import TorchStatus, torch_status
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -50,15 +50,13 @@ __all__ = [
     "PackageError",
     "SegmentInfo",
     "SegmentationResult",
+    "TorchStatus",
     "available_devices",
     "choose_device",
-    "driver_cuda_version",
     "estimate_memory",
     "geometry_mismatch",
     "ijk_to_ras_from_image",
     "image_from_array",
-    "install_plan",
-    "installed_packages",
     "is_oblique",
     "load_network",
     "load_package",
