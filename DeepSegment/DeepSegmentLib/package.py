@@ -496,26 +496,28 @@ def check_torch_version(package: ModelPackage, torch_version: str, max_torchscri
     reads; None skips that check). ONNX models do not run in PyTorch. The error names the release needed.
     """
     writer = writer_torch_version(package)
-    needed = None
-    if package.format == "torch.export" and writer and release(torch_version)[:2] < release(writer)[:2]:
-        needed = "{}.{}".format(*release(writer)[:2])
+    written, running = release(writer) if writer else None, release(torch_version)
+    if running is None:  # a PyTorch build without a release number: nothing to compare
+        return
+    if package.format == "torch.export" and written is not None and running[:2] < written[:2]:
         what = f"it is a torch.export program written by PyTorch {writer}, which older releases cannot read"
     elif package.format == "torchscript" and max_torchscript_version is not None:
         recorded = _read_member(package.weights_path, lambda member: member == "version")
         file_version = int(recorded) if recorded.strip().isdigit() else 0
-        if file_version > max_torchscript_version:
-            needed = "{}.{}".format(*release(writer)[:2]) if writer else "a newer release"
-            what = (f"its TorchScript file format version {file_version} is newer than PyTorch {torch_version} reads"
-                    f" ({max_torchscript_version})" + (f"; it was written by PyTorch {writer}" if writer else ""))
-    if needed is None:
+        if file_version <= max_torchscript_version:
+            return
+        what = (f"its TorchScript file format version {file_version} is newer than PyTorch {torch_version} reads"
+                f" ({max_torchscript_version})" + (f"; it was written by PyTorch {writer}" if writer else ""))
+    else:
         return
+    needed = f"PyTorch {written[0]}.{written[1]} or later" if written is not None else "a newer PyTorch"
     hint = ""
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10) and (written is None or written[:2] >= (2, 9)):
         hint = " (PyTorch 2.9 and later need Python 3.10 or later: this is {}.{})".format(*sys.version_info[:2])
     raise PackageError(
         "torchVersion",
-        f"this model needs PyTorch {needed} or later, and this is PyTorch {torch_version}: {what}. Update PyTorch"
-        f"{hint}, or use a version of the model made for PyTorch {'.'.join(map(str, release(torch_version)[:2]))}.",
+        f"this model needs {needed}, and this is PyTorch {torch_version}: {what}. Update PyTorch{hint},"
+        f" or use a version of the model made for PyTorch {running[0]}.{running[1]}.",
     )
 
 

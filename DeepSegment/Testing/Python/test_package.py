@@ -549,6 +549,9 @@ def test_an_older_pytorch_is_told_which_release_a_package_needs(tmp_path, monkey
         check_torch_version(script, "2.8.0", max_torchscript_version=10)
     with pytest.raises(RuntimeError, match="maximum supported version for reading is 10"):
         torch.jit.load(script.weights_path)
+    write(tmp_path / "unrecorded", "torchscript", newer)  # no torchVersion: the writer is unknown
+    with pytest.raises(PackageError, match=r"needs a newer PyTorch, and this is PyTorch 2\.8\.0: .*version 11"):
+        check_torch_version(load_package(str(tmp_path / "unrecorded")), "2.8.0", max_torchscript_version=10)
 
 
 def test_onnx_needs_onnxruntime(tmp_path, monkeypatch):
