@@ -25,20 +25,24 @@ from DeepSegmentLib import (
     ModelService,
     available_devices,
     choose_device,
-    driver_cuda_version,
     ijk_to_ras_from_image,
     image_from_array,
-    install_plan,
-    installed_packages,
     is_oblique,
     torch_status,
     write_package,
 )
 from DeepSegmentLib.container_backend import ContainerSettings
 from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find_runtime
-from ModelRegistry import JobPoller, ModelRegistryLogic, runJob, slicerPythonOnPath, startJob
+from ModelRegistry import (
+    JobPoller,
+    ModelRegistryLogic,
+    addLabelSegment,
+    importLabelMap,
+    runJob,
+    slicerPythonOnPath,
+    startJob,
+)
 from ModelRegistryLib import IndexSource, Registry
-from ModelRegistryLib.files import write_text_atomically
 from ModelRegistryLib.index import Label
 from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
 from DeepSegmentLib.evaluation_cohort import (
@@ -55,6 +59,23 @@ from DeepSegmentLib.evaluation_report import worst_cases
 from TrainingDataExport import segmentTerminologyEntry
 
 _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+# Slicer's PyTorch extension (github.com/fepegar/SlicerPyTorch, "PyTorch" in the Extensions Index, a dependency
+# of this extension) and its module that installs PyTorch.
+PYTORCH_EXTENSION = "PyTorch"
+PYTORCH_MODULE = "PyTorchUtils"
+PYTORCH_EXTENSION_MISSING = (
+    "Deep Segment runs models with PyTorch, which Slicer's PyTorch extension installs, and that extension is"
+    f" not installed. Install the {PYTORCH_EXTENSION} extension from the Extensions Manager (View > Extensions"
+    " Manager, category Utilities) and restart Slicer; in a Slicer without the Extensions Manager (a development"
+    " build), add the PyTorchUtils folder of https://github.com/fepegar/SlicerPyTorch to the additional module"
+    " paths (Edit > Application Settings > Modules) and restart. Models in containers run without PyTorch."
+)
+
+
+class PyTorchExtensionMissingError(RuntimeError):
+    """PyTorch is not installed and Slicer's PyTorch extension, which installs it, is missing too."""
+
 
 #
 # DeepSegment
@@ -297,9 +318,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             return
         backend = self.ui.backendSelector.currentData or "auto"
         inContainer = backend == "container"
-        if (not inContainer and not self.logic.torchStatus().installed
-                and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay)):
-            self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python."
+        if not inContainer and not self.torchReady():
             return
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
             if inContainer:
@@ -319,6 +338,20 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.value = 0
             self.ui.timingLabel.text = ""
             self.log(f"Started {task.description}")
+
+    def torchReady(self):
+        """Whether PyTorch can run models here, installed through Slicer's PyTorch extension on first use."""
+        try:
+            if self.logic.installTorch(askConfirmation=True):
+                return True
+            self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python: it was not installed."
+        except PyTorchExtensionMissingError as error:
+            self.ui.stageLabel.text = "PyTorch is needed: install Slicer's PyTorch extension."
+            slicer.util.errorDisplay(str(error))  # in testing mode, only logged
+        except Exception as error:  # the extension's installer failed (network, disk, files in use...)
+            self.ui.stageLabel.text = "PyTorch could not be installed."
+            slicer.util.errorDisplay(f"PyTorch could not be installed: {error}")
+        return False
 
     def showProgress(self, step):
         self.ui.progressBar.value = int((step.fraction or 0.0) * 100)
@@ -743,19 +776,14 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         is ``referenceVolumeNode``'s, else the label image's. Main thread only."""
         labelmap = self.volumeNodeFromImage(labelImage, "DeepSegment labels", "vtkMRMLLabelMapVolumeNode")
         try:
-            segmentation = segmentationNode.GetSegmentation()
-            segmentation.RemoveAllSegments()
+            segmentationNode.GetSegmentation().RemoveAllSegments()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode or labelmap)
-            values = slicer.util.arrayFromVolume(labelmap)
-            for label in labels:
-                color = [int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
-                segmentId = segmentation.AddEmptySegment(f"label_{label.value}", label.name, color)
-                segment = segmentation.GetSegment(segmentId)
-                if label.terminology is not None:
-                    segment.SetTag("TerminologyEntry", label.terminology.slicer_entry())
-                slicer.util.updateSegmentBinaryLabelmapFromArray(
-                    (values == label.value).astype(np.uint8), segmentationNode, segmentId, labelmap
-                )
+            # Every label gets a segment (an empty one when the label map has none of it), with a stable id. The
+            # label map holds only these values: the engine writes no other, a container's result is checked, and
+            # an evaluated case's files are read with the report's labels.
+            segmentIds = {label.value: addLabelSegment(segmentationNode, label, f"label_{label.value}")
+                          for label in labels}
+            importLabelMap(labelmap, segmentationNode, segmentIds)
         finally:
             self.removeTemporaryLabelmap(labelmap)
 
@@ -787,24 +815,31 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def torchStatus():
         return torch_status()
 
-    def installTorch(self, confirm):
-        """Install PyTorch on demand: through Slicer's PyTorch extension when present, else a pinned pip install.
+    @staticmethod
+    def pytorchUtilsLogic():
+        """The logic of the PyTorch extension's PyTorchUtils module; None when that extension is not installed."""
+        if not hasattr(slicer.modules, PYTORCH_MODULE.lower()):
+            return None
+        import PyTorchUtils  # Slicer's module factory puts every module's folder on sys.path
 
-        ``confirm(text)`` asks the user (the panel passes ``slicer.util.confirmOkCancelDisplay``); nothing
-        is installed when it returns False. Packages already installed (Slicer's numpy, SimpleITK...) are
-        pinned, so the install cannot replace them.
+        return PyTorchUtils.PyTorchUtilsLogic()
+
+    def installTorch(self, askConfirmation=True):
+        """Install PyTorch through Slicer's PyTorch extension; True once PyTorch can be imported.
+
+        The extension's PyTorchUtils picks the build for this computer with light-the-torch (CUDA for the
+        NVIDIA driver's version, else the CPU build) and pip-installs torch and torchvision, which leaves
+        Slicer's numpy, SimpleITK and vtk as they are. With ``askConfirmation`` it asks the user first (not in
+        testing mode), and False is returned when the user declines. Raises PyTorchExtensionMissingError, which
+        says what to install, when the extension is missing (a Slicer without it, a development build).
         """
         if torch_status().installed:
             return True
-        if hasattr(slicer.modules, "pytorchutils"):
-            torchLogic = slicer.util.getModuleLogic("PyTorchUtils")
-            return torchLogic.installTorch(askConfirmation=True) is not None
-        plan = install_plan(driver_cuda_version(), installed_packages())
-        if not confirm(f"Deep Segment needs PyTorch. Install {plan.description}? This downloads up to a few GB."):
+        torchLogic = self.pytorchUtilsLogic()
+        if torchLogic is None:
+            raise PyTorchExtensionMissingError(PYTORCH_EXTENSION_MISSING)
+        if torchLogic.installTorch(askConfirmation=askConfirmation) is None:
             return False
-        pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
-        write_text_atomically(pins, "\n".join(plan.constraints) + "\n")
-        slicer.util.pip_install(plan.pip_arguments(pins))
         return torch_status().installed
 
     # -- evaluation ----------------------------------------------------------------------------------------

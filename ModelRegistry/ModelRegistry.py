@@ -8,6 +8,7 @@ import time
 import zipfile
 
 import qt
+import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -439,6 +440,61 @@ class PathChoiceWatcher:
         path = self.pathLineEdit.currentPath
         if not path or self._lineEdit.acceptableInput:
             self._onPathChosen(path)
+
+
+#
+# Labels in segmentations (shared by the extension's panels)
+#
+
+
+def addLabelSegment(segmentationNode, label, segmentId=""):
+    """An empty segment for ``label`` (a ModelRegistryLib ``Label``): its name, color and terminology; returns its id.
+
+    ``segmentId`` "" lets Slicer derive the id from the name, as the Segment Editor does.
+    """
+    color = tuple(int(label.color[i : i + 2], 16) / 255.0 for i in (1, 3, 5))
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.AddEmptySegment(segmentId, label.name, color)
+    if label.terminology is not None:
+        segment = segmentation.GetSegment(segmentId)
+        entry = label.terminology.slicer_entry()
+        if hasattr(segment, "SetTerminology"):  # Slicer 5.10 and later
+            segment.SetTerminology(entry)
+        else:  # Slicer 5.8 keeps the terminology in a tag
+            segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+    return segmentId
+
+
+def importLabelMap(labelmapNode, segmentationNode, segmentIdsByValue):
+    """Put a label map's voxels into existing segments, with one call of Slicer's segmentations logic.
+
+    ``segmentIdsByValue`` maps each label value (1 or more) to the id of a segment of ``segmentationNode``,
+    made beforehand with its name, color and terminology (:func:`addLabelSegment`); the voxels of a value go
+    to its segment, replacing what it held, and a segment whose value has no voxel is left empty. Every
+    non-zero value of the label map must be listed: the segments share the label map as one layer, where
+    voxels of another value would belong to no segment. The label map's geometry and parent transform are
+    kept exactly (no resampling when they match the segmentation's).
+
+    Example (Slicer's Python console)::
+
+        labels = slicer.util.getNode("labels")               # a vtkMRMLLabelMapVolumeNode holding 1 and 2
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        liver = addLabelSegment(node, Label(1, "Liver", "#dd8259"))
+        tumor = addLabelSegment(node, Label(2, "Tumor", "#f0e68c"))
+        importLabelMap(labels, node, {1: liver, 2: tumor})
+    """
+    # Slicer's logic takes the ids in label order: the i-th id (from 0) receives the voxels of value i + 1.
+    values = sorted(segmentIdsByValue)
+    if values and values[0] < 1:
+        raise ValueError(f"Label value {values[0]} cannot be a segment: label values are 1 or more.")
+    segmentIds = vtk.vtkStringArray()
+    segmentIds.SetNumberOfValues(values[-1] if values else 0)
+    for value in values:
+        segmentIds.SetValue(value - 1, segmentIdsByValue[value])
+    messages = slicer.vtkMRMLMessageCollection()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode, segmentIds, messages):
+        raise RuntimeError(f"The label map could not be imported: {messages.GetAllMessagesAsString().strip()}")
 
 
 #

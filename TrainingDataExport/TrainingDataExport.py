@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from ModelRegistry import JobPoller, PathChoiceWatcher, startJob, waitForJob
+from ModelRegistry import JobPoller, PathChoiceWatcher, addLabelSegment, importLabelMap, startJob, waitForJob
 from ModelRegistryLib import JobError
 from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from TrainingDataExportLib import (
@@ -746,26 +746,30 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             node.CreateDefaultDisplayNodes()
             node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
             if path:
-                self._importLabelMap(path, node)
+                try:
+                    self._importLabelMap(path, node)
+                except Exception:
+                    slicer.mrmlScene.RemoveNode(node)
+                    raise
         self._addSchemaSegments(node, referenceVolumeNode)
         return node
 
     def _importLabelMap(self, path, segmentationNode):
-        """The values of a label-map file as segments: the schema's name and color where the value is known."""
+        """The values of a label-map file as segments, in one import: the schema's name, color and terminology
+        where the value is known, ``Label <value>`` where it is not."""
         labelMapNode = slicer.util.loadLabelVolume(path, {"show": False})
         try:
-            array = slicer.util.arrayFromVolume(labelMapNode)
+            values = [int(value) for value in np.unique(slicer.util.arrayFromVolume(labelMapNode)) if value]
+            if values and values[0] < 0:
+                raise ValueError(f"{path} holds the negative value {values[0]}: label values are 1 or more.")
             byValue = {label.value: label for label in self.labels}
-            for value in np.unique(array):
-                if not value:
-                    continue
-                label = byValue.get(int(value))
-                segmentId = self._addSegment(segmentationNode, label) if label else (
-                    segmentationNode.GetSegmentation().AddEmptySegment("", f"Label {int(value)}")
-                )
-                slicer.util.updateSegmentBinaryLabelmapFromArray(
-                    (array == value).astype(np.uint8), segmentationNode, segmentId, labelMapNode
-                )
+            segmentation = segmentationNode.GetSegmentation()
+            segmentIds = {
+                value: addLabelSegment(segmentationNode, byValue[value]) if value in byValue
+                else segmentation.AddEmptySegment("", f"Label {value}")
+                for value in values
+            }
+            importLabelMap(labelMapNode, segmentationNode, segmentIds)
         finally:
             slicer.mrmlScene.RemoveNode(labelMapNode)
 
@@ -781,25 +785,11 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         names = {segmentation.GetNthSegment(i).GetName().strip().casefold() for i in range(count)}
         for label in self.labels:
             if label.name.strip().casefold() not in names:
-                segmentId = self._addSegment(segmentationNode, label)
+                segmentId = addLabelSegment(segmentationNode, label)
                 empty = np.zeros(slicer.util.arrayFromVolume(referenceVolumeNode).shape, np.uint8)
                 slicer.util.updateSegmentBinaryLabelmapFromArray(
                     empty, segmentationNode, segmentId, referenceVolumeNode
                 )
-
-    @staticmethod
-    def _addSegment(segmentationNode, label):
-        color = tuple(int(label.color[i : i + 2], 16) / 255.0 for i in (1, 3, 5))
-        segmentation = segmentationNode.GetSegmentation()
-        segmentId = segmentation.AddEmptySegment("", label.name, color)
-        if label.terminology is not None:
-            segment = segmentation.GetSegment(segmentId)
-            entry = label.terminology.slicer_entry()
-            if hasattr(segment, "SetTerminology"):
-                segment.SetTerminology(entry)
-            else:
-                segment.SetTag("TerminologyEntry", entry)
-        return segmentId
 
     def restoreRecovery(self):
         """Replace the loaded segmentation by the case's recovery file (kept until the next save)."""
@@ -1121,11 +1111,16 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
             segmentationNode.CreateDefaultDisplayNodes()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            for value, segmentId in enumerate(segmentIds, 1):
-                copiedId = _copySegmentDescription(segmentation.GetSegment(segmentId), segmentationNode)
-                slicer.util.updateSegmentBinaryLabelmapFromArray(
-                    (variant.labels == value).astype(np.uint8), segmentationNode, copiedId, volumeNode
-                )
+            copiedIds = {value: _copySegmentDescription(segmentation.GetSegment(segmentId), segmentationNode)
+                         for value, segmentId in enumerate(segmentIds, 1)}
+            labelMapNode = slicer.util.addVolumeFromArray(
+                variant.labels, name=f"{name} labels", nodeClassName="vtkMRMLLabelMapVolumeNode"
+            )
+            labelMapNode.CopyOrientation(volumeNode)
+            try:
+                importLabelMap(labelMapNode, segmentationNode, copiedIds)
+            finally:
+                slicer.mrmlScene.RemoveNode(labelMapNode)
             for node in (volumeNode, segmentationNode):
                 item = hierarchy.GetItemByDataNode(node)
                 if item:

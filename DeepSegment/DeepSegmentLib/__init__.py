@@ -2,7 +2,7 @@
 inference engine (resampling, sliding window, postprocessing), the model service (persistent worker
 processes that run models for Slicer, volumes passed in shared memory), per-frame inference for live streams
 (``frames``; the OpenIGTLink stream server is ``stream``), accuracy assessment (``evaluation``), compute
-devices, exact image geometry, and reading inputs and writing results.
+devices, exact image geometry, reading inputs and writing results, and whether PyTorch is installed.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -42,7 +42,7 @@ from .package import ModelPackage, PackageError, load_network, load_package, par
 from .pool import ModelPool
 from .segfile import SegmentInfo, write_segmentation
 from .service_client import ModelService, SegmentationRun
-from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
+from .torchsetup import TorchStatus, torch_status
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -62,15 +62,13 @@ __all__ = [
     "SegmentInfo",
     "SegmentationResult",
     "SegmentationRun",
+    "TorchStatus",
     "available_devices",
     "choose_device",
-    "driver_cuda_version",
     "estimate_memory",
     "geometry_mismatch",
     "ijk_to_ras_from_image",
     "image_from_array",
-    "install_plan",
-    "installed_packages",
     "is_oblique",
     "load_network",
     "load_package",

@@ -19,6 +19,12 @@ order. :attr:`ModelPackage.channel_values` gives the label value of every channe
 
 Weights are only loaded by loaders that cannot run code from the file; see :func:`load_network`.
 
+PyTorch versions: ``torchVersion`` records the PyTorch release that wrote the weights (:func:`write_package`
+fills it in). A ``torch.export`` program loads only in that release or a later one (an older PyTorch cannot
+read a newer archive's layout: PyTorch 2.8 fails on 2.13's with a bare ``KeyError``), so
+:func:`check_torch_version` refuses it in an older PyTorch before anything loads, naming the release it needs;
+TorchScript files load across releases unless their file format version is newer than this PyTorch reads.
+
 Example::
 
     >>> import tempfile, torch
@@ -44,6 +50,8 @@ import io
 import json
 import math
 import os
+import re
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +148,8 @@ class Postprocessing:
 @dataclass(frozen=True)
 class ModelPackage:
     """A parsed model contract and where its files are; ``inputs`` are ModelRegistryLib ``ModelInput`` and
-    ``labels`` ModelRegistryLib ``Label``; ``slice_axis`` is the image axis a 2D model steps along."""
+    ``labels`` ModelRegistryLib ``Label``; ``slice_axis`` is the image axis a 2D model steps along;
+    ``torch_version`` the PyTorch release that wrote the weights ("" when not recorded)."""
 
     folder: str
     format: str
@@ -152,6 +161,7 @@ class ModelPackage:
     postprocessing: Postprocessing
     labels: tuple
     slice_axis: int = 2
+    torch_version: str = ""
     contract_mtime_ns: int = 0
     weights_mtime_ns: int = 0
 
@@ -388,6 +398,9 @@ def _parse(document, folder: str) -> ModelPackage:
     postprocessing = _parse_postprocessing(
         require(document, "postprocessing", dict, ""), "postprocessing", inference.activation, values
     )
+    torch_version = require(document, "torchVersion", str, "") if "torchVersion" in document else ""
+    if torch_version and release(torch_version) is None:
+        raise PackageError("torchVersion", f"{torch_version!r} is not a PyTorch version such as 2.8.0")
     weights_path = _weights_path(document, folder)
     return ModelPackage(
         folder=os.path.realpath(folder),
@@ -400,6 +413,7 @@ def _parse(document, folder: str) -> ModelPackage:
         postprocessing=postprocessing,
         labels=labels,
         slice_axis=slice_axis,
+        torch_version=torch_version,
         weights_mtime_ns=os.stat(weights_path).st_mtime_ns,
     )
 
@@ -430,10 +444,90 @@ def load_package(folder: str) -> ModelPackage:
     return ModelPackage(**{**package.__dict__, "contract_mtime_ns": status.st_mtime_ns})
 
 
+def release(version: str) -> tuple | None:
+    """The release numbers (major, minor, patch) of a PyTorch version, pre-release and local parts ignored.
+
+    >>> release("2.13.0+cpu"), release("2.9.0a0+git5e8f0a1"), release("2.8"), release("nightly")
+    ((2, 13, 0), (2, 9, 0), (2, 8, 0), None)
+    """
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+def _read_member(path: str, wanted: Callable[[str], bool]) -> bytes:
+    """The first member of zip archive ``path`` whose name below the root folder is ``wanted``; b"" if none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if wanted(name.split("/", 1)[-1]):
+                    return archive.read(name)
+    except (zipfile.BadZipFile, OSError):
+        pass
+    return b""
+
+
+def _is_program(member: str) -> bool:
+    """``models/<name>.json``: a torch.export archive's serialized program, which records the writer's PyTorch."""
+    folder, _, name = member.rpartition("/")
+    return folder == "models" and name.endswith(".json")
+
+
+def _export_torch_version(path: str) -> str:
+    """The PyTorch release a ``torch.export`` archive says wrote it (in its program's JSON); "" if none."""
+    try:
+        recorded = json.loads(_read_member(path, _is_program) or b"{}").get("torch_version", "")
+    except (ValueError, AttributeError):
+        return ""
+    return recorded if isinstance(recorded, str) and release(recorded) is not None else ""
+
+
+def writer_torch_version(package: ModelPackage) -> str:
+    """The PyTorch release that wrote the package's weights: a ``torch.export`` archive's own record, else
+    ``torchVersion`` from ``model.json``; "" when neither says."""
+    recorded = _export_torch_version(package.weights_path) if package.format == "torch.export" else ""
+    return recorded or package.torch_version
+
+
+def check_torch_version(package: ModelPackage, torch_version: str, max_torchscript_version: int | None = None) -> None:
+    """Refuse, before loading anything, a package that PyTorch ``torch_version`` cannot load.
+
+    A ``torch.export`` program needs the release that wrote it (major.minor) or a later one. A TorchScript file
+    needs a PyTorch that reads its file format version (``max_torchscript_version``: the newest this PyTorch
+    reads; None skips that check). ONNX models do not run in PyTorch. The error names the release needed.
+    """
+    writer = writer_torch_version(package)
+    written, running = release(writer) if writer else None, release(torch_version)
+    if running is None:  # a PyTorch build without a release number: nothing to compare
+        return
+    if package.format == "torch.export" and written is not None and running[:2] < written[:2]:
+        what = f"it is a torch.export program written by PyTorch {writer}, which older releases cannot read"
+    elif package.format == "torchscript" and max_torchscript_version is not None:
+        recorded = _read_member(package.weights_path, lambda member: member == "version")
+        file_version = int(recorded) if recorded.strip().isdigit() else 0
+        if file_version <= max_torchscript_version:
+            return
+        what = (f"its TorchScript file format version {file_version} is newer than PyTorch {torch_version} reads"
+                f" ({max_torchscript_version})" + (f"; it was written by PyTorch {writer}" if writer else ""))
+    else:
+        return
+    needed = f"PyTorch {written[0]}.{written[1]} or later" if written is not None else "a newer PyTorch"
+    hint = ""
+    if sys.version_info < (3, 10) and (written is None or written[:2] >= (2, 9)):
+        hint = " (PyTorch 2.9 and later need Python 3.10 or later: this is {}.{})".format(*sys.version_info[:2])
+    raise PackageError(
+        "torchVersion",
+        f"this model needs {needed}, and this is PyTorch {torch_version}: {what}. Update PyTorch{hint},"
+        f" or use a version of the model made for PyTorch {running[0]}.{running[1]}.",
+    )
+
+
 # Members of a torch.export archive (below its root folder) that are never unpickled: metadata read as
 # text, JSON (the program and payload configs) and extra files read as strings.
 _PT2_TEXT_MEMBERS = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
 _PT2_PAYLOAD_DIRECTORIES = {"data/weights/": "_weights_config.json", "data/constants/": "_constants_config.json"}
+# Where torch.export.load unpickles members: sample inputs, and weights and constants not listed as raw bytes
+# (PyTorch 2.8 and earlier pickle all of them into one member, data/weights/<model>.pt, with no config).
+_PT2_PICKLED_DIRECTORIES = ("data/sample_inputs/", *_PT2_PAYLOAD_DIRECTORIES)
 
 
 def _payloads(archive: zipfile.ZipFile, root: str) -> tuple:
@@ -465,7 +559,8 @@ def check_export_archive(path: str) -> None:
     ``torch.export.load`` unpickles some members with ``torch.load(weights_only=False)`` or ``pickle.loads``
     (pickled weights and constants, sample inputs, custom objects) and loads compiled AOTInductor
     libraries; a file crafted to use those paths runs code (the tests show it). So every member must be one
-    that is never unpickled (metadata, JSON, plain tensor bytes, extra text files) or a pickle that
+    that is never unpickled (metadata, JSON, plain tensor bytes listed in a payload config, extra text files)
+    or a pickle (sample inputs; weights and constants pickled whole by PyTorch 2.8 and earlier) that
     PyTorch's weights-only unpickler accepts: that unpickler admits only tensor-rebuilding functions and
     plain containers, and the later full unpickling of the same bytes performs the same operations.
     Anything else (AOTInductor code, custom objects, members this check does not know) is refused.
@@ -486,7 +581,8 @@ def check_export_archive(path: str) -> None:
             raise PackageError("weights", f"has an unreadable payload configuration: {error}") from error
         for name in names:
             member = name[len(root) :]
-            if name in pickled or (member.startswith("data/sample_inputs/") and not name.endswith("/")):
+            payload = member.startswith(_PT2_PICKLED_DIRECTORIES) and not member.endswith((".json", "/"))
+            if name in pickled or (payload and name not in raw):
                 _weights_only(archive, name, member)
             elif not (
                 name.endswith("/")
@@ -552,12 +648,15 @@ def load_network(package: ModelPackage, device: str) -> Callable:
     - ONNX (onnxruntime): a protobuf graph of ONNX operators; no custom operator library is registered.
 
     ``torch.load(weights_only=False)`` and ``pickle`` are never used. A file that is not a valid archive
-    of its format (such as a plain pickle) raises ``PackageError``.
+    of its format (such as a plain pickle) raises ``PackageError``, and so does a package this PyTorch is
+    too old for (:func:`check_torch_version`), before anything is loaded.
     """
     if package.format == "onnx":
         return _load_onnx(package.weights_path, device)
     import torch
 
+    max_torchscript_version = getattr(torch._C, "_get_max_operator_version", lambda: None)()
+    check_torch_version(package, torch.__version__, max_torchscript_version)
     try:
         if package.format == "torchscript":
             network = torch.jit.load(package.weights_path, map_location=device)
@@ -567,8 +666,13 @@ def load_network(package: ModelPackage, device: str) -> Callable:
         return torch.export.load(package.weights_path).module().to(device)
     except PackageError:
         raise
-    except (RuntimeError, ValueError, AssertionError, zipfile.BadZipFile, OSError) as error:
-        raise PackageError("weights", f"cannot load {package.weights_path} as {package.format}: {error}") from error
+    except (RuntimeError, ValueError, AssertionError, KeyError, zipfile.BadZipFile, OSError) as error:
+        writer = writer_torch_version(package)
+        newer = writer and release(writer) > release(torch.__version__)
+        hint = f" (written by PyTorch {writer}, newer than this PyTorch {torch.__version__})" if newer else ""
+        raise PackageError(
+            "weights", f"cannot load {package.weights_path} as {package.format}{hint}: {error}"
+        ) from error
 
 
 def write_package(folder: str, network_or_program, contract: dict) -> None:
@@ -576,12 +680,16 @@ def write_package(folder: str, network_or_program, contract: dict) -> None:
 
     ``network_or_program``: a TorchScript module (or a ``torch.nn.Module``, scripted here) for
     ``torchscript``, an ``ExportedProgram`` for ``torch.export``, or ``bytes`` written as they are (any format).
+    ``torchVersion`` is set to the PyTorch release that saved the weights: this one, or for ``bytes`` of a
+    ``torch.export`` archive the release the archive names (other ``bytes`` keep the contract's).
     """
     os.makedirs(folder, exist_ok=True)
     path = _path_inside(folder, require(require_object(contract, "(document)"), "weights", str, ""))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        _save_weights(path, network_or_program, contract.get("format"))
+        writer = _save_weights(path, network_or_program, contract.get("format"))
+        if writer:
+            contract = {**contract, "torchVersion": writer}
         parse_contract(contract, folder)
     except Exception:
         if os.path.isfile(path):
@@ -593,11 +701,12 @@ def write_package(folder: str, network_or_program, contract: dict) -> None:
     os.replace(partial, os.path.join(folder, CONTRACT_NAME))
 
 
-def _save_weights(path: str, network_or_program, model_format) -> None:
+def _save_weights(path: str, network_or_program, model_format) -> str:
+    """Write the weights; returns the PyTorch release that made them ("" when unknown)."""
     if isinstance(network_or_program, bytes):
         with open(path, "wb") as file:
             file.write(network_or_program)
-        return
+        return _export_torch_version(path) if model_format == "torch.export" else ""
     import torch
 
     if model_format == "torchscript":
@@ -609,3 +718,4 @@ def _save_weights(path: str, network_or_program, model_format) -> None:
         torch.export.save(network_or_program, path)
     else:
         raise PackageError("format", "write_package writes torchscript and torch.export networks, or raw bytes")
+    return torch.__version__.split("+")[0]

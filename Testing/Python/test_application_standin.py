@@ -8,6 +8,7 @@ reverse).
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 
 import numpy as np
@@ -255,6 +256,26 @@ def test_modules_load_in_dependency_order_and_panels_live_their_cycle(tmp_path):
     slicer.util.selectModule("Volumes")  # a core module: no panel in the stand-in
     slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("StandInProbeA")
     assert widget.events == ["setup", "enter", "exit", "enter", "exit", "cleanup"]
+
+
+def test_modules_loaded_for_a_block_are_gone_afterwards(tmp_path):
+    path = write_module(str(tmp_path), "StandInProbeExtension")
+    with slicer_standin.modules_loaded([path]) as (module,):
+        import StandInProbeExtension
+
+        assert slicer.modules.standinprobeextension is module
+        assert module.pythonModule is StandInProbeExtension
+    assert not hasattr(slicer.modules, "standinprobeextension")
+    assert slicer.app.moduleManager().module("StandInProbeExtension") is None
+    assert "StandInProbeExtension" not in sys.modules and os.path.dirname(os.path.dirname(path)) not in sys.path
+    with pytest.raises(ImportError):
+        import StandInProbeExtension
+
+
+def test_command_options_say_whether_slicer_runs_in_testing_mode():
+    assert slicer.app.commandOptions().testingEnabled
+    with slicer_standin.testing_mode(False):
+        assert not slicer.app.commandOptions().testingEnabled
 
 
 def test_module_with_a_missing_dependency_is_refused(tmp_path):

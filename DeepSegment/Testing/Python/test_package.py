@@ -18,13 +18,17 @@ import torch
 from DeepSegmentLib.package import (
     MAX_CONTRACT_BYTES,
     PackageError,
+    check_torch_version,
     load_network,
     load_package,
     parse_contract,
+    release,
     write_package,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The channel-mix network (ChannelMix below) as PyTorch 2.8 and 2.13 saved it: Data/write_channel_mix.py.
+DATA = os.path.join(HERE, "Data")
 SCHEMA_PATH = os.path.join(HERE, "..", "..", "Resources", "Schema", "model-package.schema.json")
 REGISTRY_SCHEMA_PATH = os.path.join(
     HERE, "..", "..", "..", "ModelRegistry", "Resources", "Schema", "registry-index.schema.json"
@@ -112,6 +116,10 @@ def test_schema_is_a_valid_json_schema():
 def test_valid_contract_parses(folder):
     schema_validator().validate(valid_contract())
     package = parse_contract(valid_contract(), str(folder))
+    assert package.torch_version == ""
+    recorded = {**valid_contract(), "torchVersion": "2.13.0+cpu"}
+    schema_validator().validate(recorded)
+    assert parse_contract(recorded, str(folder)).torch_version == "2.13.0+cpu"
     assert package.weights_path == os.path.realpath(folder / "model.pt")
     assert [(i.name, i.modality, i.pattern) for i in package.inputs] == [("T1", "MR", "t1|mprage"), ("CT", "", "")]
     z_score, window = package.preprocessing.normalization
@@ -187,6 +195,7 @@ BAD_CONTRACTS = {
     "weights": (("weights",), "/etc/passwd"),
     "dimensions": (("dimensions",), 4),
     "sliceAxis": (("sliceAxis",), 3),
+    "torchVersion": (("torchVersion",), "latest"),
     "inputs": (("inputs",), []),
     "inputs[1].name": (("inputs", 1, "name"), DELETE),
     "labels": (("labels",), []),
@@ -328,11 +337,13 @@ def exported_program():
     return torch.export.export(ChannelMix().eval(), (sample_input(),), dynamic_shapes=({0: batch},))
 
 
-def write(folder, model_format: str, network_or_program, weights: str = "") -> None:
+def write(folder, model_format: str, network_or_program, weights: str = "", **recorded) -> None:
+    """A package of ``valid_contract()`` in ``model_format``; ``recorded``: more contract fields (torchVersion)."""
     contract = valid_contract()
     contract.update(
         format=model_format,
         weights=weights or {"torchscript": "model.pt", "torch.export": "model.pt2", "onnx": "model.onnx"}[model_format],
+        **recorded,
     )
     write_package(str(folder), network_or_program, contract)
 
@@ -396,6 +407,19 @@ def added(archive: bytes, member: str, data: bytes) -> bytes:
     return output.getvalue()
 
 
+def legacy_layout(archive: bytes) -> bool:
+    """Whether a torch.export archive pickles all its weights into one member (PyTorch 2.8 and earlier)."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as source:
+        return not any(name.endswith("_weights_config.json") for name in source.namelist())
+
+
+def shipped(written_by: str, model_format: str) -> bytes:
+    """The channel-mix network's weights file as PyTorch ``written_by`` (2.8, 2.13) saved it."""
+    with open(os.path.join(DATA, f"channel-mix-torch-{written_by}.pt{'2' if model_format == 'torch.export' else ''}"),
+              "rb") as file:
+        return file.read()
+
+
 def use_pickle_for_bias(config: dict) -> dict:
     config["config"]["conv.bias"]["use_pickle"] = True
     return config
@@ -428,7 +452,14 @@ def malicious_files(tmp_path, marker: str) -> dict:
         ),
         "torch.export with a pickled weight": (
             "torch.export",
-            replaced(program, "weights/weight_1", torch_saved(evil), use_pickle_for_bias),
+            replaced(program, "weights/model.pt", torch_saved({"conv.bias": evil}))
+            if legacy_layout(program)
+            else replaced(program, "weights/weight_1", torch_saved(evil), use_pickle_for_bias),
+        ),
+        # PyTorch 2.8 and earlier pickle every weight into one member, which later releases still load.
+        "torch.export in PyTorch 2.8's layout with pickled code as weights": (
+            "torch.export",
+            replaced(shipped("2.8", "torch.export"), "weights/model.pt", torch_saved({"weight": evil})),
         ),
         # An AOTInductor library is native code; the check refuses the member without loading it.
         "torch.export with compiled code": ("torch.export", added(program, "data/aotinductor/model/model.so", b"ELF")),
@@ -449,12 +480,78 @@ def test_files_that_would_run_code_are_refused_not_run(tmp_path):
 def test_pickled_tensors_in_an_export_archive_are_accepted(tmp_path):
     """A weight stored as a pickled tensor (as torch.export.save does for some tensors) passes the check."""
     program = valid_archive(tmp_path, "torch.export")
+    if legacy_layout(program):
+        pytest.skip("PyTorch before 2.9 pickles every weight: test_files_of_other_pytorch_releases_... loads those")
     bias = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
     data = replaced(program, "weights/weight_1", torch_saved(torch.nn.Parameter(bias)), use_pickle_for_bias)
     write(tmp_path / "pickled", "torch.export", data)
     loaded = load_network(load_package(str(tmp_path / "pickled")), "cpu")
     x = sample_input()
     assert torch.allclose(loaded(x), expected_output(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("written_by", ["2.8", "2.13"])
+@pytest.mark.parametrize("model_format", ["torchscript", "torch.export"])
+def test_files_of_other_pytorch_releases_load_or_are_refused_before_loading(tmp_path, model_format, written_by):
+    """The same network saved by PyTorch 2.8 and 2.13: a torch.export program needs its writer's release or a
+    later one (the suite runs with 2.13, and with 2.8 on Python 3.9: ``make test-compat``); TorchScript loads."""
+    write(tmp_path, model_format, shipped(written_by, model_format))
+    package = load_package(str(tmp_path))
+    # An archive names the release that wrote it; a TorchScript file does not (the contract may).
+    assert package.torch_version.startswith(written_by + ".") == (model_format == "torch.export")
+    if model_format == "torch.export" and release(torch.__version__)[:2] < release(written_by)[:2]:
+        # What PyTorch itself does with it: a bare KeyError from its fallback to the 2.7 file layout.
+        with pytest.raises(KeyError, match="version"):
+            torch.export.load(package.weights_path)
+        with pytest.raises(PackageError, match=rf"needs PyTorch {written_by} or later, and this is PyTorch") as raised:
+            load_network(package, "cpu")
+        assert raised.value.field == "torchVersion"
+        return
+    loaded = load_network(package, "cpu")
+    for batch in (1, 3):
+        x = sample_input(batch)
+        with torch.inference_mode():
+            assert torch.allclose(loaded(x), expected_output(x), atol=1e-6)
+
+
+def test_write_package_records_the_pytorch_that_wrote_the_weights(tmp_path):
+    write(tmp_path / "network", "torchscript", ChannelMix().eval())
+    assert load_package(str(tmp_path / "network")).torch_version == torch.__version__.split("+")[0]
+    with open(tmp_path / "network" / "model.json", encoding="utf-8") as file:
+        assert json.load(file)["torchVersion"] == torch.__version__.split("+")[0]
+    # Bytes of a torch.export archive: the release the archive names; of anything else: the contract's.
+    write(tmp_path / "archive", "torch.export", shipped("2.8", "torch.export"))
+    assert load_package(str(tmp_path / "archive")).torch_version == "2.8.0+cu128"
+    write(tmp_path / "bytes", "torchscript", shipped("2.8", "torchscript"), torchVersion="2.8.0")
+    assert load_package(str(tmp_path / "bytes")).torch_version == "2.8.0"
+    write(tmp_path / "unknown", "torchscript", shipped("2.8", "torchscript"))
+    assert load_package(str(tmp_path / "unknown")).torch_version == ""
+
+
+def test_an_older_pytorch_is_told_which_release_a_package_needs(tmp_path, monkeypatch):
+    write(tmp_path / "export", "torch.export", shipped("2.13", "torch.export"))
+    export = load_package(str(tmp_path / "export"))
+    check_torch_version(export, "2.13.1")  # a later patch release reads it
+    check_torch_version(export, "2.14.0a0+git1234")
+    needs = r"needs PyTorch 2\.13 or later, and this is PyTorch 2\.12\.1: .* made for PyTorch 2\.12\."
+    with pytest.raises(PackageError, match=needs):
+        check_torch_version(export, "2.12.1")
+    python39 = r"need Python 3\.10 or later: this is 3\.9"
+    with monkeypatch.context() as patched, pytest.raises(PackageError, match=python39):
+        patched.setattr(sys, "version_info", (3, 9, 18))
+        check_torch_version(export, "2.8.0")
+    # A TorchScript file whose format version this PyTorch cannot read (PyTorch's limit: its own error below).
+    newer = replaced(shipped("2.13", "torchscript"), "/version", b"11\n")
+    write(tmp_path / "script", "torchscript", newer, torchVersion="2.13.0")
+    script = load_package(str(tmp_path / "script"))
+    check_torch_version(script, "2.8.0", max_torchscript_version=11)
+    with pytest.raises(PackageError, match=r"needs PyTorch 2\.13 or later.*format version 11 is newer"):
+        check_torch_version(script, "2.8.0", max_torchscript_version=10)
+    with pytest.raises(RuntimeError, match="maximum supported version for reading is 10"):
+        torch.jit.load(script.weights_path)
+    write(tmp_path / "unrecorded", "torchscript", newer)  # no torchVersion: the writer is unknown
+    with pytest.raises(PackageError, match=r"needs a newer PyTorch, and this is PyTorch 2\.8\.0: .*version 11"):
+        check_torch_version(load_package(str(tmp_path / "unrecorded")), "2.8.0", max_torchscript_version=10)
 
 
 def test_onnx_needs_onnxruntime(tmp_path, monkeypatch):

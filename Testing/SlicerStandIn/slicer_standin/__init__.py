@@ -92,6 +92,19 @@ def load_modules(paths) -> list:
     return app.moduleManager().loadScriptedModules([os.fspath(p) for p in paths])
 
 
+@contextlib.contextmanager
+def modules_loaded(paths):
+    """Load scripted modules for a block only (another extension's module that a test provides, such as a
+    stand-in of PyTorchUtils); afterwards they are gone, as after a restart without that extension."""
+    app = boot()
+    already = set(app.moduleManager().loadedModuleNames())
+    loaded = load_modules(paths)
+    try:
+        yield loaded
+    finally:
+        app.moduleManager().forget([module.name for module in loaded if module.name not in already])
+
+
 def extension_module_paths(extension_directory) -> list:
     """The ``<Name>/<Name>.py`` files of the scripted modules an extension's CMakeLists.txt builds, in order."""
     with open(os.path.join(extension_directory, "CMakeLists.txt"), encoding="utf-8") as file:

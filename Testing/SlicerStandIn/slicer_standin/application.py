@@ -29,6 +29,16 @@ def _slicer_core_version() -> tuple:
     return int(major), int(minor)
 
 
+class CommandOptions(QtCore.QObject):
+    """``slicer.app.commandOptions()`` (qSlicerCommandOptions): ``testingEnabled`` is Slicer's ``--testing``."""
+
+    def __init__(self, application) -> None:
+        super().__init__()
+        self._application = application
+
+    testingEnabled = QtCore.Property(bool, lambda self: self._application.testingEnabled())
+
+
 class StandInApplication(QtWidgets.QApplication):
     """The one QApplication of a stand-in session; ``state_directory`` holds its settings and temp files."""
 
@@ -48,6 +58,7 @@ class StandInApplication(QtWidgets.QApplication):
         self._module_manager = ModuleManager()
         self._major_version, self._minor_version = _slicer_core_version()
         self._testing_enabled = True
+        self._command_options = CommandOptions(self)
         self._main_window = qSlicerMainWindow(self._module_manager)
 
     temporaryPath = QtCore.Property(str, lambda self: self._temporary_path)
@@ -61,6 +72,9 @@ class StandInApplication(QtWidgets.QApplication):
     def setTestingEnabled(self, enabled: bool) -> None:
         """Stand-in only: switch between ctest's testing mode (on) and the GUI's (off)."""
         self._testing_enabled = bool(enabled)
+
+    def commandOptions(self) -> CommandOptions:
+        return self._command_options
 
     def settings(self) -> QtCore.QSettings:
         return QtCore.QSettings()

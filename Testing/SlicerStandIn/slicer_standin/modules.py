@@ -192,6 +192,20 @@ class ModuleManager(QtCore.QObject):
                 loaded.append(pending.pop(module.name))
         return already + loaded
 
+    def forget(self, names) -> None:
+        """Stand-in only: drop these scripted modules as if Slicer had restarted without them (Slicer cannot
+        unload a module): their ``slicer.modules`` entries and Python modules go, and so do their folders from
+        ``sys.path`` unless a remaining module lives there."""
+        for name in names:
+            module = self._modules.pop(name)
+            for attribute in (name.lower(), name + "Instance", name + "Widget"):
+                if hasattr(slicer.modules, attribute):
+                    delattr(slicer.modules, attribute)
+            sys.modules.pop(name, None)
+            folder = os.path.dirname(module.path)
+            if folder in sys.path and all(os.path.dirname(other.path) != folder for other in self._modules.values()):
+                sys.path.remove(folder)
+
     def unloadModules(self) -> None:
         """Tell every scripted module panel that the application quits (its ``cleanup()`` runs)."""
         for name in reversed(list(self._modules)):
