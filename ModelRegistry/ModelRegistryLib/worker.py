@@ -28,6 +28,9 @@ A persistent worker can also do housekeeping while idle: :func:`call_when_idle`.
 
 Test hook: when the environment variable ``SLICER_DEEPLEARNING_WORKER_ABORT`` names a job target, the worker
 calls ``os.abort()`` at that job's first progress report, so tests can crash a worker mid-run for real.
+When ``SLICER_DEEPLEARNING_WORKER_HOLD`` is ``target@stage text``, that job stops at its first progress report
+with that text until it is cancelled (at most :data:`HOLD_LIMIT_SECONDS`): a test cancels mid-run however fast
+the machine finishes the work.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ PROGRESS_INTERVAL_SECONDS = 0.05
 EXIT_GRACE_SECONDS = 10.0
 EXIT_CODE_PARENT_GONE = 3
 ABORT_HOOK_VARIABLE = "SLICER_DEEPLEARNING_WORKER_ABORT"
+HOLD_HOOK_VARIABLE = "SLICER_DEEPLEARNING_WORKER_HOLD"
+HOLD_LIMIT_SECONDS = 120.0
 _STOP = object()
 # (function, interval seconds, [next due time]) registered with call_when_idle.
 _IDLE_CALLBACKS: list = []
@@ -94,10 +99,13 @@ def _fraction_and_text(arguments: tuple) -> tuple:
 class _Reporter:
     """The ``progress`` and ``log`` callables of one job."""
 
-    def __init__(self, protocol: _Protocol, job_id: int, target: str) -> None:
+    def __init__(self, protocol: _Protocol, job_id: int, target: str, cancel: threading.Event) -> None:
         self.protocol = protocol
         self.job_id = job_id
+        self.cancel = cancel
         self.abort_here = os.environ.get(ABORT_HOOK_VARIABLE) == target
+        hold_target, _, hold_text = os.environ.get(HOLD_HOOK_VARIABLE, "").partition("@")
+        self.hold_at = hold_text if hold_target == target else None
         self._last_text = None
         self._last_time = 0.0
 
@@ -111,6 +119,9 @@ class _Reporter:
         self._last_text, self._last_time = text, now
         fraction = None if fraction is None else min(1.0, max(0.0, float(fraction)))
         self.protocol.send({"id": self.job_id, "type": "progress", "fraction": fraction, "text": text})
+        if self.hold_at is not None and text == self.hold_at:
+            self.hold_at = None
+            self.cancel.wait(HOLD_LIMIT_SECONDS)
 
     def log(self, text: str, level: str = "info") -> None:
         self.protocol.send({"id": self.job_id, "type": "log", "level": level, "text": str(text)})
@@ -178,7 +189,7 @@ class _Worker:
         job_id = request.get("id")
         target = request.get("target", "")
         cancel = self._cancel_event(job_id)
-        reporter = _Reporter(self.protocol, job_id, target)
+        reporter = _Reporter(self.protocol, job_id, target, cancel)
         try:
             function = import_target(target)
             kwargs = decode_value(request.get("kwargs") or {})

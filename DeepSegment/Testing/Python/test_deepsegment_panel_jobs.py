@@ -13,7 +13,9 @@ from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
 
 import slicer
 from ModelRegistryLib import IndexSource, Registry
-from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE
+from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE, HOLD_HOOK_VARIABLE
+
+HOLD_AT_INFERRING = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # however fast the machine is
 
 
 @pytest.fixture()
@@ -67,6 +69,7 @@ def gone(pid):
 def test_cancel_from_the_panel_leaves_the_scene_unchanged(panel):
     phantom((64, 64, 64))
     before = scene_nodes()
+    panel.logic.service.env = HOLD_AT_INFERRING
     apply(panel)
     wait_for_stage(panel, "inferring")
     panel.ui.applyButton.click()
@@ -80,10 +83,12 @@ def test_cancel_from_the_panel_leaves_the_scene_unchanged(panel):
 def test_a_killed_service_is_explained_and_the_next_apply_works(panel):
     phantom((64, 64, 64))
     before = scene_nodes()
+    panel.logic.service.env = HOLD_AT_INFERRING
     apply(panel)
     wait_for_stage(panel, "inferring")
     worker = panel.poller.task.pid
     os.kill(worker, signal.SIGKILL)
+    panel.logic.service.env = {}
     assert panel.poller.waitUntilDone(60)
     assert panel.ui.stageLabel.text == (
         "Segmentation failed; the scene was not changed and the next run starts a new service. The DeepSegment"

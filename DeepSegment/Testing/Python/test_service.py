@@ -20,7 +20,7 @@ from DeepSegmentLib.service_client import SERVICE_NAME, ModelService
 from DeepSegmentLib.shared_images import segment_prefix
 from ModelRegistry import processEventsBriefly, waitForJob
 from ModelRegistryLib import IndexSource, Registry
-from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE
+from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE, HOLD_HOOK_VARIABLE
 
 
 class Threshold(torch.nn.Module):
@@ -216,6 +216,7 @@ def test_an_aborting_worker_is_reported_and_replaced(registry):
 
 def test_cancel_stops_the_run_and_the_service_lives_on(service, registry):
     image, _ = phantom((64, 64, 64))
+    service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # however fast the machine is
     before = segments_on_disk()
     entry, version = registry.resolve("threshold@1.0.0")
     job = service.segment([image], entry, version, registry.store.cache_dir, device="cpu")
