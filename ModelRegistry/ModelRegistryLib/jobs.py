@@ -14,9 +14,9 @@ How it works:
   else the current interpreter. It runs in its own process group (session), so its children stop with it.
 - The supervisor writes requests as JSON lines on the worker's stdin: run ``module:function`` with JSON
   keyword arguments (:func:`encode_value`: dataclasses and tuples included), or cancel one. The worker
-  answers on its stdout, which carries nothing else (what the job prints goes to stderr): ``progress``
-  (fraction and text), ``log`` (level and text), then ``result`` (a JSON value) or ``error`` (kind, message,
-  traceback). One request runs at a time; a worker may serve many (a persistent service) or exit after one.
+  answers on its stdout, which carries nothing else (what the job prints goes to stderr): ``started`` (before
+  it imports the job's code), ``progress`` (fraction and text), ``log`` (level and text), then ``result`` (a
+  JSON value) or ``error`` (kind, message, traceback). One request runs at a time; a worker may serve many (a persistent service) or exit after one.
 - :meth:`Job.poll` (or :meth:`WorkerProcess.poll`) reads what arrived without ever blocking: non-blocking
   pipes on POSIX, ``PeekNamedPipe`` on Windows. A panel calls it from a ``qt.QTimer``; blocking calls loop
   on :meth:`Job.wait`. It also enforces the time limit and the cancel's escalation, and notices a crash.
@@ -55,7 +55,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .card import format_duration
 from .errors import CancelledError
 
 RUNNING = "running"
@@ -166,6 +165,10 @@ class JobLog:
 
     level: str
     text: str
+
+
+# What a job shows between its start in the worker and its first progress report.
+STARTING = JobProgress(0.0, "Starting")
 
 
 class JobError(RuntimeError):
@@ -335,7 +338,9 @@ class _LineReader:
 class Job:
     """One request running in a :class:`WorkerProcess`; made by :meth:`WorkerProcess.submit` or :func:`start_job`.
 
-    ``progress`` is the latest :class:`JobProgress` (None before the first); ``state`` is ``running``,
+    ``progress`` is the latest :class:`JobProgress` the job reported (None before the first); ``running_since``
+    is when its worker began it (``time.monotonic()``; None while it waits for the worker to start or to end
+    the jobs before it), and :attr:`shown_progress` what a panel shows; ``state`` is ``running``,
     ``succeeded`` (``result`` holds the decoded return value), ``failed`` or ``cancelled`` (``error`` holds a
     :class:`JobError`). Nothing changes between calls of :meth:`poll` (or :meth:`wait`).
     """
@@ -352,6 +357,7 @@ class Job:
         self.result = None
         self.error: JobError | None = None
         self.started = time.monotonic()
+        self.running_since: float | None = None
         self.cancel_requested_at: float | None = None
         self.timed_out = False
         self._logs: list = []
@@ -369,6 +375,15 @@ class Job:
         if self.error is None:
             return SUCCEEDED
         return CANCELLED if self.error.kind == CANCELLED_KIND else FAILED
+
+    @property
+    def shown_progress(self) -> JobProgress | None:
+        """The latest progress, or :data:`STARTING` once the worker has begun the job and before it reports:
+        importing a job's code takes up to a second on a busy machine, and the user should see at once that it
+        has begun."""
+        if self.progress is None and self.running_since is not None:
+            return STARTING
+        return self.progress
 
     @property
     def cancel_requested(self) -> bool:
@@ -437,7 +452,9 @@ class Job:
 
     def _message(self, message: dict) -> None:
         kind = message.get("type")
-        if kind == "progress":
+        if kind == "started":
+            self.running_since = time.monotonic()
+        elif kind == "progress":
             self.progress = JobProgress(message.get("fraction"), message.get("text", ""))
         elif kind == "log":
             self._log(JobLog(message.get("level", "info"), message.get("text", "")))
@@ -461,6 +478,8 @@ class Job:
     def _stopped_error(self) -> JobError:
         """The error of a job that ended because it was asked to (cancel, time limit, worker stopped)."""
         if self.timed_out:
+            from .card import format_duration  # here: the card's imports would slow every worker's start
+
             return JobError(f"{self.description} took longer than its time limit of {format_duration(self.timeout)}"
                             " and was stopped.", TIMEOUT_KIND)
         return JobCancelledError(f"{self.description}: cancelled.", CANCELLED_KIND)
