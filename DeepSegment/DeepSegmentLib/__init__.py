@@ -28,7 +28,7 @@ from ModelRegistryLib.lazy import lazy_exports
 
 # What each submodule exports, imported when first used (see ModelRegistryLib.lazy).
 _EXPORTS = {
-    "devices": ("ComputeDevice", "available_devices", "choose_device"),
+    "devices": ("ComputeDevice", "available_devices", "choose_device", "cpu_device"),
     "engine": (
         "DEFAULT_QUALITY", "PRECISIONS", "QUALITY_PRESETS", "EngineCancelled", "EngineError", "EngineProgress",
         "SegmentationResult", "estimate_memory", "quality_options", "segment"
@@ -40,6 +40,6 @@ _EXPORTS = {
     "pool": ("ModelPool",),
     "segfile": ("SegmentInfo", "write_segmentation"),
     "service_client": ("ModelService", "SegmentationRun"),
-    "torchsetup": ("TorchStatus", "torch_status"),
+    "torchsetup": ("TorchStatus", "torch_installed", "torch_status"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(sys.modules[__name__], _EXPORTS)

@@ -85,9 +85,19 @@ class ModelService:
         if worker is not None:
             worker.poll()  # notices a worker that died since
         if worker is None or not worker.alive:
-            worker = WorkerProcess(self.python, sys_path=[DEEPSEGMENT_FOLDER], env=self.env, name=SERVICE_NAME)
+            worker = self._new_worker()
             self._workers[key] = worker
         return worker
+
+    def _new_worker(self) -> WorkerProcess:
+        return WorkerProcess(self.python, sys_path=[DEEPSEGMENT_FOLDER], env=self.env, name=SERVICE_NAME)
+
+    def list_devices(self) -> Job:
+        """A job listing the compute devices PyTorch finds (``ComputeDevice``s: the CPU, then GPUs), in a worker
+        that exits after it: listing imports PyTorch, which takes seconds and hundreds of MB, and a PyTorch or
+        GPU driver that crashes takes only that worker down."""
+        return self._new_worker().submit("DeepSegmentLib.devices:available_devices",
+                                         description="Listing compute devices", exit_after=True)
 
     def segment(self, images: Sequence, entry, version, cache_dir: str, *, device: str = "cpu",
                 quality: str = DEFAULT_QUALITY, threads: int | None = None, precision: str = "auto") -> Job:

@@ -16,7 +16,8 @@ How it works:
   keyword arguments (:func:`encode_value`: dataclasses and tuples included), or cancel one. The worker
   answers on its stdout, which carries nothing else (what the job prints goes to stderr): ``started`` (before
   it imports the job's code), ``progress`` (fraction and text), ``log`` (level and text), then ``result`` (a
-  JSON value) or ``error`` (kind, message, traceback). One request runs at a time; a worker may serve many (a persistent service) or exit after one.
+  JSON value) or ``error`` (kind, message, traceback). One request runs at a time; a worker may serve many (a
+  persistent service) or exit after one.
 - :meth:`Job.poll` (or :meth:`WorkerProcess.poll`) reads what arrived without ever blocking: non-blocking
   pipes on POSIX, ``PeekNamedPipe`` on Windows. A panel calls it from a ``qt.QTimer``; blocking calls loop
   on :meth:`Job.wait`. It also enforces the time limit and the cancel's escalation, and notices a crash.
@@ -609,13 +610,17 @@ class WorkerProcess:
         _reap_idle_workers()
         if self.process is None or self._ended_already:
             return
+        self._read()
+        if not self._ended_already:
+            self._enforce_limits()
+
+    def _read(self) -> None:
+        """Dispatch what arrived; once the process has exited and its output is read, end it."""
         self._read_stderr()
         for line in self._stdout.lines():
             self._dispatch(line)
         if self._stdout.ended and self.process.poll() is not None:
             self._ended()
-        else:
-            self._enforce_limits()
 
     def _read_stderr(self) -> None:
         for line in self._stderr.lines():
@@ -708,10 +713,14 @@ class WorkerProcess:
 
 
 def _reap_idle_workers() -> None:
-    """Notice workers that exited with nothing left to report (one-shot workers after their job)."""
+    """Notice workers that have exited: one-shot workers after their job, and workers whose jobs nobody polls
+    any more (a panel that stopped following a job): their last reports are read and their jobs end."""
     for worker in list(_LIVE_WORKERS):
-        if not worker._jobs and worker.process.poll() is not None:
-            worker._ended()
+        if worker.process.poll() is not None:
+            if worker._jobs:
+                worker._read()
+            else:
+                worker._ended()
 
 
 def start_job(target: str, kwargs: Mapping | None = None, *, description: str = "", python: str | None = None,

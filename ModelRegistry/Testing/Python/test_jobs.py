@@ -195,6 +195,12 @@ def test_a_job_shows_starting_from_its_start_in_the_worker_until_its_first_repor
         worker.stop()
 
 
+def test_a_one_shot_job_nobody_follows_any_more_ends_with_its_worker():
+    job = run("count_calls")
+    wait_until(lambda: not jobs.live_workers())  # only this looks at the workers: the job itself is never polled
+    assert job.state == "succeeded" and job.result == 1
+
+
 def test_stopping_a_busy_worker_cancels_its_jobs():
     worker = WorkerProcess(sys_path=[HERE])
     running = worker.submit("job_test_targets:sleep", {"seconds": 60})
