@@ -36,6 +36,7 @@ from ModelRegistryLib import (
     user_sources,
     worker_python,
 )
+from ModelRegistryLib.shared_arrays import remove_orphan_segments
 
 #
 # ModelRegistry
@@ -63,6 +64,8 @@ class ModelRegistry(ScriptedLoadableModule):
         )
         # Worker processes never outlive Slicer (they also exit by themselves when Slicer is gone).
         slicer.app.connect("aboutToQuit()", stop_all_workers)
+        # Volumes a Slicer killed during a job had put in shared memory stay there until removed.
+        remove_orphan_segments()
 
 
 #

@@ -253,6 +253,42 @@ def worker_python(preferred: str | None = None) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------------- processes
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this computer (one of another user included): what tells a
+    leftover (a shared memory segment, a container) from something a live process still uses. A reused id
+    counts as running, so a leftover may be kept, never something in use removed.
+
+    >>> process_exists(os.getpid())
+    True
+    """
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        # os.kill would terminate the process on Windows: ask for a handle instead.
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 # -------------------------------------------------------------------------------------------- pipes
 
 
