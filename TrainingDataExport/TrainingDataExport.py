@@ -163,6 +163,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
         self.exportPoller = JobPoller(self.showExportProgress, self.onExportFinished)
+        self.checkPoller = JobPoller(lambda progress: None, self.onCasesChecked)
         self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
@@ -223,6 +224,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.autosaveTimer.stop()
         self.exportPoller.stop()
         self.augmentationPoller.stop()
+        self.checkPoller.stop()
 
     # -- state of the panel -----------------------------------------------------------------------------
 
@@ -254,7 +256,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         )
 
     def updateCaseTable(self):
-        rows = self.logic.tableRows()
+        """The table as the logic has it; checks not known yet show "checking…" and are made by a job."""
+        rows = self.logic.tableRows(wait=False)
         table = self.ui.caseTable
         selected = self.selectedIndex()
         table.setRowCount(len(rows))
@@ -266,13 +269,23 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 if TrainingDataExportLogic.TABLE_COLUMNS[columnIndex] not in TrainingDataExportLogic.EDITABLE_COLUMNS:
                     item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
                 if columnIndex == checkColumn:
-                    item.setToolTip("\n".join(self.logic.caseProblems(rowIndex)))
+                    item.setToolTip("\n".join(self.logic.knownCaseProblems(rowIndex) or []))
                 table.setItem(rowIndex, columnIndex, item)
         table.blockSignals(False)
         if selected is not None and selected < len(rows):
             table.selectRow(selected)
         self.ui.statusLabel.text = self.logic.statusText()
         self.updateButtonStates()
+        if not self.checkPoller.busy:
+            task = self.logic.caseCheckTask()
+            if task is not None:
+                self.checkPoller.follow(task)
+
+    def onCasesChecked(self, task):
+        if task.state == "succeeded":
+            self.updateCaseTable()  # files changed meanwhile are checked again
+        elif task.state == "failed":
+            _showText(self.ui.statusLabel, f"The cases could not be checked: {task.error}")
 
     def onCaseEdited(self, row, column):
         """Patient, status and annotator cells are edited in place (F2 or a click on a selected cell)."""
@@ -653,29 +666,65 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
     # -- table ---------------------------------------------------------------------------------------------
 
-    def caseProblems(self, index):
-        """The problems of case ``index`` against the label schema (empty without a schema)."""
+    def _checkKey(self, case):
+        """What the check of ``case`` depends on: the schema, its files and their modification times."""
+        paths = [*case.images.values(), case.segmentation]
+        return (self.labels, tuple((path, _modificationTime(path)) for path in paths))
+
+    def knownCaseProblems(self, index):
+        """The problems of case ``index`` if it was checked since its files last changed, else None (never
+        reads a file but to look at its time; empty without a schema)."""
         if not self.labels:
             return []
         case = self.cases[index]
-        paths = [*case.images.values(), case.segmentation]
-        key = (self.labels, tuple((path, _modificationTime(path)) for path in paths))
         cached = self._checks.get(case.case_id)
-        if cached is None or cached[0] != key:
-            cached = (key, check_case(case, self.labels))
-            self._checks[case.case_id] = cached
-        return cached[1]
+        return cached[1] if cached is not None and cached[0] == self._checkKey(case) else None
 
-    def checkText(self, index):
+    def caseProblems(self, index):
+        """The problems of case ``index`` against the label schema (empty without a schema); checked here when
+        not known (see caseCheckTask)."""
+        problems = self.knownCaseProblems(index)
+        if problems is None:
+            case = self.cases[index]
+            problems = check_case(case, self.labels)
+            self._checks[case.case_id] = (self._checkKey(case), problems)
+        return problems
+
+    def caseCheckTask(self):
+        """Start checking the cases whose check is not known (``TrainingDataExportLib.checks.check_cases``) in a
+        worker process; returns the running Job, or None when every check is known. When it has succeeded, the
+        checks are known (``knownCaseProblems``, ``tableRows(wait=False)``).
+
+        A check reads the whole segmentation: for a large project, minutes that would freeze the GUI.
+        """
+        stale = [case for index, case in enumerate(self.cases) if self.knownCaseProblems(index) is None]
+        if not stale:
+            return None
+        keys = [self._checkKey(case) for case in stale]
+        task = startJob("TrainingDataExportLib.checks:check_cases", {"cases": stale, "labels": tuple(self.labels)},
+                        f"Checking {len(stale)} cases", sysPath=[_MODULE_FOLDER])
+
+        def remember(done):
+            if done.error is None:
+                for case, key, problems in zip(stale, keys, done.result):
+                    self._checks[case.case_id] = (key, problems)
+
+        task.when_done(remember)
+        return task
+
+    def checkText(self, index, wait=True):
+        """The check column of case ``index``: "checking…" when its check is not known and ``wait`` is False."""
         if not self.labels:
             return "no schema"
-        problems = self.caseProblems(index)
+        problems = self.caseProblems(index) if wait else self.knownCaseProblems(index)
+        if problems is None:
+            return "checking…"
         if problems:
             return f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         return "ok" if self.cases[index].annotated else ""
 
-    def tableRows(self):
-        """One row of strings per case, in ``TABLE_COLUMNS`` order."""
+    def tableRows(self, wait=True):
+        """One row of strings per case, in ``TABLE_COLUMNS`` order (see checkText for ``wait``)."""
         return [
             (
                 case.case_id,
@@ -685,7 +734,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
                 case.status,
                 case.annotator,
                 format_duration(case.time_spent),
-                self.checkText(index),
+                self.checkText(index, wait),
             )
             for index, case in enumerate(self.cases)
         ]
@@ -1496,6 +1545,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertEqual(read_case_list(logic.caseListPath)[0].segmentation, savedPath)
         self.assertEqual(read_case_list(logic.caseListPath)[0].annotator, "selftest")
         self.assertEqual(logic.caseProblems(0), [])
+        self.assertTrue(widget.checkPoller.waitUntilDone(60))  # the table's checks are made in a worker process
         self.assertEqual(widget.ui.caseTable.item(0, 7).text(), "ok")
 
         self.delayDisplay("Marking the case done; the next case is to do")
