@@ -23,11 +23,12 @@ from DeepSegmentLib import (
     LPS_FROM_RAS,
     QUALITY_PRESETS,
     ModelService,
-    available_devices,
     choose_device,
+    cpu_device,
     ijk_to_ras_from_image,
     image_from_array,
     is_oblique,
+    torch_installed,
     torch_status,
     write_package,
 )
@@ -41,6 +42,7 @@ from ModelRegistry import (
     runJob,
     slicerPythonOnPath,
     startJob,
+    waitForJob,
 )
 from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.index import Label
@@ -130,8 +132,10 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.ui.outputSelector.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepSegmentLogic()
-        for request, label in self.logic.deviceChoices():
-            self.ui.deviceSelector.addItem(label, request)
+        self.updateDeviceSelector()
+        # Devices are listed in a worker process (importing PyTorch here would block the GUI for seconds).
+        self.devicePoller = JobPoller(lambda progress: None, self.onDevicesListed)
+        self.devicePoller.follow(self.logic.devicesTask())
         for quality in DeepSegmentLogic.QUALITIES:
             self.ui.qualitySelector.addItem(quality.capitalize(), quality)
         self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(DeepSegmentLogic.DEFAULT_QUALITY))
@@ -154,6 +158,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def cleanup(self):
         self.poller.stop()
+        self.devicePoller.stop()
         # The model service's workers hold networks (and GPU memory): they stop with the panel.
         self.logic.service.stop()
         self.evaluateSection.cleanup()
@@ -297,7 +302,29 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
     def volumeNodes():
         return list(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
 
+    def updateDeviceSelector(self):
+        """The device choices, keeping the one chosen (the CPU and automatic until the devices are listed)."""
+        selector = self.ui.deviceSelector
+        chosen = selector.currentData
+        selector.blockSignals(True)
+        selector.clear()
+        for request, label in self.logic.deviceChoices():
+            selector.addItem(label, request)
+        selector.setCurrentIndex(max(0, selector.findData(chosen)))
+        selector.blockSignals(False)
+        self.onDeviceChanged()
+
+    def onDevicesListed(self, task):
+        if self.logic.devicesError is not None:
+            self.log(f"Compute devices could not be listed, so only the CPU is offered: {self.logic.devicesError}")
+        self.updateDeviceSelector()
+        if self.logic.knownDevices() is None:  # the listing was stopped: it runs again
+            self.devicePoller.follow(self.logic.devicesTask())
+
     def onDeviceChanged(self, _index=None):
+        if self.logic.knownDevices() is None:
+            self.ui.deviceInfoLabel.text = "Looking for compute devices…"
+            return
         with slicer.util.tryWithErrorDisplay("The device is not available."):
             self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
 
@@ -320,6 +347,13 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         inContainer = backend == "container"
         if not inContainer and not self.torchReady():
             return
+        if not inContainer and self.logic.knownDevices() is None:
+            self.ui.stageLabel.text = "Looking for compute devices…"
+            self.ui.applyButton.enabled = False  # no second click while waiting
+            try:
+                self.logic.devices()  # waits for the listing, keeping Slicer responsive
+            finally:
+                self.ui.applyButton.enabled = True
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
             if inContainer:
                 self.logic.setContainerSettings(self.containerSettings())
@@ -560,9 +594,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         {"auto": "Automatic (faster where the hardware allows)", "float32": "Full (float32)"}
     )
 
+    # The compute devices, listed once per session in a worker process (devicesTask) for every logic.
+    _deviceListing = None
+    _listedDevices = None
+    devicesError = None
+
     def __init__(self, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._devices = None
         self.registry = registry if registry is not None else ModelRegistryLogic().registry
         self.service = ModelService(slicerPythonOnPath())
         self.containerSettings = self.savedContainerSettings()
@@ -571,23 +609,59 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- devices --------------------------------------------------------------------------------------------
 
+    def devicesTask(self):
+        """The job listing the compute devices PyTorch finds (``ModelService.list_devices``), started by the first
+        call of the session and after ``refreshDevices``.
+
+        It runs in a worker process: importing PyTorch in Slicer's would block the GUI for seconds and keep
+        hundreds of MB there for good. Once it has ended, ``devices()`` answers at once, for every logic; if it
+        failed, with the CPU alone (``devicesError`` says why).
+        """
+        cls = DeepSegmentLogic
+        if cls._deviceListing is None:
+            cls._deviceListing = self.service.list_devices()
+            cls._deviceListing.when_done(cls._devicesListed)
+        return cls._deviceListing
+
+    @staticmethod
+    def _devicesListed(job):
+        cls = DeepSegmentLogic
+        if job is not cls._deviceListing:  # a refresh started another listing meanwhile
+            return
+        if job.state == "cancelled":  # its worker was stopped: list again when asked next
+            cls._deviceListing = None
+        elif job.error is None:
+            cls._listedDevices, cls.devicesError = job.result, None
+        else:
+            cls._listedDevices, cls.devicesError = [cpu_device()], job.error
+
+    def knownDevices(self):
+        """The compute devices if they have been listed, else None (the listing is started); never waits."""
+        self.devicesTask().poll()
+        return DeepSegmentLogic._listedDevices
+
     def devices(self):
-        """Compute devices PyTorch finds (found once; ``refreshDevices`` looks again)."""
-        if self._devices is None:
-            self._devices = available_devices()
-        return self._devices
+        """Compute devices PyTorch finds, the CPU first (listed once per session: ``devicesTask``; waits for the
+        listing while Slicer stays responsive). ``refreshDevices`` looks again."""
+        while self.knownDevices() is None:
+            waitForJob(self.devicesTask())
+        return DeepSegmentLogic._listedDevices
 
     def refreshDevices(self):
-        self._devices = None
+        DeepSegmentLogic._deviceListing = DeepSegmentLogic._listedDevices = None
         return self.devices()
 
     def chooseDevice(self, request="auto"):
         return choose_device(request or "auto", self.devices())
 
     def deviceChoices(self):
-        """(request, label) pairs for a device selector: automatic choice first, then each device."""
-        automatic = ("auto", "Automatic (" + self.chooseDevice("auto").description + ")")
-        return [automatic] + [(device.torch_name, device.description) for device in self.devices()]
+        """(request, label) pairs for a device selector: automatic choice first, then each device; the CPU alone
+        while the devices are being listed (never waits)."""
+        devices = self.knownDevices()
+        if devices is None:
+            return [("auto", "Automatic (looking for GPUs…)"), ("cpu", cpu_device().description)]
+        automatic = ("auto", "Automatic (" + choose_device("auto", devices).description + ")")
+        return [automatic] + [(device.torch_name, device.description) for device in devices]
 
     # -- models ---------------------------------------------------------------------------------------------
 
@@ -833,14 +907,15 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         testing mode), and False is returned when the user declines. Raises PyTorchExtensionMissingError, which
         says what to install, when the extension is missing (a Slicer without it, a development build).
         """
-        if torch_status().installed:
+        if torch_installed():  # found without importing it: Slicer's process need not pay for PyTorch
             return True
         torchLogic = self.pytorchUtilsLogic()
         if torchLogic is None:
             raise PyTorchExtensionMissingError(PYTORCH_EXTENSION_MISSING)
         if torchLogic.installTorch(askConfirmation=askConfirmation) is None:
             return False
-        return torch_status().installed
+        DeepSegmentLogic._deviceListing = DeepSegmentLogic._listedDevices = None  # list again, with PyTorch
+        return torch_installed()
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
@@ -1154,7 +1229,7 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(image.GetOrigin(), LPS_FROM_RAS @ expectedOriginRAS, atol=1e-9)
 
     def test_SegmentThroughPanelApply(self):
-        if not torch_status().installed:
+        if not torch_installed():
             # Reported as skipped (also by Reload & Test, whose error display names the reason), never as passed.
             self.skipTest("PyTorch is not installed: the panel's Apply cannot be tested here.")
         self.delayDisplay("Segmenting a phantom through the panel's Apply, with a model from a local index")

@@ -36,6 +36,7 @@ from ModelRegistryLib import (
     user_sources,
     worker_python,
 )
+from ModelRegistryLib.shared_arrays import remove_orphan_segments
 
 #
 # ModelRegistry
@@ -63,6 +64,8 @@ class ModelRegistry(ScriptedLoadableModule):
         )
         # Worker processes never outlive Slicer (they also exit by themselves when Slicer is gone).
         slicer.app.connect("aboutToQuit()", stop_all_workers)
+        # Volumes a Slicer killed during a job had put in shared memory stay there until removed.
+        remove_orphan_segments()
 
 
 #
@@ -113,7 +116,8 @@ class JobPoller:
     """Follows one job (a ModelRegistryLib.jobs ``Job``) for a panel, on the main thread.
 
     Every 100 ms it reads what the job's worker process sent, without blocking, and hands new log records
-    to ``onLog``, the latest progress to ``onProgress`` and, once the job has ended, the job to
+    to ``onLog``, the latest progress to ``onProgress`` ("Starting" from when the worker has begun the job
+    until the job's first report: ``Job.shown_progress``) and, once the job has ended, the job to
     ``onFinished``. The work runs in the worker; results reach widgets and MRML only through these
     callbacks, so no panel blocks the GUI or touches MRML from elsewhere.
     """
@@ -144,8 +148,8 @@ class JobPoller:
         for record in task.poll():
             if self._onLog is not None:
                 self._onLog(record)
-        if task.progress is not None:
-            self._onProgress(task.progress)
+        if task.shown_progress is not None:
+            self._onProgress(task.shown_progress)
         if not task.finished:
             return
         self._timer.stop()

@@ -23,6 +23,7 @@ from slicer.util import VTKObservationMixin
 from ModelRegistry import JobPoller, PathChoiceWatcher, addLabelSegment, importLabelMap, startJob, waitForJob
 from ModelRegistryLib import JobError
 from ModelRegistryLib.files import backup_path, install_file, temporary_path
+from ModelRegistryLib.shared_arrays import allocate_array, free_blocks, read_shared_array, share_array
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
     DONE,
@@ -162,6 +163,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
         self.exportPoller = JobPoller(self.showExportProgress, self.onExportFinished)
+        self.checkPoller = JobPoller(lambda progress: None, self.onCasesChecked)
         self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
@@ -221,6 +223,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.segmentEditorWidget.setMRMLScene(None)
         self.autosaveTimer.stop()
         self.exportPoller.stop()
+        self.augmentationPoller.stop()
+        self.checkPoller.stop()
 
     # -- state of the panel -----------------------------------------------------------------------------
 
@@ -252,7 +256,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         )
 
     def updateCaseTable(self):
-        rows = self.logic.tableRows()
+        """The table as the logic has it; checks not known yet show "checking…" and are made by a job."""
+        rows = self.logic.tableRows(wait=False)
         table = self.ui.caseTable
         selected = self.selectedIndex()
         table.setRowCount(len(rows))
@@ -264,13 +269,23 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 if TrainingDataExportLogic.TABLE_COLUMNS[columnIndex] not in TrainingDataExportLogic.EDITABLE_COLUMNS:
                     item.setFlags(item.flags() & ~qt.Qt.ItemIsEditable)
                 if columnIndex == checkColumn:
-                    item.setToolTip("\n".join(self.logic.caseProblems(rowIndex)))
+                    item.setToolTip("\n".join(self.logic.knownCaseProblems(rowIndex) or []))
                 table.setItem(rowIndex, columnIndex, item)
         table.blockSignals(False)
         if selected is not None and selected < len(rows):
             table.selectRow(selected)
         self.ui.statusLabel.text = self.logic.statusText()
         self.updateButtonStates()
+        if not self.checkPoller.busy:
+            task = self.logic.caseCheckTask()
+            if task is not None:
+                self.checkPoller.follow(task)
+
+    def onCasesChecked(self, task):
+        if task.state == "succeeded":
+            self.updateCaseTable()  # files changed meanwhile are checked again
+        elif task.state == "failed":
+            _showText(self.ui.statusLabel, f"The cases could not be checked: {task.error}")
 
     def onCaseEdited(self, row, column):
         """Patient, status and annotator cells are edited in place (F2 or a click on a selected cell)."""
@@ -452,6 +467,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def setupAugmentationPreview(self):
         ui = self.ui
+        self.augmentationPoller = JobPoller(self._showAugmentationProgress, self.onAugmentationPreviewFinished)
         _showText(ui.augmentationStatusLabel, "")
         ui.augmentationPreviewButton.connect("clicked(bool)", self.onAugmentationPreview)
         ui.augmentationRemoveButton.connect("clicked(bool)", self.onAugmentationRemove)
@@ -459,31 +475,38 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def updateAugmentationPreviewButtons(self):
         ui = self.ui
-        previewed = len(self.logic.augmentationPreviewChoices()) > 1
-        ui.augmentationPreviewButton.enabled = self.logic.caseLoaded()
+        previewing = self.augmentationPoller.busy
+        previewed = len(self.logic.augmentationPreviewChoices()) > 1 and not previewing
+        ui.augmentationPreviewButton.text = "Cancel" if previewing else "Preview"
+        ui.augmentationPreviewButton.enabled = previewing or self.logic.caseLoaded()
         ui.augmentationRemoveButton.enabled = previewed
         ui.augmentationShowComboBox.enabled = previewed
 
     def onAugmentationPreview(self):
-        # Runs here, on the GUI thread, until the job supervisor runs such work in a worker process: the panel
-        # shows a wait cursor and each variant's progress meanwhile.
+        """Preview, or cancel the preview being computed (in a worker process: see augmentationPreviewTask)."""
         ui = self.ui
-        ui.augmentationPreviewButton.enabled = False
-        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        if self.augmentationPoller.busy:
+            self.augmentationPoller.cancel()
+            _showText(ui.augmentationStatusLabel, "Cancelling…")
+            return
         try:
             count, seed = ui.augmentationCountSpinBox.value, ui.augmentationSeedSpinBox.value
-            self.logic.previewAugmentation(count, seed, progress=self._showAugmentationProgress)
+            self.augmentationPoller.follow(self.logic.augmentationPreviewTask(count, seed))
         except USER_ERRORS as error:
             _showText(ui.augmentationStatusLabel, f"Preview failed: {error}")
-            self.updateAugmentationPreviewButtons()
-            return
-        finally:
-            slicer.app.restoreOverrideCursor()
-        self._fillAugmentationChoices(shown=1)
+        self.updateAugmentationPreviewButtons()
 
-    def _showAugmentationProgress(self, _fraction, message):
-        _showText(self.ui.augmentationStatusLabel, message)
-        slicer.app.processEvents()  # repaint the line; the Preview button is disabled meanwhile
+    def _showAugmentationProgress(self, progress):
+        if not self.augmentationPoller.task.cancel_requested:
+            _showText(self.ui.augmentationStatusLabel, progress.text)
+
+    def onAugmentationPreviewFinished(self, task):
+        if task.state == "succeeded":
+            self._fillAugmentationChoices(shown=1)
+            return
+        _showText(self.ui.augmentationStatusLabel,
+                  "Preview cancelled." if task.state == "cancelled" else f"Preview failed: {task.error}")
+        self.updateAugmentationPreviewButtons()
 
     def onAugmentationRemove(self):
         self.logic.clearAugmentationPreview()
@@ -643,29 +666,65 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
     # -- table ---------------------------------------------------------------------------------------------
 
-    def caseProblems(self, index):
-        """The problems of case ``index`` against the label schema (empty without a schema)."""
+    def _checkKey(self, case):
+        """What the check of ``case`` depends on: the schema, its files and their modification times."""
+        paths = [*case.images.values(), case.segmentation]
+        return (self.labels, tuple((path, _modificationTime(path)) for path in paths))
+
+    def knownCaseProblems(self, index):
+        """The problems of case ``index`` if it was checked since its files last changed, else None (never
+        reads a file but to look at its time; empty without a schema)."""
         if not self.labels:
             return []
         case = self.cases[index]
-        paths = [*case.images.values(), case.segmentation]
-        key = (self.labels, tuple((path, _modificationTime(path)) for path in paths))
         cached = self._checks.get(case.case_id)
-        if cached is None or cached[0] != key:
-            cached = (key, check_case(case, self.labels))
-            self._checks[case.case_id] = cached
-        return cached[1]
+        return cached[1] if cached is not None and cached[0] == self._checkKey(case) else None
 
-    def checkText(self, index):
+    def caseProblems(self, index):
+        """The problems of case ``index`` against the label schema (empty without a schema); checked here when
+        not known (see caseCheckTask)."""
+        problems = self.knownCaseProblems(index)
+        if problems is None:
+            case = self.cases[index]
+            problems = check_case(case, self.labels)
+            self._checks[case.case_id] = (self._checkKey(case), problems)
+        return problems
+
+    def caseCheckTask(self):
+        """Start checking the cases whose check is not known (``TrainingDataExportLib.checks.check_cases``) in a
+        worker process; returns the running Job, or None when every check is known. When it has succeeded, the
+        checks are known (``knownCaseProblems``, ``tableRows(wait=False)``).
+
+        A check reads the whole segmentation: for a large project, minutes that would freeze the GUI.
+        """
+        stale = [case for index, case in enumerate(self.cases) if self.knownCaseProblems(index) is None]
+        if not stale:
+            return None
+        keys = [self._checkKey(case) for case in stale]
+        task = startJob("TrainingDataExportLib.checks:check_cases", {"cases": stale, "labels": tuple(self.labels)},
+                        f"Checking {len(stale)} cases", sysPath=[_MODULE_FOLDER])
+
+        def remember(done):
+            if done.error is None:
+                for case, key, problems in zip(stale, keys, done.result):
+                    self._checks[case.case_id] = (key, problems)
+
+        task.when_done(remember)
+        return task
+
+    def checkText(self, index, wait=True):
+        """The check column of case ``index``: "checking…" when its check is not known and ``wait`` is False."""
         if not self.labels:
             return "no schema"
-        problems = self.caseProblems(index)
+        problems = self.caseProblems(index) if wait else self.knownCaseProblems(index)
+        if problems is None:
+            return "checking…"
         if problems:
             return f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         return "ok" if self.cases[index].annotated else ""
 
-    def tableRows(self):
-        """One row of strings per case, in ``TABLE_COLUMNS`` order."""
+    def tableRows(self, wait=True):
+        """One row of strings per case, in ``TABLE_COLUMNS`` order (see checkText for ``wait``)."""
         return [
             (
                 case.case_id,
@@ -675,7 +734,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
                 case.status,
                 case.annotator,
                 format_duration(case.time_spent),
-                self.checkText(index),
+                self.checkText(index, wait),
             )
             for index, case in enumerate(self.cases)
         ]
@@ -1007,20 +1066,8 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         ``threading.Event``) cancels it. Raises ModelRegistryLib's ``JobError`` saying why the export failed
         (every offending case is listed before anything is written) or ``JobCancelledError``.
         """
-        task = self.exportTask(settings, outputDir, folds, testFraction, seed, workers)
-        reported = [None]
-
-        def follow():
-            if progress is not None and task.progress is not None and task.progress != reported[0]:
-                reported[0] = task.progress
-                progress(task.progress.fraction, task.progress.text)
-            if cancel is not None and cancel.is_set():
-                task.cancel()
-
-        while not waitForJob(task, 0.1):
-            follow()
-        follow()
-        return task.outcome()
+        return _outcomeReporting(self.exportTask(settings, outputDir, folds, testFraction, seed, workers), progress,
+                                 cancel)
 
     @staticmethod
     def exportOutcomeText(task):
@@ -1058,7 +1105,9 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         level so that intensity changes show, and a segmentation with the case's segment names, colors and
         terminology, in a subject hierarchy folder "<case> augmentation preview". Rotations are about the
         patient's axes. The same ``seed`` gives the same variants. A previous preview is replaced.
-        ``progress(fraction, message)`` and ``cancel`` (a ``threading.Event``) are passed on.
+        ``progress(fraction, message)`` is called as it goes on; setting ``cancel`` (a ``threading.Event``)
+        cancels it. The variants are computed as ``augmentationPreviewTask`` does, in a worker process; this
+        waits for them, keeping Slicer responsive.
 
         Returns [(volume node, segmentation node)] per variant.
 
@@ -1071,67 +1120,115 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             logic.showAugmentationPreview(2)     # 0 is the case itself
             logic.clearAugmentationPreview()
         """
+        return _outcomeReporting(self.augmentationPreviewTask(count, seed, settings), progress, cancel)
+
+    def augmentationPreviewTask(self, count=4, seed=0, settings=None):
+        """Start computing the augmentation preview of the loaded case (see ``previewAugmentation``) in a worker
+        process; returns the running Job (``progress``, ``cancel()``, ``state``). When it succeeds, the variants
+        are added to the scene, here on the main thread, and its ``result`` is [(volume node, segmentation node)].
+
+        The augmentation computes on PyTorch for seconds: in a worker process of Slicer's Python it runs at full
+        speed while the GUI stays responsive (a thread here would crawl, as the GUI keeps Python's GIL while it
+        idles), and PyTorch is not imported into Slicer. The case's arrays go to the worker, and the variants
+        come back, through shared memory that this side creates and always frees (ModelRegistryLib.shared_arrays).
+        If the case is closed or changed meanwhile, the job fails and the scene is left as it is.
+        """
         if not self.augmentationAvailable():
             raise ValueError(
                 "The augmentation preview needs PyTorch: Deep Segment installs it when it first runs a model, or"
                 " install Slicer's PyTorch extension."
             )
-        from TrainingDataExportLib.augmentation import preview_variants  # imports PyTorch
-
-        case = self.currentCase()
-        reference = self.volumeNodes[0]
-        segmentation = self.segmentationNode.GetSegmentation()
+        if not self.caseLoaded():
+            raise ValueError("Load a case first: the preview augments the loaded case.")
+        case, reference, segmentationNode = self.currentCase(), self.volumeNodes[0], self.segmentationNode
+        segmentation = segmentationNode.GetSegmentation()
         segmentIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
         image = slicer.util.arrayFromVolume(reference)
         labels = np.zeros(image.shape, np.uint8 if len(segmentIds) < 256 else np.uint16)
         for value, segmentId in enumerate(segmentIds, 1):
-            mask = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, reference)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, reference)
             labels[mask > 0] = value
         directions = vtk.vtkMatrix4x4()
         reference.GetIJKToRASDirectionMatrix(directions)
-        direction = [directions.GetElement(row, column) for row in range(3) for column in range(3)]
-        variants = preview_variants(
-            image[None], labels, reference.GetSpacing(), direction, count, seed, settings, progress, cancel
-        )
+        blocks = []  # the shared memory segments made here, freed here when the job ends
 
+        def shared(made):
+            blocks.append(made[0])
+            return made[1]
+
+        try:
+            arguments = {
+                "image": shared(share_array(image[None])), "labels": shared(share_array(labels)),
+                "variants": [(shared(allocate_array((1, *image.shape), np.float32)),
+                              shared(allocate_array(labels.shape, labels.dtype))) for _ in range(count)],
+                "spacing": tuple(reference.GetSpacing()), "seed": seed, "settings": settings,
+                "direction": tuple(directions.GetElement(row, column) for row in range(3) for column in range(3)),
+            }
+            task = startJob("TrainingDataExportLib.augmentation:write_preview_variants", arguments,
+                            f"Augmentation preview of {case.case_id}", sysPath=[_MODULE_FOLDER])
+        except BaseException:
+            free_blocks(blocks)
+            raise
+
+        def addVariants(done):
+            try:
+                if done.error is not None:
+                    return
+                if not (self.caseLoaded() and self.volumeNodes[0] is reference
+                        and self.segmentationNode is segmentationNode
+                        and all(segmentation.GetSegment(segmentId) for segmentId in segmentIds)):
+                    raise ValueError("the case changed while its variants were computed; preview again")
+                done.result = self._addAugmentationPreview(case, reference, segmentationNode, segmentIds, [
+                    (read_shared_array(variantImage), read_shared_array(variantLabels), description)
+                    for (variantImage, variantLabels), description in zip(arguments["variants"], done.result)])
+            finally:
+                free_blocks(blocks)
+
+        task.when_done(addVariants)
+        return task
+
+    def _addAugmentationPreview(self, case, reference, segmentationNode, segmentIds, variants):
+        """The preview's nodes from the variants' arrays ((image, labels, description) each); see
+        previewAugmentation."""
+        segmentation = segmentationNode.GetSegmentation()
         self.clearAugmentationPreview()
         hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
         folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), f"{case.case_id} augmentation preview")
         hierarchy.SetItemAttribute(folder, AUGMENTATION_FOLDER_ATTRIBUTE, case.case_id)
         preview = []
-        for number, variant in enumerate(variants, 1):
+        for number, (image, labels, description) in enumerate(variants, 1):
             name = f"{case.case_id} augmented {number}"
-            volumeNode = slicer.util.addVolumeFromArray(variant.image[0], name=name)
+            volumeNode = slicer.util.addVolumeFromArray(image[0], name=name)
             volumeNode.CopyOrientation(reference)
-            volumeNode.SetAttribute("TrainingDataExport.Augmentation", variant.description)
+            volumeNode.SetAttribute("TrainingDataExport.Augmentation", description)
             display, referenceDisplay = volumeNode.GetDisplayNode(), reference.GetDisplayNode()
             if display is not None and referenceDisplay is not None:
                 display.SetAutoWindowLevel(False)
                 display.SetWindowLevel(referenceDisplay.GetWindow(), referenceDisplay.GetLevel())
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            copiedIds = {value: _copySegmentDescription(segmentation.GetSegment(segmentId), segmentationNode)
+            variantNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+            variantNode.CreateDefaultDisplayNodes()
+            variantNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            copiedIds = {value: _copySegmentDescription(segmentation.GetSegment(segmentId), variantNode)
                          for value, segmentId in enumerate(segmentIds, 1)}
             labelMapNode = slicer.util.addVolumeFromArray(
-                variant.labels, name=f"{name} labels", nodeClassName="vtkMRMLLabelMapVolumeNode"
+                labels, name=f"{name} labels", nodeClassName="vtkMRMLLabelMapVolumeNode"
             )
             labelMapNode.CopyOrientation(volumeNode)
             try:
-                importLabelMap(labelMapNode, segmentationNode, copiedIds)
+                importLabelMap(labelMapNode, variantNode, copiedIds)
             finally:
                 slicer.mrmlScene.RemoveNode(labelMapNode)
-            for node in (volumeNode, segmentationNode):
+            for node in (volumeNode, variantNode):
                 item = hierarchy.GetItemByDataNode(node)
                 if item:
                     hierarchy.SetItemParent(item, folder)
                 else:  # no subject hierarchy plugin made an item for the node (outside the application)
                     hierarchy.CreateItem(folder, node)
-            preview.append((volumeNode, segmentationNode, variant.description))
+            preview.append((volumeNode, variantNode, description))
         self.augmentationPreview = tuple(preview)
         self._augmentationFolder = folder
         self.showAugmentationPreview(1 if preview else 0)
-        return [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in preview]
+        return [(volumeNode, variantNode) for volumeNode, variantNode, _ in preview]
 
     def _augmentationPreviewNodes(self):
         """(volume, segmentation) of the case, then of each variant still in the scene."""
@@ -1181,6 +1278,24 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         self._augmentationFolder = 0
         if self.caseLoaded():
             self.showAugmentationPreview(0)
+
+
+def _outcomeReporting(task, progress=None, cancel=None):
+    """Wait for ``task`` (keeping Slicer responsive), calling ``progress(fraction, message)`` as it goes on and
+    cancelling it once ``cancel`` (a ``threading.Event``) is set; its result, or its ``JobError`` raised."""
+    reported = [None]
+
+    def follow():
+        if progress is not None and task.progress is not None and task.progress != reported[0]:
+            reported[0] = task.progress
+            progress(task.progress.fraction, task.progress.text)
+        if cancel is not None and cancel.is_set():
+            task.cancel()
+
+    while not waitForJob(task, 0.1):
+        follow()
+    follow()
+    return task.outcome()
 
 
 def _showText(label, text):
@@ -1430,6 +1545,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertEqual(read_case_list(logic.caseListPath)[0].segmentation, savedPath)
         self.assertEqual(read_case_list(logic.caseListPath)[0].annotator, "selftest")
         self.assertEqual(logic.caseProblems(0), [])
+        self.assertTrue(widget.checkPoller.waitUntilDone(60))  # the table's checks are made in a worker process
         self.assertEqual(widget.ui.caseTable.item(0, 7).text(), "ok")
 
         self.delayDisplay("Marking the case done; the next case is to do")

@@ -5,7 +5,9 @@ processes that run models for Slicer, volumes passed in shared memory), per-fram
 devices, exact image geometry, reading inputs and writing results, and whether PyTorch is installed.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
-tests. PyTorch is imported only when a model runs or devices are listed.
+tests. PyTorch is imported only when a model runs or devices are listed, and NumPy, SimpleITK, SciPy and the
+submodules only when a name that needs them is first used (``ModelRegistryLib.lazy``): ``from DeepSegmentLib
+import ModelService`` imports the service client and what it needs, nothing else.
 """
 
 import importlib.util
@@ -22,62 +24,22 @@ if importlib.util.find_spec("TrainingDataExportLib") is None:
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                  "TrainingDataExport"))
 
-from .devices import ComputeDevice, available_devices, choose_device
-from .engine import (
-    DEFAULT_QUALITY,
-    PRECISIONS,
-    QUALITY_PRESETS,
-    EngineCancelled,
-    EngineError,
-    EngineProgress,
-    SegmentationResult,
-    estimate_memory,
-    quality_options,
-    segment,
-)
-from .frames import FrameError, FrameSegmenter
-from .geometry import LPS_FROM_RAS, geometry_mismatch, ijk_to_ras_from_image, image_from_array, is_oblique
-from .imageio import read_volume, write_labels
-from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
-from .pool import ModelPool
-from .segfile import SegmentInfo, write_segmentation
-from .service_client import ModelService, SegmentationRun
-from .torchsetup import TorchStatus, torch_status
+from ModelRegistryLib.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_QUALITY",
-    "LPS_FROM_RAS",
-    "PRECISIONS",
-    "QUALITY_PRESETS",
-    "ComputeDevice",
-    "EngineCancelled",
-    "EngineError",
-    "EngineProgress",
-    "FrameError",
-    "FrameSegmenter",
-    "ModelPackage",
-    "ModelPool",
-    "ModelService",
-    "PackageError",
-    "SegmentInfo",
-    "SegmentationResult",
-    "SegmentationRun",
-    "TorchStatus",
-    "available_devices",
-    "choose_device",
-    "estimate_memory",
-    "geometry_mismatch",
-    "ijk_to_ras_from_image",
-    "image_from_array",
-    "is_oblique",
-    "load_network",
-    "load_package",
-    "parse_contract",
-    "quality_options",
-    "read_volume",
-    "segment",
-    "torch_status",
-    "write_labels",
-    "write_package",
-    "write_segmentation",
-]
+# What each submodule exports, imported when first used (see ModelRegistryLib.lazy).
+_EXPORTS = {
+    "devices": ("ComputeDevice", "available_devices", "choose_device", "cpu_device"),
+    "engine": (
+        "DEFAULT_QUALITY", "PRECISIONS", "QUALITY_PRESETS", "EngineCancelled", "EngineError", "EngineProgress",
+        "SegmentationResult", "estimate_memory", "quality_options", "segment"
+    ),
+    "frames": ("FrameError", "FrameSegmenter"),
+    "geometry": ("LPS_FROM_RAS", "geometry_mismatch", "ijk_to_ras_from_image", "image_from_array", "is_oblique"),
+    "imageio": ("read_volume", "write_labels"),
+    "package": ("ModelPackage", "PackageError", "load_network", "load_package", "parse_contract", "write_package"),
+    "pool": ("ModelPool",),
+    "segfile": ("SegmentInfo", "write_segmentation"),
+    "service_client": ("ModelService", "SegmentationRun"),
+    "torchsetup": ("TorchStatus", "torch_installed", "torch_status"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(sys.modules[__name__], _EXPORTS)

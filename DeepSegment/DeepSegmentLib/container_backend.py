@@ -111,6 +111,20 @@ def _reference_to(runtime: ContainerRuntime, references, wanted: set) -> str:
     return next((r for r in references if r and runtime.image_identities(r) & wanted), "")
 
 
+# Runtimes (executables) this process has removed orphan containers from.
+_CLEANED_RUNTIMES: set = set()
+
+
+def _remove_orphans_once(runtime: ContainerRuntime, log: Callable[[str], None] | None) -> None:
+    """Remove the containers that killed processes left running, at this process's first run with ``runtime``."""
+    if runtime.executable in _CLEANED_RUNTIMES:
+        return
+    _CLEANED_RUNTIMES.add(runtime.executable)
+    removed = runtime.remove_orphan_containers()
+    if removed and log is not None:
+        log(f"Removed {len(removed)} container(s) whose run had been stopped by force: {', '.join(removed)}")
+
+
 def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fields: dict,
                         parent: str) -> tuple:
     """A new run folder holding input/ (volumes and request.json) and an empty, writable output/."""
@@ -208,6 +222,7 @@ def segment_in_container(
     start = time.perf_counter()
     report(EngineProgress(0.0, "finding the container runtime"))
     runtime = runtime or find_runtime(settings.runtime)
+    _remove_orphans_once(runtime, log)
     use_gpu = device != "cpu" and (device != "auto" or bool(runtime.gpu_arguments))
     report(EngineProgress(0.01, "getting the image"))
 

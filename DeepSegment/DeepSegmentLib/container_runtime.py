@@ -4,7 +4,9 @@ progress, cancel and a timeout.
 
 Every container runs with no network, no capabilities, a read-only root file system, a non-root user
 where the runtime allows it and only the mounts it is given; it is removed when it ends, is
-cancelled or times out.
+cancelled or times out. It is labelled with the process that supervises it (:data:`SUPERVISOR_LABEL`): if
+that process is killed, the container runs on, and :meth:`ContainerRuntime.remove_orphan_containers` removes
+it later.
 
 Example (needs a container runtime; nothing is run when none is usable)::
 
@@ -24,6 +26,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -31,6 +34,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from ModelRegistryLib.jobs import process_exists
 
 RUNTIMES = ("podman", "docker")
 RUNTIME_ENVIRONMENT_VARIABLE = "SLICER_DEEPLEARNING_CONTAINER_RUNTIME"
@@ -40,6 +45,8 @@ UNPRIVILEGED_USER = (65534, 65534)
 OUTPUT_TAIL_LINES = 40
 _MEMORY_LIMIT = re.compile(r"[1-9][0-9]*[bkmg]?", re.IGNORECASE)
 _CONTAINER_PREFIX = "deepsegment-"
+# Label of every container started here: "<host name>/<process id>" of the process that waits on it.
+SUPERVISOR_LABEL = "org.slicer.deeplearning.supervisor"
 
 
 class ContainerError(RuntimeError):
@@ -136,6 +143,29 @@ class ContainerRuntime:
         for arguments in (["kill", name], ["rm", "--force", name]):
             subprocess.run([self.executable, *arguments], capture_output=True, timeout=60)
 
+    def remove_orphan_containers(self) -> list:
+        """Remove the containers started here whose supervising process, on this computer, is gone; returns
+        their names.
+
+        A container outlives the runtime's client when the process waiting on it is killed (a worker process
+        stopped by force or crashed): the next container run of a worker removes it. Containers of live
+        processes, and those supervised from another computer (a shared Docker engine), stay.
+        """
+        try:
+            found = self.call(["ps", "--all", "--quiet", "--filter", f"label={SUPERVISOR_LABEL}"], timeout=60).split()
+            containers = json.loads(self.call(["container", "inspect", *found], timeout=60)) if found else []
+        except (ContainerError, ValueError):  # one went away meanwhile: the next run looks again
+            return []
+        removed = []
+        for container in containers:
+            labels = (container.get("Config") or {}).get("Labels") or {}
+            host, _, pid = labels.get(SUPERVISOR_LABEL, "").rpartition("/")
+            if host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid)):
+                name = container.get("Name", "").lstrip("/")  # Docker's names start with /
+                self.remove_container(name)
+                removed.append(name)
+        return removed
+
     def remove_image(self, reference: str) -> None:
         """Remove an image and all its tags if it exists (no error when it is already gone)."""
         subprocess.run([self.executable, "rmi", "--force", reference], capture_output=True, timeout=120)
@@ -161,6 +191,7 @@ class ContainerRuntime:
             "run", "--rm", "--name", name, "--pull", "never",
             "--network", "none", "--read-only", "--tmpfs", "/tmp",
             "--cap-drop", "all", "--security-opt", "no-new-privileges",
+            "--label", f"{SUPERVISOR_LABEL}={socket.gethostname()}/{os.getpid()}",
         ]
         for host_folder, container_folder, writable in mounts:
             # z: on SELinux hosts the container may only read folders labelled for it; ignored elsewhere.

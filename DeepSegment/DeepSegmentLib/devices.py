@@ -1,7 +1,8 @@
 """Compute devices for inference: what this machine offers, and which one a request means.
 
 PyTorch is optional here: Slicer may not have it yet (it is installed on demand), and the panel must
-still tell the user what it would run on. Without PyTorch only the CPU is listed.
+still tell the user what it would run on. Without PyTorch only the CPU is listed. Listing imports PyTorch
+(seconds, and hundreds of MB): Slicer lists devices in a worker process (``ModelService.list_devices``).
 
 Example::
 
@@ -46,7 +47,8 @@ class ComputeDevice:
         return f"{title}: {self.name}{memory}"
 
 
-def _cpu_device() -> ComputeDevice:
+def cpu_device() -> ComputeDevice:
+    """This machine's CPU (found without PyTorch)."""
     threads = os.cpu_count() or 1
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -58,7 +60,7 @@ def _cpu_device() -> ComputeDevice:
 
 def available_devices() -> list:
     """The CPU, then every CUDA GPU, then Apple's MPS device, as PyTorch sees them."""
-    devices = [_cpu_device()]
+    devices = [cpu_device()]
     try:
         import torch
     except ImportError:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import SimpleITK as sitk
 
 from ModelRegistryLib.jobs import Job, WorkerProcess
+from ModelRegistryLib.shared_arrays import free_blocks, remove_orphan_segments
 
 from .engine import DEFAULT_QUALITY, SegmentationResult
 from .service import DEFAULT_IDLE_SECONDS, DEFAULT_MEMORY_BUDGET_BYTES, ServiceRun
@@ -68,7 +69,8 @@ class ModelService:
 
     ``python`` is the preferred interpreter of the workers (see ModelRegistryLib.jobs.worker_python); the pool of
     each worker keeps networks within ``memory_budget_bytes`` (estimated) and unloads those unused for
-    ``idle_seconds``; ``env`` adds environment variables to workers started from now on.
+    ``idle_seconds``; ``env`` adds environment variables to workers started from now on. Made, it removes the
+    shared memory segments that a process killed during a run left (ModelRegistryLib.shared_arrays).
     """
 
     def __init__(self, python: str | None = None, *, memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET_BYTES,
@@ -78,6 +80,7 @@ class ModelService:
         self.idle_seconds = idle_seconds
         self.env = dict(env or {})
         self._workers: dict = {}
+        remove_orphan_segments()  # what a Slicer killed during a run left in memory
 
     def worker(self, key: str) -> WorkerProcess:
         """The live worker for ``key`` (a torch device name, or ``container``), started when there is none."""
@@ -85,9 +88,19 @@ class ModelService:
         if worker is not None:
             worker.poll()  # notices a worker that died since
         if worker is None or not worker.alive:
-            worker = WorkerProcess(self.python, sys_path=[DEEPSEGMENT_FOLDER], env=self.env, name=SERVICE_NAME)
+            worker = self._new_worker()
             self._workers[key] = worker
         return worker
+
+    def _new_worker(self) -> WorkerProcess:
+        return WorkerProcess(self.python, sys_path=[DEEPSEGMENT_FOLDER], env=self.env, name=SERVICE_NAME)
+
+    def list_devices(self) -> Job:
+        """A job listing the compute devices PyTorch finds (``ComputeDevice``s: the CPU, then GPUs), in a worker
+        that exits after it: listing imports PyTorch, which takes seconds and hundreds of MB, and a PyTorch or
+        GPU driver that crashes takes only that worker down."""
+        return self._new_worker().submit("DeepSegmentLib.devices:available_devices",
+                                         description="Listing compute devices", exit_after=True)
 
     def segment(self, images: Sequence, entry, version, cache_dir: str, *, device: str = "cpu",
                 quality: str = DEFAULT_QUALITY, threads: int | None = None, precision: str = "auto") -> Job:
@@ -134,7 +147,7 @@ class ModelService:
             job = self.worker(key).submit(target, arguments, description=f"{entry.id} {version.version}",
                                           cancel_grace=cancel_grace)
         except BaseException:
-            _free(segments)
+            free_blocks(segments)
             raise
         started = time.monotonic()
 
@@ -143,7 +156,7 @@ class ModelService:
                 if done.error is None:
                     done.result = _segmentation_run(done.result, time.monotonic() - started)
             finally:
-                _free(segments)
+                free_blocks(segments)
 
         job.when_done(finish)
         return job
@@ -157,7 +170,3 @@ def _segmentation_run(run: ServiceRun, seconds: float) -> SegmentationRun:
     return SegmentationRun(run.labels, result, run.model_id, run.version, seconds)
 
 
-def _free(segments: list) -> None:
-    for block in segments:
-        block.close()
-        block.unlink()

@@ -1,17 +1,10 @@
 """Volumes moved between Slicer and a worker process through shared memory: no files, exact geometry.
 
-The Slicer side creates every segment, for the input volumes and for the label map the worker writes back,
-and frees them all when the run ends, however it ends: a worker that crashes holds only mappings, which die
-with it, so nothing leaks. A :class:`SharedImage` describes an image in a segment (segment name, voxel type,
-array shape, origin, spacing, direction); it is a dataclass, so it travels in a job's JSON arguments and
-result (ModelRegistryLib.jobs.encode_value), and floats survive JSON exactly.
-
-Why not ``multiprocessing.shared_memory.SharedMemory`` as it is: on POSIX before Python 3.13 it registers
-every segment it creates or attaches with multiprocessing's resource tracker, a helper process started with
-``sys.executable`` (in Slicer: the Slicer application itself), and the tracker of an attaching worker
-unlinks the segment when that worker exits. So on POSIX the segments are made with the primitive it uses
-(``shm_open`` and ``mmap``) and nothing tracks them; on Windows, where named shared memory has no tracker
-and disappears with its last handle, ``SharedMemory`` is used as it is.
+Built on ``ModelRegistryLib.shared_arrays`` (segments made and always freed by the Slicer side, no resource
+tracker, leftovers of a killed Slicer removed later; its names ``SharedBlock``, ``segment_prefix`` and
+``NAME_PREFIX`` are importable from here too). A :class:`SharedImage` describes an image in a segment (segment
+name, voxel type, array shape, origin, spacing, direction); it is a dataclass, so it travels in a job's JSON
+arguments and result (ModelRegistryLib.jobs.encode_value), and floats survive JSON exactly.
 
 Example::
 
@@ -27,76 +20,16 @@ Example::
 
 from __future__ import annotations
 
-import mmap
-import os
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from ModelRegistryLib.shared_arrays import SharedBlock, allocate_array, array_in, share_array
 
-if os.name == "nt":
-    from multiprocessing import shared_memory
-else:
-    import _posixshmem
+# Where they were first: still importable from here.
+from ModelRegistryLib.shared_arrays import NAME_PREFIX, segment_prefix  # noqa: F401
 
-NAME_PREFIX = "sdl_"  # short: macOS allows 31 characters in a segment name
-
-
-def segment_prefix(pid: int | None = None) -> str:
-    """The start of the names of the segments process ``pid`` (this one by default) creates: a leftover segment
-    names the process that leaked it.
-
-    >>> segment_prefix(4194304)
-    'sdl_4194304_'
-    """
-    return f"{NAME_PREFIX}{os.getpid() if pid is None else pid}_"
 LABEL_MAP_BYTES_PER_VOXEL = 2  # label maps are uint8 or uint16
-
-
-class SharedBlock:
-    """A named shared memory segment mapped into this process; ``buf`` is its memory.
-
-    :meth:`create` makes a new one (the creator unlinks it), :meth:`attach` maps an existing one.
-    """
-
-    def __init__(self, name: str, size: int, create: bool) -> None:
-        self.name = name
-        if os.name == "nt":
-            self._memory = shared_memory.SharedMemory(name, create=create, size=size)
-            self._map = None
-            self.buf = self._memory.buf
-            return
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size if create else os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
-        self.buf = memoryview(self._map)
-
-    @classmethod
-    def create(cls, size: int) -> SharedBlock:
-        return cls(segment_prefix() + secrets.token_hex(6), max(1, int(size)), create=True)
-
-    @classmethod
-    def attach(cls, name: str) -> SharedBlock:
-        return cls(name, 0, create=False)
-
-    def close(self) -> None:
-        """Unmap the segment from this process (every array viewing it must be gone)."""
-        self.buf.release()
-        if os.name == "nt":
-            self._memory.close()
-        else:
-            self._map.close()
-
-    def unlink(self) -> None:
-        """Remove the segment's name; its memory goes when the last process unmaps it (the creator calls this)."""
-        if os.name != "nt":
-            _posixshmem.shm_unlink("/" + self.name)
 
 
 @dataclass(frozen=True)
@@ -118,33 +51,24 @@ def _describe(image: sitk.Image, block: str, dtype: str, shape: tuple) -> Shared
                        tuple(image.GetDirection()), image.GetNumberOfComponentsPerPixel() > 1)
 
 
-def _array_in(block: SharedBlock, shared: SharedImage) -> np.ndarray:
-    return np.ndarray(shared.shape, dtype=np.dtype(shared.dtype), buffer=block.buf)
-
-
 def share_image(image: sitk.Image) -> tuple:
     """A new segment holding ``image``'s voxels, and its :class:`SharedImage`; the caller closes and unlinks it."""
-    voxels = sitk.GetArrayViewFromImage(image)
-    block = SharedBlock.create(voxels.nbytes)
-    target = _array_in(block, _describe(image, block.name, voxels.dtype.str, voxels.shape))
-    target[...] = voxels
-    del target
-    return block, _describe(image, block.name, voxels.dtype.str, voxels.shape)
+    block, shared = share_array(sitk.GetArrayViewFromImage(image))
+    return block, _describe(image, block.name, shared.dtype, shared.shape)
 
 
 def allocate_label_map(reference: sitk.Image) -> tuple:
     """A new segment big enough for a label map on ``reference``'s grid, and its :class:`SharedImage`
     (the worker writes the label map's own voxel type; see :func:`write_shared_image`)."""
-    shape = tuple(reversed(reference.GetSize()))
-    block = SharedBlock.create(int(np.prod(shape)) * LABEL_MAP_BYTES_PER_VOXEL)
-    return block, _describe(reference, block.name, np.dtype(np.uint16).str, shape)
+    block, shared = allocate_array(tuple(reversed(reference.GetSize())), np.uint16)
+    return block, _describe(reference, block.name, shared.dtype, shared.shape)
 
 
 def read_shared_image(shared: SharedImage) -> sitk.Image:
     """A copy of the image ``shared`` describes, with exactly its geometry."""
     block = SharedBlock.attach(shared.block)
     try:
-        voxels = _array_in(block, shared)
+        voxels = array_in(block, shared.dtype, shared.shape)
         image = sitk.GetImageFromArray(voxels.copy(), isVector=shared.vector)
         del voxels
     finally:
@@ -168,7 +92,7 @@ def write_shared_image(image: sitk.Image, target: SharedImage) -> SharedImage:
     written = _describe(image, target.block, voxels.dtype.str, voxels.shape)
     block = SharedBlock.attach(target.block)
     try:
-        array = _array_in(block, written)
+        array = array_in(block, written.dtype, written.shape)
         array[...] = voxels
         del array
     finally:

@@ -6,13 +6,15 @@ build for the computer's NVIDIA driver, or the CPU build, with light-the-torch);
 
 Example::
 
-    >>> status = torch_status()
+    >>> status = torch_status()  # in Slicer's process, ``torch_installed()`` is enough (it imports nothing)
     >>> status.installed, status.message.startswith("PyTorch ")
     (True, True)
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 
 
@@ -26,7 +28,19 @@ class TorchStatus:
     message: str = ""
 
 
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here, found without importing it: importing PyTorch takes seconds and
+    hundreds of MB, which Slicer's own process need not pay (models run in worker processes).
+
+    >>> torch_installed()
+    True
+    """
+    importlib.invalidate_caches()  # finds a PyTorch installed since the last look
+    return importlib.util.find_spec("torch") is not None
+
+
 def torch_status() -> TorchStatus:
+    """Whether PyTorch is installed, its version and whether CUDA is usable (imports PyTorch)."""
     try:
         import torch
     except ImportError:

@@ -4,134 +4,38 @@ extension's panels (``jobs``, ``worker``; the registry's own jobs are in ``tasks
 
 Importable in Slicer, in its Python console, from a command line (``python -m ModelRegistryLib``) and in
 tests. Every error it raises derives from ``RegistryError`` (or ``IndexValidationError`` for a bad index).
+Its names are imported when first used (``ModelRegistryLib.lazy``): a worker process that imports
+``ModelRegistryLib.worker`` does not pay for the HTTP stack.
 """
 
-from .archive import extract_archive, is_archive
-from .card import card_html, card_text
-from .download import Progress, download_file, fetch_bytes, format_bytes
-from .errors import (
-    CancelledError,
-    ChecksumMismatchError,
-    ConnectionFailedError,
-    DiskFullError,
-    DownloadError,
-    DownloadTimeoutError,
-    NotFoundError,
-    RegistryError,
-    ServerError,
-    TLSError,
-    UnsafeArchiveError,
-)
-from .importers import from_monai_auto3dseg_models, from_monai_bundle_metadata
-from .index import (
-    Coding,
-    ContainerImage,
-    ImageParameter,
-    IndexValidationError,
-    Label,
-    ModelEntry,
-    ModelFile,
-    ModelInput,
-    ModelVersion,
-    Terminology,
-    VersionNotFoundError,
-    load_index,
-    parse_index,
-    parse_labels,
-    resolve_version,
-    search,
-    semantic_version_key,
-)
-from .registry import (
-    INSTALLED,
-    NOT_INSTALLED,
-    UNKNOWN,
-    UPDATE_AVAILABLE,
-    Registry,
-    Update,
-    bundled_source,
-    parse_model_spec,
-    save_user_sources,
-    user_sources,
-)
-from .sources import IndexSource, SourceStatus, load_sources
-from .store import InstalledModel, InstallProgress, ModelStore, VerifyResult, default_cache_dir
-from .jobs import (
-    Job,
-    JobCancelledError,
-    JobError,
-    JobLog,
-    JobProgress,
-    WorkerProcess,
-    start_job,
-    stop_all_workers,
-    worker_python,
-)
+import sys
 
-__all__ = [
-    "INSTALLED",
-    "NOT_INSTALLED",
-    "UNKNOWN",
-    "UPDATE_AVAILABLE",
-    "CancelledError",
-    "ChecksumMismatchError",
-    "Coding",
-    "ConnectionFailedError",
-    "ContainerImage",
-    "DiskFullError",
-    "DownloadError",
-    "DownloadTimeoutError",
-    "ImageParameter",
-    "IndexSource",
-    "IndexValidationError",
-    "InstallProgress",
-    "InstalledModel",
-    "Job",
-    "JobCancelledError",
-    "JobError",
-    "JobLog",
-    "JobProgress",
-    "Label",
-    "ModelEntry",
-    "ModelFile",
-    "ModelInput",
-    "ModelStore",
-    "ModelVersion",
-    "NotFoundError",
-    "Progress",
-    "Registry",
-    "RegistryError",
-    "ServerError",
-    "SourceStatus",
-    "TLSError",
-    "Terminology",
-    "UnsafeArchiveError",
-    "Update",
-    "VerifyResult",
-    "VersionNotFoundError",
-    "WorkerProcess",
-    "bundled_source",
-    "card_html",
-    "card_text",
-    "default_cache_dir",
-    "download_file",
-    "extract_archive",
-    "fetch_bytes",
-    "format_bytes",
-    "from_monai_auto3dseg_models",
-    "from_monai_bundle_metadata",
-    "is_archive",
-    "load_index",
-    "load_sources",
-    "parse_index",
-    "parse_labels",
-    "parse_model_spec",
-    "resolve_version",
-    "save_user_sources",
-    "search",
-    "semantic_version_key",
-    "start_job",
-    "stop_all_workers",
-    "user_sources",
-    "worker_python",
-]
+from .lazy import lazy_exports
+
+# What each submodule exports, imported when first used (see ModelRegistryLib.lazy).
+_EXPORTS = {
+    "archive": ("extract_archive", "is_archive"),
+    "card": ("card_html", "card_text"),
+    "download": ("Progress", "download_file", "fetch_bytes", "format_bytes"),
+    "errors": (
+        "CancelledError", "ChecksumMismatchError", "ConnectionFailedError", "DiskFullError", "DownloadError",
+        "DownloadTimeoutError", "NotFoundError", "RegistryError", "ServerError", "TLSError", "UnsafeArchiveError"
+    ),
+    "importers": ("from_monai_auto3dseg_models", "from_monai_bundle_metadata"),
+    "index": (
+        "Coding", "ContainerImage", "ImageParameter", "IndexValidationError", "Label", "ModelEntry", "ModelFile",
+        "ModelInput", "ModelVersion", "Terminology", "VersionNotFoundError", "load_index", "parse_index",
+        "parse_labels", "resolve_version", "search", "semantic_version_key"
+    ),
+    "registry": (
+        "INSTALLED", "NOT_INSTALLED", "UNKNOWN", "UPDATE_AVAILABLE", "Registry", "Update", "bundled_source",
+        "parse_model_spec", "save_user_sources", "user_sources"
+    ),
+    "sources": ("IndexSource", "SourceStatus", "load_sources"),
+    "store": ("InstalledModel", "InstallProgress", "ModelStore", "VerifyResult", "default_cache_dir"),
+    "jobs": (
+        "Job", "JobCancelledError", "JobError", "JobLog", "JobProgress", "WorkerProcess", "start_job",
+        "stop_all_workers", "worker_python"
+    ),
+}
+__getattr__, __dir__, __all__ = lazy_exports(sys.modules[__name__], _EXPORTS)

@@ -14,9 +14,10 @@ How it works:
   else the current interpreter. It runs in its own process group (session), so its children stop with it.
 - The supervisor writes requests as JSON lines on the worker's stdin: run ``module:function`` with JSON
   keyword arguments (:func:`encode_value`: dataclasses and tuples included), or cancel one. The worker
-  answers on its stdout, which carries nothing else (what the job prints goes to stderr): ``progress``
-  (fraction and text), ``log`` (level and text), then ``result`` (a JSON value) or ``error`` (kind, message,
-  traceback). One request runs at a time; a worker may serve many (a persistent service) or exit after one.
+  answers on its stdout, which carries nothing else (what the job prints goes to stderr): ``started`` (before
+  it imports the job's code), ``progress`` (fraction and text), ``log`` (level and text), then ``result`` (a
+  JSON value) or ``error`` (kind, message, traceback). One request runs at a time; a worker may serve many (a
+  persistent service) or exit after one.
 - :meth:`Job.poll` (or :meth:`WorkerProcess.poll`) reads what arrived without ever blocking: non-blocking
   pipes on POSIX, ``PeekNamedPipe`` on Windows. A panel calls it from a ``qt.QTimer``; blocking calls loop
   on :meth:`Job.wait`. It also enforces the time limit and the cancel's escalation, and notices a crash.
@@ -55,7 +56,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .card import format_duration
 from .errors import CancelledError
 
 RUNNING = "running"
@@ -168,6 +168,10 @@ class JobLog:
     text: str
 
 
+# What a job shows between its start in the worker and its first progress report.
+STARTING = JobProgress(0.0, "Starting")
+
+
 class JobError(RuntimeError):
     """A job that did not succeed; ``str(error)`` is the message for the user.
 
@@ -247,6 +251,42 @@ def worker_python(preferred: str | None = None) -> str:
         f"No Python interpreter for worker processes: {sys.executable} is not one and no PythonSlicer was found"
         f" beside it. Set {WORKER_PYTHON_VARIABLE} to Slicer's PythonSlicer.", "no-python",
     )
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this computer (one of another user included): what tells a
+    leftover (a shared memory segment, a container) from something a live process still uses. A reused id
+    counts as running, so a leftover may be kept, never something in use removed.
+
+    >>> process_exists(os.getpid())
+    True
+    """
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        # os.kill would terminate the process on Windows: ask for a handle instead.
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 # -------------------------------------------------------------------------------------------- pipes
@@ -335,7 +375,9 @@ class _LineReader:
 class Job:
     """One request running in a :class:`WorkerProcess`; made by :meth:`WorkerProcess.submit` or :func:`start_job`.
 
-    ``progress`` is the latest :class:`JobProgress` (None before the first); ``state`` is ``running``,
+    ``progress`` is the latest :class:`JobProgress` the job reported (None before the first); ``running_since``
+    is when its worker began it (``time.monotonic()``; None while it waits for the worker to start or to end
+    the jobs before it), and :attr:`shown_progress` what a panel shows; ``state`` is ``running``,
     ``succeeded`` (``result`` holds the decoded return value), ``failed`` or ``cancelled`` (``error`` holds a
     :class:`JobError`). Nothing changes between calls of :meth:`poll` (or :meth:`wait`).
     """
@@ -352,6 +394,7 @@ class Job:
         self.result = None
         self.error: JobError | None = None
         self.started = time.monotonic()
+        self.running_since: float | None = None
         self.cancel_requested_at: float | None = None
         self.timed_out = False
         self._logs: list = []
@@ -369,6 +412,15 @@ class Job:
         if self.error is None:
             return SUCCEEDED
         return CANCELLED if self.error.kind == CANCELLED_KIND else FAILED
+
+    @property
+    def shown_progress(self) -> JobProgress | None:
+        """The latest progress, or :data:`STARTING` once the worker has begun the job and before it reports:
+        importing a job's code takes up to a second on a busy machine, and the user should see at once that it
+        has begun."""
+        if self.progress is None and self.running_since is not None:
+            return STARTING
+        return self.progress
 
     @property
     def cancel_requested(self) -> bool:
@@ -437,7 +489,9 @@ class Job:
 
     def _message(self, message: dict) -> None:
         kind = message.get("type")
-        if kind == "progress":
+        if kind == "started":
+            self.running_since = time.monotonic()
+        elif kind == "progress":
             self.progress = JobProgress(message.get("fraction"), message.get("text", ""))
         elif kind == "log":
             self._log(JobLog(message.get("level", "info"), message.get("text", "")))
@@ -461,6 +515,8 @@ class Job:
     def _stopped_error(self) -> JobError:
         """The error of a job that ended because it was asked to (cancel, time limit, worker stopped)."""
         if self.timed_out:
+            from .card import format_duration  # here: the card's imports would slow every worker's start
+
             return JobError(f"{self.description} took longer than its time limit of {format_duration(self.timeout)}"
                             " and was stopped.", TIMEOUT_KIND)
         return JobCancelledError(f"{self.description}: cancelled.", CANCELLED_KIND)
@@ -590,13 +646,17 @@ class WorkerProcess:
         _reap_idle_workers()
         if self.process is None or self._ended_already:
             return
+        self._read()
+        if not self._ended_already:
+            self._enforce_limits()
+
+    def _read(self) -> None:
+        """Dispatch what arrived; once the process has exited and its output is read, end it."""
         self._read_stderr()
         for line in self._stdout.lines():
             self._dispatch(line)
         if self._stdout.ended and self.process.poll() is not None:
             self._ended()
-        else:
-            self._enforce_limits()
 
     def _read_stderr(self) -> None:
         for line in self._stderr.lines():
@@ -689,10 +749,14 @@ class WorkerProcess:
 
 
 def _reap_idle_workers() -> None:
-    """Notice workers that exited with nothing left to report (one-shot workers after their job)."""
+    """Notice workers that have exited: one-shot workers after their job, and workers whose jobs nobody polls
+    any more (a panel that stopped following a job): their last reports are read and their jobs end."""
     for worker in list(_LIVE_WORKERS):
-        if not worker._jobs and worker.process.poll() is not None:
-            worker._ended()
+        if worker.process.poll() is not None:
+            if worker._jobs:
+                worker._read()
+            else:
+                worker._ended()
 
 
 def start_job(target: str, kwargs: Mapping | None = None, *, description: str = "", python: str | None = None,

@@ -15,6 +15,8 @@ loop by hand). It reads requests, one JSON object per line, on stdin:
 It answers on its stdout, one JSON object per line, and nothing else writes there: before any job runs, file
 descriptor 1 is pointed at stderr, so even a C library's ``printf`` cannot corrupt the protocol.
 
+- ``{"id": 1, "type": "started"}``: the worker has begun the job (the jobs before it have ended), before it
+  imports the job's code.
 - ``{"id": 1, "type": "progress", "fraction": 0.5, "text": "..."}``: at most every
   :data:`PROGRESS_INTERVAL_SECONDS` unless the text changes. ``progress`` accepts what Lib functions report:
   ``progress(fraction)``, ``progress(fraction, text)`` (an export) or ``progress(step)`` where ``step``
@@ -190,6 +192,9 @@ class _Worker:
         target = request.get("target", "")
         cancel = self._cancel_event(job_id)
         reporter = _Reporter(self.protocol, job_id, target, cancel)
+        # Said before the job's code is imported, which takes up to a second on a busy machine (NumPy, SimpleITK):
+        # the panel can show at once that the job has begun.
+        self.protocol.send({"id": job_id, "type": "started"})
         try:
             function = import_target(target)
             kwargs = decode_value(request.get("kwargs") or {})

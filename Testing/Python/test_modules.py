@@ -86,9 +86,8 @@ def test_module_self_test_as_ctest_runs_it(name):
 def test_a_self_test_that_cannot_run_is_skipped_not_passed(monkeypatch):
     """DeepSegment's Apply test needs PyTorch: without it the test says so, in ctest as in runTest."""
     import DeepSegment
-    from DeepSegmentLib.torchsetup import TorchStatus
 
-    monkeypatch.setattr(DeepSegment, "torch_status", lambda: TorchStatus(False, message="PyTorch is not installed."))
+    monkeypatch.setattr(DeepSegment, "torch_installed", lambda: False)
     result = unittest.TextTestRunner(stream=io.StringIO()).run(
         DeepSegment.DeepSegmentTest("test_SegmentThroughPanelApply")
     )

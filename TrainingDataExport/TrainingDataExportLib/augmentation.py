@@ -56,6 +56,7 @@ import torch
 from torch.nn import functional
 
 from ModelRegistryLib import CancelledError
+from ModelRegistryLib.shared_arrays import SharedArray, read_shared_array, write_shared_array
 
 LABEL_MODES = ("nearest", "linear", "onehot")
 IMAGE_PADDINGS = ("minimum", "zeros", "border", "reflection")
@@ -998,3 +999,45 @@ def preview_variants(
     if progress is not None:
         progress(1.0, f"{count} variants")
     return variants
+
+
+def write_preview_variants(
+    image: SharedArray,
+    labels: SharedArray,
+    variants: Sequence[tuple],
+    spacing: Sequence[float],
+    direction: Sequence[float] | None = None,
+    seed: int = 0,
+    settings: AugmentationSettings | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list:
+    """:func:`preview_variants` as a job of a worker process, its arrays in shared memory; returns what was done to
+    each variant (its description).
+
+    Args:
+        image: the case's image channels, (C, K, J, I), in shared memory (ModelRegistryLib.shared_arrays).
+        labels: its label map, (K, J, I).
+        variants: one (image, labels) pair of ``SharedArray``s per variant wanted, each the case's shape: the
+            variants are written there (float32 images; labels of the case's label type). The caller
+            (Slicer's side) creates and frees every segment.
+        spacing, direction, seed, settings, progress, cancel: as :func:`preview_variants` takes them.
+
+    Example::
+
+        >>> from ModelRegistryLib.shared_arrays import allocate_array, free_blocks, read_shared_array, share_array
+        >>> case = np.random.default_rng(0).normal(size=(1, 6, 7, 8)).astype(np.float32)
+        >>> (image_block, image), (labels_block, labels) = share_array(case), share_array(case[0] > 0)
+        >>> out_image_block, out_image = allocate_array(case.shape, np.float32)
+        >>> out_labels_block, out_labels = allocate_array(case.shape[1:], bool)
+        >>> descriptions = write_preview_variants(image, labels, [(out_image, out_labels)], (1.0, 1.0, 2.0), seed=3)
+        >>> len(descriptions), bool(np.isfinite(read_shared_array(out_image)).all())
+        (1, True)
+        >>> free_blocks([image_block, labels_block, out_image_block, out_labels_block])
+    """
+    computed = preview_variants(read_shared_array(image), read_shared_array(labels), spacing, direction,
+                                len(variants), seed, settings, progress, cancel)
+    for (image_target, labels_target), variant in zip(variants, computed):
+        write_shared_array(variant.image, image_target)
+        write_shared_array(variant.labels, labels_target)
+    return [variant.description for variant in computed]

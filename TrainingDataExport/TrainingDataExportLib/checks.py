@@ -42,12 +42,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import SimpleITK as sitk
 from .imagecheck import ImageFileError
 from .imagefiles import read_image_information
+
+from ModelRegistryLib.errors import CancelledError
 
 from .caselist import Case
 from .segmentations import LabelProblem, label_counts, label_on_grid, read_label_map
@@ -147,3 +150,22 @@ def case_problems(case: Case, labels: Sequence, settings: ExportSettings | None 
 def check_case(case: Case, labels: Sequence, settings: ExportSettings | None = None) -> list:
     """The problems of ``case`` against the schema ``labels``, as text (empty: nothing to fix)."""
     return [str(problem) for problem in case_problems(case, labels, settings)]
+
+
+def check_cases(cases: Sequence[Case], labels: Sequence, progress: Callable[[float, str], None] | None = None,
+                cancel: threading.Event | None = None) -> list:
+    """:func:`check_case` of each of ``cases``, in order: a job for a worker process, since it reads every label
+    map (minutes for a large cohort). ``progress(fraction, message)`` is called before each case; setting
+    ``cancel`` stops between cases (``CancelledError``).
+
+    >>> check_cases([], [])
+    []
+    """
+    results = []
+    for number, case in enumerate(cases):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("checking the cases was cancelled")
+        if progress is not None:
+            progress(number / len(cases), f"checking case {case.case_id} ({number + 1} of {len(cases)})")
+        results.append(check_case(case, labels))
+    return results

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -26,6 +30,9 @@ from DeepSegmentLib.container_runtime import (
 )
 from ModelRegistryLib import ChecksumMismatchError, ContainerImage, ModelFile, load_index
 from ModelRegistryLib.download import file_sha256
+from ModelRegistryLib.jobs import MODEL_REGISTRY_FOLDER
+
+DEEPSEGMENT_FOLDER = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +214,41 @@ def test_image_is_pulled_by_digest_from_a_registry(container_runtime, tiny_image
     container_runtime.call(["rmi", f"{name}@{digest}"])
     with pytest.raises(ContainerError, match=r"Pulling .* failed"):
         ensure_image(container_runtime, ContainerImage(name=name, digest="sha256:" + "2" * 64))
+
+
+def _supervise_a_sleeping_container(runtime, image) -> tuple:
+    """A process waiting on a container that sleeps, as a worker waits on a model's container (in a session of
+    its own, as workers run); returns the process and the container's name once the container runs."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{DEEPSEGMENT_FOLDER!r}, {MODEL_REGISTRY_FOLDER!r}]
+        from DeepSegmentLib.container_runtime import ContainerRuntime, new_container_name
+        runtime = {runtime!r}
+        name = new_container_name()
+        command = ["python3", "-c", "print('up', flush=True); import time; time.sleep(300)"]
+        runtime.run(runtime.run_arguments({image!r}, [], name=name) + command, name=name,
+                    on_line=lambda line: print(name, flush=True))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    return process, process.stdout.readline().strip()
+
+
+def test_a_container_whose_supervisor_was_killed_is_removed_and_no_other(container_runtime, base_image):
+    """A worker killed while it waits on its container (SIGKILL to its process group, as the job supervisor's
+    last resort) leaves the container running: the next worker's first container run removes it."""
+    killed, orphan = _supervise_a_sleeping_container(container_runtime, base_image)
+    living, supervised = _supervise_a_sleeping_container(container_runtime, base_image)
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        assert {orphan, supervised} <= set(_containers(container_runtime)), "the orphan runs on"
+        assert container_runtime.remove_orphan_containers() == [orphan]
+        assert orphan not in _containers(container_runtime) and supervised in _containers(container_runtime)
+    finally:
+        os.killpg(living.pid, signal.SIGKILL)
+        living.wait()
+        for process in (killed, living):
+            process.stdout.close()
+        for name in (orphan, supervised):
+            container_runtime.remove_container(name)

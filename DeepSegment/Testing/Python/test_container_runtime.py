@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from DeepSegmentLib.container_runtime import (
     OUTPUT_TAIL_LINES,
     RUNTIME_ENVIRONMENT_VARIABLE,
+    SUPERVISOR_LABEL,
     ContainerCancelledError,
     ContainerError,
     ContainerRunError,
@@ -122,6 +124,7 @@ def test_run_arguments_isolate_the_container(tmp_path):
     assert option_values(arguments, "--cap-drop") == ["all"]
     assert option_values(arguments, "--security-opt") == ["no-new-privileges"]
     assert option_values(arguments, "--pull") == ["never"]
+    assert option_values(arguments, "--label") == [f"{SUPERVISOR_LABEL}={socket.gethostname()}/{os.getpid()}"]
     assert option_values(arguments, "--volume") == [f"{tmp_path}/input:/input:ro,z", f"{tmp_path}/output:/output:rw,z"]
     for absent in ("--memory", "--env", "--device", "--gpus", "--privileged", "--network=host"):
         assert absent not in arguments

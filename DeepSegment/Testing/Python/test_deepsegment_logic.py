@@ -194,3 +194,29 @@ def test_the_panel_explains_a_missing_runtime(container_logic, monkeypatch, tmp_
     assert container_logic.runtimeDescription() == found, "kept until asked again"
     description = container_logic.runtimeDescription(refresh=True)
     assert "No usable container runtime" in description and "podman: not found on PATH" in description
+
+
+def test_devices_are_listed_once_in_a_worker_process_and_shared_by_every_logic(logic):
+    from DeepSegmentLib.devices import available_devices
+
+    logic.refreshDevices()
+    listing = logic.devicesTask()
+    assert listing.state == "succeeded" and listing.pid != os.getpid()
+    assert logic.devices() == available_devices() and logic.devices()[0].kind == "cpu"
+    assert DeepSegmentLogic().devicesTask() is listing and DeepSegmentLogic().knownDevices() == logic.devices()
+    assert logic.deviceChoices()[0] == ("auto", f"Automatic ({logic.chooseDevice('auto').description})")
+
+
+def test_a_listing_that_crashes_offers_the_cpu_and_says_why(logic, tmp_path):
+    """A PyTorch (or GPU driver) that aborts when imported takes the listing's worker down, not Slicer."""
+    (tmp_path / "torch.py").write_text("import os\nos.abort()\n")
+    logic.service.env["PYTHONPATH"] = str(tmp_path)  # this torch comes first in the listing's worker
+    try:
+        assert [device.kind for device in logic.refreshDevices()] == ["cpu"]
+        assert logic.devicesError.kind == "crash" and "SIGABRT" in str(logic.devicesError)
+        assert logic.deviceChoices() == [("auto", f"Automatic ({logic.devices()[0].description})"),
+                                         ("cpu", logic.devices()[0].description)]
+    finally:
+        del logic.service.env["PYTHONPATH"]
+        logic.refreshDevices()
+    assert logic.devicesError is None

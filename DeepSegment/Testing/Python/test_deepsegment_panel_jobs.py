@@ -117,3 +117,17 @@ def test_an_aborting_service_is_explained(panel):
     apply(panel)
     assert panel.poller.waitUntilDone(120)
     assert panel.ui.stageLabel.text == "Done."
+
+
+def test_the_device_selector_offers_the_cpu_at_once_and_every_device_once_listed(panel):
+    DeepSegmentLogic._deviceListing = DeepSegmentLogic._listedDevices = None  # as in a new Slicer session
+    panel.updateDeviceSelector()
+    selector = panel.ui.deviceSelector
+    assert [selector.itemData(i) for i in range(selector.count)] == ["auto", "cpu"]
+    assert panel.ui.deviceInfoLabel.text == "Looking for compute devices…"
+    panel.devicePoller.follow(panel.logic.devicesTask())
+    selector.setCurrentIndex(selector.findData("cpu"))  # chosen while the listing runs: kept
+    assert panel.devicePoller.waitUntilDone(120)
+    devices = panel.logic.devices()
+    assert [selector.itemData(i) for i in range(selector.count)] == ["auto"] + [d.torch_name for d in devices]
+    assert selector.currentData == "cpu" and panel.ui.deviceInfoLabel.text == devices[0].description

@@ -177,6 +177,30 @@ def test_a_persistent_worker_keeps_its_state_and_idle_work_runs(tmp_path):
     assert not worker.alive and gone(worker.pid)
 
 
+def test_a_job_shows_starting_from_its_start_in_the_worker_until_its_first_report(tmp_path):
+    gate = tmp_path / "imported"
+    worker = WorkerProcess(sys_path=[HERE], env={"JOB_TEST_IMPORT_GATE": str(gate)})
+    try:
+        first = worker.submit("job_test_slow_import:report")
+        queued = worker.submit("job_test_targets:count_calls")
+        wait_until(lambda: bool(first.poll() or True) and first.running_since is not None)
+        assert (first.progress, first.shown_progress) == (None, jobs.STARTING), "its module is being imported"
+        assert (queued.running_since, queued.shown_progress) == (None, None), "it waits for the first to end"
+        gate.touch()
+        finished(first)
+        assert first.shown_progress == first.progress == JobProgress(0.5, "working")
+        finished(queued)
+        assert queued.running_since >= first.running_since and queued.result == 1
+    finally:
+        worker.stop()
+
+
+def test_a_one_shot_job_nobody_follows_any_more_ends_with_its_worker():
+    job = run("count_calls")
+    wait_until(lambda: not jobs.live_workers())  # only this looks at the workers: the job itself is never polled
+    assert job.state == "succeeded" and job.result == 1
+
+
 def test_stopping_a_busy_worker_cancels_its_jobs():
     worker = WorkerProcess(sys_path=[HERE])
     running = worker.submit("job_test_targets:sleep", {"seconds": 60})

@@ -4,12 +4,15 @@ on the Slicer stand-in: real MRML volumes, segmentations and subject hierarchy."
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
 
+from ModelRegistry import waitForJob
+from ModelRegistryLib.shared_arrays import SEGMENT_FOLDER, segment_prefix
 from TrainingDataExport import TrainingDataExportLogic
 from TrainingDataExportLib.augmentation import AugmentationSettings
 
@@ -128,6 +131,9 @@ def test_the_panel_previews_shows_and_removes(logic):
         assert ui.augmentationPreviewButton.enabled and not ui.augmentationRemoveButton.enabled
         ui.augmentationCountSpinBox.value = 2
         ui.augmentationPreviewButton.click()
+        assert ui.augmentationPreviewButton.text == "Cancel" and not ui.augmentationRemoveButton.enabled
+        assert widget.augmentationPoller.waitUntilDone(120)  # computed in a worker process
+        assert ui.augmentationPreviewButton.text == "Preview"
         assert [ui.augmentationShowComboBox.itemText(i) for i in range(ui.augmentationShowComboBox.count)] == [
             "Loaded case", "Variant 1", "Variant 2"]
         assert ui.augmentationShowComboBox.currentIndex == 1
@@ -157,3 +163,45 @@ def test_without_pytorch_the_panel_says_what_is_needed(logic, monkeypatch):
     finally:
         widget.logic = original
         widget.updateButtonStates()
+
+
+def own_segments():
+    """This process's shared memory segments (other test runs on the machine make theirs meanwhile)."""
+    if not os.path.isdir(SEGMENT_FOLDER):
+        return set()
+    return {name for name in os.listdir(SEGMENT_FOLDER) if name.startswith(segment_prefix())}
+
+
+def data_nodes():
+    return [slicer.mrmlScene.GetNumberOfNodesByClass(name) for name in ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode")]
+
+
+def test_the_panel_cancels_a_preview_and_the_scene_is_left_as_it_was(logic):
+    widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+    original, ui = widget.logic, widget.ui
+    segments = own_segments()
+    try:
+        widget.logic = logic
+        widget.updateButtonStates()
+        nodes = data_nodes()
+        ui.augmentationCountSpinBox.value = 3
+        ui.augmentationPreviewButton.click()
+        assert own_segments() - segments, "the case and the variants' room are in shared memory"
+        ui.augmentationPreviewButton.click()  # Cancel
+        assert widget.augmentationPoller.waitUntilDone(60)
+        assert ui.augmentationStatusLabel.text == "Preview cancelled."
+        assert ui.augmentationPreviewButton.text == "Preview" and ui.augmentationPreviewButton.enabled
+        assert data_nodes() == nodes and logic.augmentationPreviewChoices() == []
+        assert own_segments() == segments
+    finally:
+        widget.logic = original
+        widget.updateButtonStates()
+
+
+def test_a_case_closed_while_its_variants_are_computed_gets_none(logic):
+    task = logic.augmentationPreviewTask(1)
+    logic.closeCase()
+    waitForJob(task)
+    assert task.state == "failed" and "the case changed" in str(task.error)
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert logic.augmentationPreviewChoices() == []

@@ -205,3 +205,23 @@ def test_the_recovery_question_is_a_dialog_in_the_gui(widget, project):
         widget.loadCase(lambda: widget.logic.loadCase(0))
     assert "a.recovery.seg.nrrd" in dialogs.opened[-1].text
     assert widget.logic.segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Liver")
+
+
+def test_the_case_checks_are_made_in_a_worker_process_and_shown_when_done(widget, project):
+    """Checking reads every segmentation: the table says "checking…" until the job has checked them."""
+    loadFirstCase(widget, project)
+    paint(widget.logic)
+    widget.ui.saveCaseButton.click()  # case a has a segmentation now: its check is not known
+    table = widget.ui.caseTable
+    assert table.item(0, 7).text() == "checking…" and widget.checkPoller.busy
+    assert widget.logic.knownCaseProblems(0) is None
+    assert widget.checkPoller.waitUntilDone(60)
+    assert table.item(0, 7).text() == "ok" and widget.logic.knownCaseProblems(0) == []
+    (project / "labels.json").write_text(json.dumps({"labels": [*SCHEMA["labels"], {
+        "value": 2, "name": "Tumor", "color": "#90d5ff"}]}), encoding="utf-8")
+    widget.logic.loadLabelSchema(str(project / "labels.json"))
+    widget.updateCaseTable()
+    assert widget.checkPoller.waitUntilDone(60)
+    assert table.item(0, 7).text() == "1 problem"
+    assert table.item(0, 7).toolTip() == "no segment for label 'Tumor' (2)"
+    assert widget.logic.caseProblems(0) == ["no segment for label 'Tumor' (2)"]
