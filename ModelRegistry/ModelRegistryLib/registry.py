@@ -20,15 +20,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import RegistryError
-from .index import ModelEntry, ModelVersion, VersionNotFoundError, resolve_version, search, semantic_version_key
-from .sources import IndexSource, load_sources
 from .files import write_json_atomically
+from .importers import ImporterError, index_document, package_foreign_model
+from .index import (
+    ModelEntry,
+    ModelVersion,
+    VersionNotFoundError,
+    load_index,
+    resolve_version,
+    search,
+    semantic_version_key,
+)
+from .sources import IndexSource, load_sources
 from .store import InstalledModel, InstallProgress, ModelStore
 
 BUNDLED_INDEX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Registry",
                              "bundled-index.json")
 
 USER_SOURCES_FILE = "sources.json"
+# Models imported from local files of the field's formats (nnU-Net results, MONAI bundles...): their archives and
+# the index listing them, read after every other source.
+IMPORTED_FOLDER = "imported"
 
 NOT_INSTALLED = "not installed"
 INSTALLED = "installed"
@@ -54,6 +66,11 @@ def user_sources(cache_dir: str) -> list:
     except (OSError, ValueError) as error:
         raise RegistryError(f"Cannot read {USER_SOURCES_FILE} in {cache_dir}: {error}") from error
     return [IndexSource(item["location"], name=item.get("name", "")) for item in items]
+
+
+def imported_source(cache_dir: str) -> IndexSource:
+    """The index of the models imported into ``cache_dir`` (``import`` of an nnU-Net results folder, a bundle...)."""
+    return IndexSource(os.path.join(cache_dir, IMPORTED_FOLDER, "index.json"), name="Imported models")
 
 
 def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
@@ -91,9 +108,11 @@ class Registry:
 
     def refresh(self, *, offline: bool = False, timeout: float = 10.0) -> list:
         """Read the sources again (remote ones from the network unless ``offline``); returns their statuses."""
-        self._models, self.statuses = load_sources(
-            self.sources, self.store.cache_dir, refresh=not offline, timeout=timeout
-        )
+        sources = list(self.sources)
+        imported = imported_source(self.store.cache_dir)
+        if os.path.isfile(imported.location) and imported not in sources:
+            sources.append(imported)
+        self._models, self.statuses = load_sources(sources, self.store.cache_dir, refresh=not offline, timeout=timeout)
         return self.statuses
 
     def models(self) -> list:
@@ -200,8 +219,59 @@ class Registry:
         model_id, version = parse_model_spec(spec) if spec else (None, None)
         return self.store.verify(model_id, version)
 
-    def import_package(self, path: str) -> InstalledModel:
-        return self.store.import_package(path, self._models)
+    def import_package(self, path: str, progress: Callable[[InstallProgress], None] | None = None) -> InstalledModel:
+        """Install a local archive or folder: the files of a version an index lists (matched by sha256), else a model
+        of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive), added to
+        the imported models' index and installed from there. Returns the (first) installed model."""
+        found = self.store.local_version(path, self._models, progress)
+        if found is not None:
+            return self.store.install(*found, progress=progress)
+        try:
+            entries = self._add_imported(path)
+        except ImporterError as error:
+            raise RegistryError(
+                f"{os.path.basename(os.path.abspath(path))} holds no model version listed in the registry indexes"
+                f" (files are matched by sha256), and {error}"
+            ) from error
+        installed = [self.ensure_installed(f"{model_id}@{version}", progress=progress) for model_id, version in entries]
+        return installed[0]
+
+    def _add_imported(self, path: str) -> list:
+        """Add the field's model at ``path`` to the imported models' index; ``(id, version)`` of each entry.
+
+        A model imported again with the same content keeps its version; with other content it gets the next patch
+        version, so the version installed before stays what it was.
+        """
+        source = imported_source(self.store.cache_dir)
+        entries = package_foreign_model(path, os.path.dirname(source.location))
+        try:
+            with open(source.location, encoding="utf-8") as file:
+                document = json.load(file)
+        except FileNotFoundError:
+            document = index_document([])
+        except (OSError, ValueError) as error:
+            raise RegistryError(f"Cannot read the imported models' index {source.location}: {error}") from error
+        added = []
+        for entry in entries:
+            (version,) = entry["versions"]
+            existing = next((model for model in document["models"] if model["id"] == entry["id"]), None)
+            if existing is None:
+                document["models"].append(entry)
+                added.append((entry["id"], version["version"]))
+                continue
+            same = next((old for old in existing["versions"] if old["files"] == version["files"]), None)
+            if same is None:
+                newest = max((old["version"] for old in existing["versions"]), key=semantic_version_key)
+                major, minor, patch = semantic_version_key(newest)[:3]
+                version["version"] = f"{major}.{minor}.{patch + 1}"
+                existing.update({key: value for key, value in entry.items() if key != "versions"})
+                existing["versions"].append(version)
+                same = version
+            added.append((entry["id"], same["version"]))
+        write_json_atomically(source.location, index_document(document["models"]))
+        load_index(source.location)  # what was written must read back
+        self.refresh(offline=True)
+        return added
 
     def pin(self, spec: str) -> None:
         model_id, version = parse_model_spec(spec)

@@ -46,11 +46,12 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlparse
 
 from .archive import extract_archive, is_archive
-from .download import Progress, download_file, error_for_write, file_sha256, format_bytes
+from .download import Progress, download_file, error_for_write, file_digests, file_sha256, format_bytes
 from .errors import DiskFullError, RegistryError, UnsafeArchiveError
 from .files import write_json_atomically
 from .index import ModelEntry, ModelVersion, file_url, semantic_version_key
 from .locking import FileLock
+from .trust import TrustStore
 
 MANIFEST_NAME = "model-registry-manifest.json"
 CACHE_ENVIRONMENT_VARIABLE = "SLICER_DEEPLEARNING_CACHE_DIR"
@@ -73,7 +74,8 @@ def default_cache_dir(configured: str = "") -> str:
 
 @dataclass(frozen=True)
 class InstallProgress:
-    """Where an install is: ``stage`` is "download", "unpack" or "done"; ``fraction`` of all bytes, if known."""
+    """Where an install is: ``stage`` is "download", "unpack", "trust" (how a file without the publisher's sha256
+    was checked: a line to show the user, never to hide) or "done"; ``fraction`` of all bytes, if known."""
 
     stage: str
     fraction: float | None
@@ -131,6 +133,7 @@ class ModelStore:
 
     def __init__(self, cache_dir: str) -> None:
         self.cache_dir = os.path.abspath(cache_dir)
+        self.trust = TrustStore(self.cache_dir)
 
     def _folder(self, *parts: str) -> str:
         return os.path.join(self.cache_dir, *parts)
@@ -215,8 +218,8 @@ class ModelStore:
             existing = self.get(entry.id, version.version)
             if existing is not None:
                 return existing
-            self._check_free_space(sum(f.size for f in version.files) * 2, f"{entry.id} {version.version}")
-            blobs = self._download_all(version, progress, cancel, timeout)
+            self._check_free_space(version.download_size * 2, f"{entry.id} {version.version}")
+            version, blobs = self._download_all(version, progress, cancel, timeout)
             staging = self._new_staging_folder()
             try:
                 try:
@@ -245,25 +248,39 @@ class ModelStore:
                 f" {self.cache_dir}"
             )
 
-    def _download_all(self, version, progress, cancel, timeout) -> list:
-        total = sum(f.size for f in version.files)
+    def _download_all(self, version, progress, cancel, timeout) -> tuple:
+        """``(version with every file's sha256 known, downloaded paths)``; files without the publisher's sha256
+        go through the trust-on-first-use pins (``ModelRegistryLib.trust``), each saying how it was checked."""
+        # Files of unknown size count as nothing here: the fraction then runs ahead of the bytes, never past 1.
+        total = version.download_size
         done_before = 0
-        blobs = []
+        blobs, files = [], []
         for number, model_file in enumerate(version.files, 1):
             def report(step: Progress, done_before=done_before, number=number):
                 if progress:
-                    fraction = (done_before + step.done) / total if total else None
+                    fraction = min(1.0, (done_before + step.done) / total) if total else None
                     label = f"Downloading file {number} of {len(version.files)}: " if len(version.files) > 1 else ""
                     progress(InstallProgress("download", fraction, label + step.text))
 
-            blob = self._folder("downloads", model_file.sha256)
-            os.makedirs(os.path.dirname(blob), exist_ok=True)
-            # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
-            # resumes and is verified again.
-            blobs.append(download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
-                                       progress=report, cancel=cancel, timeout=timeout, durable=False))
-            done_before += model_file.size
-        return blobs
+            resolved = self.trust.resolve(model_file)
+            if resolved.sha256:
+                blob = self._folder("downloads", resolved.sha256)
+                os.makedirs(os.path.dirname(blob), exist_ok=True)
+                # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
+                # resumes and is verified again.
+                blobs.append(download_file(resolved.url, blob, sha256=resolved.sha256, size=resolved.size,
+                                           progress=report, cancel=cancel, timeout=timeout, durable=False))
+                notice = self.trust.notice(model_file) if not model_file.sha256 else None
+            else:
+                blob, sha256, notice = self.trust.first_download(model_file, self._folder("downloads"),
+                                                                 progress=report, cancel=cancel, timeout=timeout)
+                blobs.append(blob)
+                resolved = replace(model_file, sha256=sha256, size=os.path.getsize(blob))
+            if notice is not None and progress:
+                progress(InstallProgress("trust", None, notice.text))
+            files.append(resolved)
+            done_before += resolved.size
+        return replace(version, files=tuple(files)), blobs
 
     def _new_staging_folder(self) -> str:
         os.makedirs(self._folder("staging"), exist_ok=True)
@@ -304,11 +321,30 @@ class ModelStore:
             shutil.rmtree(target)
         os.rename(staging, target)
 
-    def import_package(self, path: str, entries: Sequence[ModelEntry]) -> InstalledModel:
-        """Install from a local file or folder (offline sites) holding the files of a version some index lists.
+    def import_package(self, path: str, entries: Sequence[ModelEntry],
+                       progress: Callable[[InstallProgress], None] | None = None) -> InstalledModel:
+        """Install from a local file or folder holding the files of a version some index lists (see
+        :meth:`local_version`); RegistryError when it holds none."""
+        found = self.local_version(path, entries, progress)
+        if found is None:
+            raise RegistryError(
+                f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
+                " indexes (files are matched by sha256): add the index that lists it, or check that the files are"
+                " whole"
+            )
+        entry, version = found
+        return self.install(entry, version, progress=progress)
+
+    def local_version(self, path: str, entries: Sequence[ModelEntry],
+                      progress: Callable[[InstallProgress], None] | None = None) -> tuple | None:
+        """``(entry, version)`` of a version in ``entries`` whose files are in the local file or folder ``path``
+        (offline sites), with file URLs pointing at the local copies; None when it holds no complete version.
 
         Files are recognised by their sha256 among the files of the versions in ``entries``: an imported
-        package is exactly as trustworthy as a downloaded one, whatever its files are called locally.
+        package is exactly as trustworthy as a downloaded one, whatever its files are called locally. A file
+        the publisher gives no sha256 for is recognised by the sha256 pinned on its first download, else by
+        the publisher's MD5 or SHA-1, else (trust on first use, said through ``progress``) by its name, and
+        then pinned.
         """
         if os.path.isfile(path):
             local_files = [os.path.abspath(path)]
@@ -316,19 +352,35 @@ class ModelStore:
             local_files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.abspath(path)) for f in fs)
         else:
             raise RegistryError(f"Nothing to import at {path}")
-        by_digest = {file_sha256(local): local for local in local_files}
+        digests = {local: file_digests(local, ("sha256", "md5", "sha1")) for local in local_files}
+
+        def local_copy(model_file) -> str | None:
+            """The local file with the file's sha256 (from the index or pinned), else its publisher's digest, else
+            (nothing to check against) its name; None where there is none."""
+            wanted = self.trust.resolve(model_file)
+            if wanted.sha256 or model_file.publisher_digest:
+                algorithm, digest = ("sha256", wanted.sha256) if wanted.sha256 else model_file.publisher_digest
+                return next((local for local, found in digests.items() if found[algorithm] == digest), None)
+            name = _file_name(model_file.url, model_file.name)
+            return next((local for local in digests if os.path.basename(local) == name), None)
+
         for entry in entries:
             for version in entry.versions:
-                if version.files and all(f.sha256 in by_digest for f in version.files):
+                copies = [local_copy(f) for f in version.files]
+                if version.files and all(copies):
+                    for model_file, local in zip(version.files, copies):
+                        if not model_file.sha256:
+                            self.trust.pin(model_file.url, digests[local]["sha256"], os.path.getsize(local))
+                            if progress:
+                                notice = self.trust.notice(model_file)
+                                progress(InstallProgress("trust", None, f"{notice.text} (imported from {local})"))
                     local_version = replace(version, files=tuple(
-                        replace(f, url=file_url(by_digest[f.sha256]), name=_file_name(f.url, f.name))
-                        for f in version.files
+                        replace(f, url=file_url(local), name=_file_name(f.url, f.name),
+                                sha256=digests[local]["sha256"], size=os.path.getsize(local))
+                        for f, local in zip(version.files, copies)
                     ))
-                    return self.install(entry, local_version)
-        raise RegistryError(
-            f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
-            " indexes (files are matched by sha256): add the index that lists it, or check that the files are whole"
-        )
+                    return entry, local_version
+        return None
 
     # -- removing and checking ------------------------------------------------------------------------------
 

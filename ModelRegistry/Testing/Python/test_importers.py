@@ -109,7 +109,7 @@ def test_monai_channels_become_inputs_and_labels():
 def test_a_bare_monai_bundle_gives_a_minimal_entry():
     entry = from_monai_bundle_metadata({"version": "0.1.0"}, model_id="bare", files=BUNDLE_FILES)
     assert entry == {"id": "bare", "title": "bare", "versions": [
-        {"version": "0.1.0", "changelog": "", "files": BUNDLE_FILES}]}
+        {"version": "0.1.0", "changelog": "", "files": BUNDLE_FILES, "runtime": "monai-bundle"}]}
     parse_index(index_document([entry]))
 
 
@@ -193,8 +193,12 @@ def test_auto3dseg_models_become_entries_with_versions_from_their_urls():
     # Labels live in the archive: none are listed, and the description says so and names the segments.
     assert abdominal.labels == ()
     assert "Segments: Liver, Spleen, Left Kidney." in abdominal.description
-    assert "labels file inside the model's archive" in abdominal.description
+    assert "labels.csv inside the model's archive" in abdominal.description
     assert "labels" not in entries[0]
+    assert (abdominal.subject, abdominal.sample_data) == ("human", ("CTLiver",))
+    assert [v.runtime for v in abdominal.versions] == ["auto3dseg", "auto3dseg"]
+    # Models.json may list MONAI bundles beside Auto3DSeg models.
+    assert whole_body.latest.runtime == "monai-bundle"
     # A relative URL is resolved against where Models.json came from.
     assert prostate.latest.files[0].url == "https://lab.example.org/models/prostate-mr-v1.0.0.zip"
     assert prostate.modality == "MR"
@@ -215,18 +219,16 @@ def test_auto3dseg_entries_load_as_an_index_and_are_searchable_by_segment(tmp_pa
     assert [m.id for m in search(models, "mr transition zone")] == ["prostate-mr"]
 
 
-def test_auto3dseg_without_checksums_names_every_file_that_needs_one():
+def test_auto3dseg_files_without_checksums_are_trusted_on_first_use():
     partial = checksums()
     del partial[RELEASES + "abdominal-organs-3mm-v2.0.0.zip"]
-    del partial[RELEASES + "wholeBody_ct_segmentation_v0.2.3.zip"]
-    with pytest.raises(ImporterError) as raised:
-        from_monai_auto3dseg_models(models_json(), checksums=partial, base_url=BASE_URL)
-    message = str(raised.value)
-    assert "sha256 and size are needed for 2 file(s)" in message
-    assert "abdominal-organs-3mm-v2.0.0.zip" in message and "wholeBody_ct_segmentation_v0.2.3.zip" in message
-    assert "v2.0.1" not in message
-    with pytest.raises(ImporterError, match="needed for 4 file"):
-        from_monai_auto3dseg_models(models_json(), base_url=BASE_URL)
+    entries = from_monai_auto3dseg_models(models_json(), checksums=partial, base_url=BASE_URL)
+    abdominal = parse_index(index_document(entries))[0]
+    newest, older = abdominal.versions
+    assert newest.files[0].verification == "sha256" and newest.verified_by_publisher
+    assert (older.files[0].sha256, older.files[0].size, older.files[0].verification) == ("", None,
+                                                                                       "trusted on first use")
+    assert not older.verified_by_publisher
 
 
 @pytest.mark.parametrize(
