@@ -1,4 +1,5 @@
 import collections
+import importlib
 import json
 import os
 import shutil
@@ -33,12 +34,12 @@ from DeepSegmentLib import (
     install_plan,
     installed_packages,
     is_oblique,
-    load_package,
-    quality_options,
-    segment,
     torch_status,
     write_package,
 )
+from DeepSegmentLib.runtimes import RunOptions, missing_requirements, run_model
+from DeepSegmentLib.runtimes.dependencies import install_arguments
+from DeepSegmentLib.torchsetup import pinned_constraints
 from DeepSegmentLib.container_backend import ContainerSettings, segment_in_container
 from DeepSegmentLib.container_runtime import ContainerCancelledError, ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import BackgroundTaskPoller, ModelRegistryLogic
@@ -289,6 +290,10 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         if (not inContainer and not self.logic.torchStatus().installed
                 and not self.logic.installTorch(slicer.util.confirmOkCancelDisplay)):
             self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python."
+            return
+        if not inContainer and not self.logic.installRuntimeDependencies(self.ui.modelSelector.currentData,
+                                                                         slicer.util.confirmOkCancelDisplay):
+            self.ui.stageLabel.text = "The model's runtime needs packages that are not installed."
             return
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
             if inContainer:
@@ -567,7 +572,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if backend == "container":
             run = self._containerRun(entry, version, images, device, parameters, log)
         else:
-            run = self._inProcessRun(modelSpec, images, device, quality, threads, precision)
+            run = self._inProcessRun(modelSpec, version.runtime, images, device, quality, threads, precision)
 
         def timed(progress, cancel):
             start = time.perf_counter()
@@ -576,8 +581,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
         return BackgroundTask(timed, f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})")
 
-    def _inProcessRun(self, modelSpec, images, device, quality, threads, precision):
+    def _inProcessRun(self, modelSpec, runtime, images, device, quality, threads, precision):
         deviceName = self.chooseDevice(device).torch_name
+        options = RunOptions(quality=quality.lower(), threads=threads, precision=precision)
 
         def run(progress, cancel):
             def installing(step):
@@ -587,14 +593,12 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 progress(RunProgress(self.INSTALL_SHARE + (1 - self.INSTALL_SHARE) * step.fraction, step.stage))
 
             installed = self.registry.ensure_installed(modelSpec, progress=installing, cancel=cancel)
-            package = load_package(installed.path)
             try:
-                result = segment(images, package, self.pool.get(package, deviceName), device=deviceName,
-                                 threads=threads, precision=precision, progress=segmenting, cancel=cancel,
-                                 **quality_options(package, quality.lower()))
+                modelRun = run_model(installed, images, runtime=runtime, device=deviceName, options=options,
+                                     progress=segmenting, cancel=cancel, pool=self.pool)
             except EngineCancelled as cancelled:
                 raise CancelledError(str(cancelled) or "Cancelled") from cancelled
-            return package.labels, result
+            return modelRun.labels, modelRun.result
 
         return run
 
@@ -663,11 +667,31 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             return "Cancelled: the scene was not changed."
         return f"Segmentation failed: {task.error}"
 
-    # -- PyTorch ---------------------------------------------------------------------------------------------
+    # -- PyTorch and the runtimes' libraries --------------------------------------------------------------------
 
     @staticmethod
     def torchStatus():
         return torch_status()
+
+    def installRuntimeDependencies(self, modelSpec, confirm):
+        """Install what the runtime of ``modelSpec``'s version needs (nnunetv2, MONAI...) when it is missing: True
+        when it is there. ``confirm(text)`` asks the user first; every installed package is pinned, so Slicer's
+        numpy, SimpleITK and vtk stay as they are (pip refuses an install that would change them)."""
+        if not modelSpec:
+            return True
+        _, version = self.registry.resolve(modelSpec)
+        missing = missing_requirements(version.runtime)
+        if not missing:
+            return True
+        if not confirm(f"Models run by {version.runtime} need {', '.join(missing)}. Install now? Packages already"
+                       " installed (Slicer's numpy, SimpleITK...) are kept as they are."):
+            return False
+        pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
+        with open(pins, "w", encoding="utf-8") as pinsFile:
+            pinsFile.write("\n".join(pinned_constraints(installed_packages())) + "\n")
+        slicer.util.pip_install(install_arguments(missing, pins))
+        importlib.invalidate_caches()
+        return not missing_requirements(version.runtime)
 
     def installTorch(self, confirm):
         """Install PyTorch on demand: through Slicer's PyTorch extension when present, else a pinned pip install.

@@ -31,13 +31,15 @@ from ModelRegistryLib import (
     default_cache_dir,
     user_sources,
 )
+from ModelRegistryLib.cli import print_install_progress
 
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress
 from .imageio import read_volume, write_labels
-from .package import PackageError, load_package
+from .package import PackageError
+from .runtimes import RunOptions, RuntimeDependencyError, run_model
 from .segfile import SegmentInfo
 
 BACKENDS = ("auto", "inprocess", "container")
@@ -57,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
+    run.add_argument("--quality", choices=("model", *QUALITY_PRESETS), default="model",
+                     help="model: the model's own settings; fast: no test-time mirroring (and a smaller window overlap "
+                          "for DeepSegment packages); accurate: mirroring as the model allows")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -107,11 +112,15 @@ def parse_parameters(texts: Sequence[str], image) -> dict:
 
 
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
-                  precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
+                  precision: str = "auto", quality: str = "", indexes: Sequence[str] = (), cache_dir: str | None = None,
                   backend: str = "auto",
                   parameters: Sequence[str] = (), container: ContainerSettings = DEFAULT_SETTINGS,
-                  image_archive: str = "", progress=None, log=None) -> dict:
-    """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
+                  image_archive: str = "", progress=None, log=None, install_progress=None) -> dict:
+    """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included).
+
+    In this process the version's runtime runs it (``DeepSegmentLib.runtimes``); ``quality`` empty keeps the model's
+    own settings. ``install_progress`` gets the model's install steps (how unverified files were checked among them).
+    """
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
     registry = Registry([bundled_source(), *user_sources(cache_dir), *(IndexSource(i) for i in indexes)], cache_dir)
@@ -119,17 +128,16 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     entry, version = registry.resolve(model)
     backend = version.choose_backend(backend)
     values = parse_parameters(parameters, version.image if backend == "container" else None)
-    if backend == "inprocess":
-        package = load_package(registry.ensure_installed(model).path)
-        labels = package.labels
-    else:
-        labels = entry.labels
+    installed = registry.ensure_installed(model, progress=install_progress) if backend == "inprocess" else None
     installed_at = time.perf_counter()
     images = [read_volume(path) for path in inputs]
     read_at = time.perf_counter()
     if backend == "inprocess":
-        result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress)
+        run = run_model(installed, images, runtime=version.runtime, device=device,
+                        options=RunOptions(quality=quality, threads=threads, precision=precision), progress=progress)
+        labels, result = run.labels, run.result
     else:
+        labels = entry.labels
         result = segment_in_container(images, entry, version, parameters=values, device=device, archive=image_archive,
                                       download_folder=cache_dir, settings=container, progress=progress, log=log)
     segments = [SegmentInfo(label.value, label.name, label.color,
@@ -163,12 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
-                                threads=arguments.threads, precision=arguments.precision, indexes=arguments.index,
-                                cache_dir=arguments.cache_dir,
+                                threads=arguments.threads, precision=arguments.precision,
+                                quality="" if arguments.quality == "model" else arguments.quality,
+                                indexes=arguments.index, cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
-                                image_archive=arguments.image_archive, progress=_progress, log=_log)
+                                image_archive=arguments.image_archive, progress=_progress, log=_log,
+                                install_progress=print_install_progress)
     except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, LookupError, ValueError,
-            OSError) as error:
+            OSError, RuntimeDependencyError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
     except (EngineCancelled, ContainerCancelledError, KeyboardInterrupt):

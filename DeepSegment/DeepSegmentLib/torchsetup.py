@@ -90,6 +90,15 @@ def installed_packages() -> dict:
     return found
 
 
+def pinned_constraints(installed: Mapping[str, str]) -> list:
+    """pip constraint lines keeping every installed package (``installed_packages()``) at its version.
+
+    >>> pinned_constraints({"SimpleITK": "2.4.0", "numpy": "1.26.4"})
+    ['numpy==1.26.4', 'SimpleITK==2.4.0']
+    """
+    return [f"{name}=={version}" for name, version in sorted(installed.items(), key=lambda i: i[0].lower())]
+
+
 def install_plan(driver_cuda: tuple | None, installed: Mapping[str, str], requirement: str = "torch") -> InstallPlan:
     """The PyTorch build for this driver (CPU-only without one), with every installed package pinned."""
     build = "cpu"
@@ -97,5 +106,4 @@ def install_plan(driver_cuda: tuple | None, installed: Mapping[str, str], requir
         usable = [cuda for cuda in CUDA_BUILDS if cuda <= tuple(driver_cuda)]
         if usable:
             build = f"cu{usable[0][0]}{usable[0][1]}"
-    constraints = [f"{name}=={version}" for name, version in sorted(installed.items(), key=lambda i: i[0].lower())]
-    return InstallPlan(requirement, f"{PYTORCH_WHEEL_INDEX}/{build}", constraints)
+    return InstallPlan(requirement, f"{PYTORCH_WHEEL_INDEX}/{build}", pinned_constraints(installed))
