@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         ).add_argument("path")
     commands.add_parser("pin", help="keep using this version").add_argument("model", metavar="ID@VERSION")
     commands.add_parser("unpin", help="use the newest installed version again").add_argument("model", metavar="ID")
+    commands.add_parser("forget-download", help="forget the sha256 pinned on the first download of a file the "
+                        "publisher gives no sha256 for (trust the next download anew)").add_argument("url")
     return parser
 
 
@@ -108,6 +110,11 @@ def run(arguments: argparse.Namespace) -> int:
         return _verify(registry, arguments.model)
     if command == "import":
         print(registry.import_package(arguments.path, progress=print_install_progress).path)
+        return 0
+    if command == "forget-download":
+        if not registry.store.trust.forget(arguments.url):
+            raise RegistryError(f"No sha256 is pinned for {arguments.url}")
+        print(f"Forgot the sha256 pinned for {arguments.url}; its next download is trusted on first use again")
         return 0
     if command == "pin":
         if "@" not in arguments.model:

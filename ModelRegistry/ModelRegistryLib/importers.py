@@ -739,16 +739,43 @@ def _nnunet_entries(path: str, tree: _Tree, folder: str, version: str) -> list:
     return entries
 
 
+def bundle_large_files(text: bytes, name: str = "large_files.yml") -> list:
+    """The files (our format: URL, file name, and the publisher's MD5 or SHA-1 where given) of a MONAI model-zoo
+    bundle's ``large_files.yml``: the weights the zoo keeps outside the bundle, with ``path``, ``url``, ``hash_val``
+    and ``hash_type``. Any other hash type is not checked (the file is then trusted on first use)."""
+    document = decode_config(text, name)
+    items = document.get("large_files") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        raise ImporterError(f"{name} has no large_files list")
+    files = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str) or not isinstance(item.get("path"), str):
+            raise ImporterError(f"{name}: every large file needs a path and a url")
+        file = {"url": item["url"], "name": posixpath.basename(item["path"])}
+        kind, digest = str(item.get("hash_type", "")).lower().replace("-", ""), str(item.get("hash_val", "")).lower()
+        if kind in ("md5", "sha1") and digest:
+            file[kind] = digest
+        files.append(file)
+    return files
+
+
 def _bundle_entry(path: str, tree: _Tree, folder: str) -> list:
     metadata, inference, root = read_monai_bundle(path)
     name = root.rstrip("/") or os.path.splitext(os.path.basename(os.path.abspath(path)))[0]
     model_id = model_id_from(re.sub(r"_v\d+\.\d+\.\d+$", "", name))
+    listed = next((root + candidate for candidate in ("large_files.yml", "large_files.yaml")
+                   if root + candidate in tree.names), "")
+    large = bundle_large_files(tree.read(listed), listed) if listed else []
     if tree.is_archive:
-        archive = path
+        files = [_file_entry(path)]
+    elif large and not any(f"{root}models/{file['name']}" in tree.names for file in large):
+        # A bundle as the zoo's repository holds it: its configuration here, its weights where large_files.yml says.
+        members = [(member, member[len(root):]) for member in tree.names if member.startswith(root)]
+        files = [_file_entry(_write_zip(folder, model_id, tree, members)), *large]
     else:
-        archive = _write_zip(folder, model_id, tree, [(member, f"{name}/{member}") for member in tree.names])
-    return [from_monai_bundle_metadata(metadata, model_id=model_id, files=[_file_entry(archive)],
-                                       inference=inference)]
+        files = [_file_entry(_write_zip(folder, model_id, tree, [(member, f"{name}/{member}")
+                                                                  for member in tree.names]))]
+    return [from_monai_bundle_metadata(metadata, model_id=model_id, files=files, inference=inference)]
 
 
 def _auto3dseg_archive_entry(path: str, tree: _Tree) -> list:
@@ -767,12 +794,17 @@ def _auto3dseg_archive_entry(path: str, tree: _Tree) -> list:
 
 
 def package_foreign_model(path: str, folder: str, version: str = "1.0.0") -> list:
-    """Entries (our format) for a model of the field at ``path``, each with one archive file (a ``file://`` URL, its
-    sha256 and size) that installs it: a MONAI bundle (folder or zip), an nnU-Net v2 results folder or zip (one entry
-    per trained model folder in it, each repackaged into ``folder`` with only dataset.json, plans.json and the folds'
-    checkpoints), or a SlicerMONAIAuto3DSeg archive (model.pt and labels.csv). Folders are packed into ``folder``
-    (created if needed).
-    ``version`` is given to models that carry none (nnU-Net). Raises ImporterError for anything else."""
+    """Entries (our format) for a model of the field at ``path``, each with an archive (a ``file://`` URL, its sha256
+    and size) that installs it:
+
+    - a MONAI bundle, zip or folder; a folder as the zoo's repository holds it (configuration, no weights) also lists
+      the weights its large_files.yml names (checked against the publisher's MD5, trusted on first use);
+    - an nnU-Net v2 results folder or zip: one entry per trained model folder in it, repackaged with only
+      dataset.json, plans.json and the folds' checkpoints; ``version`` is theirs (nnU-Net models have none);
+    - a SlicerMONAIAuto3DSeg archive (model.pt and labels.csv).
+
+    Folders are packed into ``folder`` (created if needed). Raises ImporterError for anything else.
+    """
     tree = _Tree(path)
     os.makedirs(folder, exist_ok=True)
     try:

@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlparse
 
 from .archive import extract_archive, is_archive
 from .download import Progress, download_file, error_for_write, file_digests, file_sha256, format_bytes
-from .errors import DiskFullError, RegistryError, UnsafeArchiveError
+from .errors import ChecksumMismatchError, DiskFullError, RegistryError, UnsafeArchiveError
 from .files import write_json_atomically
 from .index import ModelEntry, ModelVersion, file_url, semantic_version_key
 from .locking import FileLock
@@ -268,8 +268,13 @@ class ModelStore:
                 os.makedirs(os.path.dirname(blob), exist_ok=True)
                 # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
                 # resumes and is verified again.
-                blobs.append(download_file(resolved.url, blob, sha256=resolved.sha256, size=resolved.size,
-                                           progress=report, cancel=cancel, timeout=timeout, durable=False))
+                try:
+                    blobs.append(download_file(resolved.url, blob, sha256=resolved.sha256, size=resolved.size,
+                                               progress=report, cancel=cancel, timeout=timeout, durable=False))
+                except ChecksumMismatchError as error:
+                    if model_file.sha256:
+                        raise
+                    raise self.trust.changed_error(model_file, error) from error
                 notice = self.trust.notice(model_file) if not model_file.sha256 else None
             else:
                 blob, sha256, notice = self.trust.first_download(model_file, self._folder("downloads"),

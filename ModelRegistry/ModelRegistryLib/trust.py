@@ -164,6 +164,15 @@ class TrustStore:
             return model_file
         return replace(model_file, sha256=pin.sha256, size=pin.size)
 
+    def changed_error(self, model_file: ModelFile, error: ChecksumMismatchError) -> ChecksumMismatchError:
+        """The error of a download that does not match its pin: the file changed since its first download."""
+        pin = self.pinned(model_file.url)
+        return ChecksumMismatchError(
+            f"{model_file.url} changed since its first download ({NOT_VERIFIED}): its sha256 is {error.actual}, the "
+            f"one pinned on {pin.pinned_at if pin else 'its first download'} is {error.expected}. If the publisher "
+            "replaced it on purpose: python -m ModelRegistryLib forget-download URL, then install again",
+            model_file.url, expected=error.expected, actual=error.actual)
+
     def notice(self, model_file: ModelFile) -> TrustNotice:
         """What a download of a pinned file was checked against."""
         return TrustNotice(model_file.url, describe(model_file, self.pinned(model_file.url)))

@@ -145,10 +145,19 @@ def _weights(parser: ConfigParser, root: str) -> tuple:
     return os.path.join(root, *DEFAULT_WEIGHTS.split("/")), "model"
 
 
+def _installed(path: str, root: str) -> str:
+    """Where the weights the configuration names are: their path, or, for a bundle installed with its weights
+    downloaded beside its configuration (from the zoo's large_files.yml), the same name in ``models/`` or the root."""
+    name = os.path.basename(path)
+    return next((candidate for candidate in (path, os.path.join(root, "models", name), os.path.join(root, name))
+                 if os.path.isfile(candidate)), path)
+
+
 def _network(parser: ConfigParser, root: str, device: torch.device):
     """The bundle's network with its weights, in evaluation mode on ``device``."""
     path, key = _weights(parser, root)
-    torchscript = os.path.join(root, *TORCHSCRIPT_WEIGHTS.split("/"))
+    path = _installed(path, root)
+    torchscript = _installed(os.path.join(root, *TORCHSCRIPT_WEIGHTS.split("/")), root)
     if not os.path.isfile(path) and os.path.isfile(torchscript):
         return torch.jit.load(torchscript, map_location=device).eval()
     network = parser.get_parsed_content("network" if "network" in parser else "network_def")
