@@ -20,9 +20,11 @@ Example (see ``DeepSegment/Testing/Python/test_runtime_nnunet.py``)::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -180,7 +182,8 @@ def run(folder: str, images: list, *, device, options: RunOptions, progress, can
     chosen, torch_device = compute_device(device)
     stages = Stages(progress, cancel, _STAGES)
     reader_name = plans.get("image_reader_writer", IN_MEMORY_READERS[0])
-    with torch_threads(options.threads):
+    # nnU-Net prints what it does; standard output belongs to the caller (a command line's result, a worker's pipe).
+    with torch_threads(options.threads), contextlib.redirect_stdout(sys.stderr):
         with stages.stage("loading"):
             predictor = _ReportingPredictor(
                 stages, tile_step_size=0.5, use_gaussian=True, use_mirroring=options.quality != "fast",
