@@ -153,6 +153,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui.verifyButton.connect("clicked(bool)", self.onVerify)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.addSourceButton.connect("clicked(bool)", self.onAddSource)
+        self.ui.importButton.connect("clicked(bool)", self.onImport)
         self.ui.removeSourceButton.connect("clicked(bool)", self.onRemoveSource)
         self.ui.refreshButton.connect("clicked(bool)", self.onRefresh)
         self.ui.cacheDirectoryPathLineEdit.currentPath = self.logic.cacheDir
@@ -253,8 +254,9 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     def onTaskFinished(self, task):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
+        # An import may have added models (and the imported models' index to the sources).
+        self.refresh(offline=True)
         self.ui.progressLabel.text = self.logic.taskOutcomeText(task)
-        self.updateModelTable()
 
     def onInstall(self):
         self._start(self.logic.installTask(self.selectedModelId()))
@@ -282,6 +284,12 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.logic.addSource(self.ui.sourceLineEdit.text.strip())
             self.ui.sourceLineEdit.text = ""
         self.refresh(offline=True)
+
+    def onImport(self):
+        path = self.ui.sourceLineEdit.text.strip()
+        with slicer.util.tryWithErrorDisplay("Importing the model failed."):
+            self._start(self.logic.importTask(path))
+            self.ui.sourceLineEdit.text = ""
 
     def onRemoveSource(self):
         row = self.ui.sourceList.currentRow
@@ -412,12 +420,40 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def cacheSummary(self):
         return f"Models are kept in {self.cacheDir} ({self.registry.store.disk_usage() / 1e6:.1f} MB used)."
 
+    @staticmethod
+    def _installingTask(work, description):
+        """A task running ``work(progress, cancel)`` whose trust notices (how files without the publisher's sha256
+        were checked) are kept in ``task.notices``: the panel shows only the latest progress, and these must not
+        pass unseen."""
+        notices = []
+
+        def run(progress, cancel):
+            def report(step):
+                if getattr(step, "stage", "") == "trust":
+                    notices.append(step.text)
+                progress(step)
+
+            return work(report, cancel)
+
+        task = BackgroundTask(run, description)
+        task.notices = notices
+        return task
+
     def installTask(self, modelId):
         """A not yet started task installing the newest (or pinned) version of ``modelId``."""
-        return BackgroundTask(
+        return self._installingTask(
             lambda progress, cancel: self.registry.ensure_installed(modelId, progress=progress, cancel=cancel),
             f"Installing {modelId}",
         )
+
+    def importTask(self, path):
+        """A not yet started task installing the model at ``path`` (an archive or folder of a version an index lists,
+        an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive): the field's models are
+        added to the imported models' index, which is read after every other source."""
+        if not path:
+            raise ValueError("Enter the path of a model archive or folder to import.")
+        return self._installingTask(lambda progress, cancel: self.registry.import_package(path, progress=progress),
+                                    f"Importing {os.path.basename(os.path.normpath(path))}")
 
     def verifyTask(self, modelId):
         return BackgroundTask(lambda progress, cancel: self.registry.verify(modelId), f"Verifying {modelId}")
@@ -430,7 +466,8 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
             return f"{task.description} failed: {task.error}"
         if isinstance(task.result, list):  # verify results
             return " ".join(result.text for result in task.result) or "Nothing installed to verify."
-        return f"{task.description}: done ({task.result.path})."
+        notices = "".join(f" Warning: {notice}." for notice in getattr(task, "notices", ()))
+        return f"{task.description}: done ({task.result.path}).{notices}"
 
     def remove(self, modelId):
         return f"Removed {modelId} " + ", ".join(self.registry.remove(modelId)) + "."

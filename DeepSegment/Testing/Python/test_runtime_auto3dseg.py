@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import qt
 import torch
 import vtk
 from DeepSegment import DeepSegmentLogic
@@ -21,8 +22,9 @@ from registry_test_server import RegistryTestServer
 
 import slicer
 from DeepSegmentLib.engine import EngineError
-from DeepSegmentLib.geometry import geometry_mismatch
+from DeepSegmentLib.geometry import geometry_mismatch, ijk_to_ras_from_image
 from DeepSegmentLib.runtimes import detect_runtime, run_model
+from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.trust import NOT_VERIFIED
 
 
@@ -131,3 +133,38 @@ def test_a_models_json_source_lists_installs_and_runs_in_slicer(tmp_path):
     assert segmentation.GetSegmentation().GetNthSegment(1).GetTag("TerminologyEntry", entry)
     assert "SCT^64033007^Kidney~SCT^7771000^Left" in entry.get()
     assert registryLogic.registry.store.trust.pinned(server.url("/models/aorta-v1.1.0.zip")) is not None
+
+
+def test_the_panel_runs_an_auto3dseg_model(tmp_path):
+    archive = make_auto3dseg_archive(str(tmp_path), name="organs-v1.0.0.zip")
+    index = {"schemaVersion": 1, "models": [{"id": "organs", "title": "Organs (Auto3DSeg)", "inputs": [
+        {"name": "CT", "pattern": "ct"}], "versions": [
+        {"version": "1.0.0", "runtime": "auto3dseg", "files": [{"url": os.path.basename(archive)}]}]}]}
+    with open(tmp_path / "index.json", "w", encoding="utf-8") as file:
+        json.dump(index, file)
+    registry = Registry([IndexSource(str(tmp_path / "index.json"))], str(tmp_path / "cache"))
+    registry.refresh(offline=True)
+    image = oblique_volume()
+    volume = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image), ijkToRAS=ijk_to_ras_from_image(image),
+                                            name="CT abdomen")
+    widget = slicer.modules.deepsegment.widgetRepresentation().self()
+    original = widget.logic
+    widget.logic = DeepSegmentLogic(registry)
+    try:
+        widget.updateModelList()
+        assert widget.ui.modelSelector.currentData == "organs"
+        assert widget.inputSelectors[0].currentNode() is volume
+        widget.ui.deviceSelector.setCurrentIndex(widget.ui.deviceSelector.findData("cpu"))
+        widget.ui.applyButton.click()
+        deadline = qt.QTime.currentTime().addSecs(120)
+        while widget.poller.busy and qt.QTime.currentTime() < deadline:
+            slicer.app.processEvents()
+            qt.QThread.msleep(20)
+        assert not widget.poller.busy and widget.ui.stageLabel.text == "Done.", widget.ui.stageLabel.text
+        segmentation = widget.ui.outputSelector.currentNode().GetSegmentation()
+        assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [
+            "liver", "left kidney", "kidney cyst"]
+        assert "Segmented in" in widget.ui.timingLabel.text
+    finally:
+        widget.logic = original
+        widget.updateModelList()
