@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -45,6 +46,15 @@ def oblique_volume(size=(28, 24, 18), spacing=(1.3, 0.9, 2.2), seed=0, angle=0.3
     tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle / 2), -np.sin(angle / 2)],
                      [0.0, np.sin(angle / 2), np.cos(angle / 2)]])
     image.SetDirection(tuple((turn @ tilt).ravel()))
+    return image
+
+
+def aligned_volume(size=(30, 26, 12), seed=1) -> sitk.Image:
+    """A volume whose geometry a NIfTI file stores exactly (float32 affine): axes permuted and flipped, not tilted, so
+    that a library reading it from a file sees the very grid a volume in memory has."""
+    image = oblique_volume(size=size, spacing=(1.25, 0.75, 2.5), seed=seed, angle=0.0)
+    image.SetDirection((0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+    image.SetOrigin((10.5, -20.25, 5.0))
     return image
 
 
@@ -108,7 +118,49 @@ def make_nnunet_model(folder: str) -> str:
     return process.stdout.strip().splitlines()[-1]
 
 
+def nnunet_directly(model: str, image: sitk.Image, folder: str, mirroring: bool) -> sitk.Image:
+    """nnunetv2's predictor from its model folder, reading a NIfTI file and writing one, as nnUNetv2_predict does."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    os.makedirs(os.path.join(folder, "output"), exist_ok=True)
+    sitk.WriteImage(image, os.path.join(folder, "case_0000.nii.gz"))
+    predictor = nnUNetPredictor(use_mirroring=mirroring, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model, use_folds=None)
+    predictor.predict_from_files_sequential([[os.path.join(folder, "case_0000.nii.gz")]],
+                                            os.path.join(folder, "output"), False, True, None)
+    return sitk.ReadImage(os.path.join(folder, "output", "case.nii.gz"))
+
+
 # ------------------------------------------------------------------------------------------------ MONAI bundles
+
+
+def bundle_directly(bundle: str, input_path: str, output_folder: str) -> sitk.Image:
+    """The bundle's own dataset, network, inferer and postprocessing (its SaveImaged included), reading the input
+    file and writing the label file: what its evaluator does, without Ignite (which the environment lacks)."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    parser["bundle_root"] = bundle
+    parser["device"] = "$torch.device('cpu')"
+    parser["output_dir"] = output_folder
+    parser["dataset#data"] = [{"image": input_path}]
+    parser["dataloader#num_workers"] = 0
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(os.path.join(bundle, "models", "model.pt"), weights_only=True))
+    network.eval()
+    inferer, postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
+    with torch.no_grad():
+        for batch in parser.get_parsed_content("dataloader"):
+            batch["pred"] = inferer(batch["image"], network)
+            for item in decollate_batch(batch):
+                postprocessing(item)
+    (written,) = glob.glob(os.path.join(output_folder, "**", "*.nii.gz"), recursive=True)
+    return sitk.ReadImage(written)
 
 
 def make_bundle(name: str, folder: str, seed: int = 0) -> str:

@@ -4,7 +4,6 @@ from a file to a file."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -15,9 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from field_models import ZOO, make_bundle, oblique_volume, zip_folder
-from monai.bundle import ConfigParser
-from monai.data import decollate_batch
+from field_models import ZOO, aligned_volume, bundle_directly, make_bundle, oblique_volume, zip_folder
 from monai.transforms import LoadImaged
 from registry_test_server import RegistryTestServer
 
@@ -29,37 +26,6 @@ from ModelRegistryLib import Registry
 
 # Bundles whose networks run on a CPU in seconds (the others' run too, in minutes: wholeBody's SegResNet on 96³).
 RUNNABLE = ["spleen_ct_segmentation", "prostate_mri_anatomy", "ventricular_short_axis_3label"]
-
-
-def aligned_volume(size=(30, 26, 12), seed=1) -> sitk.Image:
-    """A volume whose geometry a NIfTI file stores exactly (float32 affine): axes permuted and flipped, not tilted."""
-    image = oblique_volume(size=size, spacing=(1.25, 0.75, 2.5), seed=seed, angle=0.0)
-    image.SetDirection((0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
-    image.SetOrigin((10.5, -20.25, 5.0))
-    return image
-
-
-def bundle_on_files(bundle: str, input_path: str, output_folder: str) -> sitk.Image:
-    """The bundle's own dataset, network, inferer and postprocessing (its SaveImaged included), reading the input
-    file and writing the label file: what its evaluator does, without Ignite."""
-    parser = ConfigParser()
-    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
-    parser["bundle_root"] = bundle
-    parser["device"] = "$torch.device('cpu')"
-    parser["output_dir"] = output_folder
-    parser["dataset#data"] = [{"image": input_path}]
-    parser["dataloader#num_workers"] = 0
-    network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(os.path.join(bundle, "models", "model.pt"), weights_only=True))
-    network.eval()
-    inferer, postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
-    with torch.no_grad():
-        for batch in parser.get_parsed_content("dataloader"):
-            batch["pred"] = inferer(batch["image"], network)
-            for item in decollate_batch(batch):
-                postprocessing(item)
-    (written,) = glob.glob(os.path.join(output_folder, "**", "*.nii.gz"), recursive=True)
-    return sitk.ReadImage(written)
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -85,7 +51,7 @@ def test_same_labels_as_the_bundles_own_components_from_a_file(name, tmp_path):
     bundle = make_bundle(name, str(tmp_path / "bundle"))
     image = aligned_volume()
     sitk.WriteImage(image, str(tmp_path / "input.nii.gz"))
-    expected = bundle_on_files(bundle, str(tmp_path / "input.nii.gz"), str(tmp_path / "output"))
+    expected = bundle_directly(bundle, str(tmp_path / "input.nii.gz"), str(tmp_path / "output"))
     run = run_model(bundle, [image], device="cpu")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(run.result.labels), sitk.GetArrayFromImage(expected))
     assert geometry_mismatch(expected, run.result.labels) == ""

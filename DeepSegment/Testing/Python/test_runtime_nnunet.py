@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from field_models import make_nnunet_model, oblique_volume
+from field_models import make_nnunet_model, nnunet_directly, oblique_volume
 
 from DeepSegmentLib.cli import main as deepsegment
 from DeepSegmentLib.engine import EngineCancelled, EngineError
@@ -28,23 +28,9 @@ def nnunet_model(tmp_path_factory) -> str:
     return make_nnunet_model(str(tmp_path_factory.mktemp("nnunet")))
 
 
-def nnunet_own_prediction(model: str, image: sitk.Image, folder: str, mirroring: bool) -> sitk.Image:
-    """nnunetv2's predictor from its model folder, reading a NIfTI file and writing one, as nnUNetv2_predict does."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    os.makedirs(os.path.join(folder, "output"))
-    sitk.WriteImage(image, os.path.join(folder, "case_0000.nii.gz"))
-    predictor = nnUNetPredictor(use_mirroring=mirroring, perform_everything_on_device=False,
-                                device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model, use_folds=None)
-    predictor.predict_from_files_sequential([[os.path.join(folder, "case_0000.nii.gz")]],
-                                            os.path.join(folder, "output"), False, True, None)
-    return sitk.ReadImage(os.path.join(folder, "output", "case.nii.gz"))
-
-
 def test_voxel_identical_to_nnunets_own_predictor(nnunet_model, tmp_path):
     image = oblique_volume()
-    expected = nnunet_own_prediction(nnunet_model, image, str(tmp_path), mirroring=False)
+    expected = nnunet_directly(nnunet_model, image, str(tmp_path), mirroring=False)
     assert detect_runtime(os.path.dirname(nnunet_model)) == "nnunet-v2"
     steps = []
     run = run_model(os.path.dirname(nnunet_model), [image], device="cpu", options=FAST, progress=steps.append)
@@ -59,7 +45,7 @@ def test_voxel_identical_to_nnunets_own_predictor(nnunet_model, tmp_path):
 
 def test_mirroring_is_nnunets_own_when_accurate(nnunet_model, tmp_path):
     image = oblique_volume(size=(12, 12, 8))  # one window: eight mirrored passes of it
-    expected = nnunet_own_prediction(nnunet_model, image, str(tmp_path), mirroring=True)
+    expected = nnunet_directly(nnunet_model, image, str(tmp_path), mirroring=True)
     run = run_model(os.path.dirname(nnunet_model), [image], device="cpu", options=RunOptions(quality="accurate"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(run.result.labels), sitk.GetArrayFromImage(expected))
     assert "mirrored" in run.result.messages[0]
