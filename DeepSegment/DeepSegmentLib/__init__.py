@@ -1,6 +1,7 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
-inference engine (resampling, sliding window, postprocessing), compute devices, exact image geometry,
-image files, and the PyTorch install plan.
+inference engine (resampling, sliding window, postprocessing), the runtimes that run the field's models
+(MONAI bundles, nnU-Net v2, Auto3DSeg) behind one call (``runtimes.run_model``), compute devices, exact
+image geometry, image files, and the PyTorch install plan.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -33,6 +34,7 @@ from .geometry import LPS_FROM_RAS, geometry_mismatch, ijk_to_ras_from_image, im
 from .imageio import read_volume, write_labels
 from .package import ModelPackage, PackageError, load_network, load_package, parse_contract, write_package
 from .pool import ModelPool
+from .runtimes import ModelRun, RunOptions, RuntimeDependencyError, detect_runtime, run_model
 from .segfile import SegmentInfo, write_segmentation
 from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
 
@@ -47,11 +49,15 @@ __all__ = [
     "EngineProgress",
     "ModelPackage",
     "ModelPool",
+    "ModelRun",
     "PackageError",
+    "RunOptions",
+    "RuntimeDependencyError",
     "SegmentInfo",
     "SegmentationResult",
     "available_devices",
     "choose_device",
+    "detect_runtime",
     "driver_cuda_version",
     "estimate_memory",
     "geometry_mismatch",
@@ -65,6 +71,7 @@ __all__ = [
     "parse_contract",
     "quality_options",
     "read_volume",
+    "run_model",
     "segment",
     "torch_status",
     "write_labels",
