@@ -21,8 +21,17 @@ from .errors import (
     TLSError,
     UnsafeArchiveError,
 )
-from .importers import from_monai_auto3dseg_models, from_monai_bundle_metadata
+from .importers import (
+    ImporterError,
+    foreign_index_document,
+    from_monai_auto3dseg_models,
+    from_monai_bundle_metadata,
+    from_nnunet_model,
+    package_foreign_model,
+)
 from .index import (
+    DEFAULT_RUNTIME,
+    RUNTIMES,
     Coding,
     ContainerImage,
     ImageParameter,
@@ -49,6 +58,7 @@ from .registry import (
     Registry,
     Update,
     bundled_source,
+    imported_source,
     parse_model_spec,
     save_user_sources,
     user_sources,
@@ -56,10 +66,13 @@ from .registry import (
 from .sources import IndexSource, SourceStatus, load_sources
 from .store import InstalledModel, InstallProgress, ModelStore, VerifyResult, default_cache_dir
 from .tasks import BackgroundTask
+from .trust import TrustNotice, TrustStore
 
 __all__ = [
+    "DEFAULT_RUNTIME",
     "INSTALLED",
     "NOT_INSTALLED",
+    "RUNTIMES",
     "UNKNOWN",
     "UPDATE_AVAILABLE",
     "BackgroundTask",
@@ -72,6 +85,7 @@ __all__ = [
     "DownloadError",
     "DownloadTimeoutError",
     "ImageParameter",
+    "ImporterError",
     "IndexSource",
     "IndexValidationError",
     "InstallProgress",
@@ -90,6 +104,8 @@ __all__ = [
     "SourceStatus",
     "TLSError",
     "Terminology",
+    "TrustNotice",
+    "TrustStore",
     "UnsafeArchiveError",
     "Update",
     "VerifyResult",
@@ -101,12 +117,16 @@ __all__ = [
     "download_file",
     "extract_archive",
     "fetch_bytes",
+    "foreign_index_document",
     "format_bytes",
     "from_monai_auto3dseg_models",
     "from_monai_bundle_metadata",
+    "from_nnunet_model",
+    "imported_source",
     "is_archive",
     "load_index",
     "load_sources",
+    "package_foreign_model",
     "parse_index",
     "parse_labels",
     "parse_model_spec",

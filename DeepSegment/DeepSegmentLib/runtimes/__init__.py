@@ -71,7 +71,10 @@ def detect_runtime(folder: str) -> str:
     ``configs/inference.json`` or ``.yaml``, an nnU-Net ``plans.json`` with ``dataset.json`` and fold checkpoints,
     or ``model.pt`` with ``labels.csv`` (Auto3DSeg). EngineError when none fits."""
     names = _relative_files(folder)
-    ends = lambda suffix: any(name == suffix or name.endswith("/" + suffix) for name in names)  # noqa: E731
+
+    def ends(suffix: str) -> bool:
+        return any(name == suffix or name.endswith("/" + suffix) for name in names)
+
     if ends(CONTRACT_NAME):
         return DEFAULT_RUNTIME
     if nnunet_model_folders(names):
