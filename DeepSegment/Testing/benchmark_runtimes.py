@@ -3,7 +3,7 @@
 For every runtime, a model in its authors' format (random weights; see ``Testing/Python/field_models.py``) segments
 the same seeded CT-like volume (anisotropic, axes permuted and flipped: a grid a NIfTI file stores exactly, so that
 both sides see one grid; 96×96×48, smaller for the nnU-Net model made here, whose patch is tiny) two ways,
-interleaved, best of ``--repeats``:
+interleaved in alternating order, best of ``--repeats``:
 
 - ``deepsegment``: ``DeepSegmentLib.runtimes.run_model`` on the installed folder and the image in memory, as the
   panel, the console and the command line run it (loading the model, segmenting, checking the grid);
@@ -170,12 +170,15 @@ def main() -> int:
         image = aligned_volume(size=size)
         with tempfile.TemporaryDirectory(prefix=f"benchmark-{runtime}-") as folder:
             ours, direct = prepare(runtime, folder, image, arguments.bundle)
-            best_ours = best_direct = float("inf")
-            for _ in range(arguments.repeats):  # interleaved: both see the same machine load
-                seconds, our_labels = timed(ours)
-                best_ours = min(best_ours, seconds)
-                seconds, direct_labels = timed(direct)
-                best_direct = min(best_direct, seconds)
+            times = {ours: [], direct: []}
+            results = {}
+            for repeat in range(arguments.repeats):
+                # Interleaved, in alternating order: both see the same machine load, neither always goes first.
+                for function in (ours, direct) if repeat % 2 == 0 else (direct, ours):
+                    seconds, results[function] = timed(function)
+                    times[function].append(seconds)
+            best_ours, best_direct = min(times[ours]), min(times[direct])
+            our_labels, direct_labels = results[ours], results[direct]
             same = np.array_equal(sitk.GetArrayFromImage(our_labels), sitk.GetArrayFromImage(direct_labels))
             exact = geometry_mismatch(image, our_labels) == "" and our_labels.GetOrigin() == image.GetOrigin()
             print(f"{runtime:14} {'×'.join(map(str, size)):>10} {best_ours:11.2f}s {best_direct:9.2f}s "
