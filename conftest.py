@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -20,6 +21,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Models installed by tests go to a private folder, never to the user's cache.
 os.environ["SLICER_DEEPLEARNING_CACHE_DIR"] = tempfile.mkdtemp(prefix="SlicerDeepLearning-test-cache-")
 sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "SlicerStandIn"))
+# Test helpers every module's tests share (fault_injection: full disks, read-only folders, killed children).
+sys.path.insert(0, os.path.join(REPOSITORY, "Testing", "Python"))
 
 
 def pytest_configure(config):
@@ -53,3 +56,22 @@ def fail_on_errors_in_slots(monkeypatch):
         import traceback
 
         pytest.fail("Exception in a Qt slot:\n" + "".join(traceback.format_exception(*errors[0])), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_worker_process_left_running():
+    """Every worker process a test starts (a panel's job, a model service, a server) has ended after it."""
+    yield
+    import qt
+
+    import slicer
+    from ModelRegistryLib import jobs
+
+    deadline = time.monotonic() + 10.0
+    while jobs.live_workers() and time.monotonic() < deadline:
+        slicer.app.processEvents()
+        qt.QThread.msleep(20)
+    left = jobs.live_workers()
+    if left:
+        jobs.stop_all_workers()
+        pytest.fail(f"worker processes left running: {', '.join(f'{w.name} (pid {w.pid})' for w in left)}")

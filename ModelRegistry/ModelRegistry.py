@@ -1,11 +1,9 @@
-import http.server
-import json
-import functools
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import tempfile
-import threading
 import time
 import zipfile
 
@@ -23,8 +21,8 @@ from ModelRegistryLib import (
     NOT_INSTALLED,
     UNKNOWN,
     UPDATE_AVAILABLE,
-    BackgroundTask,
     IndexSource,
+    JobError,
     Registry,
     RegistryError,
     bundled_source,
@@ -32,7 +30,10 @@ from ModelRegistryLib import (
     default_cache_dir,
     format_bytes,
     save_user_sources,
+    start_job,
+    stop_all_workers,
     user_sources,
+    worker_python,
 )
 
 #
@@ -59,25 +60,68 @@ class ModelRegistry(ScriptedLoadableModule):
             "Part of the SlicerDeepLearning extension. Its registry design learns from SlicerMONAIAuto3DSeg,"
             " DeepInfer and the MONAI model zoo."
         )
+        # Worker processes never outlive Slicer (they also exit by themselves when Slicer is gone).
+        slicer.app.connect("aboutToQuit()", stop_all_workers)
 
 
 #
-# BackgroundTaskPoller (shared by the extension's panels)
+# Long jobs in worker processes (shared by the extension's panels)
 #
 
 
-class BackgroundTaskPoller:
-    """Follows a ModelRegistryLib ``BackgroundTask`` for a panel, on the main thread.
+def slicerPythonOnPath():
+    """PythonSlicer, Slicer's own Python interpreter, which Slicer puts on PATH (None outside Slicer): what
+    worker processes run. ``sys.executable`` is the Slicer application itself: it would open a second Slicer."""
+    return shutil.which("PythonSlicer")
 
-    Every 100 ms it hands the task's latest progress to ``onProgress``; when the task has ended it
-    hands the task to ``onFinished``, once. Work runs in the task's thread; results reach widgets and
-    MRML only through these callbacks, so no panel blocks the GUI or touches MRML from a worker.
+
+def workerPython():
+    """The interpreter worker processes run (ModelRegistryLib.jobs.worker_python); raises JobError if none."""
+    return worker_python(slicerPythonOnPath())
+
+
+def startJob(target, kwargs=None, description="", sysPath=(), **options):
+    """Run ``target`` (``module:function``) in a new worker process of Slicer's Python; returns its Job.
+
+    Long work runs there, not in a thread: in Slicer the GUI keeps Python's GIL while it idles, so a thread
+    would crawl, and a crashing job would take Slicer down. ``sysPath`` lists the module folders the job
+    imports from; ``options`` are ModelRegistryLib.jobs.start_job's (``timeout``, ``cancel_grace``...).
+    """
+    return start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
+                     **options)
+
+
+def processEventsBriefly():
+    """Let Slicer's GUI handle what is pending, then idle 20 ms: how blocking calls and tests wait."""
+    slicer.app.processEvents()
+    qt.QThread.msleep(20)
+
+
+def waitForJob(job, timeoutSeconds=None):
+    """Block until ``job`` ends while Slicer's GUI stays responsive (console, scripts, tests); True if it ended."""
+    return job.wait(timeoutSeconds, idle=processEventsBriefly)
+
+
+def runJob(job):
+    """Wait for ``job`` (see waitForJob) and return its result, or raise its error."""
+    waitForJob(job)
+    return job.outcome()
+
+
+class JobPoller:
+    """Follows one job (a ModelRegistryLib.jobs ``Job``) for a panel, on the main thread.
+
+    Every 100 ms it reads what the job's worker process sent, without blocking, and hands new log records
+    to ``onLog``, the latest progress to ``onProgress`` and, once the job has ended, the job to
+    ``onFinished``. The work runs in the worker; results reach widgets and MRML only through these
+    callbacks, so no panel blocks the GUI or touches MRML from elsewhere.
     """
 
-    def __init__(self, onProgress, onFinished, intervalMsec=100):
+    def __init__(self, onProgress, onFinished, onLog=None, intervalMsec=100):
         self.task = None
         self._onProgress = onProgress
         self._onFinished = onFinished
+        self._onLog = onLog
         self._timer = qt.QTimer()
         self._timer.setInterval(intervalMsec)
         self._timer.connect("timeout()", self.poll)
@@ -86,16 +130,19 @@ class BackgroundTaskPoller:
     def busy(self):
         return self.task is not None
 
-    def start(self, task):
-        """Start ``task`` (not started yet) and follow it; returns it."""
-        self.task = task.start()
+    def follow(self, task):
+        """Follow ``task`` (started) until it ends; returns it."""
+        self.task = task
         self._timer.start()
-        return self.task
+        return task
 
     def poll(self):
         task = self.task
         if task is None:
             return
+        for record in task.poll():
+            if self._onLog is not None:
+                self._onLog(record)
         if task.progress is not None:
             self._onProgress(task.progress)
         if not task.finished:
@@ -109,9 +156,18 @@ class BackgroundTaskPoller:
             self.task.cancel()
 
     def stop(self):
-        """Cancel the task and stop following it (panel cleanup)."""
-        self.cancel()
+        """Stop the task (blocking a few seconds at most) and stop following it: panel clean-up."""
         self._timer.stop()
+        if self.task is not None:
+            self.task.stop()
+            self.task = None
+
+    def waitUntilDone(self, timeoutSeconds):
+        """Process events until the followed task has ended (tests, scripts); True if it has."""
+        deadline = time.monotonic() + timeoutSeconds
+        while self.busy and time.monotonic() < deadline:
+            processEventsBriefly()
+        return not self.busy
 
 
 #
@@ -120,7 +176,8 @@ class BackgroundTaskPoller:
 
 
 class ModelRegistryWidget(ScriptedLoadableModuleWidget):
-    """Panel: search and filter models, read a model's card, install/update/remove/verify in the background."""
+    """Panel: search and filter models, read a model's card, install/update/verify/import in a worker process,
+    remove."""
 
     ANY = "Any"
 
@@ -141,7 +198,8 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         header = self.ui.modelTable.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
-        self.poller = BackgroundTaskPoller(self.showProgress, self.onTaskFinished)
+        self.poller = JobPoller(self.showProgress, self.onTaskFinished, onLog=self.onJobLog)
+        self.jobWarnings = []
 
         self.ui.searchBox.connect("textChanged(QString)", self.updateModelTable)
         for combo in (self.ui.modalityFilter, self.ui.taskFilter, self.ui.anatomyFilter):
@@ -151,13 +209,13 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui.installButton.connect("clicked(bool)", self.onInstall)
         self.ui.removeButton.connect("clicked(bool)", self.onRemove)
         self.ui.verifyButton.connect("clicked(bool)", self.onVerify)
+        self.ui.importButton.connect("clicked(bool)", self.onImport)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.addSourceButton.connect("clicked(bool)", self.onAddSource)
-        self.ui.importButton.connect("clicked(bool)", self.onImport)
         self.ui.removeSourceButton.connect("clicked(bool)", self.onRemoveSource)
         self.ui.refreshButton.connect("clicked(bool)", self.onRefresh)
         self.ui.cacheDirectoryPathLineEdit.currentPath = self.logic.cacheDir
-        self.ui.cacheDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onCacheDirectoryChanged)
+        self.cacheDirectoryChoice = PathChoiceWatcher(self.ui.cacheDirectoryPathLineEdit, self.onCacheDirectoryChosen)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
@@ -232,12 +290,18 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui.installButton.enabled = actions["install"] and not busy
         self.ui.removeButton.enabled = actions["remove"] and not busy
         self.ui.verifyButton.enabled = actions["verify"] and not busy
+        self.ui.importButton.enabled = not busy
 
-    # -- background work --------------------------------------------------------------------------------
+    # -- jobs in a worker process ---------------------------------------------------------------------------
 
-    def _start(self, task):
-        self.poller.start(task)
-        self.ui.progressBar.value = 0
+    def _start(self, makeTask, *arguments):
+        try:
+            task = self.poller.follow(makeTask(*arguments))
+        except (RegistryError, JobError, ValueError) as error:
+            self.ui.progressLabel.text = str(error)
+            return
+        self.jobWarnings = []
+        self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.visible = True
         self.ui.cancelButton.visible = True
         self.ui.progressLabel.text = task.description
@@ -249,20 +313,40 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.value = int(step.fraction * 1000)
         else:
             self.ui.progressBar.setRange(0, 0)
-        self.ui.progressLabel.text = step.text
+        self.ui.progressLabel.text = "Cancelling…" if self.poller.task.cancel_requested else step.text
+
+    def onJobLog(self, record):
+        # How files the publisher gives no sha256 for were checked: said when the job ends, never dropped.
+        if record.level == "warning":
+            self.jobWarnings.append(record.text)
 
     def onTaskFinished(self, task):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
-        # An import may have added models (and the imported models' index to the sources).
+        # An import may have added models of the field to the imported models' index: read the sources again.
         self.refresh(offline=True)
-        self.ui.progressLabel.text = self.logic.taskOutcomeText(task)
+        self.ui.progressLabel.text = self.logic.taskOutcomeText(task, self.jobWarnings)
 
     def onInstall(self):
-        self._start(self.logic.installTask(self.selectedModelId()))
+        self._start(self.logic.installTask, self.selectedModelId())
 
     def onVerify(self):
-        self._start(self.logic.verifyTask(self.selectedModelId()))
+        self._start(self.logic.verifyTask, self.selectedModelId())
+
+    def onImport(self):
+        typed = self.ui.sourceLineEdit.text.strip()
+        if typed and os.path.exists(typed):  # a folder too (an nnU-Net results folder, a bundle)
+            self.ui.sourceLineEdit.text = ""
+            self.importPackage(typed)
+            return
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, "Import a model archive", "", "Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)")
+        if path:
+            self.importPackage(path)
+
+    def importPackage(self, path):
+        """Install the local archive or folder at ``path`` in a worker process (the Import… button)."""
+        self._start(self.logic.importTask, path)
 
     def onCancel(self):
         if self.poller.busy:
@@ -273,31 +357,35 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         modelId = self.selectedModelId()
         if not slicer.util.confirmOkCancelDisplay(f"Remove every installed version of {modelId}?"):
             return
-        with slicer.util.tryWithErrorDisplay("Removing the model failed."):
-            self.ui.progressLabel.text = self.logic.remove(modelId)
-        self.updateModelTable()
+        # tryWithErrorDisplay shows the error and raises it again, so what must follow a failure too is in
+        # ``finally``: a removal that failed half-way has removed some versions.
+        try:
+            with slicer.util.tryWithErrorDisplay("Removing the model failed."):
+                self.ui.progressLabel.text = self.logic.remove(modelId)
+        finally:
+            self.updateModelTable()
 
     # -- sources ---------------------------------------------------------------------------------------------
 
     def onAddSource(self):
-        with slicer.util.tryWithErrorDisplay("Adding the index failed."):
-            self.logic.addSource(self.ui.sourceLineEdit.text.strip())
-            self.ui.sourceLineEdit.text = ""
-        self.refresh(offline=True)
-
-    def onImport(self):
-        path = self.ui.sourceLineEdit.text.strip()
-        with slicer.util.tryWithErrorDisplay("Importing the model failed."):
-            self._start(self.logic.importTask(path))
-            self.ui.sourceLineEdit.text = ""
+        try:
+            with slicer.util.tryWithErrorDisplay("Adding the index failed."):
+                self.logic.addSource(self.ui.sourceLineEdit.text.strip())
+                self.ui.sourceLineEdit.text = ""
+        finally:
+            # Also after a failure: a source that was added but could not be read is listed as unavailable.
+            self.refresh(offline=True)
 
     def onRemoveSource(self):
         row = self.ui.sourceList.currentRow
-        with slicer.util.tryWithErrorDisplay("Removing the index failed."):
-            self.logic.removeSourceAt(row)
-        self.refresh(offline=True)
+        try:
+            with slicer.util.tryWithErrorDisplay("Removing the index failed."):
+                self.logic.removeSourceAt(row)
+        finally:
+            self.refresh(offline=True)
 
-    def onCacheDirectoryChanged(self, path):
+    def onCacheDirectoryChosen(self, path):
+        """A cache folder was chosen (browsed, or typed and confirmed): every index is read again there."""
         if not path or path == self.logic.cacheDir or self.poller.busy:
             return
         qt.QSettings().setValue(ModelRegistryLogic.CACHE_DIRECTORY_SETTING, path)
@@ -307,6 +395,63 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     def onRefresh(self):
         with slicer.util.tryWithErrorDisplay("Refreshing the indexes failed.", waitCursor=True):
             self.refresh(offline=False)
+
+
+#
+# PathChoiceWatcher (shared by the extension's panels)
+#
+
+
+class PathChoiceWatcher:
+    """Calls ``onPathChosen(path)`` when the user has chosen a path in a ``ctkPathLineEdit``, not per keystroke.
+
+    ctkPathLineEdit emits ``currentPathChanged`` on every change of its text that its name filters accept
+    (ctkPathLineEdit::updateHasValidInput runs on the line edit's textChanged): without name filters every
+    keystroke of ``/data/project`` emits, ``/d`` first; so does every completion highlighted in its file
+    completer's popup (QLineEdit sets the text). A path counts as chosen here
+    - when it is set otherwise: the browse dialog, the history list, a completion picked, or code
+      (QLineEdit::setText clears the line edit's ``modified`` flag, which typing sets);
+    - when typing ends (Return, or the focus leaving the field: ``editingFinished``), if the name filters
+      accept the text or it is empty;
+    - as "" when code empties the field (ctkPathLineEdit emits no ``currentPathChanged`` for an empty path).
+
+    Example (a panel's ``setup``)::
+
+        self.cacheChoice = PathChoiceWatcher(self.ui.cacheDirectoryPathLineEdit, self.onCacheDirectoryChosen)
+    """
+
+    def __init__(self, pathLineEdit, onPathChosen):
+        self.pathLineEdit = pathLineEdit
+        self._lineEdit = pathLineEdit.comboBox().lineEdit()
+        self._onPathChosen = onPathChosen
+        # A text shown while the user was typing or picking a completion: chosen when editing ends.
+        self._pending = False
+        pathLineEdit.connect("currentPathChanged(QString)", self._onCurrentPathChanged)
+        pathLineEdit.connect("validInputChanged(bool)", self._onValidInputChanged)
+        self._lineEdit.connect("editingFinished()", self._onEditingFinished)
+
+    def _editing(self):
+        completer = self._lineEdit.completer()
+        return self._lineEdit.modified or (completer is not None and completer.popup().visible)
+
+    def _onCurrentPathChanged(self, path):
+        self._pending = self._editing()
+        if not self._pending:
+            self._onPathChosen(path)
+
+    def _onValidInputChanged(self, valid):
+        if not valid and not self._editing() and not self.pathLineEdit.currentPath:
+            self._pending = False
+            self._onPathChosen("")
+
+    def _onEditingFinished(self):
+        if not (self._lineEdit.modified or self._pending):
+            return
+        self._lineEdit.modified = False
+        self._pending = False
+        path = self.pathLineEdit.currentPath
+        if not path or self._lineEdit.acceptableInput:
+            self._onPathChosen(path)
 
 
 #
@@ -321,8 +466,9 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
 
         logic = slicer.util.getModuleLogic("ModelRegistry")
         [model.id for model in logic.search("brain", modality="MR")]
-        installed = logic.registry.ensure_installed("brain-tissue-demo")   # downloads, verifies, unpacks
+        installed = logic.install("brain-tissue-demo")   # downloads, verifies, unpacks in a worker; waits
         installed.path
+        job = logic.installTask("brain-tissue-demo")     # the same without waiting: job.progress, job.cancel()
     """
 
     TABLE_COLUMNS = ("Title", "Version", "Modality", "Size", "State")
@@ -420,54 +566,56 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def cacheSummary(self):
         return f"Models are kept in {self.cacheDir} ({self.registry.store.disk_usage() / 1e6:.1f} MB used)."
 
-    @staticmethod
-    def _installingTask(work, description):
-        """A task running ``work(progress, cancel)`` whose trust notices (how files without the publisher's sha256
-        were checked) are kept in ``task.notices``: the panel shows only the latest progress, and these must not
-        pass unseen."""
-        notices = []
-
-        def run(progress, cancel):
-            def report(step):
-                if getattr(step, "stage", "") == "trust":
-                    notices.append(step.text)
-                progress(step)
-
-            return work(report, cancel)
-
-        task = BackgroundTask(run, description)
-        task.notices = notices
-        return task
+    # Install, verify and import run in a worker process of Slicer's Python (ModelRegistryLib.jobs): hashing
+    # and unpacking hundreds of MB in a thread of Slicer's process would crawl while the GUI idles, since
+    # the GUI keeps Python's GIL then. The ...Task methods return the running job (progress, cancel(),
+    # state, result) for panels and scripts; install, verify and importPackage wait for it, keeping the GUI
+    # responsive, and return its result or raise its error.
 
     def installTask(self, modelId):
-        """A not yet started task installing the newest (or pinned) version of ``modelId``."""
-        return self._installingTask(
-            lambda progress, cancel: self.registry.ensure_installed(modelId, progress=progress, cancel=cancel),
-            f"Installing {modelId}",
-        )
-
-    def importTask(self, path):
-        """A not yet started task installing the model at ``path`` (an archive or folder of a version an index lists,
-        an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive): the field's models are
-        added to the imported models' index, which is read after every other source."""
-        if not path:
-            raise ValueError("Enter the path of a model archive or folder to import.")
-        return self._installingTask(lambda progress, cancel: self.registry.import_package(path, progress=progress),
-                                    f"Importing {os.path.basename(os.path.normpath(path))}")
+        """Start installing the newest (or pinned) version of ``modelId`` in a worker; returns the Job."""
+        entry, version = self.registry.resolve(modelId)
+        return startJob("ModelRegistryLib.tasks:install",
+                        {"cache_dir": self.cacheDir, "entry": entry, "version": version},
+                        f"Installing {entry.id} {version.version}")
 
     def verifyTask(self, modelId):
-        return BackgroundTask(lambda progress, cancel: self.registry.verify(modelId), f"Verifying {modelId}")
+        """Start re-hashing the installed files of ``modelId`` (every model when empty) in a worker."""
+        return startJob("ModelRegistryLib.tasks:verify", {"cache_dir": self.cacheDir, "spec": modelId or None},
+                        f"Verifying {modelId or 'every model'}")
+
+    def importTask(self, path):
+        """Start installing a local archive or folder in a worker: a version the indexes list (recognised by sha256),
+        else a model of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg
+        archive), added to the imported models' index that is read after every other source."""
+        if not path or not os.path.exists(path):
+            raise ValueError(f"Nothing to import at {path or '(no path given)'}")
+        return startJob("ModelRegistryLib.tasks:import_package",
+                        {"cache_dir": self.cacheDir, "path": os.path.abspath(path), "entries": self.registry.models()},
+                        f"Importing {os.path.basename(os.path.abspath(path))}")
+
+    def install(self, modelId):
+        """Install ``modelId`` (see installTask) and wait; returns the ``InstalledModel``."""
+        return runJob(self.installTask(modelId))
+
+    def verify(self, modelId=None):
+        """Re-hash installed files (see verifyTask) and wait; returns ``VerifyResult``s."""
+        return runJob(self.verifyTask(modelId))
+
+    def importPackage(self, path):
+        """Import a local archive or folder (see importTask) and wait; returns the ``InstalledModel``."""
+        return runJob(self.importTask(path))
 
     @staticmethod
-    def taskOutcomeText(task):
+    def taskOutcomeText(task, warnings=()):
+        """What the panel says when a job has ended; ``warnings`` (how unverified files were checked) follow."""
         if task.state == "cancelled":
             return f"{task.description}: cancelled (a later install resumes the download)."
         if task.state == "failed":
             return f"{task.description} failed: {task.error}"
         if isinstance(task.result, list):  # verify results
             return " ".join(result.text for result in task.result) or "Nothing installed to verify."
-        notices = "".join(f" Warning: {notice}." for notice in getattr(task, "notices", ()))
-        return f"{task.description}: done ({task.result.path}).{notices}"
+        return f"{task.description}: done ({task.result.path})." + "".join(f" Warning: {text}." for text in warnings)
 
     def remove(self, modelId):
         return f"Removed {modelId} " + ", ".join(self.registry.remove(modelId)) + "."
@@ -519,20 +667,14 @@ class ModelRegistryTest(ScriptedLoadableModuleTest):
                 self.assertIn("Self-test model", widget.ui.cardBrowser.toPlainText())
                 self.assertTrue(widget.ui.installButton.enabled)
                 widget.ui.installButton.click()
-                deadline = time.time() + 30
-                while widget.poller.busy and time.time() < deadline:
-                    slicer.app.processEvents()
-                    time.sleep(0.02)
-                self.assertFalse(widget.poller.busy, "install did not finish in 30 s")
+                self.assertTrue(widget.poller.waitUntilDone(60), "install did not finish in 60 s")
                 self.assertIn("done", widget.ui.progressLabel.text)
                 installed = widget.logic.registry.installed_model("selftest-model")
                 with open(os.path.join(installed.path, "weights.txt"), encoding="utf-8") as weights:
                     self.assertEqual(weights.read(), "self-test weights")
                 self.assertEqual(widget.ui.modelTable.item(0, 4).text(), "installed")
                 widget.ui.verifyButton.click()
-                while widget.poller.busy and time.time() < deadline:
-                    slicer.app.processEvents()
-                    time.sleep(0.02)
+                self.assertTrue(widget.poller.waitUntilDone(60), "verify did not finish in 60 s")
                 self.assertIn("all files intact", widget.ui.progressLabel.text)
             finally:
                 widget.logic = originalLogic
@@ -542,10 +684,15 @@ class ModelRegistryTest(ScriptedLoadableModuleTest):
 
 
 class _ServedModelPackage:
-    """A one-model index and its zip archive served over HTTP on 127.0.0.1 while in a ``with`` block."""
+    """A one-model index and its zip archive served over HTTP on 127.0.0.1 while in a ``with`` block.
+
+    The server runs in a process of its own: a server thread in Slicer's process would starve while the
+    GUI idles waiting for the install, as every Python thread there does.
+    """
 
     def __init__(self, folder):
         self.folder = folder
+        self.server = None
         archive = os.path.join(folder, "selftest-model-1.0.0.zip")
         with zipfile.ZipFile(archive, "w") as package:
             package.writestr("weights.txt", "self-test weights")
@@ -565,19 +712,17 @@ class _ServedModelPackage:
         }
         with open(os.path.join(folder, "index.json"), "w", encoding="utf-8") as indexFile:
             json.dump(index, indexFile)
-        handler = functools.partial(_QuietHandler, directory=folder)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/index.json"
+        # http.server prints "Serving HTTP on 127.0.0.1 port <port> ..." once it listens.
+        self.server = subprocess.Popen(
+            [workerPython(), "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", self.folder],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        port = self.server.stdout.readline().split(" port ")[1].split()[0]
+        return f"http://127.0.0.1:{port}/index.json"
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.terminate()
+        self.server.wait()
+        self.server.stdout.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass

@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PANEL_SIZE = (480, 560)
+PANEL_SIZE = (480, 600)
 
 
 def _add_sample_volume():

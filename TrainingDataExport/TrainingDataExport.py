@@ -1,6 +1,6 @@
 import copy
-import dataclasses
 import getpass
+import importlib.util
 import json
 import os
 import shutil
@@ -18,9 +18,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
-from ModelRegistry import BackgroundTaskPoller
-from ModelRegistryLib import BackgroundTask, CancelledError
+from ModelRegistry import JobPoller, PathChoiceWatcher, startJob, waitForJob
+from ModelRegistryLib import JobError
+from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
     DONE,
@@ -29,32 +31,31 @@ from TrainingDataExportLib import (
     STATUSES,
     TO_DO,
     CaseListError,
-    ExportCancelledError,
     ExportError,
     ExportSettings,
     LabelSchemaError,
-    backup_path,
     case_list_from_folder,
     check_case,
-    export_dataset,
     format_duration,
-    install_file,
     load_label_schema,
     read_case_list,
     recovery_path,
     recovery_to_offer,
     save_label_schema,
     segmentation_save_path,
-    temporary_path,
     validate_cases,
     write_case_list,
 )
 from TrainingDataExportLib.card import MARKDOWN_NAME
 from TrainingDataExportLib.formats import FORMATS
-from TrainingDataExportLib.workflow import SEGMENTATION_FILE_EXTENSION, is_slicer_segmentation_file
+from TrainingDataExportLib.workflow import is_slicer_segmentation_file
 
-# What a user can fix (a file, a setting, a case list cell); anything else is a bug and should show as one.
-USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, OSError, ValueError)
+_MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# What a user can fix (a file, a setting, a case list cell), or a worker process that would not start; anything
+# else is a bug and should show as one.
+USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, JobError, OSError, ValueError)
+# Marks the subject hierarchy folder of an augmentation preview (its value: the case id).
+AUGMENTATION_FOLDER_ATTRIBUTE = "TrainingDataExport.AugmentationPreview"
 
 #
 # TrainingDataExport
@@ -68,8 +69,9 @@ class TrainingDataExport(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Training Data Export"
         self.parent.categories = ["Deep Learning"]
-        # The label schema is the model registry's label format, read with ModelRegistryLib.
-        self.parent.dependencies = ["ModelRegistry"]
+        # The label schema is the model registry's label format, read with ModelRegistryLib (which also writes every
+        # file atomically); images are read with DeepSegmentLib's checked reader, shared with DeepSegment.
+        self.parent.dependencies = ["ModelRegistry", "DeepSegment"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
         self.parent.helpText = (
             "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
@@ -91,15 +93,25 @@ class TrainingDataExport(ScriptedLoadableModule):
 #
 
 
-class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
-    """Panel: the case list and label schema, the annotation workflow with the Segment Editor, the export."""
+class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel: the case list and label schema, the annotation workflow with the Segment Editor, the export.
+
+    The embedded Segment Editor lives as in Slicer's own Segment Editor module (SegmentEditor.py): its
+    keyboard shortcuts, which act in the whole main window, are installed in ``enter()`` and removed in
+    ``exit()`` together with the active effect and its view observations; closing the scene clears its
+    selections.
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
+        self.segmentEditorWidget = None
         self.exportPoller = None
         self.autosaveTimer = None
+        # Questions to the user go through here, so that a self-test can answer them without a modal dialog.
+        self.confirm = slicer.util.confirmYesNoDisplay
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,7 +122,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.caseTable.setColumnCount(len(TrainingDataExportLogic.TABLE_COLUMNS))
         self.ui.caseTable.setHorizontalHeaderLabels(TrainingDataExportLogic.TABLE_COLUMNS)
         self.ui.caseTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.segmentEditorWidget = self.createSegmentEditor()
         self.ui.annotatorLineEdit.text = self.logic.annotator
         self.ui.exportProgressBar.setRange(0, 1000)
         self.ui.exportProgressBar.visible = False
@@ -118,9 +130,13 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         _showText(self.ui.annotationStatusLabel, "")
         _showText(self.ui.exportResultLabel, "")
 
-        self.ui.caseListPathLineEdit.connect("currentPathChanged(QString)", self.onCaseListPathChanged)
-        self.ui.labelSchemaPathLineEdit.connect("currentPathChanged(QString)", self.onLabelSchemaPathChanged)
-        self.ui.imageFolderPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+        # Reading a case list closes the loaded case: only once a path is chosen, not at every keystroke.
+        self.caseListChoice = PathChoiceWatcher(self.ui.caseListPathLineEdit, self.onCaseListPathChosen)
+        self.labelSchemaChoice = PathChoiceWatcher(self.ui.labelSchemaPathLineEdit, self.onLabelSchemaPathChosen)
+        # Cheap checks follow every keystroke; an emptied field emits only validInputChanged.
+        for pathLineEdit in (self.ui.imageFolderPathLineEdit, self.ui.outputPathLineEdit):
+            pathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+            pathLineEdit.connect("validInputChanged(bool)", self.updateButtonStates)
         self.ui.createFromFolderButton.connect("clicked(bool)", self.onCreateFromFolder)
         self.ui.caseTable.connect("itemSelectionChanged()", self.updateButtonStates)
         self.ui.caseTable.connect("cellDoubleClicked(int,int)", self.onCaseDoubleClicked)
@@ -134,21 +150,75 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.ui.markReviewedButton.connect("clicked(bool)", lambda: self.onMarkStatus(REVIEWED))
         self.ui.spacingCheckBox.connect("toggled(bool)", self.updateButtonStates)
         self.ui.cropCheckBox.connect("toggled(bool)", self.updateButtonStates)
-        self.ui.outputPathLineEdit.connect("currentPathChanged(QString)", self.updateButtonStates)
+        self.ui.formatComboBox.connect("currentIndexChanged(int)", self.updateButtonStates)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         # Work in progress goes to a recovery file regularly, so a crash loses at most this interval.
         self.autosaveTimer = qt.QTimer()
         self.autosaveTimer.setInterval(int(TrainingDataExportLogic.AUTOSAVE_SECONDS * 1000))
         self.autosaveTimer.connect("timeout()", self.onAutosave)
         self.autosaveTimer.start()
-        self.exportPoller = BackgroundTaskPoller(self.showExportProgress, self.onExportFinished)
+        self.exportPoller = JobPoller(self.showExportProgress, self.onExportFinished)
+        self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
 
+    def createSegmentEditor(self):
+        """The Segment Editor, made in code as Slicer's Segment Editor module makes it (no designer plug-in
+        needed to load the panel), below the annotation buttons."""
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMaximumNumberOfUndoStates(10)
+        editor.toolTip = "The Segment Editor, set to the loaded case's segmentation and first image."
+        # The parameter node first, so that the selections the editor makes when it gets the scene are kept.
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setMRMLScene(slicer.mrmlScene)
+        layout = self.ui.annotationCollapsibleButton.layout()
+        layout.insertWidget(layout.indexOf(self.ui.annotationStatusLabel), editor)
+        return editor
+
+    def enter(self):
+        # The editor's keys (1-0 pick an effect, Z/Y undo and redo...) act in the whole main window: only while
+        # this module is shown.
+        self.segmentEditorWidget.installKeyboardShortcuts()
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        self.segmentEditorWidget.updateWidgetFromMRML()
+
+    def exit(self):
+        self.releaseSegmentEditor()
+
+    def releaseSegmentEditor(self):
+        """Deactivate the editor's effect and remove its keyboard shortcuts and view observations."""
+        self.segmentEditorWidget.setActiveEffect(None)
+        self.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.segmentEditorWidget.removeViewObservations()
+
+    def onSceneStartClose(self, caller, event):
+        # The loaded case's nodes go with the scene: its unsaved work is kept in the recovery file first.
+        self.onAutosave()
+        self.segmentEditorWidget.setSegmentationNode(None)
+        self.segmentEditorWidget.removeViewObservations()
+
+    def onSceneEndClose(self, caller, event):
+        self.logic.closeCase()  # forgets the removed nodes
+        _showText(self.ui.annotationStatusLabel, "")
+        self.updateCaseTable()
+        self.onSceneEndImport(caller, event)
+
+    def onSceneEndImport(self, caller, event):
+        if self.parent.isEntered:
+            # The parameter node is a singleton: closing the scene reset it, importing one may have replaced it.
+            self.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+            self.segmentEditorWidget.updateWidgetFromMRML()
+
     def cleanup(self):
+        # Reload calls cleanup() on an entered panel too: its shortcuts must not outlive it.
+        self.releaseSegmentEditor()
+        self.removeObservers()
         # The editor's selectors observe the scene: a panel deleted while they still do would be called back.
-        self.ui.segmentEditorWidget.setMRMLScene(None)
+        self.segmentEditorWidget.setMRMLScene(None)
         self.autosaveTimer.stop()
         self.exportPoller.stop()
 
@@ -160,6 +230,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
 
     def updateButtonStates(self, _unused=None):
         ui = self.ui
+        self.updateAugmentationPreviewButtons()
         ui.createFromFolderButton.enabled = self.logic.canCreateFromFolder(ui.imageFolderPathLineEdit.currentPath)
         selected = self.selectedIndex()
         current = self.logic.currentIndex if self.logic.caseLoaded() else None
@@ -173,6 +244,9 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         for spinBox in (ui.spacingXSpinBox, ui.spacingYSpinBox, ui.spacingZSpinBox):
             spinBox.enabled = ui.spacingCheckBox.checked
         ui.cropMarginSpinBox.enabled = ui.cropCheckBox.checked
+        nnunet = ui.formatComboBox.currentText == "nnunet"
+        for widget in (ui.datasetIdSpinBox, ui.datasetNameLineEdit, ui.channelNamesLineEdit):
+            widget.enabled = nnunet
         ui.exportButton.enabled = self.exportPoller.busy or (
             bool(self.logic.cases) and bool(self.logic.labels) and bool(ui.outputPathLineEdit.currentPath)
         )
@@ -215,9 +289,11 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
 
     # -- cases ----------------------------------------------------------------------------------------------
 
-    def onCaseListPathChanged(self, path):
-        # Errors a user can fix (a malformed CSV, an unreadable file) go to the status line, not to a dialog:
-        # the path changes as the user types, and a dialog per keystroke would be unbearable.
+    def onCaseListPathChosen(self, path):
+        """Open the chosen case list (closing the loaded case), or forget the cases for an empty path."""
+        if path and os.path.abspath(path) == self.logic.caseListPath:
+            return  # typed back to, or written by Create from folder: nothing to close and read again
+        # Errors a user can fix (a malformed CSV, an unreadable file) go to the status line, not to a dialog.
         try:
             self.logic.openCaseList(path)
         except (CaseListError, OSError) as error:
@@ -226,7 +302,9 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
             return
         self.updateCaseTable()
 
-    def onLabelSchemaPathChanged(self, path):
+    def onLabelSchemaPathChosen(self, path):
+        if path and os.path.abspath(path) == self.logic.labelSchemaPath:
+            return
         try:
             self.logic.openLabelSchema(path)
         except (LabelSchemaError, OSError) as error:
@@ -243,7 +321,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         except (CaseListError, OSError) as error:
             self.ui.statusLabel.text = str(error)
             return
-        # Showing the written file; setting the same path again emits nothing, so the table is updated here.
+        # Showing the written file, which is the case list already open: the table is updated here.
         self.ui.caseListPathLineEdit.currentPath = self.logic.caseListPath
         self.updateCaseTable()
 
@@ -269,20 +347,16 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         """Run ``load`` (a Logic call loading a case), offer its recovery file, and show the case for editing."""
         try:
             recovery = load()
-            if recovery and (
-                slicer.app.testingEnabled()
-                or slicer.util.confirmYesNoDisplay(
-                    f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
-                    " Slicer stopped or the case was left unsaved). Restore it?"
-                )
+            if recovery and self.confirm(
+                f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
+                " Slicer stopped or the case was left unsaved). Restore it?"
             ):
                 self.logic.restoreRecovery()
         except USER_ERRORS as error:
             self._showError("Loading the case failed.", error)
             self.updateCaseTable()
             return
-        editor = self.ui.segmentEditorWidget
-        editor.setMRMLScene(slicer.mrmlScene)
+        editor = self.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         editor.setSegmentationNode(self.logic.segmentationNode)
         editor.setSourceVolumeNode(self.logic.volumeNodes[0])
@@ -325,11 +399,14 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         spacing = None
         if ui.spacingCheckBox.checked:
             spacing = (ui.spacingXSpinBox.value, ui.spacingYSpinBox.value, ui.spacingZSpinBox.value)
-        return ExportSettings(
-            format=ui.formatComboBox.currentText,
+        return self.logic.exportSettings(
+            ui.formatComboBox.currentText,
             spacing=spacing,
-            crop_margin_mm=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
-            compression_level=ui.compressionSpinBox.value,
+            cropMargin=ui.cropMarginSpinBox.value if ui.cropCheckBox.checked else None,
+            compression=ui.compressionSpinBox.value,
+            datasetId=ui.datasetIdSpinBox.value,
+            datasetName=ui.datasetNameLineEdit.text,
+            channelNames=ui.channelNamesLineEdit.text,
         )
 
     def onExportButton(self):
@@ -349,7 +426,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         except USER_ERRORS as error:
             _showText(ui.exportResultLabel, str(error))
             return
-        self.exportPoller.start(task)
+        self.exportPoller.follow(task)
         ui.exportButton.text = "Cancel"
         ui.exportProgressBar.value = 0
         ui.exportProgressBar.visible = True
@@ -358,9 +435,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
         self.updateButtonStates()
 
     def showExportProgress(self, progress):
-        fraction, text = progress
-        self.ui.exportProgressBar.value = int(fraction * 1000)
-        self._showStage("Cancelling…" if self.exportPoller.task.cancel_event.is_set() else text)
+        self.ui.exportProgressBar.value = int((progress.fraction or 0.0) * 1000)
+        self._showStage("Cancelling…" if self.exportPoller.task.cancel_requested else progress.text)
 
     def onExportFinished(self, task):
         self.ui.exportButton.text = "Export"
@@ -371,6 +447,64 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget):
     def _showStage(self, text):
         # The stage is written on the progress bar ("%p" is Qt's percentage), so it needs no line of its own.
         self.ui.exportProgressBar.setFormat(text.replace("%", "%%") + " (%p%)")
+
+    # -- augmentation preview ------------------------------------------------------------------------------
+
+    def setupAugmentationPreview(self):
+        ui = self.ui
+        _showText(ui.augmentationStatusLabel, "")
+        ui.augmentationPreviewButton.connect("clicked(bool)", self.onAugmentationPreview)
+        ui.augmentationRemoveButton.connect("clicked(bool)", self.onAugmentationRemove)
+        ui.augmentationShowComboBox.connect("currentIndexChanged(int)", self.onAugmentationShow)
+
+    def updateAugmentationPreviewButtons(self):
+        ui = self.ui
+        previewed = len(self.logic.augmentationPreviewChoices()) > 1
+        ui.augmentationPreviewButton.enabled = self.logic.caseLoaded()
+        ui.augmentationRemoveButton.enabled = previewed
+        ui.augmentationShowComboBox.enabled = previewed
+
+    def onAugmentationPreview(self):
+        # Runs here, on the GUI thread, until the job supervisor runs such work in a worker process: the panel
+        # shows a wait cursor and each variant's progress meanwhile.
+        ui = self.ui
+        ui.augmentationPreviewButton.enabled = False
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            count, seed = ui.augmentationCountSpinBox.value, ui.augmentationSeedSpinBox.value
+            self.logic.previewAugmentation(count, seed, progress=self._showAugmentationProgress)
+        except USER_ERRORS as error:
+            _showText(ui.augmentationStatusLabel, f"Preview failed: {error}")
+            self.updateAugmentationPreviewButtons()
+            return
+        finally:
+            slicer.app.restoreOverrideCursor()
+        self._fillAugmentationChoices(shown=1)
+
+    def _showAugmentationProgress(self, _fraction, message):
+        _showText(self.ui.augmentationStatusLabel, message)
+        slicer.app.processEvents()  # repaint the line; the Preview button is disabled meanwhile
+
+    def onAugmentationRemove(self):
+        self.logic.clearAugmentationPreview()
+        self._fillAugmentationChoices(shown=0)
+
+    def onAugmentationShow(self, index):
+        if index < 0:
+            _showText(self.ui.augmentationStatusLabel, "")
+            return
+        self.logic.showAugmentationPreview(index)
+        _showText(self.ui.augmentationStatusLabel, self.logic.augmentationPreviewDescription(index))
+
+    def _fillAugmentationChoices(self, shown):
+        comboBox = self.ui.augmentationShowComboBox
+        comboBox.blockSignals(True)
+        comboBox.clear()
+        comboBox.addItems(self.logic.augmentationPreviewChoices())
+        comboBox.currentIndex = shown if comboBox.count else -1
+        comboBox.blockSignals(False)
+        self.onAugmentationShow(comboBox.currentIndex)
+        self.updateAugmentationPreviewButtons()
 
 
 #
@@ -676,6 +810,8 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         slicer.mrmlScene.RemoveNode(self.segmentationNode)
         self.segmentationNode = node
         self._addSchemaSegments(node, self.volumeNodes[0])
+        # Read from the recovery file, the node would count as saved: Slicer's Save dialog must offer it.
+        node.StorableModified()
         self._autosavedStamp = self._editStamp()
         return node
 
@@ -703,20 +839,16 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
     def hasUnsavedWork(self):
         return self.caseLoaded() and self._editStamp() > self._autosavedStamp
 
-    def _writeSegmentation(self, path):
-        """Write the segmentation to ``path`` (a new file) without changing where the node is stored."""
-        storageNode = self.segmentationNode.GetStorageNode()
-        previous = storageNode.GetFileName() if storageNode is not None else None
+    def _writeSegmentation(self, path, storageNode):
+        """Write the segmentation through ``storageNode`` to ``path`` (a new file), removed again on failure."""
+        storageNode.SetFileName(path)
         try:
-            if not slicer.util.saveNode(self.segmentationNode, path):
+            if not storageNode.WriteData(self.segmentationNode):
                 raise OSError(f"Could not write the segmentation to {path}")
         except BaseException:
             if os.path.exists(path):
                 os.remove(path)
             raise
-        finally:
-            if previous:
-                self.segmentationNode.GetStorageNode().SetFileName(previous)
 
     def saveCase(self):
         """Save the loaded case's segmentation (see ``TrainingDataExportLib.segmentation_save_path``) atomically,
@@ -724,10 +856,21 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         atomically too). Returns the segmentation's path."""
         case = self.currentCase()
         path = segmentation_save_path(case)
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
-        self._writeSegmentation(temporary)
-        install_file(temporary, path)
-        self.segmentationNode.GetStorageNode().SetFileName(path)
+        temporary = temporary_path(path)
+        # Through the node's own storage node: Slicer then counts the segmentation as saved (its Save dialog
+        # and exit prompt compare the node's changes with that storage node's last write, GetModifiedSinceRead).
+        if self.segmentationNode.GetStorageNode() is None:
+            self.segmentationNode.AddDefaultStorageNode()
+        storageNode = self.segmentationNode.GetStorageNode()
+        previous = storageNode.GetFileName()
+        try:
+            self._writeSegmentation(temporary, storageNode)
+            install_file(temporary, path, keep_backup=True)
+        except BaseException:
+            storageNode.SetFileName(previous)
+            self.segmentationNode.StorableModified()  # not saved after all
+            raise
+        storageNode.SetFileName(path)
         now = time.monotonic()
         case.time_spent += round(now - self._startTime)
         self._startTime = now
@@ -749,8 +892,10 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         if not self.hasUnsavedWork():
             return ""
         path = recovery_path(self.currentCase())
-        temporary = temporary_path(path, SEGMENTATION_FILE_EXTENSION)
-        self._writeSegmentation(temporary)
+        temporary = temporary_path(path)
+        # Through a storage node of its own, not the node's: the segmentation keeps its file and still counts as
+        # unsaved in Slicer's Save dialog and exit prompt, since the recovery file is not the case's file.
+        self._writeSegmentation(temporary, slicer.vtkMRMLSegmentationStorageNode())
         install_file(temporary, path, keep_backup=False)
         self._autosavedStamp = self._editStamp()
         return path
@@ -818,53 +963,74 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
     # -- export --------------------------------------------------------------------------------------------
 
-    def _exporter(self, settings, outputDir, folds, testFraction, seed, workers):
-        """``function(progress, cancel)`` exporting a snapshot of the cases and schema taken now (so that a
-        worker thread never reads what the GUI changes meanwhile)."""
+    @staticmethod
+    def exportSettings(format, spacing=None, cropMargin=None, compression=1, datasetId=0, datasetName="",
+                       channelNames=""):
+        """The ``ExportSettings`` of the panel's fields: ``datasetId`` 0 and an empty ``datasetName`` mean "from an
+        output folder named DatasetNNN_Name, else the default"; ``channelNames`` is comma-separated (nnU-Net's
+        names: CT, noNorm, zscore...), empty for the case list's channel names. Raises ``ValueError`` for
+        settings an export would refuse.
+
+        >>> TrainingDataExportLogic.exportSettings("nnunet", datasetId=7, datasetName="Liver", channelNames="CT, T2")
+        ExportSettings(format='nnunet', ..., dataset_id=7, dataset_name='Liver', channel_names=('CT', 'T2'))
+        """
+        settings = ExportSettings(
+            format=format,
+            spacing=tuple(spacing) if spacing else None,
+            crop_margin_mm=cropMargin,
+            compression_level=compression,
+            dataset_id=datasetId or None,
+            dataset_name=datasetName.strip() or None,
+            channel_names=tuple(name.strip() for name in channelNames.split(",") if name.strip()),
+        )
+        problems = settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
+
+    def exportTask(self, settings, outputDir, folds=5, testFraction=0.2, seed=0, workers=0):
+        """Start exporting the cases with the schema (``TrainingDataExportLib.export_dataset``) to ``outputDir``
+        in a worker process; returns the running Job (``progress``, ``cancel()``, ``state``, ``result``: the
+        ``ExportReport``).
+
+        The export reads, resamples and compresses every case: in a worker process of Slicer's Python it runs
+        at full speed while the GUI stays responsive (a thread of Slicer's process would crawl while the GUI
+        idles, as the GUI keeps Python's GIL then). The cases and schema are sent as they are now, so what the
+        panel changes meanwhile does not reach the running export. ``settings`` is an ``ExportSettings``.
+        """
         if not self.labels:
             raise ValueError("Choose the label schema first: the export writes its label values.")
         if not outputDir:
             raise ValueError("Choose an output folder for the export.")
-        cases = [dataclasses.replace(case, images=dict(case.images), extra=dict(case.extra)) for case in self.cases]
-        labels = tuple(self.labels)
-
-        def export(progress=None, cancel=None):
-            return export_dataset(
-                cases,
-                labels,
-                outputDir,
-                settings,
-                folds=folds,
-                test_fraction=testFraction,
-                seed=seed,
-                workers=workers,
-                progress=progress,
-                cancel=cancel,
-            )
-
-        return export
+        arguments = {
+            "cases": list(self.cases), "labels": tuple(self.labels), "output_dir": os.path.abspath(outputDir),
+            "settings": settings, "folds": folds, "test_fraction": testFraction, "seed": seed, "workers": workers,
+        }
+        return startJob("TrainingDataExportLib:export_dataset", arguments,
+                        f"Exporting {len(self.cases)} cases as {settings.format}", sysPath=[_MODULE_FOLDER])
 
     def exportDataset(self, settings, outputDir, progress=None, cancel=None, folds=5, testFraction=0.2, seed=0,
                       workers=0):
-        """Export the cases with the schema (``TrainingDataExportLib.export_dataset``) to ``outputDir``.
+        """Export as ``exportTask`` does and wait (keeping the GUI responsive); returns the ``ExportReport``.
 
-        ``settings`` is an ``ExportSettings``; ``progress(fraction, message)`` and ``cancel`` (a
-        ``threading.Event``) are passed on. Returns the ``ExportReport``; raises ``ExportError`` listing every
-        offending case before anything is written.
+        ``progress(fraction, message)`` is called as the export goes on; setting ``cancel`` (a
+        ``threading.Event``) cancels it. Raises ModelRegistryLib's ``JobError`` saying why the export failed
+        (every offending case is listed before anything is written) or ``JobCancelledError``.
         """
-        return self._exporter(settings, outputDir, folds, testFraction, seed, workers)(progress, cancel)
+        task = self.exportTask(settings, outputDir, folds, testFraction, seed, workers)
+        reported = [None]
 
-    def exportTask(self, settings, outputDir, folds=5, testFraction=0.2, seed=0, workers=0):
-        """A not yet started ``BackgroundTask`` exporting the cases; its progress is ``(fraction, message)``."""
-        export = self._exporter(settings, outputDir, folds, testFraction, seed, workers)
+        def follow():
+            if progress is not None and task.progress is not None and task.progress != reported[0]:
+                reported[0] = task.progress
+                progress(task.progress.fraction, task.progress.text)
+            if cancel is not None and cancel.is_set():
+                task.cancel()
 
-        def run(progress, cancel):
-            try:
-                return export(lambda fraction, message: progress((fraction, message)), cancel)
-            except ExportCancelledError as error:
-                raise CancelledError(str(error)) from error
-
-        return BackgroundTask(run, f"Exporting {len(self.cases)} cases as {settings.format}")
+        while not waitForJob(task, 0.1):
+            follow()
+        follow()
+        return task.outcome()
 
     @staticmethod
     def exportOutcomeText(task):
@@ -880,6 +1046,146 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             f" {len(report.unchanged)} unchanged, {len(report.skipped)} skipped) to {root}."
             f" Dataset card: {cardPath}"
         )
+
+    # -- augmentation preview ------------------------------------------------------------------------------
+
+    # The preview of the loaded case: (volume node, segmentation node, description) per variant, and the subject
+    # hierarchy folder holding them (class-level defaults: none until a preview is made).
+    augmentationPreview = ()
+    _augmentationFolder = 0
+
+    @staticmethod
+    def augmentationAvailable():
+        """Whether PyTorch, which the augmentation engine runs on, can be imported."""
+        return importlib.util.find_spec("torch") is not None
+
+    def previewAugmentation(self, count=4, seed=0, settings=None, progress=None, cancel=None):
+        """Add ``count`` augmented variants of the loaded case to the scene and show the first.
+
+        Each variant is the case's first image and its segmentation (its segments as a label map; where segments
+        overlap, the later one wins) through ``TrainingDataExportLib.augmentation`` with ``settings`` (an
+        ``AugmentationSettings``; the defaults when None): a volume on the case's grid, with the case's window and
+        level so that intensity changes show, and a segmentation with the case's segment names, colors and
+        terminology, in a subject hierarchy folder "<case> augmentation preview". Rotations are about the
+        patient's axes. The same ``seed`` gives the same variants. A previous preview is replaced.
+        ``progress(fraction, message)`` and ``cancel`` (a ``threading.Event``) are passed on.
+
+        Returns [(volume node, segmentation node)] per variant.
+
+        Example (Slicer's Python console)::
+
+            logic = slicer.util.getModuleLogic("TrainingDataExport")
+            logic.loadCase(0)
+            from TrainingDataExportLib.augmentation import AugmentationSettings
+            logic.previewAugmentation(4, seed=1, settings=AugmentationSettings(flip_probability=(0.5, 0, 0)))
+            logic.showAugmentationPreview(2)     # 0 is the case itself
+            logic.clearAugmentationPreview()
+        """
+        if not self.augmentationAvailable():
+            raise ValueError(
+                "The augmentation preview needs PyTorch: Deep Segment installs it when it first runs a model, or"
+                " install Slicer's PyTorch extension."
+            )
+        from TrainingDataExportLib.augmentation import preview_variants  # imports PyTorch
+
+        case = self.currentCase()
+        reference = self.volumeNodes[0]
+        segmentation = self.segmentationNode.GetSegmentation()
+        segmentIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        image = slicer.util.arrayFromVolume(reference)
+        labels = np.zeros(image.shape, np.uint8 if len(segmentIds) < 256 else np.uint16)
+        for value, segmentId in enumerate(segmentIds, 1):
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, reference)
+            labels[mask > 0] = value
+        directions = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASDirectionMatrix(directions)
+        direction = [directions.GetElement(row, column) for row in range(3) for column in range(3)]
+        variants = preview_variants(
+            image[None], labels, reference.GetSpacing(), direction, count, seed, settings, progress, cancel
+        )
+
+        self.clearAugmentationPreview()
+        hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+        folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), f"{case.case_id} augmentation preview")
+        hierarchy.SetItemAttribute(folder, AUGMENTATION_FOLDER_ATTRIBUTE, case.case_id)
+        preview = []
+        for number, variant in enumerate(variants, 1):
+            name = f"{case.case_id} augmented {number}"
+            volumeNode = slicer.util.addVolumeFromArray(variant.image[0], name=name)
+            volumeNode.CopyOrientation(reference)
+            volumeNode.SetAttribute("TrainingDataExport.Augmentation", variant.description)
+            display, referenceDisplay = volumeNode.GetDisplayNode(), reference.GetDisplayNode()
+            if display is not None and referenceDisplay is not None:
+                display.SetAutoWindowLevel(False)
+                display.SetWindowLevel(referenceDisplay.GetWindow(), referenceDisplay.GetLevel())
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            for value, segmentId in enumerate(segmentIds, 1):
+                copiedId = _copySegmentDescription(segmentation.GetSegment(segmentId), segmentationNode)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    (variant.labels == value).astype(np.uint8), segmentationNode, copiedId, volumeNode
+                )
+            for node in (volumeNode, segmentationNode):
+                item = hierarchy.GetItemByDataNode(node)
+                if item:
+                    hierarchy.SetItemParent(item, folder)
+                else:  # no subject hierarchy plugin made an item for the node (outside the application)
+                    hierarchy.CreateItem(folder, node)
+            preview.append((volumeNode, segmentationNode, variant.description))
+        self.augmentationPreview = tuple(preview)
+        self._augmentationFolder = folder
+        self.showAugmentationPreview(1 if preview else 0)
+        return [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in preview]
+
+    def _augmentationPreviewNodes(self):
+        """(volume, segmentation) of the case, then of each variant still in the scene."""
+        nodes = [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in self.augmentationPreview
+                 if volumeNode.GetScene() is not None and segmentationNode.GetScene() is not None]
+        return ([(self.volumeNodes[0], self.segmentationNode)] if self.caseLoaded() else []) + nodes
+
+    def augmentationPreviewChoices(self):
+        """What :meth:`showAugmentationPreview` can show, by index: the case, then each variant (empty without a
+        preview)."""
+        nodes = self._augmentationPreviewNodes()
+        if not self.caseLoaded() or len(nodes) < 2:
+            return []
+        return ["Loaded case"] + [f"Variant {number}" for number in range(1, len(nodes))]
+
+    def augmentationPreviewDescription(self, index):
+        """What was done to variant ``index`` (0: the case itself)."""
+        if index == 0:
+            return "The loaded case, as annotated."
+        return f"Variant {index}: {self.augmentationPreview[index - 1][2]}."
+
+    def showAugmentationPreview(self, index):
+        """Show the case (``index`` 0) or variant ``index`` in the slice views, with its segmentation alone."""
+        nodes = self._augmentationPreviewNodes()
+        if not 0 <= index < len(nodes):
+            raise ValueError(f"There is no variant {index} to show.")
+        slicer.util.setSliceViewerLayers(background=nodes[index][0])
+        for position, (_volumeNode, segmentationNode) in enumerate(nodes):
+            display = segmentationNode.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(position == index)
+
+    def clearAugmentationPreview(self):
+        """Remove the preview's nodes and folder; the case is shown again."""
+        hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+        for volumeNode, segmentationNode, _ in self.augmentationPreview:
+            for node in (volumeNode, segmentationNode):
+                if node.GetScene() is not None:
+                    node.GetScene().RemoveNode(node)
+        # Only our folder: after a scene close its item id may name another item, or none.
+        items = vtk.vtkIdList()
+        hierarchy.GetItemChildren(hierarchy.GetSceneItemID(), items, True)
+        folder = self._augmentationFolder
+        if folder and items.IsId(folder) >= 0 and hierarchy.GetItemAttribute(folder, AUGMENTATION_FOLDER_ATTRIBUTE):
+            hierarchy.RemoveItem(folder)
+        self.augmentationPreview = ()
+        self._augmentationFolder = 0
+        if self.caseLoaded():
+            self.showAugmentationPreview(0)
 
 
 def _showText(label, text):
@@ -909,6 +1215,20 @@ def _terminologyEntry(segment):
     entry = vtk.reference("")
     segment.GetTag("TerminologyEntry", entry)
     return str(entry)
+
+
+def _copySegmentDescription(segment, segmentationNode):
+    """An empty segment in ``segmentationNode`` with ``segment``'s name, color and terminology; returns its id."""
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.AddEmptySegment("", segment.GetName(), segment.GetColor())
+    entry = _terminologyEntry(segment)
+    if entry:
+        copied = segmentation.GetSegment(segmentId)
+        if hasattr(copied, "SetTerminology"):
+            copied.SetTerminology(entry)
+        else:
+            copied.SetTag("TerminologyEntry", entry)
+    return segmentId
 
 
 def _modificationTime(path):
@@ -960,7 +1280,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _resetPanel(widget):
-        """The panel as a user first sees it (ctkPathLineEdit may not signal an empty path: slots called)."""
+        """The panel as a user first sees it (handlers called too: a field already empty signals nothing)."""
         widget.logic.closeCase()
         for pathLineEdit in (
             widget.ui.caseListPathLineEdit,
@@ -969,8 +1289,8 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
             widget.ui.outputPathLineEdit,
         ):
             pathLineEdit.currentPath = ""
-        widget.onCaseListPathChanged("")
-        widget.onLabelSchemaPathChanged("")
+        widget.onCaseListPathChosen("")
+        widget.onLabelSchemaPathChosen("")
         _showText(widget.ui.annotationStatusLabel, "")
         _showText(widget.ui.exportResultLabel, "")
         widget.updateButtonStates()
@@ -1053,8 +1373,10 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.currentIndex, 0)
         self.assertEqual(logic.cases[0].status, "in progress")
         segmentationNode = logic.segmentationNode
-        self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), segmentationNode)
-        self.assertIs(widget.ui.segmentEditorWidget.sourceVolumeNode(), logic.volumeNodes[0])
+        editor = widget.segmentEditorWidget
+        self.assertIs(editor.mrmlSegmentEditorNode(), logic.segmentEditorNode())
+        self.assertIs(editor.segmentationNode(), segmentationNode)
+        self.assertIs(editor.sourceVolumeNode(), logic.volumeNodes[0])
         segmentation = segmentationNode.GetSegmentation()
         self.assertEqual(
             [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
@@ -1072,10 +1394,20 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         recovery = os.path.join(folder, "case01.recovery.seg.nrrd")
         self.assertTrue(os.path.isfile(recovery))
         self.assertIn("recovery", widget.ui.annotationStatusLabel.text)
+        # The recovery file is not the case's file: Slicer's Save dialog must still offer the segmentation.
+        self.assertTrue(segmentationNode.GetModifiedSinceRead())
 
-        self.delayDisplay("Reloading offers the recovery file; the panel restores it in testing mode")
-        widget.ui.loadCaseButton.click()
+        self.delayDisplay("Reloading offers the recovery file; the answer restores it")
+        questions = []
+        widget.confirm = lambda question: questions.append(question) or True  # no modal dialog in a self-test
+        try:
+            widget.ui.loadCaseButton.click()
+        finally:
+            widget.confirm = slicer.util.confirmYesNoDisplay
+        self.assertEqual(len(questions), 1)
+        self.assertIn("case01.recovery.seg.nrrd", questions[0])
         segmentationNode = logic.segmentationNode
+        self.assertTrue(segmentationNode.GetModifiedSinceRead())
         liverId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Liver")
         restored = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, logic.volumeNodes[0])
         np.testing.assert_array_equal(restored, painted)
@@ -1085,6 +1417,8 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         savedPath = os.path.join(folder, "case01.seg.nrrd")
         self.assertTrue(os.path.isfile(savedPath))
         self.assertFalse(os.path.exists(recovery))
+        self.assertFalse(segmentationNode.GetModifiedSinceRead())
+        self.assertEqual(segmentationNode.GetStorageNode().GetFileName(), savedPath)
         self.assertFalse(os.path.exists(backup_path(savedPath)))
         with open(savedPath, "rb") as file:
             firstVersion = file.read()
@@ -1121,11 +1455,7 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.exportButton.enabled)
         widget.ui.exportButton.click()
         self.assertEqual(widget.ui.exportButton.text, "Cancel")
-        deadline = time.time() + 60
-        while widget.exportPoller.busy and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.02)
-        self.assertFalse(widget.exportPoller.busy, "the export did not finish in 60 s")
+        self.assertTrue(widget.exportPoller.waitUntilDone(60), "the export did not finish in 60 s")
         self.assertEqual(widget.ui.exportButton.text, "Export")
         self.assertIn("Exported 1 case(s)", widget.ui.exportResultLabel.text)
         self.assertIn("1 skipped", widget.ui.exportResultLabel.text)

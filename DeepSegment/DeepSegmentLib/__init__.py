@@ -1,7 +1,8 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
 inference engine (resampling, sliding window, postprocessing), the runtimes that run the field's models
-(MONAI bundles, nnU-Net v2, Auto3DSeg) behind one call (``runtimes.run_model``), compute devices, exact
-image geometry, image files, and the PyTorch install plan.
+(MONAI bundles, nnU-Net v2, Auto3DSeg) behind one call (``runtimes.run_model``), the model service
+(persistent worker processes that run models for Slicer, volumes passed in shared memory), compute devices,
+exact image geometry, image files, and the PyTorch install plan.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed.
@@ -36,6 +37,7 @@ from .package import ModelPackage, PackageError, load_network, load_package, par
 from .pool import ModelPool
 from .runtimes import ModelRun, RunOptions, RuntimeDependencyError, detect_runtime, run_model
 from .segfile import SegmentInfo, write_segmentation
+from .service_client import ModelService, SegmentationRun
 from .torchsetup import driver_cuda_version, install_plan, installed_packages, torch_status
 
 __all__ = [
@@ -50,11 +52,13 @@ __all__ = [
     "ModelPackage",
     "ModelPool",
     "ModelRun",
+    "ModelService",
     "PackageError",
     "RunOptions",
     "RuntimeDependencyError",
     "SegmentInfo",
     "SegmentationResult",
+    "SegmentationRun",
     "available_devices",
     "choose_device",
     "detect_runtime",

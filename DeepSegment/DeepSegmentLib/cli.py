@@ -2,9 +2,10 @@
 
 ``run`` installs the model from the registry when needed (verified download), segments the inputs in
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
-MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name. ``image build`` and
-``image save`` ship a model package as a container image. Failures exit with code 1 and say why on
-standard error.
+MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``image build``
+and ``image save`` ship a model package as a container image. Every failure exits with code 1 and one line
+on standard error saying why; the arguments (inputs, output type and folder, threads, device, timeout,
+parameters) are checked before any work, so that a typo is not found after a long inference.
 
 Example (from the repository root)::
 
@@ -15,12 +16,13 @@ Example (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
-
 
 from ModelRegistryLib import (
     IndexSource,
@@ -31,22 +33,24 @@ from ModelRegistryLib import (
     default_cache_dir,
     user_sources,
 )
-from ModelRegistryLib.cli import print_install_progress
+from ModelRegistryLib.commandline import ArgumentParser, one_line
 
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
 from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress
-from .imageio import read_volume, write_labels
+from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError
 from .runtimes import RunOptions, RuntimeDependencyError, run_model
 from .segfile import SegmentInfo
 
 BACKENDS = ("auto", "inprocess", "container")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$", re.IGNORECASE)
+MAX_THREADS = 1024
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m DeepSegmentLib", description="Segment volumes with models from the model registry."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,8 +95,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(step: EngineProgress) -> None:
-    print(f"\r{step.fraction * 100:5.1f}% {step.stage}".ljust(40), end="", file=sys.stderr, flush=True)
+def check_run_arguments(arguments) -> None:
+    """Raise ``ValueError`` (one line) for ``run`` arguments that cannot work, before anything is installed,
+    read or computed."""
+    for path in arguments.input:
+        if not os.path.exists(path):
+            raise ValueError(f"Input not found: {path}")
+    check_output_path(arguments.output)
+    if arguments.threads is not None and not 1 <= arguments.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be from 1 to {MAX_THREADS}, not {arguments.threads}")
+    if not _DEVICE.match(arguments.device.strip()):
+        raise ValueError(f"Unknown device {arguments.device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if arguments.timeout is not None and not (math.isfinite(arguments.timeout) and arguments.timeout > 0):
+        raise ValueError(f"--timeout must be a positive number of seconds, not {arguments.timeout}")
+    for text in arguments.parameter:
+        if "=" not in text:
+            raise ValueError(f"--parameter takes NAME=VALUE, not {text!r}")
+    if arguments.image_archive and not os.path.isfile(arguments.image_archive):
+        raise ValueError(f"Image archive not found: {arguments.image_archive}")
+    if arguments.cache_dir and os.path.exists(arguments.cache_dir) and not os.path.isdir(arguments.cache_dir):
+        raise ValueError(f"--cache-dir {arguments.cache_dir} is not a folder")
+
+
+class _Terminal:
+    """Progress on one line of standard error, rewritten in place; anything else printed gets a line of its own,
+    so that a failure is exactly one line."""
+
+    def __init__(self) -> None:
+        self.line_open = False
+
+    def progress(self, step: EngineProgress) -> None:
+        print(f"\r{step.fraction * 100:5.1f}% {step.stage}".ljust(40), end="", file=sys.stderr, flush=True)
+        self.line_open = True
+
+    def log(self, line: str) -> None:
+        print(f"\r{line}".ljust(40), file=sys.stderr, flush=True)
+        self.line_open = False
+
+    def install_progress(self, step) -> None:
+        """The model's install: only how a file the publisher gives no sha256 for was checked is shown, as a warning."""
+        if step.stage == "trust":
+            self.log(f"warning: {step.text}")
+
+    def end_line(self) -> None:
+        if self.line_open:
+            print(file=sys.stderr)
+            self.line_open = False
+
+    def error(self, message: str) -> None:
+        self.end_line()
+        print(f"error: {message}", file=sys.stderr)
 
 
 def parse_parameters(texts: Sequence[str], image) -> dict:
@@ -148,15 +200,11 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     return timings
 
 
-def _log(line: str) -> None:
-    print(f"\r{line}".ljust(40), file=sys.stderr, flush=True)
-
-
-def _image_command(arguments) -> int:
+def _image_command(arguments, log) -> int:
     runtime = find_runtime(arguments.runtime)
     if arguments.image_command == "build":
         built = build_image(runtime, arguments.package, arguments.tag, base_image=arguments.base_image,
-                            pip_packages=arguments.pip_packages, log=_log)
+                            pip_packages=arguments.pip_packages, log=log)
         print(json.dumps(built.index_entry(), indent=2))
     else:
         print(json.dumps({"archive": save_image(runtime, arguments.image, arguments.output)}, indent=2))
@@ -164,10 +212,15 @@ def _image_command(arguments) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
+    try:
+        arguments = _parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a bad argument already reported on one line
+        return exit.code
+    terminal = _Terminal()
     try:
         if arguments.command == "image":
-            return _image_command(arguments)
+            return _image_command(arguments, terminal.log)
+        check_run_arguments(arguments)
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
@@ -175,16 +228,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 quality="" if arguments.quality == "model" else arguments.quality,
                                 indexes=arguments.index, cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
-                                image_archive=arguments.image_archive, progress=_progress, log=_log,
-                                install_progress=print_install_progress)
+                                image_archive=arguments.image_archive, progress=terminal.progress, log=terminal.log,
+                                install_progress=terminal.install_progress)
     except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, LookupError, ValueError,
             OSError, RuntimeDependencyError) as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        terminal.error(one_line(error))
         return 1
     except (EngineCancelled, ContainerCancelledError, KeyboardInterrupt):
-        print("\nerror: interrupted", file=sys.stderr)
+        terminal.error("interrupted")
         return 130
-    print(file=sys.stderr)
+    except Exception as error:  # a failure nobody foresaw is still one line; its type tells where to look
+        terminal.error(f"{type(error).__name__}: {one_line(error)}")
+        return 1
+    terminal.end_line()
     print(f"wrote {arguments.output}")
     print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
     return 0

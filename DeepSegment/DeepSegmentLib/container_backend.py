@@ -47,6 +47,8 @@ from .container_runtime import (
 )
 from .engine import EngineProgress, SegmentationResult
 from .geometry import LabelMapError, checked_label_map
+from .imagecheck import ImageFileError
+from .imageio import read_image, write_image
 
 # Share of the progress bar for each step; the container's own progress fills the middle.
 _IMAGE_SHARE, _INPUT_SHARE, _RESULT_SHARE = 0.1, 0.05, 0.05
@@ -119,7 +121,7 @@ def _prepare_run_folder(images: Sequence, input_names: Sequence[str], request_fi
     inputs = []
     for number, (image, name) in enumerate(zip(images, input_names)):
         file = f"input-{number}.nrrd"
-        sitk.WriteImage(image, os.path.join(input_folder, file), useCompression=False)
+        write_image(image, os.path.join(input_folder, file), compression_level=0)
         inputs.append((name, file))
     write_json_atomically(os.path.join(input_folder, REQUEST_FILE),
                           RunRequest(inputs=tuple(inputs), **request_fields).to_json())
@@ -139,10 +141,9 @@ def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, l
     if not os.path.isfile(path):
         raise ContractError(f"the label map {label_map} named by result.json is missing")
     try:
-        labels = sitk.ReadImage(path)
-    except RuntimeError as error:
-        raise ContractError(f"the label map {label_map} cannot be read: {str(error).strip().splitlines()[-1]}") \
-            from error
+        labels = read_image(path)
+    except ImageFileError as error:
+        raise ContractError(f"the label map {label_map} cannot be used: {error}") from error
     try:
         return checked_label_map(labels, reference, label_values, lister="the registry")
     except LabelMapError as error:

@@ -23,8 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-import SimpleITK as sitk
-from ModelRegistryLib.files import atomic_target, write_json_atomically
+from ModelRegistryLib.files import write_json_atomically
 
 from .container_contract import (
     INPUT_MOUNT,
@@ -37,7 +36,7 @@ from .container_contract import (
     read_request,
 )
 from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS, EngineProgress, quality_options, segment
-from .imageio import read_volume
+from .imageio import read_volume, write_image
 from .package import load_package
 
 PACKAGE_FOLDER = "/opt/deepsegment/model"
@@ -84,8 +83,7 @@ def serve(package_folder: str, input_folder: str, output_folder: str) -> RunResu
                      precision=parameters["precision"], progress=_print_progress,
                      **quality_options(package, parameters["quality"]))
     written_at = time.perf_counter()
-    with atomic_target(os.path.join(output_folder, LABEL_MAP_FILE), suffix=".nrrd") as temporary:
-        sitk.WriteImage(result.labels, temporary, useCompression=True)
+    write_image(result.labels, os.path.join(output_folder, LABEL_MAP_FILE))
     timings = {"reading": read_at - start, **result.timings, "writing": time.perf_counter() - written_at}
     return RunResult(
         status="ok",

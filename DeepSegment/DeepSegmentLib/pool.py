@@ -145,6 +145,17 @@ class ModelPool:
         _release_device_memory(evicted)
         return unloaded
 
+    def unload(self, folders) -> list:
+        """Unload the networks of the packages in ``folders`` (the versions a newer one replaced); returns them."""
+        wanted = {os.path.normcase(os.path.abspath(folder)) for folder in folders}
+        with self._lock:
+            keys = [key for key, entry in self._entries.items()
+                    if os.path.normcase(os.path.abspath(entry.package.folder)) in wanted]
+            evicted = [self._entries.pop(key) for key in keys]
+        unloaded = [_listing(entry) for entry in evicted]
+        _release_device_memory(evicted)
+        return unloaded
+
     def loaded(self) -> list:
         """The loaded networks, most recently used first."""
         with self._lock:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from ModelRegistryLib.files import atomic_target
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -55,10 +54,9 @@ def _extent(mask: np.ndarray) -> str:
     return " ".join(str(b) for b in bounds)
 
 
-def write_segmentation(path: str, labels: sitk.Image, segments: Sequence[SegmentInfo]) -> None:
-    """Write ``labels`` (one layer, values as in ``segments``) as a ``.seg.nrrd`` Slicer opens with segment names."""
-    if not path.lower().endswith(SEGMENTATION_SUFFIX):
-        raise ValueError(f"A Slicer segmentation file name ends in {SEGMENTATION_SUFFIX}: {path}")
+def segmentation_image(labels: sitk.Image, segments: Sequence[SegmentInfo]) -> sitk.Image:
+    """``labels`` (one layer, values as in ``segments``) as the image of a ``.seg.nrrd``: its header names the
+    segments as Slicer reads them."""
     array = sitk.GetArrayViewFromImage(labels)
     image = sitk.Cast(labels, sitk.sitkUInt8 if max((s.value for s in segments), default=0) < 256 else sitk.sitkUInt16)
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
@@ -79,5 +77,15 @@ def write_segmentation(path: str, labels: sitk.Image, segments: Sequence[Segment
             ("Tags", tags),
         ):
             image.SetMetaData(prefix + key, value)
-    with atomic_target(path, suffix=".nrrd") as temporary:
-        sitk.WriteImage(image, temporary, useCompression=True)
+    return image
+
+
+def write_segmentation(path: str, labels: sitk.Image, segments: Sequence[SegmentInfo]) -> None:
+    """Write ``labels`` (one layer, values as in ``segments``) as a ``.seg.nrrd`` Slicer opens with segment names,
+    atomically and verified (``DeepSegmentLib.imageio.write_image``)."""
+    # Imported here: imageio imports this module for write_labels.
+    from .imageio import write_image
+
+    if not path.lower().endswith(SEGMENTATION_SUFFIX):
+        raise ValueError(f"A Slicer segmentation file name ends in {SEGMENTATION_SUFFIX}: {path}")
+    write_image(segmentation_image(labels, segments), path)

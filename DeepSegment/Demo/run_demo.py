@@ -42,7 +42,7 @@ sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY
 from mni_template import dice_scores, read_template, reference_label_image, template_folder  # noqa: E402
 
 from DeepSegmentLib.engine import segment  # noqa: E402
-from DeepSegmentLib.imageio import write_labels  # noqa: E402
+from DeepSegmentLib.imageio import write_image, write_labels  # noqa: E402
 from DeepSegmentLib.package import load_package  # noqa: E402
 from DeepSegmentLib.segfile import SegmentInfo  # noqa: E402
 from ModelRegistryLib.registry import Registry, bundled_source  # noqa: E402
@@ -139,7 +139,7 @@ def overlay_picture(image: sitk.Image, labels: sitk.Image, colors: dict) -> np.n
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), path)
+    write_image(sitk.GetImageFromArray(rgb, isVector=True), path, compression_level=0)
 
 
 class Stopwatch:
@@ -179,8 +179,8 @@ def run(output: str, cache_dir: str, threads: int, wheel: str | None) -> dict:
     colors = {label.value: label.color for label in package.labels}
 
     def write_all() -> None:
-        sitk.WriteImage(image, os.path.join(output, "t1.nii.gz"), useCompression=True)
-        sitk.WriteImage(reference, os.path.join(output, "reference.nii.gz"), useCompression=True)
+        write_image(image, os.path.join(output, "t1.nii.gz"))
+        write_image(reference, os.path.join(output, "reference.nii.gz"))
         write_labels(os.path.join(output, "brain-tissue.nii.gz"), result.labels, segments)
         write_labels(os.path.join(output, "brain-tissue.seg.nrrd"), result.labels, segments)
         write_png(os.path.join(output, "brain-tissue.png"), overlay_picture(image, result.labels, colors))

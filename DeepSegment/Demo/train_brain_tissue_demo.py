@@ -2,8 +2,9 @@
 
 A small 3D UNet (plain torch, about 350k parameters) learns gray and white matter from ONE brain: the MNI
 ICBM152 2009a T1 template at 2 mm (see mni_template.py for where the files come from and how the
-reference labels are made), made to look like many brains by heavy augmentation (augment.py). It trains
-on random 48³ crops with cross-entropy + Dice loss and Adam for a wall-time budget, then:
+reference labels are made), made to look like many brains by heavy augmentation (the extension's engine,
+``TrainingDataExportLib.augmentation``, with the settings in ``AUGMENTATION``). It trains on random 48³
+crops with cross-entropy + Dice loss and Adam for a wall-time budget (or ``--steps``), then:
 
 1. measures Dice per label on held-out augmented variants of the whole volume (seeds never used in
    training) through the real engine (``DeepSegmentLib.engine.segment``), and the CPU run time;
@@ -17,6 +18,10 @@ Run from the repository root (about ``--minutes`` plus two minutes)::
     .venv/bin/python DeepSegment/Demo/train_brain_tissue_demo.py --minutes 10 --seed 0
 
 The result depends on the machine's speed (the budget is wall time), so two runs are alike, not identical.
+A smoke run that leaves the bundled model and index alone::
+
+    .venv/bin/python DeepSegment/Demo/train_brain_tissue_demo.py --steps 3 --validation-variants 1 \
+        --archive /tmp/brain-tissue-demo.zip --index ''
 """
 
 from __future__ import annotations
@@ -39,9 +44,8 @@ from torch.nn import functional
 
 DEMO_FOLDER = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(os.path.dirname(DEMO_FOLDER))
-sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY, "ModelRegistry")]
+sys.path[:0] = [os.path.join(REPOSITORY, name) for name in ("DeepSegment", "ModelRegistry", "TrainingDataExport")]
 
-from augment import AugmentationSettings, augment  # noqa: E402
 from mni_template import (  # noqa: E402
     GRAY_MATTER,
     TEMPLATE_NOTICE,
@@ -57,6 +61,7 @@ from mni_template import (  # noqa: E402
 from DeepSegmentLib.engine import segment  # noqa: E402
 from DeepSegmentLib.package import load_package, write_package  # noqa: E402
 from ModelRegistryLib.store import default_cache_dir  # noqa: E402
+from TrainingDataExportLib.augmentation import AugmentationSettings, augment, sample_seed  # noqa: E402
 
 MODEL_ID = "brain-tissue-demo"
 MODEL_VERSION = "1.0.0"
@@ -72,8 +77,17 @@ CROP = 48
 PERCENTILES = (0.5, 99.5)
 CHANNELS = (8, 16, 32, 64)
 LEARNING_RATE = 3e-3
-# Validation variants use generators seeded from here on; training seeds must stay below it.
-VALIDATION_SEED_BASE = 1_000_000
+# The run seed of the validation variants (sample_seed(VALIDATION_SEED, 0, n)); training seeds stay below it.
+VALIDATION_SEED = 1_000_000
+# Heavy: one template must look like many brains. Intensities are 0..1 (percentile-scaled).
+AUGMENTATION = AugmentationSettings(
+    rotation_degrees=(20.0, 20.0, 20.0), scale_range=(0.85, 1.15), isotropic_scaling=False, shear=0.0,
+    translation_mm=(10.0, 10.0, 10.0), elastic_probability=1.0, elastic_control_spacing_mm=24.0,
+    elastic_displacement_mm=6.0, thick_slice_probability=0.7, thick_slice_factor_range=(1.0, 3.0),
+    blur_probability=0.0, bias_field_probability=0.7, bias_field_strength=0.3, bias_field_control_spacing_mm=48.0,
+    gamma_probability=0.7, gamma_range=(0.7, 1.5), contrast_probability=0.7, contrast_range=(0.85, 1.15),
+    noise_probability=0.7, noise_std_range=(0.0, 0.15),
+)
 # Fixed zip entry timestamp, so the same files always make the same archive bytes.
 ZIP_TIMESTAMP = (2026, 1, 1, 0, 0, 0)
 
@@ -144,7 +158,7 @@ class TrainingData:
         self.t1 = normalize(sitk.GetArrayFromImage(resampled["t1"]))
         self.labels = reference_labels(sitk.GetArrayFromImage(resampled["gm"]), sitk.GetArrayFromImage(resampled["wm"]))
         self.image_tensor = torch.from_numpy(self.t1)[None, None]
-        self.label_tensor = torch.from_numpy(self.labels.astype(np.float32))[None, None]
+        self.label_tensor = torch.from_numpy(self.labels.astype(np.uint8))[None, None]
         self.spacing = (SPACING_MM,) * 3
         # Crop centres are drawn in the brain's bounding box (mm from the volume centre, x y z order).
         indices = np.argwhere(self.labels > 0)[:, ::-1]
@@ -152,24 +166,21 @@ class TrainingData:
         self.brain_low = (indices.min(axis=0) - centre) * SPACING_MM
         self.brain_high = (indices.max(axis=0) - centre) * SPACING_MM
 
-    def random_crops(self, count: int, generator: torch.Generator, settings: AugmentationSettings) -> tuple:
-        images, labels = [], []
-        for _ in range(count):
-            fraction = torch.rand(3, generator=generator, dtype=torch.float64).numpy()
-            centre = self.brain_low + fraction * (self.brain_high - self.brain_low)
-            sample = augment(self.image_tensor, self.label_tensor, self.spacing, (CROP,) * 3, generator,
-                             tuple(centre), settings)
-            images.append(sample.image)
-            labels.append(sample.labels)
-        return torch.cat(images), torch.cat(labels)[:, 0].long()
+    def random_crops(self, seeds: Sequence[int], generator: torch.Generator, settings: AugmentationSettings) -> tuple:
+        """One augmented crop per seed, centred in the brain's box (centres drawn from ``generator``): (images,
+        labels) as (N, 1, 48, 48, 48) float and (N, 48, 48, 48) long tensors, from one call of the engine."""
+        fractions = torch.rand((len(seeds), 3), generator=generator, dtype=torch.float64).numpy()
+        centres = self.brain_low + fractions * (self.brain_high - self.brain_low)
+        batch = augment(self.image_tensor, self.label_tensor, self.spacing, seeds, settings,
+                        output_shape=(CROP,) * 3, centers_mm=centres)
+        return batch.images, batch.labels[:, 0].long()
 
     def variant(self, seed: int, settings: AugmentationSettings) -> tuple:
         """A whole-volume augmented variant: (SimpleITK image on the 2 mm grid, label array)."""
-        sample = augment(self.image_tensor, self.label_tensor, self.spacing, self.t1.shape,
-                         torch.Generator().manual_seed(seed), settings=settings)
-        image = sitk.GetImageFromArray(sample.image[0, 0].numpy())
+        batch = augment(self.image_tensor, self.label_tensor, self.spacing, [seed], settings)
+        image = sitk.GetImageFromArray(batch.images[0, 0].numpy())
         image.CopyInformation(self.reference_image)
-        return image, sample.labels[0, 0].numpy().astype(np.uint8)
+        return image, batch.labels[0, 0].numpy()
 
 
 # -- training ------------------------------------------------------------------------------------------------
@@ -185,10 +196,12 @@ def loss_function(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train(network: nn.Module, data: TrainingData, minutes: float, seed: int, batch: int,
-          settings: AugmentationSettings) -> list:
-    """Adam with a cosine learning-rate decay over the wall-time budget; returns (step, seconds, mean loss)."""
-    if not 0 <= seed < VALIDATION_SEED_BASE:
-        raise ValueError(f"--seed must be in [0, {VALIDATION_SEED_BASE}): higher seeds are the validation's")
+          settings: AugmentationSettings, steps: int | None = None) -> list:
+    """Adam with a cosine learning-rate decay over the wall-time budget (or over ``steps`` steps, when given and
+    reached first); crop ``i`` of step ``s`` is augmented with ``sample_seed(seed, s, i)``. Returns (step,
+    seconds, mean loss) every 25 steps and at the end."""
+    if not 0 <= seed < VALIDATION_SEED:
+        raise ValueError(f"--seed must be in [0, {VALIDATION_SEED}): {VALIDATION_SEED} is the validation's")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
@@ -196,10 +209,11 @@ def train(network: nn.Module, data: TrainingData, minutes: float, seed: int, bat
     start = time.monotonic()
     curve, recent, step = [], [], 0
     network.train()
-    while time.monotonic() - start < budget:
+    while time.monotonic() - start < budget and (steps is None or step < steps):
+        done = max((time.monotonic() - start) / budget, step / steps if steps else 0.0)
         for group in optimizer.param_groups:
-            group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(1.0, (time.monotonic() - start) / budget)))
-        images, labels = data.random_crops(batch, generator, settings)
+            group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        images, labels = data.random_crops([sample_seed(seed, step, i) for i in range(batch)], generator, settings)
         loss = loss_function(network(images), labels)
         optimizer.zero_grad()
         loss.backward()
@@ -224,7 +238,7 @@ def validate(package_folder: str, data: TrainingData, count: int, settings: Augm
     scores = {label["value"]: [] for label in LABELS}
     seconds = []
     for number in range(count):
-        image, reference = data.variant(VALIDATION_SEED_BASE + number, settings)
+        image, reference = data.variant(sample_seed(VALIDATION_SEED, 0, number), settings)
         start = time.perf_counter()
         result = segment([image], package, device="cpu")
         seconds.append(time.perf_counter() - start)
@@ -359,6 +373,7 @@ def publish(network: nn.Module, data: TrainingData, settings: AugmentationSettin
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall-time budget")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (e.g. a smoke run) if sooner")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=2, help="crops per step")
     parser.add_argument("--threads", type=int, default=2,
@@ -374,14 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Adam drives some weights towards denormal floats, which slow CPU arithmetic many times over.
     torch.set_flush_denormal(True)
     data = TrainingData(template_folder(args.cache_dir, args.nilearn_wheel))
-    settings = AugmentationSettings()
     network = TissueUNet()
     parameters = sum(p.numel() for p in network.parameters())
     print(f"template at 2 mm: {data.t1.shape[::-1]} voxels; network: {parameters:,} parameters", flush=True)
-    curve = train(network, data, args.minutes, args.seed, args.batch, settings)
+    curve = train(network, data, args.minutes, args.seed, args.batch, AUGMENTATION, args.steps)
     print(f"trained {curve[-1][0] if curve else 0} steps; loss curve (step, s, loss): {curve[::8] + curve[-1:]}")
 
-    publish(network, data, settings, args.archive, args.index, args.validation_variants)
+    publish(network, data, AUGMENTATION, args.archive, args.index, args.validation_variants)
     return 0
 
 

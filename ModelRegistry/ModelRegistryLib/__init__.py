@@ -1,5 +1,6 @@
 """Qt-free core of the ModelRegistry module: registry indexes and model cards, index sources, verified
-downloads, the model store, and background tasks for the panel.
+downloads, the model store, and the supervisor of the worker processes that run every long job of the
+extension's panels (``jobs``, ``worker``; the registry's own jobs are in ``tasks``).
 
 Importable in Slicer, in its Python console, from a command line (``python -m ModelRegistryLib``) and in
 tests. Every error it raises derives from ``RegistryError`` (or ``IndexValidationError`` for a bad index).
@@ -65,7 +66,17 @@ from .registry import (
 )
 from .sources import IndexSource, SourceStatus, load_sources
 from .store import InstalledModel, InstallProgress, ModelStore, VerifyResult, default_cache_dir
-from .tasks import BackgroundTask
+from .jobs import (
+    Job,
+    JobCancelledError,
+    JobError,
+    JobLog,
+    JobProgress,
+    WorkerProcess,
+    start_job,
+    stop_all_workers,
+    worker_python,
+)
 from .trust import TrustNotice, TrustStore
 
 __all__ = [
@@ -75,7 +86,6 @@ __all__ = [
     "RUNTIMES",
     "UNKNOWN",
     "UPDATE_AVAILABLE",
-    "BackgroundTask",
     "CancelledError",
     "ChecksumMismatchError",
     "Coding",
@@ -90,6 +100,11 @@ __all__ = [
     "IndexValidationError",
     "InstallProgress",
     "InstalledModel",
+    "Job",
+    "JobCancelledError",
+    "JobError",
+    "JobLog",
+    "JobProgress",
     "Label",
     "ModelEntry",
     "ModelFile",
@@ -110,6 +125,7 @@ __all__ = [
     "Update",
     "VerifyResult",
     "VersionNotFoundError",
+    "WorkerProcess",
     "bundled_source",
     "card_html",
     "card_text",
@@ -134,5 +150,8 @@ __all__ = [
     "save_user_sources",
     "search",
     "semantic_version_key",
+    "start_job",
+    "stop_all_workers",
     "user_sources",
+    "worker_python",
 ]

@@ -184,16 +184,26 @@ def extract_archive(
             raise
 
 
-def _relative_path(name: str) -> str:
-    """The '/'-separated path an entry name stands for inside the target ("" for the target itself)."""
+def contained_path(name: str, what: str = "archive entry") -> str:
+    """The '/'-separated path ``name`` stands for inside a folder (``""`` for the folder itself), or
+    UnsafeArchiveError when it could lead out of the folder: an absolute path, a ``..`` component, a
+    backslash, a ``:`` (drive letters, Windows streams) or a NUL character. ``what`` names it in errors.
+
+    >>> contained_path("./model//weights.pt")
+    'model/weights.pt'
+    >>> contained_path("../../.bashrc", "manifest entry")
+    Traceback (most recent call last):
+    ...
+    ModelRegistryLib.errors.UnsafeArchiveError: manifest entry '../../.bashrc' points outside the folder ('..')
+    """
     for forbidden, why in (("\x00", "a NUL character"), ("\\", "a backslash"), (":", "a ':'")):
         if forbidden in name:
-            raise UnsafeArchiveError(f"archive entry {name!r} has {why} in its name")
+            raise UnsafeArchiveError(f"{what} {name!r} has {why} in its name")
     if name.startswith("/"):
-        raise UnsafeArchiveError(f"archive entry {name!r} has an absolute path")
+        raise UnsafeArchiveError(f"{what} {name!r} has an absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(f"archive entry {name!r} points outside the folder ('..')")
+        raise UnsafeArchiveError(f"{what} {name!r} points outside the folder ('..')")
     return "/".join(parts)
 
 
@@ -209,7 +219,7 @@ def _checked_entries(entries: Iterator[_Entry], max_files: int, max_total_bytes:
             raise UnsafeArchiveError(
                 f"archive entry {entry.name!r} is a {entry.kind}; only files and folders are allowed"
             )
-        path = _relative_path(entry.name)
+        path = contained_path(entry.name)
         if not path:
             if entry.kind == "file":
                 raise UnsafeArchiveError(f"archive entry {entry.name!r} is a file without a name")

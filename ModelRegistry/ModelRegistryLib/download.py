@@ -7,11 +7,16 @@ interruption (also in a later call), retries transient failures with exponential
 size and sha256 and only then renames the file into place, so a partial or corrupt file never sits
 where a good one is expected. :func:`fetch_bytes` fetches small documents (registry indexes) into
 memory with a size limit. Failures raise the classes of :mod:`ModelRegistryLib.errors`, each with
-a message a user can act on.
+a one-line message a user can act on.
 
-Proxies come from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``, read at each
-call), as urllib's default ProxyHandler reads them. Two downloads to one destination at the same
-time would share one ``.part`` file: callers serialize them (``ModelRegistryLib.locking.FileLock``).
+HTTP goes through ``requests`` (Slicer bundles it; imported only when an http or https URL is
+fetched, so file URLs and the rest of the package work without it). Proxies come from the
+environment (``http_proxy``, ``https_proxy``, ``no_proxy``, read at each call), certificates from
+``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``, else the bundle requests ships. Each request runs
+on a helper thread that hands the body over in chunks, so a cancel is honoured within
+``PROGRESS_INTERVAL`` even while a server is silent or a connection is being made, with public APIs
+only. Two downloads to one destination at the same time would share one ``.part`` file: callers
+serialize them (``ModelRegistryLib.locking.FileLock``).
 
 Example::
 
@@ -37,13 +42,14 @@ import errno
 import hashlib
 import http.client
 import os
+import queue
 import re
 import shutil
 import socket
 import ssl
+import stat
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -64,6 +70,10 @@ from .errors import (
 )
 
 CHUNK_BYTES = 1024 * 1024
+# What one read from the network may return: small enough that a slow link still reports progress
+# often (64 KiB is 0.6 s at 100 kB/s), where the HTTP library cannot hand over what has arrived so far.
+NETWORK_CHUNK_BYTES = 64 * 1024
+QUEUED_CHUNKS = 16  # chunks a helper thread reads ahead of the writer: bounds the memory a download holds
 USER_AGENT = "SlicerDeepLearning-ModelRegistry/1"
 PROGRESS_INTERVAL = 0.1  # seconds between two progress reports
 RATE_WINDOW = 1.0  # seconds of history the transfer rate is averaged over
@@ -138,6 +148,9 @@ def format_duration(seconds: float) -> str:
 def file_sha256(path: str, *, cancel: threading.Event | None = None) -> str:
     """The sha256 of a file's bytes, as 64 lower-case hexadecimal digits.
 
+    Only a regular file is read: a fifo or a device (``/dev/zero``) raises RegistryError at once
+    instead of blocking or never ending.
+
     >>> import os, tempfile
     >>> handle, path = tempfile.mkstemp(); os.close(handle)
     >>> file_sha256(path)
@@ -148,7 +161,7 @@ def file_sha256(path: str, *, cancel: threading.Event | None = None) -> str:
 
 
 def file_digests(path: str, algorithms=("sha256",), *, cancel: threading.Event | None = None) -> dict:
-    """The digests of a file's bytes by ``hashlib`` algorithm name (lower-case hexadecimal), read once.
+    """The digests of a regular file's bytes by ``hashlib`` algorithm name (lower-case hexadecimal), read once.
 
     >>> import os, tempfile
     >>> handle, path = tempfile.mkstemp(); os.close(handle)
@@ -157,7 +170,7 @@ def file_digests(path: str, algorithms=("sha256",), *, cancel: threading.Event |
     >>> os.remove(path)
     """
     hashers = {name: hashlib.new(name) for name in algorithms}
-    with open(path, "rb") as file:
+    with open_regular_file(path) as file:
         while True:
             _check_cancel(cancel, f"hashing {path}")
             chunk = file.read(CHUNK_BYTES)
@@ -165,6 +178,30 @@ def file_digests(path: str, algorithms=("sha256",), *, cancel: threading.Event |
                 return {name: hasher.hexdigest() for name, hasher in hashers.items()}
             for hasher in hashers.values():
                 hasher.update(chunk)
+
+
+def open_regular_file(path: str) -> BinaryIO:
+    """``path`` opened for reading in binary, if it is a regular file (links followed); else RegistryError.
+
+    The check is made on the opened file, and opening does not wait for a fifo's writer, so neither a
+    fifo nor a file swapped for one in between can block the caller.
+
+    >>> open_regular_file("/dev/null")
+    Traceback (most recent call last):
+    ...
+    ModelRegistryLib.errors.RegistryError: /dev/null is not a regular file (a device, fifo or socket)
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise RegistryError(f"{path} is not a regular file (a device, fifo or socket)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def download_file(
@@ -184,7 +221,9 @@ def download_file(
 
     - Writes ``destination + ".part"`` in chunks of about 1 MiB, hashing as it goes; a ``.part`` left
       by an earlier attempt is resumed with an HTTP Range request (a server answering 200 instead of
-      206 restarts it from zero; for file URLs the source is simply read from that offset).
+      206 restarts it from zero, and so does one answering with another range than asked, or none:
+      it is not asked for a range again; for file URLs the source is simply read from that offset).
+      Redirects are followed to http and https addresses only.
     - ``retries``: how many failed attempts in a row are retried after the first one, waiting
       ``backoff``, then twice as long each time (at most 30 s). Retried: refused, reset or dropped
       connections, no byte for ``timeout`` seconds, HTTP 5xx, 408 and 429. Not retried: other 4xx,
@@ -195,8 +234,9 @@ def download_file(
       ``durable``: first force the bytes to disk (fsync), so that a power cut cannot leave a renamed
       but empty file; pass False for a file that is unpacked and deleted right away (fsync costs
       about a quarter of a loopback download's time).
-    - ``cancel`` set: CancelledError within about 0.1 s while bytes are expected (even from a silent
-      server; while connecting, within ``timeout``); the ``.part`` is kept for a later resume.
+    - ``cancel`` set: CancelledError within about 0.1 s, while connecting, waiting for an answer or
+      reading (even from a silent server); the ``.part`` is kept for a later resume. The connection
+      of a request left this way closes at its next chunk or after ``timeout``, on its helper thread.
     - ``progress`` is called at most about 10 times a second, and once at the end with done == total.
     - When ``destination`` already holds the right bytes, returns at once without the network.
     - ``sha256`` None: nothing to check the bytes against (``ModelRegistryLib.trust`` pins them on a first
@@ -209,10 +249,10 @@ def download_file(
         return destination
     folder = os.path.dirname(os.path.abspath(destination))
     _writing(lambda: os.makedirs(folder, exist_ok=True), folder)
-    with _PartFile(destination + ".part", size) as part:
+    with _PartFile(destination + ".part", size) as part, _Client(url, timeout, cancel) as client:
         try:
             _retrying(
-                lambda: _fetch_into(url, part, size, reporter, cancel, timeout),
+                lambda: _fetch_into(client, part, size, reporter),
                 url,
                 retries=retries,
                 backoff=backoff,
@@ -250,18 +290,20 @@ def fetch_bytes(
     >>> os.remove(path)
     """
 
-    def attempt() -> bytes:
+    def attempt(client: _Client) -> bytes:
         body = bytearray()
-        with _opened_source(url, 0, timeout, cancel) as source:
+        with client.open(0) as source:
             if source.total is not None and source.total > max_bytes:
                 raise _too_large(url, max_bytes)
-            for chunk in _chunks(source, source.total, cancel):
+            for chunk in source.chunks(source.total):
                 body += chunk
                 if len(body) > max_bytes:
                     raise _too_large(url, max_bytes)
         return bytes(body)
 
-    return _retrying(attempt, url, retries=retries, backoff=backoff, timeout=timeout, cancel=cancel)
+    with _Client(url, timeout, cancel) as client:
+        return _retrying(lambda: attempt(client), url, retries=retries, backoff=backoff, timeout=timeout,
+                         cancel=cancel)
 
 
 def _too_large(url: str, max_bytes: int) -> DownloadError:
@@ -414,11 +456,28 @@ def _verify(part: _PartFile, url: str, sha256: str | None, size: int | None) -> 
 
 @dataclass
 class _Source:
-    """An open body: ``stream`` yields the bytes from offset ``start`` of a file of ``total`` bytes."""
+    """An open body: its bytes from offset ``start`` of a file of ``total`` bytes (None: unknown).
 
-    stream: BinaryIO
+    ``read`` returns the next chunk, ``b""`` at the end.
+    """
+
     start: int
     total: int | None
+    read: Callable[[], bytes]
+    cancel: threading.Event | None
+
+    def chunks(self, end: int | None) -> Iterator[bytes]:
+        """The body's chunks; a body ending before byte ``end`` raises _ConnectionClosedEarlyError."""
+        received = self.start
+        while True:
+            _check_cancel(self.cancel, "the download")
+            chunk = self.read()
+            if not chunk:
+                break
+            received += len(chunk)
+            yield chunk
+        if end is not None and received < end:
+            raise _ConnectionClosedEarlyError(received, end)
 
 
 class _ConnectionClosedEarlyError(Exception):
@@ -431,121 +490,209 @@ class _UnexpectedRangeError(Exception):
         super().__init__(f"asked for bytes from {asked}, the server sent {content_range!r}")
 
 
+class _HTTPStatusError(Exception):
+    """The server answered with an error status."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"HTTP {code} {reason or ''}".rstrip())
+        self.code = code
+
+
+class _Client:
+    """Opens one URL at byte offsets, for the attempts of one download; a context manager.
+
+    File URLs are read directly; http and https go through one ``requests`` session, made at the first
+    request and closed at the end. A server found to answer a Range request with other bytes than asked
+    is from then on asked for the whole file, as a server that ignores ranges would send it.
+    """
+
+    def __init__(self, url: str, timeout: float, cancel: threading.Event | None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.cancel = cancel
+        self.scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if self.scheme not in ("http", "https", "file"):
+            raise DownloadError(f"cannot download {url}: only http, https and file addresses are supported", url)
+        self._session = None
+        self._ranges_work = True
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[_Source]:
+        """The body from ``offset`` where the source can start there, else from 0 (``start`` says which)."""
+        if self.scheme == "file":
+            with _open_file(self.url, offset) as (stream, start, total):
+                yield _Source(start, total, lambda: stream.read(CHUNK_BYTES), self.cancel)
+            return
+        transfer, start, total = self._open_http(offset)
+        try:
+            yield _Source(start, total, transfer.read, self.cancel)
+        finally:
+            transfer.close()
+
+    def _open_http(self, offset: int) -> tuple:
+        """``(transfer, start, total)`` of a GET asking for the bytes from ``offset`` where ranges work."""
+        if not self._ranges_work:
+            offset = 0
+        if self._session is None:
+            self._session = _new_session()
+        transfer = _Transfer(self._session, self.url, offset, self.timeout, self.cancel)
+        try:
+            if transfer.status == 416 and offset:  # the .part is as long as the file or longer: start over
+                transfer.close()
+                return self._open_http(0)
+            if transfer.status >= 400:
+                raise _HTTPStatusError(transfer.status, transfer.reason)
+            if transfer.status == 206:
+                content_range = transfer.headers.get("Content-Range", "")
+                match = _CONTENT_RANGE.match(content_range)
+                if match is None or int(match.group(1)) != offset:
+                    if not offset:
+                        raise _UnexpectedRangeError(offset, content_range)
+                    # Resuming such a server can never work, and its .part must not block later installs.
+                    self._ranges_work = False
+                    transfer.close()
+                    return self._open_http(0)
+                return transfer, offset, None if match.group(3) == "*" else int(match.group(3))
+            length = transfer.headers.get("Content-Length", "")
+            return transfer, 0, int(length) if length.strip().isdigit() else None
+        except BaseException:
+            transfer.close()
+            raise
+
+
 @contextlib.contextmanager
-def _opened_source(url: str, offset: int, timeout: float, cancel: threading.Event | None) -> Iterator[_Source]:
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme in ("http", "https"):
-        source = _open_http(url, offset, timeout)
-    elif scheme == "file":
-        source = _open_file(url, offset)
-    else:
-        raise DownloadError(f"cannot download {url}: only http, https and file addresses are supported", url)
-    with source.stream, _interrupted_on_cancel(source.stream, cancel):
-        yield source
-
-
-def _open_file(url: str, offset: int) -> _Source:
+def _open_file(url: str, offset: int) -> Iterator[tuple]:
+    """``(stream, start, total)`` of a file URL, read from ``offset`` (from 0 when the file is shorter)."""
     parts = urllib.parse.urlsplit(url)
     # file://server/share/x is a Windows network share; file:///x and file://localhost/x are local.
     location = parts.path if parts.netloc in ("", "localhost") else f"//{parts.netloc}{parts.path}"
     path = urllib.request.url2pathname(location)
     try:
-        stream = open(path, "rb")  # noqa: SIM115 - the caller closes the source
+        stream = open_regular_file(path)
     except FileNotFoundError as error:
         raise NotFoundError(f"file not found: {path}", url) from error
     except OSError as error:
         raise DownloadError(f"cannot read {path}: {error.strerror or error}", url) from error
-    total = os.fstat(stream.fileno()).st_size
-    start = offset if offset <= total else 0
-    stream.seek(start)
-    return _Source(stream, start, total)
+    except RegistryError as error:  # not a regular file
+        raise DownloadError(str(error), url) from error
+    with stream:
+        total = os.fstat(stream.fileno()).st_size
+        start = offset if offset <= total else 0
+        stream.seek(start)
+        yield stream, start, total
 
 
-def _open_http(url: str, offset: int, timeout: float) -> _Source:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    # A new opener each time: its ProxyHandler reads the proxy environment variables now, whereas
-    # urllib.request.urlopen keeps the ones of its first call.
-    opener = urllib.request.build_opener()
+def _certificate_bundle() -> str | None:
+    """``SSL_CERT_FILE`` where it names a file: requests reads REQUESTS_CA_BUNDLE (which wins) but not it."""
+    bundle = os.environ.get("SSL_CERT_FILE", "")
+    return bundle if bundle and os.path.isfile(bundle) else None
+
+
+def _new_session():
     try:
-        response = opener.open(request, timeout=timeout)
-    except urllib.error.HTTPError as error:
-        error.close()
-        if error.code == 416 and offset:  # the .part is as long as the file or longer: start over
-            return _open_http(url, 0, timeout)
-        raise
-    if response.status == 206:
-        content_range = response.headers.get("Content-Range", "")
-        match = _CONTENT_RANGE.match(content_range)
-        if match is None or int(match.group(1)) != offset:
-            response.close()
-            raise _UnexpectedRangeError(offset, content_range)
-        return _Source(response, offset, None if match.group(3) == "*" else int(match.group(3)))
-    length = response.headers.get("Content-Length", "")
-    return _Source(response, 0, int(length) if length.strip().isdigit() else None)
+        import requests  # Slicer bundles it; imported here so that file URLs and the rest work without it
+    except ImportError as error:
+        raise DownloadError("downloading from http and https addresses needs the requests package, which Slicer "
+                            "bundles; elsewhere: python -m pip install requests") from error
+    session = requests.Session()
+    # Identity: the bytes hashed, counted and resumed are the file's, never a compressed form of it.
+    session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    bundle = _certificate_bundle()
+    if bundle is not None:
+        session.verify = bundle
+    return session
 
 
-def _chunks(source: _Source, end: int | None, cancel: threading.Event | None) -> Iterator[bytes]:
-    """The body's chunks; a body ending before byte ``end`` raises _ConnectionClosedEarlyError."""
-    received = source.start
-    while True:
-        _check_cancel(cancel, "the download")
-        chunk = source.stream.read1(CHUNK_BYTES)
-        if not chunk:
-            break
-        received += len(chunk)
-        yield chunk
-    if end is not None and received < end:
-        raise _ConnectionClosedEarlyError(received, end)
+class _Transfer:
+    """One HTTP GET whose connection, headers and body are read on a helper thread.
 
+    A thread blocked on a socket cannot be woken through public APIs, and a silent server keeps a read
+    blocked for the whole timeout. So the blocking work runs on a helper thread that hands the body over
+    in chunks through a small queue, and the caller waits on that queue in steps of PROGRESS_INTERVAL,
+    checking ``cancel``. After a cancel or an error the caller leaves at once; the helper thread stops at
+    its next chunk, or when the socket times out, and closes the response itself.
+    """
 
-def _socket_of(stream: BinaryIO) -> socket.socket | None:
-    # http.client.HTTPResponse reads a socket file: its buffered reader's raw SocketIO holds the socket.
-    raw = getattr(getattr(stream, "fp", None), "raw", None)
-    candidate = getattr(raw, "_sock", None)
-    return candidate if isinstance(candidate, socket.socket) else None
+    def __init__(self, session, url: str, offset: int, timeout: float, cancel: threading.Event | None) -> None:
+        self._items: queue.Queue = queue.Queue(QUEUED_CHUNKS)
+        self._stopped = threading.Event()
+        self._cancel = cancel
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        helper = threading.Thread(target=self._run, args=(session, url, headers, timeout), name="download",
+                                  daemon=True)
+        helper.start()
+        self.status, self.reason, self.headers = self._next()
 
-
-@contextlib.contextmanager
-def _interrupted_on_cancel(stream: BinaryIO, cancel: threading.Event | None) -> Iterator[None]:
-    """While inside, setting ``cancel`` shuts the stream's socket, waking a read blocked on a silent server."""
-    sock = _socket_of(stream)
-    if cancel is None or sock is None:
-        yield
-        return
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not finished.wait(PROGRESS_INTERVAL):
-            if cancel.is_set():
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+    def _run(self, session, url: str, headers: dict, timeout: float) -> None:
+        try:
+            response = session.get(url, headers=headers, stream=True, timeout=timeout)
+        except BaseException as error:  # handed to the caller, which classifies it
+            self._hand_over(error)
+            return
+        with response:
+            if not self._hand_over((response.status_code, response.reason, response.headers)):
                 return
+            # urllib3 2 hands over what has arrived (read1); urllib3 1.26 (older Slicers) waits for the amount.
+            read1 = getattr(response.raw, "read1", None)
+            try:
+                while True:
+                    if read1 is not None:
+                        chunk = read1(CHUNK_BYTES, decode_content=False)
+                    else:
+                        chunk = response.raw.read(NETWORK_CHUNK_BYTES, decode_content=False)
+                    if not self._hand_over(chunk) or not chunk:
+                        return
+            except BaseException as error:
+                self._hand_over(error)
 
-    watcher = threading.Thread(target=watch, name="download-cancel-watch", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        finished.set()
-        watcher.join()
+    def _hand_over(self, item) -> bool:
+        """Queue ``item`` for the caller; False when the caller has stopped listening."""
+        while not self._stopped.is_set():
+            try:
+                self._items.put(item, timeout=PROGRESS_INTERVAL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next(self):
+        while True:
+            try:
+                item = self._items.get(timeout=PROGRESS_INTERVAL)
+                break
+            except queue.Empty:
+                if self._cancel is not None and self._cancel.is_set():
+                    self.close()
+                    raise CancelledError("cancelled the download") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def read(self) -> bytes:
+        """The next chunk of the body, ``b""`` at its end."""
+        return self._next()
+
+    def close(self) -> None:
+        """Stop listening: the helper thread ends and closes the response."""
+        self._stopped.set()
 
 
-def _fetch_into(
-    url: str,
-    part: _PartFile,
-    size: int | None,
-    reporter: _ProgressReporter,
-    cancel: threading.Event | None,
-    timeout: float,
-) -> None:
+def _fetch_into(client: _Client, part: _PartFile, size: int | None, reporter: _ProgressReporter) -> None:
     """One attempt: bring ``part`` up to the whole file, resuming what it holds where the source allows."""
+    url = client.url
     if size is not None and part.length > size:
         part.restart()
     if size is not None and part.length == size:
         return  # complete already (a crash between download and rename); _verify decides
-    with _opened_source(url, part.length, timeout, cancel) as source:
+    with client.open(part.length) as source:
         if size is not None and source.total is not None and source.total != size:
             raise ChecksumMismatchError(
                 f"{url} has {source.total} bytes, the registry expects {size}: the file on the server differs",
@@ -555,10 +702,10 @@ def _fetch_into(
             )
         if source.start == 0 and part.length:
             part.restart()
-        part.resume(cancel)
+        part.resume(client.cancel)
         end = size if size is not None else source.total
         reporter.start(part.length, end)
-        for chunk in _chunks(source, end, cancel):
+        for chunk in source.chunks(end):
             if end is not None and part.length + len(chunk) > end:
                 raise ChecksumMismatchError(
                     f"{url} sends more than the {end} bytes expected: the file on the server differs",
@@ -593,7 +740,6 @@ def _retrying(
         except RegistryError:
             raise
         except Exception as error:
-            # A cancel shuts the socket, which surfaces here as a network error.
             _check_cancel(cancel, f"downloading {url}")
             classified = _classify(error, url, timeout)
             if classified is None:
@@ -602,12 +748,43 @@ def _retrying(
             failures = 1 if position() > before else failures + 1
             if not transient or failures > retries:
                 suffix = f" (gave up after {failures} attempts)" if transient and failures > 1 else ""
-                raise kind(message + suffix, url) from error
+                raise kind(_one_line(message + suffix), url) from error
             delay = min(MAX_BACKOFF, backoff * 2 ** (failures - 1))
             if cancel is None:
                 time.sleep(delay)
             else:
                 cancel.wait(delay)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error of a chain (requests wraps urllib3's errors, which wrap the socket's or ssl's)."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        reason = getattr(error, "reason", None)  # urllib3's MaxRetryError, urllib's URLError
+        inner = reason if isinstance(reason, BaseException) else error.__cause__ or error.__context__
+        if inner is None:
+            inner = next((argument for argument in error.args if isinstance(argument, BaseException)), None)
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+def _http_library_errors() -> tuple:
+    """``(requests.exceptions, urllib3.exceptions)`` once requests is in use, else ``(None, None)``."""
+    import sys
+
+    if "requests" not in sys.modules:
+        return None, None
+    import requests.exceptions
+    import urllib3.exceptions
+
+    return requests.exceptions, urllib3.exceptions
 
 
 def _classify(error: BaseException, url: str, timeout: float) -> tuple[type, str, bool] | None:
@@ -616,33 +793,57 @@ def _classify(error: BaseException, url: str, timeout: float) -> tuple[type, str
     None for errors that are not about the transfer (bugs): those propagate unchanged.
     """
     host = urllib.parse.urlsplit(url).netloc or url
-    if isinstance(error, urllib.error.HTTPError):
-        status = f"HTTP {error.code} {error.reason or ''}".rstrip()
+    if isinstance(error, _HTTPStatusError):
         if error.code in (404, 410):
-            return NotFoundError, f"not found ({status}): {url}", False
+            return NotFoundError, f"not found ({error}): {url}", False
         if error.code >= 500 or error.code in _TRANSIENT_HTTP:
-            return ServerError, f"server error ({status}) from {host}: {url}; try again later", True
-        return DownloadError, f"the server refused the download ({status}): {url}", False
-    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
-        return _classify(error.reason, url, timeout)
-    if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return ServerError, f"server error ({error}) from {host}: {url}; try again later", True
+        return DownloadError, f"the server refused the download ({error}): {url}", False
+    if isinstance(error, _UnexpectedRangeError):
+        return ServerError, f"{host} answered a download request wrongly ({error}): {url}", True
+    if isinstance(error, _ConnectionClosedEarlyError):
+        return ConnectionFailedError, f"cannot download {url}: {error}; check network or proxy settings", True
+    requests_errors, urllib3_errors = _http_library_errors()
+    if requests_errors is not None:
+        if isinstance(error, requests_errors.ProxyError):
+            reason = _reason(_root_cause(error))
+            return ConnectionFailedError, f"cannot reach the proxy for {url} ({reason}); check http_proxy and " \
+                                          "https_proxy", True
+        if isinstance(error, (requests_errors.InvalidSchema, requests_errors.InvalidURL,
+                              requests_errors.MissingSchema, requests_errors.TooManyRedirects,
+                              urllib3_errors.LocationValueError)):
+            return DownloadError, f"cannot download {url}: {_reason(error)}", False
+    root = _root_cause(error)
+    if isinstance(root, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return ConnectionFailedError, f"connection to {host} lost: {url}; check network or proxy settings", True
-    if isinstance(error, ssl.SSLError):
-        reason = getattr(error, "reason", None) or error
+    if isinstance(root, ssl.SSLError) or (urllib3_errors is not None and isinstance(root, urllib3_errors.SSLError)):
+        reason = getattr(root, "verify_message", None) or getattr(root, "reason", None) or root
         return (
             TLSError,
-            f"secure connection to {host} failed ({reason}); if your network inspects HTTPS traffic, "
-            "point SSL_CERT_FILE to your organisation's certificate bundle",
+            f"secure connection to {host} failed ({reason}); if your network inspects HTTPS traffic, point "
+            "REQUESTS_CA_BUNDLE or SSL_CERT_FILE to your organisation's certificate bundle",
             False,
         )
-    if isinstance(error, (socket.timeout, TimeoutError)):
+    timeouts, not_timeouts = (socket.timeout, TimeoutError), ()
+    if urllib3_errors is not None:
+        timeouts += (requests_errors.Timeout, urllib3_errors.TimeoutError)
+        not_timeouts = urllib3_errors.NewConnectionError  # a subclass of urllib3's ConnectTimeoutError
+    if isinstance(root, timeouts) and not isinstance(root, not_timeouts):
         return DownloadTimeoutError, f"no data from {host} for {timeout:g} s: {url}; try again later", True
-    if isinstance(error, _UnexpectedRangeError):
-        return ServerError, f"{host} answered a resume request wrongly ({error}): {url}", True
-    if isinstance(error, (_ConnectionClosedEarlyError, http.client.HTTPException, OSError, urllib.error.URLError)):
-        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
-        return ConnectionFailedError, f"cannot download {url}: {reason}; check network or proxy settings", True
+    if isinstance(root, http.client.IncompleteRead):
+        return ConnectionFailedError, f"connection to {host} closed before the end of {url}; check network or " \
+                                      "proxy settings", True
+    network = (http.client.HTTPException, OSError)
+    if urllib3_errors is not None:
+        network += (requests_errors.RequestException, urllib3_errors.HTTPError)
+    if isinstance(root, network):
+        return ConnectionFailedError, f"cannot download {url}: {_reason(root)}; check network or proxy settings", True
     return None
+
+
+def _reason(error: BaseException) -> str:
+    return _one_line(str(getattr(error, "strerror", None) or error))
+
 
 
 # --- progress -----------------------------------------------------------------------------------

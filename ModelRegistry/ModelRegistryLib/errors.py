@@ -74,4 +74,5 @@ class DiskFullError(RegistryError):
 
 
 class UnsafeArchiveError(RegistryError):
-    """An archive entry would land outside the target folder, is a link or device, or breaks a size or count limit."""
+    """An archive entry would land outside the target folder, is a link or device, breaks a size or count limit,
+    or would take the place of the model store's own record of a version's files."""

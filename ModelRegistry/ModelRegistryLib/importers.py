@@ -425,10 +425,15 @@ def read_monai_bundle(path: str) -> tuple:
 def _glob_pattern(glob: str) -> str:
     """Our input pattern (a regular expression) for a Models.json ``namePattern`` glob like ``*t2*``.
 
-    >>> _glob_pattern("*T2*"), _glob_pattern("ct?.nrrd")
-    ('^.*T2.*$', '^ct.\\\\.nrrd$')
+    Patterns are searched in names, so a leading or trailing ``*`` becomes a missing anchor rather than
+    ``.*``: the same names match, with less backtracking (see ``index.input_pattern_problem``).
+
+    >>> _glob_pattern("*T2*"), _glob_pattern("ct?.nrrd"), _glob_pattern("*t2**ax*")
+    ('T2', '^ct.\\\\.nrrd$', 't2.*ax')
     """
-    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob) + "$"
+    glob = re.sub(r"\*+", "*", glob)
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob.strip("*"))
+    return ("" if glob.startswith("*") else "^") + body + ("" if glob.endswith("*") else "$")
 
 
 def _auto3dseg_versions(model: dict, base_url: str, checksums: Mapping) -> tuple:

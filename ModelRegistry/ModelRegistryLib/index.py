@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import numbers
@@ -51,6 +52,8 @@ from .archive import is_archive
 
 SCHEMA_VERSION = 1
 MAX_INDEX_BYTES = 16 * 1024 * 1024
+# An index read from these may list only files at these (a local index may also list file URLs).
+WEB_SCHEMES = ("http", "https")
 
 # A file with one of these name endings is an archive, unpacked into the version's folder at install.
 DEVICES = ("cpu", "cuda", "mps")
@@ -389,19 +392,31 @@ class Label:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """One input channel; ``pattern`` (a regular expression) picks matching volumes by name."""
+    """One input channel; ``pattern`` (a regular expression of a safe subset, see :func:`input_pattern_problem`)
+    picks matching volumes by name."""
 
     name: str
     modality: str = ""
     pattern: str = ""
 
     def matches(self, volume_name: str) -> bool:
-        """Whether a volume of this name is a likely input (searched case-insensitively; no pattern: any).
+        """Whether a volume of this name is a likely input (searched case-insensitively in the name's first
+        MAX_MATCHED_NAME_LENGTH characters; no pattern: any). A pattern outside the allowed subset (see
+        :func:`input_pattern_problem`) raises ValueError instead of risking a frozen panel.
 
         >>> ModelInput("T2", "MR", r"t2|flair").matches("Prostate T2 axial")
         True
         """
-        return re.search(self.pattern, volume_name, re.IGNORECASE) is not None
+        return _compiled_input_pattern(self.pattern).search(volume_name[:MAX_MATCHED_NAME_LENGTH]) is not None
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_input_pattern(pattern: str) -> re.Pattern:
+    """``pattern`` compiled, if :func:`input_pattern_problem` allows it (else ValueError saying why)."""
+    problem = input_pattern_problem(pattern)
+    if problem:
+        raise ValueError(f"input pattern {pattern!r}: {problem}")
+    return re.compile(pattern, re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -530,6 +545,219 @@ def resolve_version(entry: ModelEntry, spec: str | None = None) -> ModelVersion:
     raise VersionNotFoundError(entry.id, spec, newest_first)
 
 
+def model_spec_problem(model_id: str, version_spec: str | None = None) -> str:
+    """Why ``model_id`` (and ``version_spec``) can name no model version of any index, or ``""``.
+
+    >>> model_spec_problem("liver-ct", "1.2"), model_spec_problem("Liver CT"), model_spec_problem("liver", "v2")
+    ('', "'Liver CT' is not a model id (lower-case letters, digits, '.', '_' and '-')", \
+"'v2' is not a version: use 1.2.3, 1.2, 1 or latest")
+    """
+    if not _MODEL_ID.fullmatch(model_id):
+        return f"{model_id!r} is not a model id (lower-case letters, digits, '.', '_' and '-')"
+    if version_spec is not None and version_spec != "latest" and not (
+        _SEMANTIC_VERSION.fullmatch(version_spec) or _VERSION_PREFIX.fullmatch(version_spec)
+    ):
+        return f"{version_spec!r} is not a version: use 1.2.3, 1.2, 1 or latest"
+    return ""
+
+
+# --- input name patterns ----------------------------------------------------------------------------
+# Python's re backtracks and has no timeout: "^(\w+\s?)+$" takes minutes on a long volume name, and the
+# panel matches patterns on its own thread. So an index may only use a subset of regular expressions whose
+# matching time is bounded, checked when the index is read (see input_pattern_problem), and names are
+# matched on their first MAX_MATCHED_NAME_LENGTH characters.
+
+MAX_PATTERN_LENGTH = 200
+MAX_MATCHED_NAME_LENGTH = 256
+# The most backtracking steps one search of a pattern may take, by the bound of _PatternCost: at about
+# 20 ns a step, 4.2 million keep the slowest admitted pattern near a tenth of a second on a 256-character
+# name, while leaving room for what index authors write ("t1|mprage", "^.*T2.*$", "(ct|cta)_?venous").
+MAX_PATTERN_STEPS = 1 << 22
+_REPEAT = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+def input_pattern_problem(pattern: str) -> str:
+    """Why ``pattern`` is not allowed as an input's name pattern, or ``""`` when it is.
+
+    The rule: at most MAX_PATTERN_LENGTH characters of literal characters, ``.``, classes ``[...]``,
+    ``\\d \\D \\w \\W \\s \\S`` and other escaped characters, anchors ``^ $ \\b \\B``, alternatives ``|`` and
+    groups ``(...)``, ``(?:...)``; a repeat (``* + ? {m} {m,} {m,n}``, lazy or not) applies to a single
+    character item, never to a group; no backreferences, lookarounds, named groups or inline flags; and the
+    backtracking the pattern allows, bounded by multiplying the lengths each repeat may try and adding up
+    alternatives (see _PatternCost), stays under MAX_PATTERN_STEPS on a name of MAX_MATCHED_NAME_LENGTH characters.
+
+    >>> input_pattern_problem("t1|mprage"), input_pattern_problem("^.*T2.*$")
+    ('', '')
+    >>> input_pattern_problem(r"^(\\w+\\s?)+$")
+    'a repeat may only follow one character, a class or an escape like \\\\w, not a group (at character 10)'
+    >>> input_pattern_problem(r"\\w*\\s*\\w*x")
+    'too much backtracking: up to 4362470401 steps on a 256-character name, at most 4194304 are allowed'
+    """
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return f"longer than {MAX_PATTERN_LENGTH} characters"
+    try:
+        steps = _PatternCost(pattern).steps()
+    except ValueError as error:
+        return str(error)
+    if steps > MAX_PATTERN_STEPS:
+        return (f"too much backtracking: up to {steps} steps on a {MAX_MATCHED_NAME_LENGTH}-character name, "
+                f"at most {MAX_PATTERN_STEPS} are allowed")
+    try:
+        re.compile(pattern, re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError) as error:
+        return f"not a regular expression: {error}"
+    return ""
+
+
+class _PatternCost:
+    """Reads a pattern of the allowed subset and bounds the backtracking steps of one search with it.
+
+    A repeat of one character item tries at most as many lengths as the name allows; a sequence tries
+    every combination of its items' choices (their product); alternatives are tried one after the other
+    (their sum); a search tries every start position, except for branches anchored with ``^``. A repeat
+    that ends the pattern is tried once: it takes its longest length and nothing after it can fail.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.text = pattern
+        self.at = 0
+
+    def _error(self, message: str) -> ValueError:
+        return ValueError(f"{message} (at character {self.at + 1})")
+
+    def _peek(self) -> str:
+        return self.text[self.at] if self.at < len(self.text) else ""
+
+    def steps(self) -> int:
+        names = MAX_MATCHED_NAME_LENGTH + 1  # start positions of a search, and lengths a '*' may try
+        total = 0
+        for anchored, cost in self._alternatives(top=True):
+            total += cost * (1 if anchored else names)
+        if self.at < len(self.text):
+            raise self._error("a ')' without its '('")
+        return total
+
+    def _alternatives(self, top: bool = False) -> list:
+        """``[(starts with '^', cost)]`` of the branches up to a ')' or the end."""
+        branches = [self._branch(top)]
+        while self._peek() == "|":
+            self.at += 1
+            branches.append(self._branch(top))
+        return branches
+
+    def _branch(self, top: bool = False) -> tuple:
+        anchored = self._peek() == "^"
+        cost = last = 1
+        while self._peek() not in ("", "|", ")"):
+            last = self._piece()
+            cost *= last
+        if top and self.at > 0 and self.text[self.at - 1] in "*+?}":
+            # A repeat ending the pattern takes its longest length and succeeds: nothing after it can fail.
+            cost //= last
+        return anchored, cost
+
+    def _piece(self) -> int:
+        character = self._peek()
+        if character == "(":
+            return self._group()
+        if character in "^$":
+            self.at += 1
+            return self._no_repeat()
+        if character == "\\":
+            return self._escape()
+        if character == "[":
+            self._class()
+        elif character in "*+?{":
+            raise self._error(f"'{character}' repeats nothing; write \\{character} for the character itself")
+        else:
+            self.at += 1
+        return self._repeat()
+
+    def _group(self) -> int:
+        self.at += 1
+        if self.text.startswith("?:", self.at):
+            self.at += 2
+        elif self._peek() == "?":
+            raise self._error("only plain groups (...) and (?:...) are allowed: no lookarounds, named groups "
+                              "or flags")
+        cost = sum(branch_cost for _, branch_cost in self._alternatives())
+        if self._peek() != ")":
+            raise self._error("a '(' without its ')'")
+        self.at += 1
+        self._no_repeat("a group")
+        return cost
+
+    def _escape(self) -> int:
+        self.at += 1
+        escaped = self._peek()
+        if not escaped:
+            raise self._error("a pattern cannot end with '\\'")
+        self.at += 1
+        if escaped in "bB":
+            return self._no_repeat()
+        if escaped.isdigit():
+            raise self._error("backreferences like \\1 are not allowed")
+        if escaped.isalnum() and escaped not in "dDwWsSntrfv":
+            raise self._error(f"\\{escaped} is not allowed; use \\d \\D \\w \\W \\s \\S \\b \\B or escape punctuation")
+        return self._repeat()
+
+    def _class(self) -> None:
+        """Step over a class ``[...]``: escapes as outside it, no nested '['."""
+        self.at += 1
+        if self._peek() == "^":
+            self.at += 1
+        if self._peek() == "]":
+            self.at += 1
+        while self._peek() != "]":
+            character = self._peek()
+            if not character:
+                raise self._error("a '[' without its ']'")
+            if character == "[":
+                raise self._error("write \\[ for a '[' inside a class")
+            if character == "\\":
+                self.at += 1
+                escaped = self._peek()
+                if escaped.isdigit() or (escaped.isalnum() and escaped not in "dDwWsSntrfv"):
+                    raise self._error(f"\\{escaped} is not allowed in a class")
+            self.at += 1
+        self.at += 1
+
+    def _no_repeat(self, what: str = "an anchor") -> int:
+        if self._peek() in ("*", "+", "?") or (self._peek() == "{" and _REPEAT.match(self.text, self.at)):
+            raise self._error(f"a repeat may only follow one character, a class or an escape like \\w, not {what}")
+        return 1
+
+    def _repeat(self) -> int:
+        """How many lengths the repeat after a single-character item may try (1 without one)."""
+        longest = MAX_MATCHED_NAME_LENGTH
+        character = self._peek()
+        if character in ("*", "+", "?"):
+            self.at += 1
+            choices = {"*": longest + 1, "+": longest, "?": 2}[character]
+        elif character == "{":
+            match = _REPEAT.match(self.text, self.at)
+            if match is None:
+                raise self._error("write \\{ for a '{' that is not a repeat {m}, {m,} or {m,n}")
+            low, comma, high = match.groups()
+            if not (low or high):
+                raise self._error("write \\{ for a '{' that is not a repeat {m}, {m,} or {m,n}")
+            least = int(low or 0)
+            most = int(high) if high else (least if not comma else longest)
+            if max(least, most) > longest:
+                raise self._error(f"a repeat count over {longest} can never match a name")
+            if most < least:
+                raise self._error("a repeat {m,n} needs m <= n")
+            self.at = match.end()
+            choices = most - least + 1
+        else:
+            return 1
+        if self._peek() == "?":  # lazy: the same lengths, tried shortest first
+            self.at += 1
+        if self._peek() in ("*", "+", "?", "{"):
+            raise self._error("one repeat at a time")
+        return choices
+
+
 # The checks below are shared with other JSON documents of the extension (DeepSegment's model.json):
 # each names the offending field in its error.
 
@@ -596,6 +824,10 @@ def parse_list(mapping: dict, key: str, field: str, parse) -> tuple:
     return tuple(parse(item, f"{field_path(field, key)}[{i}]") for i, item in enumerate(items))
 
 
+def _scheme(url: str) -> str:
+    return urllib.parse.urlsplit(url).scheme.lower()
+
+
 def _string(item, field: str) -> str:
     if not isinstance(item, str):
         raise IndexValidationError(field, "must be str")
@@ -607,6 +839,10 @@ def _parse_file(item, field: str, base_url: str) -> ModelFile:
     url = require(item, "url", str, field)
     if base_url:
         url = urllib.parse.urljoin(base_url, url)
+    if _scheme(base_url) in WEB_SCHEMES and _scheme(url) not in WEB_SCHEMES:
+        # Else a web page could make the client read local files (and learn their sizes from its errors).
+        raise IndexValidationError(f"{field}.url", "must be an http or https URL: an index from the web may only "
+                                                   "point at the web")
     sha256 = _matching(item, "sha256", _SHA256, field, "64 lower-case hexadecimal digits", required=False)
     digests = {name: _matching(item, name, re.compile(f"[0-9a-f]{{{digits}}}"), field,
                                f"{digits} lower-case hexadecimal digits", required=False)
@@ -752,10 +988,9 @@ def _parse_label(item, field: str) -> Label:
 def parse_input(item, field: str) -> ModelInput:
     item = require_object(item, field)
     pattern = _optional(item, "pattern", str, field, "")
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as error:
-        raise IndexValidationError(f"{field}.pattern", f"is not a regular expression: {error}") from error
+    problem = input_pattern_problem(pattern)
+    if problem:
+        raise IndexValidationError(f"{field}.pattern", f"is not an allowed name pattern: {problem}")
     return ModelInput(
         name=require(item, "name", str, field), modality=_optional(item, "modality", str, field, ""), pattern=pattern
     )
@@ -864,7 +1099,7 @@ def parse_index(document, base_url: str = "") -> tuple:
     """Validate an index document (already decoded from JSON) and return its models.
 
     ``base_url`` is where the document came from; relative file URLs (and image archive URLs) are resolved
-    against it.
+    against it, and when it is an http or https URL every file URL must be one too.
     """
     if not isinstance(document, dict):
         raise IndexValidationError("(document)", "must be a JSON object")

@@ -27,6 +27,7 @@ from .index import (
     ModelVersion,
     VersionNotFoundError,
     load_index,
+    model_spec_problem,
     resolve_version,
     search,
     semantic_version_key,
@@ -58,19 +59,86 @@ def user_sources(cache_dir: str) -> list:
 
     They live with the cache so that Slicer, its Python console and the command line see the same ones.
     """
+    path = os.path.join(cache_dir, USER_SOURCES_FILE)
     try:
-        with open(os.path.join(cache_dir, USER_SOURCES_FILE), encoding="utf-8") as file:
+        with open(path, encoding="utf-8") as file:
             items = json.load(file)
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as error:
-        raise RegistryError(f"Cannot read {USER_SOURCES_FILE} in {cache_dir}: {error}") from error
+    except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
+        raise RegistryError(f"cannot read {path}: {error}; correct or delete it") from error
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("location"), str) and item["location"]
+        and isinstance(item.get("name", ""), str) for item in items
+    ):
+        raise RegistryError(f'{path} must be a JSON list of {{"location": URL_OR_PATH, "name": TEXT}} objects; '
+                            "correct or delete it")
     return [IndexSource(item["location"], name=item.get("name", "")) for item in items]
 
 
 def imported_source(cache_dir: str) -> IndexSource:
     """The index of the models imported into ``cache_dir`` (``import`` of an nnU-Net results folder, a bundle...)."""
     return IndexSource(os.path.join(cache_dir, IMPORTED_FOLDER, "index.json"), name="Imported models")
+
+
+def add_imported(cache_dir: str, path: str) -> list:
+    """Add the field's model at ``path`` (``importers.package_foreign_model``) to the imported models' index in
+    ``cache_dir``; ``(id, version)`` of each entry added.
+
+    A model imported again with the same content keeps its version; with other content it gets the next patch
+    version, so the version installed before stays what it was.
+    """
+    source = imported_source(cache_dir)
+    entries = package_foreign_model(path, os.path.dirname(source.location))
+    try:
+        with open(source.location, encoding="utf-8") as file:
+            document = json.load(file)
+    except FileNotFoundError:
+        document = index_document([])
+    except (OSError, ValueError) as error:
+        raise RegistryError(f"Cannot read the imported models' index {source.location}: {error}") from error
+    added = []
+    for entry in entries:
+        (version,) = entry["versions"]
+        existing = next((model for model in document["models"] if model["id"] == entry["id"]), None)
+        if existing is None:
+            document["models"].append(entry)
+            added.append((entry["id"], version["version"]))
+            continue
+        same = next((old for old in existing["versions"] if old["files"] == version["files"]), None)
+        if same is None:
+            newest = max((old["version"] for old in existing["versions"]), key=semantic_version_key)
+            major, minor, patch = semantic_version_key(newest)[:3]
+            version["version"] = f"{major}.{minor}.{patch + 1}"
+            existing.update({key: value for key, value in entry.items() if key != "versions"})
+            existing["versions"].append(version)
+            same = version
+        added.append((entry["id"], same["version"]))
+    write_json_atomically(source.location, index_document(document["models"]))
+    return added
+
+
+def import_model(store: ModelStore, path: str, entries: Sequence[ModelEntry], *,
+                 progress: Callable[[InstallProgress], None] | None = None,
+                 cancel: threading.Event | None = None) -> InstalledModel:
+    """Install the local archive or folder at ``path``: the files of a version ``entries`` list (matched by sha256),
+    else a model of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive),
+    added to the imported models' index (:func:`add_imported`) and installed from there. Returns the (first)
+    installed model. The panel's worker process runs this too (``tasks.import_package``)."""
+    found = store.local_version(path, entries, progress=progress, cancel=cancel)
+    if found is not None:
+        return store.install(*found, progress=progress, cancel=cancel)
+    try:
+        added = add_imported(store.cache_dir, path)
+    except ImporterError as error:
+        raise RegistryError(
+            f"{os.path.basename(os.path.abspath(path))} holds no model version listed in the registry indexes"
+            f" (files are matched by sha256), and {error}"
+        ) from error
+    imported = {model.id: model for model in load_index(imported_source(store.cache_dir).location)}
+    installed = [store.install(imported[model_id], resolve_version(imported[model_id], version), progress=progress,
+                               cancel=cancel) for model_id, version in added]
+    return installed[0]
 
 
 def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
@@ -81,10 +149,13 @@ def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
 
 
 def parse_model_spec(spec: str) -> tuple:
-    """``"id"`` or ``"id@version"`` → (id, version spec or None)."""
+    """``"id"`` or ``"id@version"`` → (id, version spec or None); RegistryError for what can name no version."""
     model_id, _, version = spec.strip().partition("@")
     if not model_id:
         raise RegistryError(f"No model id in {spec!r}: use ID or ID@VERSION")
+    problem = model_spec_problem(model_id, version or None)
+    if problem:
+        raise RegistryError(f"{spec!r}: {problem}")
     return model_id, (version or None)
 
 
@@ -162,16 +233,30 @@ class Registry:
     # -- resolving and installing ----------------------------------------------------------------------------
 
     def resolve(self, spec: str) -> tuple:
-        """``id[@version]`` → (entry, version) from the sources; a pinned version wins when none is asked."""
+        """``id[@version]`` → (entry, version) from the sources; a pinned version wins when none is asked.
+
+        A pin no index can satisfy is an error that names the pin and how to lift it.
+        """
         model_id, version_spec = parse_model_spec(spec)
+        pinned = None if version_spec else self.store.pins().get(model_id)
         entry = self.find(model_id)
         if entry is None:
             known = ", ".join(sorted(m.id for m in self._models)[:10]) or "none"
-            raise RegistryError(f"Model '{model_id}' is in none of the registry indexes (known: {known})")
-        return entry, resolve_version(entry, version_spec or self.store.pins().get(model_id))
+            raise RegistryError(f"Model '{model_id}' is in none of the registry indexes (known: {known})"
+                                + (self._pin_note(model_id, pinned) if pinned else ""))
+        try:
+            return entry, resolve_version(entry, version_spec or pinned)
+        except VersionNotFoundError as error:
+            if not pinned:
+                raise
+            raise RegistryError(f"{error}{self._pin_note(model_id, pinned)}") from error
+
+    def _pin_note(self, model_id: str, pinned: str) -> str:
+        return (f"; {model_id} is pinned to {pinned} in {os.path.join(self.store.cache_dir, 'pins.json')}:"
+                f" unpin it (unpin {model_id}) or pin another version")
 
     def installed_model(self, spec: str) -> InstalledModel | None:
-        """The installed version ``spec`` means, without network: the pinned, asked or newest installed one."""
+        """The installed (complete) version ``spec`` means, without network: the pinned, asked or newest one."""
         model_id, version_spec = parse_model_spec(spec)
         versions = self.store.installed_versions(model_id)
         if not versions:
@@ -215,65 +300,36 @@ class Registry:
             raise RegistryError(f"{spec} is not installed")
         return removed
 
-    def verify(self, spec: str | None = None) -> list:
+    def verify(self, spec: str | None = None, **options) -> list:
+        """``ModelStore.verify`` of ``id[@version]`` (everything when None); ``options``: progress, cancel."""
         model_id, version = parse_model_spec(spec) if spec else (None, None)
-        return self.store.verify(model_id, version)
+        return self.store.verify(model_id, version, **options)
 
-    def import_package(self, path: str, progress: Callable[[InstallProgress], None] | None = None) -> InstalledModel:
-        """Install a local archive or folder: the files of a version an index lists (matched by sha256), else a model
-        of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive), added to
-        the imported models' index and installed from there. Returns the (first) installed model."""
-        found = self.store.local_version(path, self._models, progress)
-        if found is not None:
-            return self.store.install(*found, progress=progress)
-        try:
-            entries = self._add_imported(path)
-        except ImporterError as error:
-            raise RegistryError(
-                f"{os.path.basename(os.path.abspath(path))} holds no model version listed in the registry indexes"
-                f" (files are matched by sha256), and {error}"
-            ) from error
-        installed = [self.ensure_installed(f"{model_id}@{version}", progress=progress) for model_id, version in entries]
-        return installed[0]
-
-    def _add_imported(self, path: str) -> list:
-        """Add the field's model at ``path`` to the imported models' index; ``(id, version)`` of each entry.
-
-        A model imported again with the same content keeps its version; with other content it gets the next patch
-        version, so the version installed before stays what it was.
-        """
-        source = imported_source(self.store.cache_dir)
-        entries = package_foreign_model(path, os.path.dirname(source.location))
-        try:
-            with open(source.location, encoding="utf-8") as file:
-                document = json.load(file)
-        except FileNotFoundError:
-            document = index_document([])
-        except (OSError, ValueError) as error:
-            raise RegistryError(f"Cannot read the imported models' index {source.location}: {error}") from error
-        added = []
-        for entry in entries:
-            (version,) = entry["versions"]
-            existing = next((model for model in document["models"] if model["id"] == entry["id"]), None)
-            if existing is None:
-                document["models"].append(entry)
-                added.append((entry["id"], version["version"]))
-                continue
-            same = next((old for old in existing["versions"] if old["files"] == version["files"]), None)
-            if same is None:
-                newest = max((old["version"] for old in existing["versions"]), key=semantic_version_key)
-                major, minor, patch = semantic_version_key(newest)[:3]
-                version["version"] = f"{major}.{minor}.{patch + 1}"
-                existing.update({key: value for key, value in entry.items() if key != "versions"})
-                existing["versions"].append(version)
-                same = version
-            added.append((entry["id"], same["version"]))
-        write_json_atomically(source.location, index_document(document["models"]))
-        load_index(source.location)  # what was written must read back
+    def import_package(self, path: str, **options) -> InstalledModel:
+        """:func:`import_model` against the listed models, then the sources read again (offline) so that an imported
+        model of the field is listed; ``options``: progress, cancel."""
+        installed = import_model(self.store, path, self._models, **options)
         self.refresh(offline=True)
-        return added
+        return installed
 
     def pin(self, spec: str) -> None:
-        model_id, version = parse_model_spec(spec)
-        self.store.pin(model_id, version)
+        """Pin ``id@version`` (a version spec some index lists or that is installed); ``id`` alone unpins.
+
+        >>> import tempfile
+        >>> registry = Registry([bundled_source()], tempfile.mkdtemp()); _ = registry.refresh(offline=True)
+        >>> try:
+        ...     registry.pin("brain-tissue-demo@9")
+        ... except LookupError as error:
+        ...     print(error)
+        model 'brain-tissue-demo' has no version matching '9'; available: 1.0.0
+        """
+        model_id, version_spec = parse_model_spec(spec)
+        if version_spec is not None:
+            entry = self.find(model_id)
+            known = {version.version for version in entry.versions} if entry is not None else set()
+            known |= set(self.store.installed_versions(model_id))
+            if not known:
+                raise RegistryError(f"Model '{model_id}' is neither in the registry indexes nor installed")
+            resolve_version(ModelEntry(model_id, model_id, tuple(ModelVersion(v) for v in known)), version_spec)
+        self.store.pin(model_id, version_spec)
 

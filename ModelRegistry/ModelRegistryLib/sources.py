@@ -39,6 +39,7 @@ import datetime
 import hashlib
 import json
 import os
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,7 @@ from .files import write_text_atomically
 from .importers import foreign_index_document
 from .index import (
     MAX_INDEX_BYTES,
+    WEB_SCHEMES,
     IndexValidationError,
     ModelEntry,
     decode_index,
@@ -58,7 +60,6 @@ from .index import (
 
 INDEX_FILE_NAME = "index.json"
 CACHE_FOLDER = "indexes"
-_REMOTE_SCHEMES = ("http://", "https://")
 # Sources are fetched side by side, so an offline start waits for one timeout, not one per source.
 _MAX_PARALLEL_FETCHES = 8
 
@@ -72,7 +73,7 @@ class IndexSource:
 
     @property
     def remote(self) -> bool:
-        return self.location.lower().startswith(_REMOTE_SCHEMES)
+        return urllib.parse.urlsplit(self.location).scheme.lower() in WEB_SCHEMES
 
     @property
     def title(self) -> str:

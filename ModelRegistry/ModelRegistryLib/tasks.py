@@ -1,83 +1,67 @@
-"""Long work in a background thread that a GUI polls: progress, cancel, result or error.
+"""The registry's long operations as job targets: what the Model Registry panel runs in a worker process.
 
-Slicer's GUI must never wait on a download or an inference run, and MRML and widgets may only be
-touched on the main thread. So the work runs in a thread and only records what happened; the panel
-polls ``task`` with a ``qt.QTimer`` and applies results on the main thread. Nothing here needs Qt.
+Each function takes what a worker can receive (folders, registry dataclasses) and returns a dataclass the
+panel reads; see ModelRegistryLib.jobs. The panel resolves the model and version from its indexes first, so
+a worker never reads an index.
 
 Example::
 
-    >>> def count(progress, cancel):
-    ...     for step in range(3):
-    ...         progress(step / 3)
-    ...     return "counted"
-    >>> task = BackgroundTask(count, "Counting").start()
-    >>> task.wait(5)
-    True
-    >>> task.result, task.error, task.state
-    ('counted', None, 'succeeded')
+    >>> import tempfile
+    >>> from ModelRegistryLib.jobs import start_job
+    >>> from ModelRegistryLib.registry import Registry, bundled_source
+    >>> registry = Registry([bundled_source()], tempfile.mkdtemp())
+    >>> statuses = registry.refresh()
+    >>> entry, version = registry.resolve("brain-tissue-demo")
+    >>> job = start_job("ModelRegistryLib.tasks:install", {"cache_dir": registry.store.cache_dir,
+    ...                 "entry": entry, "version": version}, description="Installing the demo model")
+    >>> job.wait(120), job.state, job.result.version
+    (True, 'succeeded', '1.0.0')
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from .errors import CancelledError
-
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
+from .index import ModelEntry, ModelVersion
+from .registry import import_model, parse_model_spec
+from .store import InstalledModel, InstallProgress, ModelStore
 
 
-class BackgroundTask:
-    """Runs ``function(progress, cancel)`` in a daemon thread.
+def _saying_trust(progress, log):
+    """Install progress for the job, where how a file without the publisher's sha256 was checked is also logged as
+    a warning: the panel shows only the latest progress, and that must not pass unseen."""
 
-    ``progress`` is a callable the function calls with anything (the latest value is kept in
-    ``self.progress``); ``cancel`` is a ``threading.Event`` the function checks. A function that stops
-    because of the event raises ``CancelledError``.
-    """
+    def report(step: InstallProgress) -> None:
+        if step.stage == "trust" and log is not None:
+            log(step.text, "warning")
+        if progress is not None:
+            progress(step)
 
-    def __init__(self, function: Callable, description: str = "") -> None:
-        self.function = function
-        self.description = description
-        self.cancel_event = threading.Event()
-        self.progress = None
-        self.result = None
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=description or "BackgroundTask", daemon=True)
+    return report
 
-    def start(self) -> BackgroundTask:
-        self._thread.start()
-        return self
 
-    def _run(self) -> None:
-        try:
-            self.result = self.function(self._report, self.cancel_event)
-        except BaseException as error:  # handed to the GUI thread, which decides how to show it
-            self.error = error
-        finally:
-            self._done.set()
+def install(
+    cache_dir: str,
+    entry: ModelEntry,
+    version: ModelVersion,
+    progress: Callable[[InstallProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    log: Callable | None = None,
+) -> InstalledModel:
+    """Install ``version`` of ``entry`` into the store at ``cache_dir`` (nothing to do when it is there)."""
+    return ModelStore(cache_dir).install(entry, version, progress=_saying_trust(progress, log), cancel=cancel)
 
-    def _report(self, value) -> None:
-        self.progress = value
 
-    def cancel(self) -> None:
-        self.cancel_event.set()
+def verify(cache_dir: str, spec: str | None = None) -> list:
+    """Re-hash the installed files of ``spec`` (``id`` or ``id@version``; every model when None)."""
+    model_id, version = parse_model_spec(spec) if spec else (None, None)
+    return ModelStore(cache_dir).verify(model_id, version)
 
-    @property
-    def finished(self) -> bool:
-        return self._done.is_set()
 
-    @property
-    def state(self) -> str:
-        if not self.finished:
-            return RUNNING
-        if isinstance(self.error, CancelledError):
-            return CANCELLED
-        return FAILED if self.error is not None else SUCCEEDED
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the task ends (tests and scripts; never in a GUI callback). True if it ended."""
-        return self._done.wait(timeout)
+def import_package(cache_dir: str, path: str, entries: Sequence[ModelEntry],
+                   progress: Callable[[InstallProgress], None] | None = None, cancel: threading.Event | None = None,
+                   log: Callable | None = None) -> InstalledModel:
+    """Install the local archive or folder at ``path``: a version of ``entries`` (recognised by sha256), else a model
+    of the field, added to the imported models' index (``registry.import_model``)."""
+    return import_model(ModelStore(cache_dir), path, entries, progress=_saying_trust(progress, log), cancel=cancel)

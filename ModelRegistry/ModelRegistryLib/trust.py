@@ -192,7 +192,7 @@ class TrustStore:
         The download starts afresh (a ``.part`` left by an earlier attempt is not resumed: with nothing to check
         it against, bytes of two different files could be joined and pinned).
         """
-        destination = os.path.join(folder, "unverified-" + _url_key(model_file.url))
+        destination = os.path.join(folder, first_download_name(model_file.url))
         os.makedirs(folder, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(destination + ".part")
@@ -224,5 +224,6 @@ def _first_text(model_file: ModelFile, pin: Pin) -> str:
             "is now pinned, and every later download must match it")
 
 
-def _url_key(url: str) -> str:
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+def first_download_name(url: str) -> str:
+    """The file name of the first download of ``url`` (made of a digest: no path from the URL reaches the disk)."""
+    return "unverified-" + hashlib.sha256(url.encode("utf-8")).hexdigest()

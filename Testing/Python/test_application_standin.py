@@ -17,6 +17,7 @@ import vtk
 
 import slicer
 import slicer_standin
+from slicer_standin import dialogs
 
 
 def test_application_is_in_testing_mode_with_private_folders():
@@ -128,6 +129,67 @@ def test_try_with_error_display_reraises_in_testing_mode():
         raise ValueError("boom")
 
 
+def test_try_with_error_display_shows_the_error_then_reraises_in_the_gui():
+    """Slicer's own util (the wheel's slicer/util.py): in the GUI an error box, then the error again."""
+    after = []
+    gui, answer = slicer_standin.testing_mode(False), dialogs.answering(qt.QMessageBox.Ok)
+    with gui, answer, pytest.raises(ValueError, match="boom"):
+        with slicer.util.tryWithErrorDisplay("Failed"):
+            raise ValueError("boom")
+        after.append("skipped by the error")
+    assert after == []
+    assert dialogs.opened[-1].kind == "ctkMessageBox" and dialogs.opened[-1].text.startswith("Failed")
+
+
+def test_testing_mode_can_be_switched_off_as_in_the_gui():
+    assert slicer.app.testingEnabled()
+    # Testing mode: no dialog, and the answer is no, although Slicer's docstring says yes (the testing value
+    # True is compared with QMessageBox.Yes): code after a confirmation never runs in ctest.
+    assert slicer.util.confirmYesNoDisplay("Restore?") is False
+    assert slicer.util.confirmOkCancelDisplay("Restore?") is False
+    with slicer_standin.testing_mode(False):
+        assert not slicer.app.testingEnabled()
+        with dialogs.answering(qt.QMessageBox.No):
+            assert not slicer.util.confirmYesNoDisplay("Restore?")
+        # Nobody answers: in Slicer the dialog would wait; here the call fails.
+        with pytest.raises(dialogs.UnattendedDialogError, match="Restore"):
+            slicer.util.confirmOkCancelDisplay("Restore?")
+        with pytest.raises(dialogs.UnattendedDialogError):
+            slicer.util.errorDisplay("Something failed")  # a main window exists, so the box opens
+    assert slicer.app.testingEnabled()
+
+
+def test_a_dialog_that_closes_itself_may_run():
+    """slicer.util.delayDisplay's popup (testing mode off, 400 ms or more) closes itself: not a failure."""
+    count = len(dialogs.opened)
+    with slicer_standin.testing_mode(False):
+        slicer.util.delayDisplay("A message that goes away", 400)
+    assert len(dialogs.opened) == count
+
+
+def test_every_kind_of_waiting_dialog_fails():
+    for opens in (
+        lambda: qt.QMessageBox.question(None, "Question", "Go on?"),
+        lambda: qt.QFileDialog.getOpenFileName(None, "Open", "", ""),
+        lambda: qt.QInputDialog.getText(None, "Name", "New name:"),
+        lambda: qt.QMessageBox(qt.QMessageBox.Warning, "Title", "Text").exec_(),
+    ):
+        with pytest.raises(dialogs.UnattendedDialogError):
+            opens()
+    with pytest.raises(dialogs.UnattendedDialogError, match="did not open"), dialogs.answering(qt.QMessageBox.Ok):
+        pass
+
+
+def test_saving_a_node_makes_it_count_as_saved(tmp_path):
+    """As qSlicerNodeWriter: the node's own storage node writes, so GetModifiedSinceRead turns false."""
+    volume = slicer.util.addVolumeFromArray(np.zeros((3, 4, 5), np.int16))
+    assert volume.GetModifiedSinceRead()
+    assert slicer.util.saveNode(volume, str(tmp_path / "volume.nrrd"))
+    assert not volume.GetModifiedSinceRead()
+    slicer.util.updateVolumeFromArray(volume, np.ones((3, 4, 5), np.int16))
+    assert volume.GetModifiedSinceRead()
+
+
 def test_delay_display_processes_events():
     fired = []
     qt.QTimer.singleShot(0, lambda: fired.append(True))
@@ -180,9 +242,19 @@ def test_modules_load_in_dependency_order_and_panels_live_their_cycle(tmp_path):
     assert slicer.modules.StandInProbeAWidget is widget
     assert widget.parent is panel and widget.layout is panel.layout()
     panel.enter()
+    assert panel.isEntered
+    with pytest.raises(AssertionError):
+        panel.enter()  # Slicer asserts that enter and exit alternate
     panel.exit()
+    assert not panel.isEntered
+    # Selecting modules in the main window exits the module shown and enters the new one.
+    slicer.util.selectModule("StandInProbeA")
+    assert slicer.util.selectedModule() == "StandInProbeA" and panel.isEntered
+    slicer.util.selectModule("StandInProbeB")
+    assert not panel.isEntered and slicer.modules.standinprobeb.widgetRepresentation().isEntered
+    slicer.util.selectModule("Volumes")  # a core module: no panel in the stand-in
     slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("StandInProbeA")
-    assert widget.events == ["setup", "enter", "exit", "cleanup"]
+    assert widget.events == ["setup", "enter", "exit", "enter", "exit", "cleanup"]
 
 
 def test_module_with_a_missing_dependency_is_refused(tmp_path):

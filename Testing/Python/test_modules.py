@@ -9,11 +9,14 @@ alone, as Slicer's ctest runs them through ``slicer.testing.runUnitTest``.
 
 from __future__ import annotations
 
+import io
 import os
+import unittest
 
 import pytest
 
 import slicer
+import slicer_standin
 
 # The extension's modules, as the stand-in loaded them (conftest.py loads every module CMake builds).
 MODULE_NAMES = [
@@ -65,13 +68,31 @@ def test_panel_lifecycle(name):
     slicer.app.processEvents()
 
 
+@pytest.mark.parametrize("testing", [True, False], ids=["testing mode", "GUI mode"])
 @pytest.mark.parametrize("name", MODULE_NAMES)
-def test_module_self_test(name):
-    """As the module's Test button in Slicer runs it."""
-    slicer.selfTests[name]()
+def test_module_self_test(name, testing):
+    """As the module's Test button runs it: in Slicer's GUI (testing mode off, so slicer.util's message boxes
+    open, and any modal dialog fails the test here), and in testing mode."""
+    with slicer_standin.testing_mode(testing):
+        slicer.selfTests[name]()
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_module_self_test_as_ctest_runs_it(name):
     """As Slicer's ctest runs it: each test method alone, after setUp."""
     slicer.testing.runUnitTest([os.path.dirname(module(name).path)], name)
+
+
+def test_a_self_test_that_cannot_run_is_skipped_not_passed(monkeypatch):
+    """DeepSegment's Apply test needs PyTorch: without it the test says so, in ctest as in runTest."""
+    import DeepSegment
+    from DeepSegmentLib.torchsetup import TorchStatus
+
+    monkeypatch.setattr(DeepSegment, "torch_status", lambda: TorchStatus(False, message="PyTorch is not installed."))
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(
+        DeepSegment.DeepSegmentTest("test_SegmentThroughPanelApply")
+    )
+    assert result.wasSuccessful() and len(result.skipped) == 1
+    assert "PyTorch is not installed" in result.skipped[0][1]
+    with pytest.raises(unittest.SkipTest):
+        slicer.selfTests["DeepSegment"]()

@@ -67,6 +67,29 @@ def test_extension_builds_every_module():
         assert required in text
 
 
+def test_extension_packages_its_own_license_and_readme():
+    """Unset, UseSlicer.cmake points both at Slicer's own files, which the extension package would then carry."""
+    with open(os.path.join(REPOSITORY, "CMakeLists.txt"), encoding="utf-8") as file:
+        text = file.read()
+    use_slicer = text.index("include(${Slicer_USE_FILE})")
+    for variable, name in (("EXTENSION_LICENSE_FILE", "LICENSE"), ("EXTENSION_README_FILE", "README.md")):
+        match = re.search(r"set\(\s*" + variable + r'\s+"\$\{CMAKE_CURRENT_SOURCE_DIR\}/([^"]+)"\s*\)', text)
+        assert match, f"CMakeLists.txt does not set {variable} to a file of the repository"
+        assert match.start() < use_slicer, f"{variable} must be set before include(${{Slicer_USE_FILE}})"
+        assert match.group(1) == name and os.path.isfile(os.path.join(REPOSITORY, name))
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_every_ui_file_loads(name):
+    """Each .ui file loads through Slicer's loadUI; the stand-in's loader refuses a property set twice."""
+    import slicer.util
+
+    for path in files_under(name, "Resources/UI", ".ui"):
+        widget = slicer.util.loadUI(os.path.join(REPOSITORY, name, path))
+        assert widget is not None, path
+        widget.deleteLater()
+
+
 def imported_modules(path: str) -> set:
     with open(path, encoding="utf-8") as file:
         tree = ast.parse(file.read(), path)

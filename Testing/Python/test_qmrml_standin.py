@@ -166,18 +166,85 @@ def test_mrml_widget_scene_signal(scene):
     assert widget.mrmlScene() is scene and scenes == [scene]
 
 
-def test_segment_editor_widget_holds_the_selections(scene):
+def _editorWithCase():
+    """An editor on Slicer's scene (where the segment editor node class is registered) with its parameter node."""
     editor = slicer.qMRMLSegmentEditorWidget()
-    editor.setMRMLScene(scene)
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     editor.setMRMLSegmentEditorNode(editorNode)
+    editor.setMRMLScene(slicer.mrmlScene)
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    return editor, editorNode, segmentation, volume
+
+
+def test_segment_editor_keeps_its_selections_in_the_parameter_node():
+    """qMRMLSegmentEditorWidget::setSegmentationNode/setSourceVolumeNode write the segment editor node."""
+    editor = slicer.qMRMLSegmentEditorWidget()
+    editor.setMRMLScene(slicer.mrmlScene)
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    # Slicer logs these as errors and ignores them: a panel doing so shows an empty editor.
+    with pytest.raises(RuntimeError, match="need to set segment editor node first"):
+        editor.setSegmentationNode(segmentation)
+    editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.setMRMLSegmentEditorNode(editorNode)
+    with pytest.raises(RuntimeError, match="segment editor and segmentation nodes first"):
+        editor.setSourceVolumeNode(volume)
     editor.setSegmentationNode(segmentation)
     editor.setSourceVolumeNode(volume)
-    assert editor.segmentationNode() is segmentation
-    assert editor.sourceVolumeNode() is volume
     assert editor.mrmlSegmentEditorNode() is editorNode
+    assert editorNode.GetSegmentationNode() is segmentation and editorNode.GetSourceVolumeNode() is volume
+    assert editor.segmentationNode() is segmentation and editor.sourceVolumeNode() is volume
+    assert editor.segmentationNodeID() == segmentation.GetID() and editor.sourceVolumeNodeID() == volume.GetID()
+    # The widget follows its parameter node.
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    editorNode.SetAndObserveSegmentationNode(other)
+    assert editor.segmentationNode() is other
+
+
+def test_an_active_effect_observes_the_views_until_deactivated():
+    editor, editorNode, segmentation, volume = _editorWithCase()
+    editor.setSegmentationNode(segmentation)
+    editor.setSourceVolumeNode(volume)
+    assert "Paint" in editor.availableEffectNames() and editor.activeEffect() is None
+    editor.setActiveEffectByName("Paint")
+    assert editor.activeEffect().name == "Paint" and editorNode.GetActiveEffectName() == "Paint"
+    assert editor.standInViewsObserved
+    editor.setActiveEffect(None)
+    assert editor.activeEffect() is None and not editor.standInViewsObserved
+    editor.setActiveEffect(editor.effectByName("Erase"))
+    # Another segmentation deactivates the effect (qMRMLSegmentEditorWidget::setSegmentationNode).
+    editor.setSegmentationNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode"))
+    assert editor.activeEffect() is None and not editorNode.GetActiveEffectName()
+    editor.setActiveEffectByName("Paint")
+    editor.removeViewObservations()
+    assert not editor.standInViewsObserved and editor.activeEffect().name == "Paint"
+
+
+def test_keyboard_shortcuts_live_on_the_main_window_until_uninstalled():
+    editor = slicer.qMRMLSegmentEditorWidget()
+    mainWindow = slicer.util.mainWindow()
+    before = len(mainWindow.findChildren(qt.QShortcut))
+    editor.installKeyboardShortcuts()
+    editor.installKeyboardShortcuts()  # installing again replaces them
+    installed = mainWindow.findChildren(qt.QShortcut)
+    assert len(installed) - before == len(editor.standInShortcuts) == 35
+    assert {shortcut.key.toString() for shortcut in editor.standInShortcuts} >= {"1", "0", "Shift+1", "Z", "Q", "I"}
+    editor.uninstallKeyboardShortcuts()
+    assert len(mainWindow.findChildren(qt.QShortcut)) == before and editor.standInShortcuts == []
+
+
+def test_closing_the_scene_resets_the_selections_and_the_effect():
+    editor, editorNode, segmentation, volume = _editorWithCase()
+    editorNode.SetSingletonTag("StandInTest")  # singletons stay when the scene closes, reset
+    editor.setSegmentationNode(segmentation)
+    editor.setSourceVolumeNode(volume)
+    editor.setActiveEffectByName("Paint")
+    slicer.mrmlScene.Clear(False)
+    assert slicer.mrmlScene.GetSingletonNode("StandInTest", "vtkMRMLSegmentEditorNode") is editorNode
+    assert editor.mrmlSegmentEditorNode() is editorNode
+    assert editor.segmentationNode() is None and editor.sourceVolumeNode() is None
+    assert editor.activeEffect() is None and not editor.standInViewsObserved
 
 
 def test_load_ui_with_ctk_and_qmrml_widgets(scene):

@@ -246,6 +246,43 @@ def test_single_shot_fires_with_process_events(app):
     assert calls == ["fired"]
 
 
+class _PythonSubclassWidget(qt.QWidget):
+    """A widget class defined in Python, as the stand-in's main window is."""
+
+
+def test_single_shot_calls_a_slot_of_a_child_widget(app):
+    """slicer.util.delayDisplay closes its popup (a child of the main window) with singleShot(msec, popup.close).
+
+    PySide then calls QObject.connect itself, with the sender first, when the parent is a Python subclass.
+    """
+    parent = _PythonSubclassWidget()
+    child = qt.QWidget(parent)
+    parent.show()
+    assert child.visible
+    qt.QTimer.singleShot(1, child.close)  # 0 ms takes another path in PySide
+    deadline = qt.QElapsedTimer()
+    deadline.start()
+    while child.visible and deadline.elapsed() < 5000:
+        qt.QApplication.processEvents()
+        qt.QThread.msleep(1)
+    assert not child.visible
+    parent.close()
+
+
+def test_ui_file_setting_a_property_twice_is_refused(app, tmp_path):
+    path = tmp_path / "Twice.ui"
+    path.write_text(
+        '<ui version="4.0"><widget class="QWidget" name="Panel"><layout class="QVBoxLayout" name="layout"><item>'
+        '<widget class="QTableWidget" name="caseTable">'
+        '<property name="toolTip"><string>one</string></property>'
+        '<property name="toolTip"><string>two</string></property>'
+        "</widget></item></layout></widget></ui>",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match="toolTip more than once on caseTable"):
+        qt.QUiLoader().load(str(path))
+
+
 def test_timer_timeout_connect(app):
     calls = []
     timer = qt.QTimer()

@@ -1,9 +1,24 @@
 """Qt-free core of the TrainingDataExport module: case lists and their annotation workflow, the label schema,
 patient-level splits, export formats, the dataset card and the command line.
 
-Importable in Slicer, in its Python console, from a command line and in tests. The label schema is read
-with ``ModelRegistryLib`` (the ModelRegistry module's Qt-free core, on ``sys.path`` in Slicer).
+Importable in Slicer, in its Python console, from a command line and in tests. It uses two other modules'
+Qt-free cores: ``ModelRegistryLib`` (label schemas, the one atomic file write) and ``DeepSegmentLib`` (the one
+checked image reader, shared with DeepSegment). Slicer puts every module folder on ``sys.path``; from a command
+line or another Python, the sibling folders of this source tree are used. The 3D
+augmentation engine needs PyTorch, so it is not imported here: ``from TrainingDataExportLib.augmentation
+import augment``.
 """
+
+import importlib.util
+import os
+import sys
+
+if importlib.util.find_spec("ModelRegistryLib") is None:
+    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "ModelRegistry"))
+if importlib.util.find_spec("DeepSegmentLib") is None:
+    sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "DeepSegment"))
 
 from .card import (
     CaseSummary,
@@ -38,6 +53,7 @@ from .caselist import (
     validate_cases,
     write_case_list,
 )
+from .checks import CaseCheck, case_problems, check_case, inspect_case
 from .export import (
     MANIFEST_NAME,
     ExportCancelledError,
@@ -46,12 +62,9 @@ from .export import (
     ExportSettings,
     export_dataset,
 )
-from .files import backup_path, install_file, temporary_path, write_file_atomically
 from .labelschema import (
     DEFAULT_LABEL_SCHEMA_NAME,
     LabelSchemaError,
-    case_problems,
-    check_case,
     label_schema_document,
     load_label_schema,
     parse_label_schema,
@@ -75,6 +88,7 @@ __all__ = [
     "STATUSES",
     "TO_DO",
     "Case",
+    "CaseCheck",
     "CaseListError",
     "CaseListProblem",
     "CaseSummary",
@@ -86,7 +100,6 @@ __all__ = [
     "ExportSettings",
     "LabelProblem",
     "LabelSchemaError",
-    "backup_path",
     "card_markdown",
     "card_warnings",
     "case_list_from_folder",
@@ -98,7 +111,7 @@ __all__ = [
     "format_case_list",
     "format_duration",
     "image_column",
-    "install_file",
+    "inspect_case",
     "label_on_grid",
     "label_schema_document",
     "label_voxel_counts",
@@ -113,9 +126,7 @@ __all__ = [
     "save_label_schema",
     "segmentation_save_path",
     "split_by_patient",
-    "temporary_path",
     "validate_cases",
     "write_case_list",
     "write_dataset_card",
-    "write_file_atomically",
 ]

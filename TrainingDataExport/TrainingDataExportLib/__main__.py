@@ -4,19 +4,12 @@ Run it from the TrainingDataExport folder (or with it on ``PYTHONPATH``)::
 
     cd TrainingDataExport && python -m TrainingDataExportLib check --cases cases.csv --schema labels.json
 
-The label schema is read with ``ModelRegistryLib``; when that is not importable, the sibling ``ModelRegistry``
-folder of this repository is added to ``sys.path``, so no other set-up is needed. (In an installed extension
-both Libs lie in one folder, ``qt-scripted-modules``, and are found from there.)
+``ModelRegistryLib`` and ``DeepSegmentLib``, when not importable, are found in the sibling folders of this
+repository (see the package's ``__init__``), so no other set-up is needed. (In an installed extension every
+module's Lib lies in one folder, ``qt-scripted-modules``, and is found from there.)
 """
 
-import os
 import sys
-
-try:
-    import ModelRegistryLib  # noqa: F401
-except ImportError:
-    MODULES_FOLDER = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.path.append(os.path.join(MODULES_FOLDER, "ModelRegistry"))
 
 from TrainingDataExportLib.cli import main
 

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from DeepSegmentLib.imageio import write_image
+from ModelRegistryLib.files import write_text_atomically
 
 from .splits import TEST, TRAIN, DatasetSplit, _listed
 
@@ -792,11 +794,12 @@ def card_plots(card: dict) -> dict:
 
 # --- writing ------------------------------------------------------------------------------------------
 
+PLOT_NAMES = ("cases.png", "label_volumes.png", "spacing.png")
 
-def _write_text(path: str, text: str) -> None:
-    # "\n" line ends and UTF-8: the same bytes on every system.
-    with open(path, "w", encoding="utf-8", newline="\n") as file:
-        file.write(text)
+
+def card_file_names() -> list:
+    """The files :func:`write_dataset_card` writes, relative to its folder, in the order it returns them."""
+    return [MARKDOWN_NAME, JSON_NAME, *(f"{PLOT_FOLDER}/{name}" for name in PLOT_NAMES)]
 
 
 def write_dataset_card(
@@ -806,6 +809,7 @@ def write_dataset_card(
     split: DatasetSplit,
     settings: Mapping[str, object],
     warnings: Sequence[str],
+    place=None,
 ) -> list:
     """Write output_dir/dataset_card.md, dataset_card.json and PNG plots under output_dir/dataset_card/ ;
     return their paths.
@@ -813,15 +817,16 @@ def write_dataset_card(
     ``labels`` are the (value, name) pairs of the label schema; ``split`` must hold exactly the summarised
     cases, in the subsets and folds their summaries say; ``settings`` (JSON data: str, numbers, bools, None,
     lists, mappings) are recorded as given, keys sorted; ``warnings`` come first in the card (typically the
-    export's own plus :func:`card_warnings`). Identical arguments write identical bytes.
+    export's own plus :func:`card_warnings`). Identical arguments write identical bytes. Every file is written
+    atomically; ``place`` (relative paths -> absolute paths, an export's journal) is told of them first.
     """
     card = dataset_card(summaries, labels, split, settings, warnings)
-    plot_folder = os.path.join(output_dir, PLOT_FOLDER)
-    os.makedirs(plot_folder, exist_ok=True)
-    paths = [os.path.join(output_dir, MARKDOWN_NAME), os.path.join(output_dir, JSON_NAME)]
-    _write_text(paths[0], card_markdown(card))
-    _write_text(paths[1], json.dumps(card, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    for name, pixels in card_plots(card).items():
-        paths.append(os.path.join(plot_folder, name))
-        sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), paths[-1])
+    relatives = card_file_names()
+    paths = place(relatives) if place is not None else [os.path.join(output_dir, *r.split("/")) for r in relatives]
+    # "\n" line ends and UTF-8: the same bytes on every system.
+    write_text_atomically(paths[0], card_markdown(card))
+    write_text_atomically(paths[1], json.dumps(card, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    plots = card_plots(card)
+    for name, path in zip(PLOT_NAMES, paths[2:]):
+        write_image(sitk.GetImageFromArray(plots[name], isVector=True), path, compression_level=0)
     return paths

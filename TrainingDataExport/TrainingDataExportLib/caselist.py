@@ -32,14 +32,14 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from .files import write_file_atomically
+from ModelRegistryLib.files import write_bytes_atomically
+
+from .csvfiles import CsvEncodingError, csv_rows, csv_text, read_csv_file
 
 CASE_ID = "case_id"
 PATIENT_ID = "patient_id"
@@ -281,14 +281,14 @@ def _header_problems(header: Sequence[str]) -> list[CaseListProblem]:
 
 def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
     """Parse CSV text; relative paths are taken relative to ``folder``. See :func:`read_case_list`."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    line_numbers = []
+    rows = csv_rows(text, line_numbers)
+    if not rows:
         raise CaseListError(
             [CaseListProblem("the file is empty: it needs a header row (case_id, patient_id, image, segmentation)")],
             source,
         )
-    header = [name.strip() for name in header]
+    header = rows[0]
     problems = _header_problems(header)
     if problems:
         raise CaseListError(problems, source)
@@ -298,10 +298,8 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
         name for name in header if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *WORKFLOW_COLUMNS, *image_columns)
     ]
 
-    cases, rows = [], []
-    for cells in reader:
-        row = reader.line_num
-        cells = [cell.strip() for cell in cells]
+    cases, case_rows = [], []
+    for row, cells in zip(line_numbers[1:], rows[1:]):
         # Spreadsheets often leave blank lines at the end of a sheet.
         if not any(cells):
             continue
@@ -326,8 +324,8 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
                 time_spent=time_spent,
             )
         )
-        rows.append(row)
-    problems.extend(_case_problems(cases, rows))
+        case_rows.append(row)
+    problems.extend(_case_problems(cases, case_rows))
     if problems:
         raise CaseListError(sorted(problems, key=lambda p: p.row or 0), source)
     return cases
@@ -337,12 +335,14 @@ def read_case_list(path: str) -> list[Case]:
     """Read and validate a case list CSV; paths come back absolute.
 
     Raises :class:`CaseListError` naming the row and column of every problem: missing required columns,
-    duplicate case ids, empty patient ids or image cells, inconsistent channel columns.
+    duplicate case ids, empty patient ids or image cells, inconsistent channel columns, a file that is not
+    UTF-8 (see :mod:`~TrainingDataExportLib.csvfiles`); ``OSError`` when the file cannot be read.
     """
     path = os.fspath(path)
-    # utf-8-sig: spreadsheet programs often write a byte-order mark at the start of a CSV.
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        text = file.read()
+    try:
+        text = read_csv_file(path)
+    except CsvEncodingError as error:
+        raise CaseListError([CaseListProblem(str(error))]) from None
     return parse_case_list(text, os.path.dirname(os.path.abspath(path)), source=os.path.basename(path))
 
 
@@ -371,33 +371,29 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
     extra_columns = []
     for case in cases:
         extra_columns.extend(column for column in case.extra if column not in extra_columns)
-    output = io.StringIO()
-    # "\n" line ends: the same bytes on every system, and clean diffs when the list is kept under version control.
-    writer = csv.writer(output, lineterminator="\n")
-    writer.writerow(
+    # Spreadsheet-safe cells and "\n" line ends (the same bytes on every system, clean diffs under version control).
+    header = [
+        CASE_ID,
+        PATIENT_ID,
+        *(image_column(channel, channels) for channel in channels),
+        SEGMENTATION,
+        *WORKFLOW_COLUMNS,
+        *extra_columns,
+    ]
+    rows = [
         [
-            CASE_ID,
-            PATIENT_ID,
-            *(image_column(channel, channels) for channel in channels),
-            SEGMENTATION,
-            *WORKFLOW_COLUMNS,
-            *extra_columns,
+            case.case_id,
+            case.patient_id,
+            *(_stored_path(case.images[channel], folder) for channel in channels),
+            _stored_path(case.segmentation, folder),
+            case.status,
+            case.annotator,
+            case.time_spent,
+            *(case.extra.get(column, "") for column in extra_columns),
         ]
-    )
-    for case in cases:
-        writer.writerow(
-            [
-                case.case_id,
-                case.patient_id,
-                *(_stored_path(case.images[channel], folder) for channel in channels),
-                _stored_path(case.segmentation, folder),
-                case.status,
-                case.annotator,
-                case.time_spent,
-                *(case.extra.get(column, "") for column in extra_columns),
-            ]
-        )
-    return output.getvalue()
+        for case in cases
+    ]
+    return csv_text(header, rows)
 
 
 def write_case_list(path: str, cases: Iterable[Case]) -> None:
@@ -413,7 +409,7 @@ def write_case_list(path: str, cases: Iterable[Case]) -> None:
         with open(path, "rb") as file:
             if file.read() == data:
                 return
-    write_file_atomically(path, data)
+    write_bytes_atomically(path, data, keep_backup=True)
 
 
 # --- building from a folder -----------------------------------------------------------------------------

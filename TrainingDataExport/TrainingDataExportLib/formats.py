@@ -1,21 +1,24 @@
-"""The four export formats, and files written so that a half-written one never looks complete.
+"""The four export formats: the files of each case and the index files, written through the export's journal.
 
-Every file is written under a hidden temporary name in its final folder (``.partial-<random>-<name>``) and
-renamed into place (``os.replace``, atomic on one file system). Writers embed no time stamps or random ids:
-the same arrays and settings give the same bytes. ``.nii.gz`` files are written by SimpleITK uncompressed
-and gzipped here, because SimpleITK's NIfTI writer ignores the compression level; the gzip header holds no
-time and no name.
+Every file is written with ``DeepSegmentLib.imageio.write_image`` or ``ModelRegistryLib.files`` (a temporary
+file in its final folder, flushed, renamed into place, verified), after the export has recorded it in its
+journal (the ``place`` function each writer gets: it records relative paths and returns where to write them,
+refusing any that would lead outside the export folder). Writers embed no time stamps or random ids: the same
+arrays and settings give the same bytes. CSV files are spreadsheet-safe (:mod:`~TrainingDataExportLib.csvfiles`).
 
 Formats (``root`` is the export folder; case files are named after the case id):
 
-- ``nnunet``: nnU-Net v2 raw data, ``root`` = ``<output>/<dataset_name>``: ``imagesTr/<case>_0000.nii.gz``
-  (one file per channel, ``_0001``...), ``labelsTr/<case>.nii.gz``, test cases in ``imagesTs/`` with their
-  labels in ``labelsTs/`` (nnU-Net ignores ``labelsTs``; it is there for evaluating on the test set),
-  ``dataset.json`` and ``splits_final.json`` (nnU-Net reads the latter from its *preprocessed* folder: copy it
-  to ``nnUNet_preprocessed/<dataset_name>/`` after ``nnUNetv2_plan_and_preprocess`` to train on these folds).
+- ``nnunet``: nnU-Net v2 raw data, ``root`` = the dataset folder ``Dataset<NNN>_<Name>`` (see
+  :mod:`~TrainingDataExportLib.settings`): ``imagesTr/<case>_0000.nii.gz`` (one file per channel,
+  ``_0001``...), ``labelsTr/<case>.nii.gz``, test cases in ``imagesTs/`` with their labels in ``labelsTs/``
+  (nnU-Net ignores ``labelsTs``; it is there for evaluating on the test set), ``dataset.json`` (channel names
+  as set, label values made consecutive) and ``splits_final.json`` (nnU-Net reads the latter from its
+  *preprocessed* folder: copy it to ``nnUNet_preprocessed/<dataset folder>/`` after
+  ``nnUNetv2_plan_and_preprocess`` to train on these folds).
 - ``monai``: ``images/<case>_<channel>.nii.gz``, ``labels/<case>.nii.gz`` and ``datalist.json`` in the layout
-  of MONAI's ``load_decathlon_datalist``: ``training`` entries with their validation ``fold``, ``testing``
-  entries; paths relative to the datalist (``base_dir``); several channels as a list of paths.
+  of MONAI's ``load_decathlon_datalist``: ``training`` entries, each with the ``fold`` that validates it (as
+  Auto3DSeg needs; such datalists need at least 2 folds), ``testing`` entries (in no fold); paths relative to
+  the datalist (``base_dir``); several channels as a list of paths.
 - ``pairs``: ``images/<case>_<channel><ext>``, ``labels/<case><ext>`` (NIfTI or NRRD) and ``pairs.csv``.
 - ``slices2d``: one PNG or NPY pair per slice along ``slice_axis``: ``images/<case>_<slice>_<channel>.png``,
   ``labels/<case>_<slice>.png`` (``<case>_<frame>_<slice>`` for every frame of a sequence), listed in
@@ -27,7 +30,9 @@ Example::
 
     >>> import os, shutil, tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> write_json(os.path.join(folder, "index.json"), {"b": 1, "a": [1.5]})
+    >>> def place(relatives):
+    ...     return [os.path.join(folder, relative) for relative in relatives]
+    >>> write_json(place, "index.json", {"b": 1, "a": [1.5]})
     >>> print(open(os.path.join(folder, "index.json"), encoding="utf-8").read(), end="")
     {
       "a": [
@@ -35,113 +40,49 @@ Example::
       ],
       "b": 1
     }
-    >>> write_image(sitk.Image([4, 3, 2], sitk.sitkInt16), os.path.join(folder, "image.nii.gz"), 1)
+    >>> write_csv(place, "pairs.csv", ["case_id"], [["=cmd()"]])
+    >>> open(os.path.join(folder, "pairs.csv"), encoding="utf-8").read()
+    "case_id\\n'=cmd()\\n"
     >>> sorted(os.listdir(folder))  # no temporary file is left
-    ['image.nii.gz', 'index.json']
+    ['index.json', 'pairs.csv']
     >>> shutil.rmtree(folder)
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import gzip
-import io
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from DeepSegmentLib.imageio import write_image
+from ModelRegistryLib.files import atomic_target, write_bytes_atomically
 
-FORMATS = ("nnunet", "monai", "pairs", "slices2d")
-PARTIAL_PREFIX = ".partial-"
-_GZIP_CHUNK = 1 << 22
+from .csvfiles import csv_text
+from .settings import FORMATS, consecutive_label_values, nnunet_channel_names
 
+__all__ = ["FORMATS", "CaseData", "IndexEntry", "format_for", "index_file_names", "write_index"]
 
-# --- files ---------------------------------------------------------------------------------------------
-
-
-def _partial_name(path: str, suffix: str = "") -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:12]}-{name}{suffix}")
+# ``place(relative paths) -> absolute paths``: records the files in the export's journal before they are written.
+Place = Callable[[Sequence[str]], list]
 
 
-@contextlib.contextmanager
-def _atomic_target(path: str):
-    """A temporary path to write; renamed to ``path`` when the block ends without an error, removed otherwise."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = _partial_name(path)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with _atomic_target(path) as temporary, open(temporary, "wb") as file:
-        file.write(data)
-
-
-def write_json(path: str, data) -> None:
+def write_json(place: Place, relative: str, data) -> None:
     """Sorted keys, two-space indent, "\\n" line ends: the same data gives the same bytes."""
-    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    (path,) = place([relative])
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
-def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_bytes(path, text.getvalue().encode("utf-8"))
-
-
-def _gzip_stream(file, level: int):
-    """A gzip writer on ``file``: Intel's igzip (package ``isal``) when installed, else zlib.
-
-    gzip dominates writing .nii.gz files, and igzip compresses about 4× faster than zlib's fastest
-    level at a similar ratio. igzip has levels 0-3: zlib's 1-9 map onto 1-3. mtime=0 and no file name
-    keep the header the same on every run.
-    """
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.GzipFile(filename="", mode="wb", fileobj=file, compresslevel=level, mtime=0)
-    return igzip.IGzipFile(filename="", mode="wb", fileobj=file, compresslevel=min(3, (level + 2) // 3), mtime=0)
-
-
-def _gzip_file(source: str, target: str, level: int) -> None:
-    with open(source, "rb") as raw, open(target, "wb") as file, _gzip_stream(file, level) as stream:
-        shutil.copyfileobj(raw, stream, _GZIP_CHUNK)
-
-
-def write_image(image: sitk.Image, path: str, compression_level: int) -> None:
-    """Write a NIfTI (.nii, .nii.gz), NRRD or PNG file atomically with gzip ``compression_level`` (0: none)."""
-    with _atomic_target(path) as temporary:
-        if path.endswith(".nii.gz"):
-            uncompressed = _partial_name(path[: -len(".gz")])
-            try:
-                sitk.WriteImage(image, uncompressed, False)
-                _gzip_file(uncompressed, temporary, compression_level)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(uncompressed)
-        else:
-            writer = sitk.ImageFileWriter()
-            writer.SetFileName(temporary)
-            writer.SetUseCompression(compression_level > 0)
-            if compression_level > 0:
-                writer.SetCompressionLevel(compression_level)
-            writer.Execute(image)
+def write_csv(place: Place, relative: str, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    (path,) = place([relative])
+    write_bytes_atomically(path, csv_text(header, rows).encode("utf-8"))
 
 
 def write_npy(array: np.ndarray, path: str) -> None:
-    with _atomic_target(path) as temporary, open(temporary, "wb") as file:
+    with atomic_target(path) as temporary, open(temporary, "wb") as file:
         np.save(file, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -194,13 +135,14 @@ class VolumeFormat:
         }
         return images, _relative("labels", case.case_id + self.extension)
 
-    def write_case(self, root: str, case: CaseData, subset: str, compression_level: int) -> list:
+    def write_case(self, place: Place, case: CaseData, subset: str, compression_level: int) -> list:
         """Write the case's files; return its records (here one: image paths by channel, label path)."""
         ((images, label),) = case.frames
         image_paths, label_path = self.case_paths(case, subset)
-        for channel, relative in image_paths.items():
-            write_image(images[channel], os.path.join(root, relative), compression_level)
-        write_image(label, os.path.join(root, label_path), compression_level)
+        targets = place([*image_paths.values(), label_path])
+        for channel, path in zip(image_paths, targets):
+            write_image(images[channel], path, compression_level)
+        write_image(label, targets[-1], compression_level)
         return [{"images": image_paths, "label": label_path}]
 
 
@@ -229,7 +171,7 @@ class SliceFormat:
         else:
             write_image(sitk.GetImageFromArray(array), path, compression_level=0)
 
-    def write_case(self, root: str, case: CaseData, subset: str, compression_level: int) -> list:
+    def write_case(self, place: Place, case: CaseData, subset: str, compression_level: int) -> list:
         # (K, J, I) arrays: voxel axis i is array axis 2.
         array_axis = 2 - self.slice_axis
         records = []
@@ -247,14 +189,15 @@ class SliceFormat:
                     channel: _relative("images", f"{base}_{channel}.{self.slice_format}") for channel in case.channels
                 }
                 label_path = _relative("labels", f"{base}.{self.slice_format}")
-                for channel, relative in image_paths.items():
+                targets = place([*image_paths.values(), label_path])
+                for channel, path in zip(image_paths, targets):
                     image_slice = np.take(image_arrays[channel], index, axis=array_axis)
                     if self.slice_format == "npy":
                         image_slice = image_slice.astype(np.float32)
                     else:
                         image_slice = _window(image_slice, case.windows[channel])
-                    self._write_slice(image_slice, os.path.join(root, relative))
-                self._write_slice(label_slice, os.path.join(root, label_path))
+                    self._write_slice(image_slice, path)
+                self._write_slice(label_slice, targets[-1])
                 records.append({"images": image_paths, "label": label_path, "frame": frame, "slice": index})
         return records
 
@@ -286,29 +229,28 @@ def _fold_cell(fold: int | None) -> str:
     return "" if fold is None else str(fold)
 
 
-def _nnunet_index(root, entries, split, channels, labels, settings) -> list:
-    label_names = {"background": 0}
-    for value, name in labels:
-        if value == 0:
-            label_names = {name: 0}
-    label_names.update({name: value for value, name in labels if value != 0})
+def nnunet_labels(labels: Sequence[tuple]) -> dict:
+    """dataset.json's ``labels``: name -> value, 0 the background, values made consecutive (1, 2, ...)."""
+    background = next((name for value, name in labels if value == 0), "background")
+    values = consecutive_label_values([value for value, _ in labels])
+    return {background: 0, **{name: values[value] for value, name in sorted(labels) if value != 0}}
+
+
+def _nnunet_index(root, place, entries, split, channels, labels, settings) -> None:
     dataset = {
-        "channel_names": {str(index): channel for index, channel in enumerate(channels)},
-        "labels": label_names,
+        "channel_names": {str(index): name for index, name in enumerate(nnunet_channel_names(settings, channels)[0])},
+        "labels": nnunet_labels(labels),
         "numTraining": sum(1 for entry in entries if entry.subset != "test"),
         "file_ending": ".nii.gz",
-        "name": settings.dataset_name,
+        "name": os.path.basename(root),
     }
-    write_json(os.path.join(root, "dataset.json"), dataset)
-    written = ["dataset.json"]
+    write_json(place, "dataset.json", dataset)
     if split.folds:
         folds = [{"train": list(train), "val": list(validation)} for train, validation in split.folds]
-        write_json(os.path.join(root, "splits_final.json"), folds)
-        written.append("splits_final.json")
-    return written
+        write_json(place, "splits_final.json", folds)
 
 
-def _monai_index(root, entries, split, channels, labels, settings) -> list:
+def _monai_index(root, place, entries, split, channels, labels, settings) -> None:
     datalist = {"training": [], "testing": []}
     for entry in entries:
         (record,) = entry.records
@@ -317,25 +259,24 @@ def _monai_index(root, entries, split, channels, labels, settings) -> list:
         if entry.subset == "test":
             datalist["testing"].append(item)
         else:
-            if entry.fold is not None:
-                item["fold"] = entry.fold
+            if entry.fold is None:
+                raise ValueError(f"case {entry.case_id!r} is in no fold: MONAI datalists need 2 folds or more")
+            item["fold"] = entry.fold
             datalist["training"].append(item)
-    write_json(os.path.join(root, "datalist.json"), datalist)
-    return ["datalist.json"]
+    write_json(place, "datalist.json", datalist)
 
 
-def _pairs_index(root, entries, split, channels, labels, settings) -> list:
+def _pairs_index(root, place, entries, split, channels, labels, settings) -> None:
     header = ["case_id", "patient_id", "subset", "fold", *(f"image_{channel}" for channel in channels), "label"]
     rows = []
     for entry in entries:
         (record,) = entry.records
         images = [record["images"][channel] for channel in channels]
         rows.append([entry.case_id, entry.patient_id, entry.subset, _fold_cell(entry.fold), *images, record["label"]])
-    write_csv(os.path.join(root, "pairs.csv"), header, rows)
-    return ["pairs.csv"]
+    write_csv(place, "pairs.csv", header, rows)
 
 
-def _slices_index(root, entries, split, channels, labels, settings) -> list:
+def _slices_index(root, place, entries, split, channels, labels, settings) -> None:
     header = [
         "case_id",
         "patient_id",
@@ -360,21 +301,35 @@ def _slices_index(root, entries, split, channels, labels, settings) -> list:
         for entry in entries
         for record in entry.records
     ]
-    write_csv(os.path.join(root, "slices.csv"), header, rows)
+    write_csv(place, "slices.csv", header, rows)
     geometry = {"slice_axis": settings.slice_axis, "cases": {entry.case_id: entry.geometry for entry in entries}}
-    write_json(os.path.join(root, "geometry.json"), geometry)
-    return ["slices.csv", "geometry.json"]
+    write_json(place, "geometry.json", geometry)
 
 
 _INDEX_WRITERS = {"nnunet": _nnunet_index, "monai": _monai_index, "pairs": _pairs_index, "slices2d": _slices_index}
+_INDEX_FILES = {
+    "nnunet": ("dataset.json", "splits_final.json"),
+    "monai": ("datalist.json",),
+    "pairs": ("pairs.csv",),
+    "slices2d": ("slices.csv", "geometry.json"),
+}
 
 
-def write_index(root: str, entries: Sequence[IndexEntry], split, channels, labels: Sequence[tuple], settings) -> list:
-    """Write the format's index and metadata files; return their paths relative to ``root``.
+def index_file_names(settings, split) -> list:
+    """The index files :func:`write_index` writes for ``settings`` and ``split``, relative to the export folder."""
+    names = _INDEX_FILES[settings.format]
+    return [name for name in names if name != "splits_final.json" or split.folds]
 
-    ``entries`` are sorted by case id; ``labels`` are (value, name) pairs; ``split`` is the
-    :class:`~TrainingDataExportLib.splits.DatasetSplit` of the exported cases.
+
+def write_index(root: str, place: Place, entries: Sequence[IndexEntry], split, channels, labels: Sequence[tuple],
+                settings) -> list:
+    """Write the format's index and metadata files into ``root`` (through ``place``); return their paths relative
+    to ``root`` (:func:`index_file_names`).
+
+    ``entries`` are sorted by case id; ``labels`` are the schema's (value, name) pairs; ``split`` is the
+    :class:`~TrainingDataExportLib.splits.DatasetSplit` of the exported cases; ``channels`` the case list's.
     """
-    return _INDEX_WRITERS[settings.format](
-        root, sorted(entries, key=lambda e: e.case_id), split, channels, labels, settings
+    _INDEX_WRITERS[settings.format](
+        root, place, sorted(entries, key=lambda e: e.case_id), split, channels, labels, settings
     )
+    return index_file_names(settings, split)

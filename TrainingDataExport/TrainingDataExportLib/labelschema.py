@@ -8,8 +8,9 @@ describes its outputs exactly as the registry lists them::
                                  "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"}}}]}
 
 It is parsed by ``ModelRegistryLib.index.parse_labels`` into ``ModelRegistryLib.index.Label`` objects
-(value, name, color, terminology). New segmentations start from it, and :func:`check_case` reports, per
-case, the segments that are missing, extra (matching no label) or misnamed (matched by terminology only).
+(value, name, color, terminology). New segmentations start from it, and every case is checked against it
+(:mod:`~TrainingDataExportLib.checks`): segments missing, extra (matching no label) or misnamed (matched by
+terminology only).
 
 Example::
 
@@ -30,9 +31,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from .caselist import Case
-from .files import write_file_atomically
-from .segmentations import LabelProblem, read_label_map
+from ModelRegistryLib.files import write_bytes_atomically
+from ModelRegistryLib.index import IndexValidationError, parse_labels
 
 DEFAULT_LABEL_SCHEMA_NAME = "labels.json"
 
@@ -68,10 +68,6 @@ def label_schema_document(labels: Sequence) -> dict:
 
 def parse_label_schema(document, source: str = "") -> tuple:
     """The labels of a decoded schema document, validated; raises :class:`LabelSchemaError`."""
-    # Imported here, not with the package: the rest of TrainingDataExportLib works without ModelRegistryLib on
-    # sys.path, and ``python -m TrainingDataExportLib`` puts it there only after the package is imported.
-    from ModelRegistryLib.index import IndexValidationError, parse_labels
-
     prefix = f"{source}: " if source else ""
     try:
         labels = parse_labels(document)
@@ -104,40 +100,4 @@ def save_label_schema(path: str, labels: Sequence) -> None:
     document = label_schema_document(labels)
     parse_label_schema(document, os.path.basename(os.fspath(path)))
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    write_file_atomically(path, data)
-
-
-def case_problems(case: Case, labels: Sequence, overlap: str = "error") -> list:
-    """Every :class:`~TrainingDataExportLib.segmentations.LabelProblem` of ``case`` against the schema
-    ``labels``: missing files, and the segments its segmentation lacks, has in excess or names otherwise.
-
-    A case without a segmentation has none (it is still to be annotated).
-    """
-    problems = [
-        LabelProblem(f"image {path} ({channel}) does not exist")
-        for channel, path in case.images.items()
-        if not os.path.isfile(path)
-    ]
-    if not case.segmentation:
-        return problems
-    if not os.path.isfile(case.segmentation):
-        return [*problems, LabelProblem(f"segmentation {case.segmentation} does not exist")]
-    _, label_problems = read_label_map(case.segmentation, labels, overlap=overlap)
-    return problems + label_problems
-
-
-def check_case(case: Case, labels: Sequence) -> list:
-    """The problems of ``case`` against the schema ``labels``, as text (empty: nothing to fix).
-
-    >>> import os, shutil, tempfile
-    >>> import numpy as np, SimpleITK as sitk
-    >>> from ModelRegistryLib.index import Label
-    >>> folder = tempfile.mkdtemp()
-    >>> image, segmentation = os.path.join(folder, "c1.nrrd"), os.path.join(folder, "c1_seg.nrrd")
-    >>> sitk.WriteImage(sitk.Image([4, 4, 2], sitk.sitkInt16), image)
-    >>> sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 4, 4), 3, np.uint8)), segmentation)
-    >>> check_case(Case("c1", "p1", {"image": image}, segmentation), [Label(1, "Liver", "#dd8259")])
-    ['extra label value 3 (not in the schema)', "no voxel has label 'Liver' (1)"]
-    >>> shutil.rmtree(folder)
-    """
-    return [str(problem) for problem in case_problems(case, labels)]
+    write_bytes_atomically(path, data, keep_backup=True)

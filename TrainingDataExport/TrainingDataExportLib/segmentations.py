@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from DeepSegmentLib.imagecheck import ImageFileError
+from DeepSegmentLib.imageio import read_image
 
 OVERLAP_POLICIES = ("error", "schema-order")
 
@@ -334,9 +336,9 @@ def read_label_map(path: str, labels: Sequence, *, overlap: str = "error") -> tu
     if overlap not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}")
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        return None, [LabelProblem(f"cannot read segmentation {path}: {str(error).strip().splitlines()[-1]}")]
+        image = read_image(str(path))
+    except ImageFileError as error:
+        return None, [LabelProblem(f"segmentation: {error}")]
     metadata = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
     segments = segments_of(metadata)
     if segments:

@@ -175,7 +175,8 @@ def _stratum_text(key: Hashable) -> str:
     return repr(key)
 
 
-def _check_arguments(folds: int, test_fraction: float, seed: int) -> None:
+def check_split_arguments(folds: int, test_fraction: float, seed: int) -> None:
+    """Raise ``ValueError`` for folds, a test fraction or a seed :func:`split_by_patient` cannot use."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 0:
         raise ValueError(f"folds must be a whole number, 0 (or 1) for no folds, not {folds!r}")
     if not isinstance(test_fraction, (int, float)) or not 0 <= test_fraction < 1:
@@ -315,7 +316,7 @@ def split_by_patient(
     Traceback (most recent call last):
     ValueError: 4 folds need at least 4 patients outside the test set, but there are 1 (of 4 patients)...
     """
-    _check_arguments(folds, test_fraction, seed)
+    check_split_arguments(folds, test_fraction, seed)
     by_patient = _cases_by_patient(cases)
     stratum_of = _patient_strata(by_patient, strata)
     sizes = {patient: len(ids) for patient, ids in by_patient.items()}

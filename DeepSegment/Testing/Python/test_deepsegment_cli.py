@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from DeepSegment import writeThresholdTestModel
+from ModelRegistryLib.files import is_temporary_name
 
 from DeepSegmentLib.cli import main
 from DeepSegmentLib.geometry import geometry_mismatch, image_from_array
@@ -131,3 +132,85 @@ def test_image_build_and_save_print_the_index_entries(container_runtime, base_im
     assert [parameter.name for parameter in image.parameters] == ["quality", "threads", "precision"]
     assert image.archive.url == archive.as_uri()
     container_runtime.call(["rmi", tag])
+
+
+# -- every failure: one line on stderr, exit status 1, arguments checked before any work ------------------------
+
+BAD_RUN_ARGUMENTS = [
+    (["--threads", "-1"], "--threads must be from 1 to"),
+    (["--threads", "0"], "--threads must be from 1 to"),
+    (["--threads", "many"], "argument --threads: invalid int value"),
+    (["--device", "gpu7"], "Unknown device 'gpu7'"),
+    (["--timeout", "-5"], "--timeout must be a positive number"),
+    (["--timeout", "inf"], "--timeout must be a positive number"),
+    (["--timeout", "nan"], "--timeout must be a positive number"),
+    (["--parameter", "quality"], "--parameter takes NAME=VALUE"),
+    (["--image-archive", "missing.tar"], "Image archive not found"),
+    (["--precision", "float8"], "argument --precision: invalid choice"),
+    (["--backend", "gpu"], "argument --backend: invalid choice"),
+    (["--workers", "2"], "unrecognized arguments: --workers 2"),
+    (["--output", "OUT/labels.png"], "Unknown output type"),
+    (["--output", "OUT/labels.mhd"], "Unknown output type"),
+    (["--output", "OUT"], "is a folder"),
+    (["--output", "FILE/labels.nii.gz"], "is not a folder"),
+    (["--input", "OUT/missing.nrrd"], "Input not found"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_RUN_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_RUN_ARGUMENTS])
+def test_bad_run_arguments_are_one_line_before_any_work(tmp_path, capsys, extra, message):
+    index = writeThresholdTestModel(str(tmp_path / "models"))
+    input_path, _ = phantom(tmp_path)
+    (tmp_path / "FILE").write_text("a file")
+    extra = [part.replace("OUT", str(tmp_path)).replace("FILE", str(tmp_path / "FILE")) for part in extra]
+    given = dict(zip(extra[::2], extra[1::2]))
+    command = ["run", "--model", "threshold-test", "--index", index, "--cache-dir", str(tmp_path / "cache"),
+               "--input", given.pop("--input", input_path),
+               "--output", given.pop("--output", str(tmp_path / "o.nii.gz")),
+               *[part for pair in given.items() for part in pair]]
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [captured.err.strip()], captured.err
+    assert captured.err.startswith("error: ") and message in captured.err, captured.err
+    assert not (tmp_path / "cache").exists()  # nothing installed: refused before any work
+
+
+def test_a_read_only_output_folder_is_refused_before_inference(tmp_path, capsys):
+    from fault_injection import read_only
+
+    index = writeThresholdTestModel(str(tmp_path / "models"))
+    input_path, _ = phantom(tmp_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    with read_only(results):
+        code = main(["run", "--model", "threshold-test", "--input", input_path, "--output", str(results / "o.nii.gz"),
+                     "--index", index, "--cache-dir", str(tmp_path / "cache")])
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: Cannot write to") and len(error.splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("output_name", ["labels.nii.gz", "labels.nii", "labels.seg.nrrd"])
+def test_a_full_disk_fails_the_run_with_one_line_and_keeps_the_previous_result(tmp_path, output_name):
+    """The issue: a .nii.gz write on a full disk truncated the result, exited 0 and printed "wrote"."""
+    from fault_injection import run_python
+
+    index = writeThresholdTestModel(str(tmp_path / "models"))
+    rng = np.random.default_rng(5)
+    input_path = str(tmp_path / "noise.nrrd")
+    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 2, (48, 64, 64)).astype(np.int16)), input_path)
+    output = tmp_path / output_name
+    command = ["run", "--model", "threshold-test", "--input", input_path, "--output", str(output), "--index", index,
+               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(command) == 0
+    previous = output.read_bytes()
+    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 2, (48, 64, 64)).astype(np.int16)), input_path)
+    result = run_python(f"import sys; from DeepSegmentLib.cli import main; sys.exit(main({command!r}))",
+                        cwd=MODULE_FOLDER, file_size_limit=60_000)
+    # Progress is one line of standard error rewritten in place ("\r"); the failure is the one line after it.
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in result.stderr.split("\n") if line.strip()]
+    assert result.returncode == 1 and "wrote" not in result.stdout, result.stdout + result.stderr
+    assert lines[-1].startswith(f"error: Cannot write {output}: "), result.stderr
+    assert all("error" not in line for line in lines[:-1])
+    assert output.read_bytes() == previous
+    assert not [name for name in os.listdir(tmp_path) if is_temporary_name(name)]

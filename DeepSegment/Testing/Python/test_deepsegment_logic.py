@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
 import slicer
 from DeepSegmentLib.container_backend import ContainerSettings
 from DeepSegmentLib.container_runtime import ContainerRunError
-from ModelRegistryLib import IndexSource, Registry
+from ModelRegistry import processEventsBriefly, waitForJob
+from ModelRegistryLib import IndexSource, JobError, Registry
 
 
 @pytest.fixture()
@@ -21,7 +21,9 @@ def logic(tmp_path):
     index = writeThresholdTestModel(str(tmp_path / "models"))
     registry = Registry([IndexSource(index)], str(tmp_path / "cache"))
     registry.refresh(offline=True)
-    return DeepSegmentLogic(registry)
+    logic = DeepSegmentLogic(registry)
+    yield logic
+    logic.service.stop()
 
 
 def phantom_volume(shape=(12, 14, 16)):
@@ -65,18 +67,14 @@ def test_cancel_mid_run_leaves_the_scene_unchanged(logic):
     volume, _ = phantom_volume((24, 28, 32))
     nodes_before = slicer.mrmlScene.GetNumberOfNodes()
     task = logic.segmentationTask("threshold-test", [volume], device="cpu")
-    report = task._report
-
-    def cancel_while_inferring(step):
-        report(step)
-        if step.fraction > 0.5:
-            task.cancel()
-
-    task._report = cancel_while_inferring
-    task.start()
-    assert task.wait(60)
+    while not task.finished and not (task.progress is not None and task.progress.text == "inferring"):
+        task.poll()
+        processEventsBriefly()
+    task.cancel()
+    assert waitForJob(task, 60)
     assert task.state == "cancelled"
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
+    assert logic.service.worker("cpu").pid == task.pid, "the run stopped on request: the service lives on"
 
 
 def test_inputs_are_matched_by_pattern(logic):
@@ -97,7 +95,8 @@ def container_logic(container_index, tmp_path):
     registry.refresh(offline=True)
     logic = DeepSegmentLogic(registry)
     logic.setContainerSettings(ContainerSettings(run_folder=str(tmp_path / "runs")))
-    return logic
+    yield logic
+    logic.service.stop()
 
 
 def test_console_runs_a_container_model_into_a_named_colored_segment(container_logic, tmp_path):
@@ -117,21 +116,17 @@ def test_console_runs_a_container_model_into_a_named_colored_segment(container_l
 def test_container_failure_and_cancel_leave_the_scene_unchanged(container_logic):
     volume, _ = phantom_volume()
     nodes_before = slicer.mrmlScene.GetNumberOfNodes()
-    with pytest.raises(ContainerRunError, match="too dark"):
+    with pytest.raises(JobError, match="too dark") as failure:
         container_logic.segmentVolumes("contract-test", [volume], parameters={"behaviour": "fail"})
+    assert failure.value.raised(ContainerRunError)
+    task = container_logic.segmentationTask("contract-test", [volume], parameters={"behaviour": "sleep"})
     lines = []
-    task = container_logic.segmentationTask("contract-test", [volume], parameters={"behaviour": "sleep"},
-                                            log=lines.append)
-    report = task._report
-
-    def cancel_while_waiting(step):
-        report(step)
-        if step.text == "waiting":
-            task.cancel()
-
-    task._report = cancel_while_waiting
-    task.start()
-    assert task.wait(120)
+    while not task.finished and not (task.progress is not None and task.progress.text == "waiting"):
+        lines += [record.text for record in task.poll()]
+        processEventsBriefly()
+    task.cancel()
+    assert waitForJob(task, 120)
+    lines += [record.text for record in task.poll()]
     assert task.state == "cancelled"
     assert "contract test image: sleep" in lines
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
@@ -174,10 +169,7 @@ def test_panel_offers_the_backend_and_the_image_parameters(container_logic, tmp_
         assert widget.inputSelectors[0].currentNode() is volume
         widget.ui.applyButton.click()
         assert widget.ui.applyButton.text == "Cancel"
-        deadline = time.monotonic() + 120
-        while widget.poller.busy and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.02)
+        assert widget.poller.waitUntilDone(120)
         assert widget.ui.stageLabel.text == "Done.", widget.ui.stageLabel.text
         output = widget.ui.outputSelector.currentNode()
         segmentId = output.GetSegmentation().GetSegmentIdBySegmentName("Bright")

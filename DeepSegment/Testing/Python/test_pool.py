@@ -152,3 +152,12 @@ def test_concurrent_gets_load_each_network_once(packages):
     assert sorted(loader.calls) == sorted((p.folder, "cpu") for p in packages[:2])
     for which in (0, 1):
         assert len({id(network) for index, network in results if index == which}) == 1
+
+
+def test_unload_removes_the_networks_of_given_folders(tmp_path):
+    pool = ModelPool()
+    old, new = package(tmp_path / "1.0.0"), package(tmp_path / "2.0.0")
+    pool.get(old, "cpu")
+    pool.get(new, "cpu")
+    assert [entry.folder for entry in pool.unload([str(tmp_path / "1.0.0" / ".")])] == [old.folder]
+    assert [entry.folder for entry in pool.loaded()] == [new.folder]

@@ -25,12 +25,17 @@ Behaviours of :meth:`RegistryTestServer.add` (combine freely):
 - ``times=K``: only the first K requests of this path misbehave as above, later ones are served
   normally; None (the default): every request misbehaves.
 - ``no_range=True``: ignore Range headers and always answer 200 with the whole body.
+- ``wrong_range=True``: answer a Range request with 206 and the whole body, labelled ``bytes 0-…``
+  (not the range asked for); ``no_content_range=True``: answer it with 206 and no Content-Range.
+- ``redirect_to=URL``: answer 302 with ``Location: URL``.
 - ``no_content_length=True``: send no Content-Length; the end of the body is the connection's close.
 - ``bytes_per_second=R``: send the body at about R bytes per second (to keep a download running).
 
 Requests in absolute form (``GET http://host:port/path``, what a client sends to an HTTP proxy) are
 answered from the same files and logged with ``proxied=True``: point ``http_proxy`` at
 ``server.base_url`` to check that a client goes through a proxy.
+
+``RegistryTestServer(certificate=(cert_file, key_file))`` serves https with that certificate.
 
 Stopping (leaving the ``with`` block, or :meth:`RegistryTestServer.stop`) ends stalls and open
 connections and joins every thread the server started.
@@ -39,9 +44,12 @@ connections and joins every thread the server started.
 from __future__ import annotations
 
 import contextlib
+import os
 import dataclasses
 import re
 import socket
+import ssl
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +86,9 @@ class _File:
     wrong_bytes: bool = False
     times: int | None = None
     no_range: bool = False
+    wrong_range: bool = False
+    no_content_range: bool = False
+    redirect_to: str | None = None
     no_content_length: bool = False
     bytes_per_second: float | None = None
     misbehaved: int = 0
@@ -113,6 +124,11 @@ class _HTTPServer(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        # A client that resets a keep-alive connection is what clients do; anything else is printed.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -134,13 +150,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(record, 404)
         elif misbehave and entry.status is not None:
             self._send_status(record, entry.status)
+        elif misbehave and entry.redirect_to is not None:
+            self._send_status(record, 302, {"Location": entry.redirect_to})
         else:
             self._send_file(record, entry, misbehave)
 
-    def _send_status(self, record: Request, status: int) -> None:
+    def _send_status(self, record: Request, status: int, headers: dict | None = None) -> None:
         body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
         record.status = status
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -154,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = bytes(changed)
         start, end = 0, len(data)
         match = _RANGE.match(record.range or "")
-        if match and not entry.no_range:
+        mangled = misbehave and match is not None and (entry.wrong_range or entry.no_content_range)
+        if match and not entry.no_range and not mangled:
             start = int(match.group(1))
             if match.group(2):
                 end = min(end, int(match.group(2)) + 1)
@@ -170,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         if not entry.no_range:
             self.send_header("Accept-Ranges", "bytes")
-        if record.status == 206:
+        if record.status == 206 and not (mangled and entry.no_content_range):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         if entry.no_content_length:
             self.send_header("Connection", "close")
@@ -209,9 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
 class RegistryTestServer:
     """A misbehaving HTTP server on 127.0.0.1 for tests; a context manager (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificate: tuple | None = None) -> None:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._certificate = certificate
 
     def __enter__(self) -> RegistryTestServer:
         return self.start()
@@ -221,6 +243,10 @@ class RegistryTestServer:
 
     def start(self) -> RegistryTestServer:
         self._httpd = _HTTPServer()
+        if self._certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._certificate)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
         self._thread.start()
         return self
@@ -244,7 +270,8 @@ class RegistryTestServer:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>``, also the address to use as an HTTP proxy."""
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "http" if self._certificate is None else "https"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         """The address of ``path`` (which starts with ``/``) on this server."""
@@ -262,6 +289,9 @@ class RegistryTestServer:
         wrong_bytes: bool = False,
         times: int | None = None,
         no_range: bool = False,
+        wrong_range: bool = False,
+        no_content_range: bool = False,
+        redirect_to: str | None = None,
         no_content_length: bool = False,
         bytes_per_second: float | None = None,
     ) -> str:
@@ -277,6 +307,9 @@ class RegistryTestServer:
             wrong_bytes=wrong_bytes,
             times=times,
             no_range=no_range,
+            wrong_range=wrong_range,
+            no_content_range=no_content_range,
+            redirect_to=redirect_to,
             no_content_length=no_content_length,
             bytes_per_second=bytes_per_second,
         )
@@ -288,3 +321,33 @@ class RegistryTestServer:
         """Copies of the logged requests, oldest first; only those for ``path`` when given."""
         with self._httpd.lock:
             return [dataclasses.replace(r) for r in self._httpd.log if path is None or r.path == path]
+
+
+def serve_files(files: dict, bytes_per_second: float | None = None, progress=None, cancel=None) -> None:
+    """Job target: serve the files (URL path -> file on disk) until cancelled; the first progress text is the
+    base URL. Panel tests run a server this way, in a process of its own: a server thread in the test process
+    starves while the test idles as Slicer does."""
+    with RegistryTestServer() as server:
+        for path, file_path in files.items():
+            with open(file_path, "rb") as file:
+                server.add(path, file.read(), bytes_per_second=bytes_per_second)
+        progress(0.0, server.base_url)
+        cancel.wait()
+
+
+@contextlib.contextmanager
+def served_in_a_process(files: dict, bytes_per_second: float | None = None):
+    """``with served_in_a_process({"/index.json": path, ...}) as base_url:`` (see :func:`serve_files`)."""
+    from ModelRegistryLib.jobs import start_job
+
+    job = start_job("registry_test_server:serve_files", {"files": files, "bytes_per_second": bytes_per_second},
+                    description="Test server", sys_path=[os.path.dirname(os.path.abspath(__file__))])
+    try:
+        while job.progress is None and not job.finished:
+            job.wait(0.02)
+        if job.finished:
+            raise RuntimeError(f"the test server did not start: {job.error}")
+        yield job.progress.text
+    finally:
+        job.cancel()
+        job.wait(30)

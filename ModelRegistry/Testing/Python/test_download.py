@@ -7,7 +7,9 @@ import hashlib
 import os
 import pathlib
 import random
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -207,6 +209,26 @@ def test_corrupt_part_is_deleted_and_the_next_call_succeeds(server, tmp_path):
     assert read(tmp_path / "m.bin") == data
 
 
+@pytest.mark.parametrize("mangling", ["wrong_range", "no_content_range"])
+def test_part_the_server_answers_with_the_wrong_range_is_fetched_again_whole(server, tmp_path, mangling):
+    # Resuming such a server can never work: its .part must not make this or any later download fail.
+    data = payload(500_000)
+    server.add("/m.bin", data, **{mangling: True})
+    (tmp_path / "m.bin.part").write_bytes(data[:200_000])
+    fetch(server, data, tmp_path / "m.bin", retries=0)
+    assert read(tmp_path / "m.bin") == data
+    assert [(r.range_start, r.status) for r in server.requests()] == [(200_000, 206), (0, 200)]
+
+
+def test_a_server_that_mangled_a_range_is_not_asked_for_one_again(server, tmp_path):
+    data = payload(600_000)
+    server.add("/m.bin", data, wrong_range=True, drop_after=400_000, times=2)
+    (tmp_path / "m.bin.part").write_bytes(data[:100_000])
+    fetch(server, data, tmp_path / "m.bin", retries=1)
+    assert read(tmp_path / "m.bin") == data
+    assert [r.range_start for r in server.requests()] == [100_000, 0, 0]
+
+
 def test_stall_times_out_then_resumes(server, tmp_path):
     data = payload(200_000)
     server.add("/m.bin", data, stall_after=50_000, times=1)
@@ -335,6 +357,55 @@ def test_tls_failure_is_reported_and_not_retried(plain_tcp_server, tmp_path):
     assert len(connections) == 1
 
 
+def test_redirect_to_a_local_file_is_refused_and_the_file_never_read(server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"private")
+    server.add("/m.bin", b"", redirect_to=secret.as_uri())
+    with pytest.raises(DownloadError) as caught:
+        fetch(server, b"private", tmp_path / "copy" / "m.bin", retries=3)
+    assert not isinstance(caught.value, ChecksumMismatchError)
+    assert len(server.requests()) == 1
+    assert not (tmp_path / "copy").exists() or os.listdir(tmp_path / "copy") == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (cert file, key file), made by the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def tls_server(certificate, monkeypatch):
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with RegistryTestServer(certificate=certificate) as running:
+        yield running
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+def test_unknown_certificate_is_a_tls_error_saying_what_to_set(tls_server, tmp_path):
+    data = payload(20_000)
+    tls_server.add("/m.bin", data)
+    with pytest.raises(TLSError, match=r"\(self.signed certificate\).*REQUESTS_CA_BUNDLE or SSL_CERT_FILE") as caught:
+        fetch(tls_server, data, tmp_path / "m.bin", retries=2)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"])
+def test_certificate_bundle_from_the_environment_is_trusted(tls_server, certificate, tmp_path, monkeypatch, variable):
+    data = payload(20_000)
+    tls_server.add("/m.bin", data)
+    monkeypatch.setenv(variable, certificate[0])
+    fetch(tls_server, data, tmp_path / "m.bin")
+    assert read(tmp_path / "m.bin") == data
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_full_disk_is_reported_with_the_space_needed(server, tmp_path):
     # /dev/full fails every write with ENOSPC: a real full-disk error from the kernel, deterministic and
@@ -385,6 +456,23 @@ def test_cancel_interrupts_a_silent_server_at_once(server, tmp_path):
     assert os.path.getsize(tmp_path / "m.bin.part") == 1000
 
 
+def test_cancel_interrupts_a_server_that_never_answers_the_request(tmp_path):
+    # The kernel completes the connection, nobody reads the request: the client waits for headers.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        cancel = threading.Event()
+        timer = threading.Timer(0.3, cancel.set)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(CancelledError):
+            download_file(f"http://127.0.0.1:{listener.getsockname()[1]}/m.bin", str(tmp_path / "m.bin"),
+                          sha256="0" * 64, cancel=cancel, timeout=30)
+        assert time.monotonic() - started < 1.5
+        timer.join()
+    assert os.listdir(tmp_path) == []
+
+
 def test_cancel_interrupts_the_backoff(server, tmp_path):
     server.add("/m.bin", b"x", status=500)
     cancel = threading.Event()
@@ -412,6 +500,30 @@ def test_file_url_downloads_and_resumes(tmp_path):
 def test_missing_file_url_is_not_found(tmp_path):
     with pytest.raises(NotFoundError, match="file not found"):
         download_file((tmp_path / "absent.bin").as_uri(), str(tmp_path / "m.bin"), sha256="0" * 64)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs fifos")
+def test_file_url_of_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def attempt():
+        try:
+            download_file(fifo.as_uri(), str(tmp_path / "m.bin"), sha256="0" * 64)
+        except DownloadError as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=attempt)
+    worker.start()
+    worker.join(5)
+    blocked = worker.is_alive()
+    while worker.is_alive():  # it waits for a writer (each retry again): give it one, so that the test ends
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(0.2)
+    assert not blocked
+    assert len(outcome) == 1 and "not a regular file" in str(outcome[0])
 
 
 def test_http_proxy_environment_variable_is_honoured(server, tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 from ModelRegistryLib.index import (
     MAX_INDEX_BYTES,
+    MAX_MATCHED_NAME_LENGTH,
+    MAX_PATTERN_LENGTH,
+    MAX_PATTERN_STEPS,
     Coding,
     ContainerImage,
     ImageParameter,
@@ -24,6 +27,7 @@ from ModelRegistryLib.index import (
     ModelVersion,
     VersionNotFoundError,
     file_url,
+    input_pattern_problem,
     load_index,
     parse_index,
     resolve_version,
@@ -171,6 +175,103 @@ def test_inputs_match_volume_names_case_insensitively():
     assert flair.matches("3D FLAIR")
 
 
+# Patterns whose backtracking has no useful bound: each would freeze the panel on some volume name.
+UNBOUNDED_PATTERNS = [
+    r"^(\w+\s?)+$",  # the classic: minutes on a long name
+    r"(a+)+$",
+    r"(a|a)*b",
+    r"(?:x+x+)+y",
+    r"(\d+)*\.nii",
+    r"\w*\s*\w*x",  # no nesting, but three repeats in a row: 257^4 steps
+    "a?" * 30 + "a" * 30,
+    "(?:a|a)" * 16 + "b",  # 2^16 alternatives at each of 257 starts
+]
+# Outside the subset though harmless here: refused so that the rule stays simple to state and to check.
+OUTSIDE_THE_SUBSET = [r"(t1)\1", r"(?=t1)", r"(?i)T1", r"(?P<name>t1)", r"[[:alpha:]]", r"\At1", "a{}", "x{300}", "a**"]
+USUAL_PATTERNS = {  # pattern: (a name it matches, a name it does not)
+    "t1|mprage": ("Sub-01 MPRAGE sag", "sub-01 flair"),
+    "^.*T2.*$": ("prostate t2 axial", "adc map"),
+    ".*t1.*": ("my_T1_scan", "flair"),
+    r"\bt2\b": ("Case 7 T2 ax", "Case 7 T2w"),
+    "(ct|cta)_?venous": ("CTA_venous phase", "CT arterial"),
+    r"t1w?[_ -]ce": ("sub-1_T1w-ce", "T2w_ce"),
+    r"[_ -]adc\d*$": ("prostate ADC2", "adc prostate"),
+    "^.*t2.*adc.*": ("t2 and adc", "t2 only"),
+    "": ("anything", None),
+}
+
+
+@pytest.mark.parametrize("pattern", UNBOUNDED_PATTERNS + OUTSIDE_THE_SUBSET)
+def test_patterns_outside_the_safe_subset_are_refused_when_the_index_is_read(pattern):
+    document = valid_document()
+    document["models"][0]["inputs"][0]["pattern"] = pattern
+    with pytest.raises(IndexValidationError, match="is not an allowed name pattern") as raised:
+        parse_index(document)
+    assert raised.value.field == "models[0].inputs[0].pattern"
+    with pytest.raises(ValueError, match="input pattern"):
+        dataclasses.replace(parse_index(valid_document())[0].inputs[0], pattern=pattern).matches("t1")
+
+
+@pytest.mark.parametrize("pattern", list(USUAL_PATTERNS))
+def test_usual_patterns_are_allowed_and_match_as_regular_expressions(pattern):
+    assert input_pattern_problem(pattern) == ""
+    document = valid_document()
+    document["models"][0]["inputs"][0]["pattern"] = pattern
+    matched, unmatched = USUAL_PATTERNS[pattern]
+    t1 = parse_index(document)[0].inputs[0]
+    assert t1.matches(matched)
+    assert unmatched is None or not t1.matches(unmatched)
+
+
+def test_patterns_are_limited_in_length_and_names_are_matched_on_their_start():
+    assert input_pattern_problem("a" * MAX_PATTERN_LENGTH) == ""
+    assert "longer than" in input_pattern_problem("a" * (MAX_PATTERN_LENGTH + 1))
+    t1 = parse_index(valid_document())[0].inputs[0]
+    assert t1.matches("x" * (MAX_MATCHED_NAME_LENGTH - 2) + "t1")
+    assert not t1.matches("x" * MAX_MATCHED_NAME_LENGTH + "t1")
+
+
+def test_the_step_bound_counts_repeats_start_positions_and_alternatives():
+    assert input_pattern_problem(r"^a*b*c") == ""  # 257 x 257 lengths, one start
+    assert input_pattern_problem(r"a*bc*") == ""  # 257 starts x 257: a repeat ending the pattern is tried once
+    assert "too much backtracking" in input_pattern_problem(r"a*bc*d")
+    steps = int(re.search(r"up to (\d+) steps", input_pattern_problem(r"a*b*c")).group(1))
+    assert steps == 257**3 > MAX_PATTERN_STEPS  # 257 starts x 257 x 257
+    steps = int(re.search(r"up to (\d+) steps", input_pattern_problem("^" + "(?:a|b)" * 23)).group(1))
+    assert steps == 2**23 > MAX_PATTERN_STEPS
+
+
+@settings(max_examples=500, deadline=None)
+@given(pattern=st.text(alphabet=st.sampled_from(list("ab.^$*+?{}[]()|\\,:=!<>P0123dwsbBx-")), max_size=30))
+def test_any_text_gets_a_verdict_and_allowed_patterns_compile(pattern):
+    problem = input_pattern_problem(pattern)
+    assert isinstance(problem, str)
+    if not problem:
+        re.compile(pattern)
+
+
+def test_a_remote_index_may_only_list_web_urls():
+    document = valid_document()
+    with pytest.raises(IndexValidationError, match="http or https") as raised:
+        parse_index(document, base_url="https://example.org/index.json")  # lists file:///b.zip
+    assert raised.value.field == "models[0].versions[1].files[0].url"
+    document["models"][0]["versions"][1]["files"][0]["url"] = "weights/b.zip"
+    archive = document["models"][0]["versions"][1]["image"]["archive"]
+    for url in ("file:///etc/passwd", "FILE:/etc/passwd", "ftp://example.org/x.tar", "/etc/passwd"):
+        archive["url"] = url
+        expected = "models[0].versions[1].image.archive.url"
+        if url == "/etc/passwd":  # relative to the index: on the same web server, allowed
+            assert parse_index(document, base_url="http://example.org/r/index.json")
+            continue
+        with pytest.raises(IndexValidationError) as raised:
+            parse_index(document, base_url="http://example.org/r/index.json")
+        assert raised.value.field == expected
+    archive["url"] = "file:///images/x.tar"
+    # A local index (a folder, a file URL) may point at local files.
+    assert parse_index(document, base_url="file:///srv/registry/index.json")
+    assert parse_index(document)
+
+
 def test_terminology_gives_slicer_entries():
     gray, white = parse_index(valid_document())[0].labels
     context, region_context = "Segmentation category and type - 3D Slicer General Anatomy list", "Anatomic codes"
@@ -204,11 +305,18 @@ def test_relative_file_urls_resolve_against_the_index_location(tmp_path):
         assert first.files[0].name == "brain tissue.zip"
     # Absolute URLs stay as they are.
     assert load_index(path)[0].version("1.10.0-rc1").files[0].url == "file:///b.zip"
-    remote = parse_index(document, base_url="https://example.org/registry/index.json")[0].version("1.0.0")
+    remote = parse_index(web_document(document), base_url="https://example.org/registry/index.json")[0].version("1.0.0")
     assert [f.url for f in remote.files] == [
         "https://example.org/registry/weights/brain%20tissue.zip",
         "https://example.org/shared/model.pt",
     ]
+
+def web_document(document: dict | None = None) -> dict:
+    """``document`` (by default the valid one) as a web server may serve it: its one file URL made relative."""
+    document = json.loads(json.dumps(document or valid_document()))
+    document["models"][0]["versions"][1]["files"][0]["url"] = "b.zip"
+    return document
+
 
 def mutate(path, value):
     """The valid document with the field at ``path`` replaced (or deleted when value is ``DELETE``)."""
@@ -298,6 +406,7 @@ BAD_DOCUMENTS = [  # (field named in the error, path changed, new value)
 # What a JSON Schema cannot say; the parser still refuses these, naming the field.
 PARSER_ONLY_RULES = [
     ("models[0].inputs[0].pattern", (*MODEL, "inputs", 0, "pattern"), "t1|(mprage"),
+    ("models[0].inputs[0].pattern", (*MODEL, "inputs", 0, "pattern"), r"^(\w+\s?)+$"),  # backtracks for minutes
     ("models[0].labels[1].value", (*MODEL, "labels", 1, "value"), 1),
     ("models[0].versions[0].releaseDate", (*VERSION, "releaseDate"), "2023-02-29"),
     ("models[0].versions[0].files[1].name", (*VERSION, "files", 1, "name"), "a.zip"),
@@ -397,7 +506,7 @@ def test_image_archive_resolves_against_the_index_and_is_not_a_file_of_the_versi
                                 "brain-tissue.tar")
     assert archive not in version.files
     assert version.download_size == 0  # the version's one file has size 0; the archive's 7 bytes do not count
-    remote = parse_index(valid_document(), base_url="https://example.org/r/index.json")[0].version("1.10.0-rc1")
+    remote = parse_index(web_document(), base_url="https://example.org/r/index.json")[0].version("1.10.0-rc1")
     assert remote.image.archive.url == "https://example.org/r/images/brain-tissue.tar"
     assert brain_image().archive.url == "images/brain-tissue.tar"  # no base URL: left as written
     assert parse_index(valid_document())[1].latest.image.archive is None

@@ -147,3 +147,57 @@ def test_model_spec_needs_an_id():
 def test_sources_file_lives_in_the_cache(tmp_path):
     save_user_sources(str(tmp_path), [IndexSource("x")])
     assert os.path.isfile(tmp_path / "sources.json")
+
+
+@pytest.mark.parametrize("spec", ["Liver", "liver@v2", "liver@1.2.3.4", "../liver", "liver@1.0.0@2", "liver@"])
+def test_specs_that_can_name_no_version_are_refused_before_any_work(spec):
+    if spec == "liver@":  # an empty version is no version
+        assert parse_model_spec(spec) == ("liver", None)
+        return
+    with pytest.raises(RegistryError, match="is not a"):
+        parse_model_spec(spec)
+
+
+def test_pin_accepts_only_versions_listed_or_installed(served, tmp_path):
+    server, _, _ = served
+    registry = Registry([IndexSource(server.url("/index.json"))], str(tmp_path))
+    registry.refresh()
+    with pytest.raises(LookupError, match=r"no version matching '9\.9\.9'; available: 1\.0\.0"):
+        registry.pin("liver@9.9.9")
+    with pytest.raises(RegistryError, match="neither in the registry indexes nor installed"):
+        registry.pin("kidney@1.0.0")
+    assert registry.store.pins() == {}
+    registry.pin("liver@1")  # a version spec: the highest 1.x
+    assert registry.store.pins() == {"liver": "1"}
+
+
+def test_a_pin_no_index_satisfies_is_named_in_the_error(served, tmp_path):
+    server, _, _ = served
+    (tmp_path / "pins.json").write_text('{"liver": "9.9.9"}')  # by hand, or before the version was withdrawn
+    registry = Registry([IndexSource(server.url("/index.json"))], str(tmp_path))
+    registry.refresh()
+    with pytest.raises(RegistryError, match=r"liver is pinned to 9\.9\.9 in .*pins\.json: unpin it"):
+        registry.ensure_installed("liver")
+    assert registry.ensure_installed("liver@1.0.0").version == "1.0.0"  # an explicit version is not pinned
+    offline = Registry([], str(tmp_path))
+    with pytest.raises(RegistryError, match=r"pinned to 9\.9\.9"):
+        offline.ensure_installed("liver")
+
+
+@pytest.mark.parametrize("content", ['["liver"]', '{"liver": 1}', '{"liver": null}', "{not json", b"\xff\xfe"])
+def test_pins_file_of_the_wrong_shape_is_one_clear_error_naming_it(tmp_path, content):
+    path = tmp_path / "pins.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    registry = Registry([], str(tmp_path))
+    with pytest.raises(RegistryError, match=r"pins\.json") as raised:
+        registry.ensure_installed("liver")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("content", ['{"location": "x"}', '[{"name": "x"}]', '[{"location": 5}]', '["x"]',
+                                     '[{"location": "x", "name": 3}]', "[", b"\xff"])
+def test_sources_file_of_the_wrong_shape_is_one_clear_error_naming_it(tmp_path, content):
+    (tmp_path / "sources.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(RegistryError, match=r"sources\.json") as raised:
+        user_sources(str(tmp_path))
+    assert "\n" not in str(raised.value)

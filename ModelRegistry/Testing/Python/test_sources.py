@@ -147,6 +147,15 @@ def test_refresh_picks_up_a_new_version(tmp_path, server):
         (index_bytes(model("liver", "Liver", version("1.0.0")))[:-7], "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b" " * (MAX_INDEX_BYTES + 1), "limit"),
+        # A web index may not make the client read local files (nor learn their size from a checksum error).
+        (index_bytes(model("liver", "Liver", version("1.0.0", url="file:///etc/passwd"))),
+         "models[0].versions[0].files[0].url: must be an http or https URL"),
+        (index_bytes(model("liver", "Liver", version("1.0.0", url="w.zip"), {"version": "2.0.0", "image": {
+            "name": "lab/liver", "digest": "sha256:" + 64 * "a",
+            "archive": {"url": "file:///dev/zero", "sha256": 64 * "0", "size": 1}}})),
+         "models[0].versions[1].image.archive.url: must be an http or https URL"),
+        (index_bytes(model("liver", "Liver", version("1.0.0")) | {"inputs": [{"name": "T", "pattern": r"(\w+\s?)+$"}]}),
+         "models[0].inputs[0].pattern: is not an allowed name pattern"),
     ],
 )
 def test_an_invalid_remote_document_keeps_the_good_cached_copy(tmp_path, server, bad, reason):

@@ -10,20 +10,22 @@ attribute semantics (``collapsibleButton.collapsed = True``).
 
 from __future__ import annotations
 
-import fnmatch
-import os
+import re
 
 import qt  # noqa: F401  (installs PythonQt semantics before the classes below are used)
-from PySide6.QtCore import Property, QEvent, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QPainter, QPalette
+from PySide6.QtCore import Property, QEvent, QRect, QRegularExpression, QSettings, QSize, Qt, Signal
+from PySide6.QtGui import QPainter, QPalette, QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QAbstractButton,
     QComboBox,
+    QCompleter,
     QDoubleSpinBox,
     QFileDialog,
+    QFileSystemModel,
     QGroupBox,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QSizePolicy,
     QSlider,
     QStyle,
@@ -250,14 +252,49 @@ class ctkCollapsibleGroupBox(QGroupBox):
             self.setMaximumHeight(self.fontMetrics().height() + self._collapsedHeight)
 
 
-class ctkPathLineEdit(QWidget):
-    """An editable path field with a browse button (CTK ``ctkPathLineEdit``).
+# ctk::nameFilterToExtensions (Libs/Core/ctkUtils.cpp): "Label (*.a *.b)", or a bare wildcard.
+_NAME_FILTER = re.compile(r"^(.*)\(([a-zA-Z0-9_.*? +;#\-\[\]@\{\}/!<>\$%&=^~:\|]*)\)$")
+_VALID_WILDCARD = re.compile(r"^[\w\s\.\*\_\~\$\[\]]+$")
+_EXTENSION = re.compile(r"\*\.(\w+)")
 
-    ``currentPath`` is the text; ``currentPathChanged(QString)`` is emitted when the new
-    text is a valid input, i.e. its file name matches ``nameFilters`` (any text when there
-    are none), and ``validInputChanged(bool)`` when validity changes, as in CTK.  ``filters``
-    holds the ``Filter`` flags below (``ctkPathLineEdit.Dirs``, ``.Files``...): they choose
-    the dialog ``browse()`` opens.
+
+def _nameFiltersPattern(nameFilters):
+    """The validator pattern CTK builds from name filters (ctk::nameFiltersToRegExp, Slicer 5.8's CTK).
+
+    Each ``*.ext`` becomes ``.*\\.ext?$``, matched against the whole path and case-sensitively: so
+    ``*.csv`` accepts ``/data/cases.csv`` but neither ``Cases.CSV`` nor ``cases.csv.bak``, and an extension
+    with a dot (``*.nii.gz``) keeps only its first part (``.*\\.nii?$``). No extension at all gives
+    ``.+``: any path but the empty one.
+    """
+    alternatives = []
+    for nameFilter in nameFilters:
+        match = _NAME_FILTER.search(nameFilter)
+        if match:
+            extensions = match.group(2).split()
+        elif _VALID_WILDCARD.search(nameFilter):
+            extensions = [nameFilter]
+        else:
+            extensions = []
+        for extension in extensions:
+            found = _EXTENSION.search(extension)
+            if found:
+                alternatives.append(".*\\." + found.group(1) + "?$")
+    return "(" + "|".join(alternatives) + ")" if alternatives else ".+"
+
+
+class ctkPathLineEdit(QWidget):
+    """An editable path field with a browse button (CTK ``ctkPathLineEdit``, as in Slicer 5.8).
+
+    As in CTK, the field is an editable combo box whose line edit has a validator built from
+    ``nameFilters`` (see ``_nameFiltersPattern``), and every change of its text (every keystroke, as well
+    as ``currentPath = ...``, a path chosen with the browse button and a completion highlighted in the
+    popup of its file completer, ctkFileCompleter) runs ``updateHasValidInput``:
+    ``currentPathChanged(QString)`` is emitted whenever the new text is acceptable (so per keystroke while
+    the user types a valid path; never for an empty path), and ``validInputChanged(bool)`` when
+    acceptability changes. Setting ``nameFilters`` or ``filters`` emits nothing. ``filters`` holds the
+    ``Filter`` flags below, ``options`` the ``Option`` flags (QFileDialog's): they choose and configure the
+    dialog ``browse()`` opens (a save dialog for ``Files|Writable``, which asks before overwriting an
+    existing file unless ``DontConfirmOverwrite`` is set).
     """
 
     Dirs = 0x001
@@ -276,9 +313,9 @@ class ctkPathLineEdit(QWidget):
     AccessMask = 0x3F0
     AllDirs = 0x400
     CaseSensitive = 0x800
+    NoDotAndDotDot = 0x1000  # CTK's enum keeps Qt 4's value; QDir's (NoDot | NoDotDot) is 0x6000
     NoDot = 0x2000
     NoDotDot = 0x4000
-    NoDotAndDotDot = NoDot | NoDotDot
     NoFilter = -1
 
     ShowDirsOnly = 0x01
@@ -294,7 +331,8 @@ class ctkPathLineEdit(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._filters = self.AllEntries | self.NoDotAndDotDot | self.Readable
+        # QDir::AllEntries | QDir::NoDotAndDotDot | QDir::Readable | QDir::Executable
+        self._filters = self.AllEntries | self.NoDot | self.NoDotDot | self.Readable | self.Executable
         self._options = 0
         self._nameFilters = []
         self._label = ""
@@ -305,22 +343,32 @@ class ctkPathLineEdit(QWidget):
         layout.setSpacing(0)
         self._comboBox = QComboBox(self)
         self._comboBox.setEditable(True)
+        self._comboBox.setInsertPolicy(QComboBox.NoInsert)
         self._comboBox.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self._validator = QRegularExpressionValidator(self)
+        self._comboBox.lineEdit().setValidator(self._validator)
+        # ctkFileCompleter: a popup completer over the file system; highlighting a completion sets the text.
+        completer = QCompleter(QFileSystemModel(self), self)
+        completer.setCompletionMode(QCompleter.PopupCompletion)
+        self._comboBox.lineEdit().setCompleter(completer)
         self._browseButton = QToolButton(self)
         self._browseButton.setText("...")
         self._browseButton.setToolTip("Open a dialog")
         self._historyVisible = True
         layout.addWidget(self._comboBox)
         layout.addWidget(self._browseButton)
+        self._updateFilter()
         self._comboBox.lineEdit().textChanged.connect(self._updateHasValidInput)
         self._browseButton.clicked.connect(self.browse)
-        self._updateHasValidInput()
+
+    def _lineEdit(self):
+        return self._comboBox.lineEdit()
 
     def _getCurrentPath(self):
-        return self._comboBox.currentText
+        return QLineEdit.text(self._lineEdit())
 
     def setCurrentPath(self, path):
-        self._comboBox.setEditText(path)
+        QLineEdit.setText(self._lineEdit(), path)
 
     currentPath = Property(str, _getCurrentPath, setCurrentPath, user=True)
 
@@ -329,6 +377,7 @@ class ctkPathLineEdit(QWidget):
 
     def setFilters(self, filters):
         self._filters = int(filters)
+        self._updateFilter()
 
     filters = Property(int, _getFilters, setFilters)
 
@@ -345,7 +394,7 @@ class ctkPathLineEdit(QWidget):
 
     def setNameFilters(self, nameFilters):
         self._nameFilters = list(nameFilters)
-        self._updateHasValidInput()
+        self._updateFilter()
 
     nameFilters = Property("QStringList", _getNameFilters, setNameFilters)
 
@@ -384,41 +433,86 @@ class ctkPathLineEdit(QWidget):
     def comboBox(self):
         return self._comboBox
 
-    def _patterns(self):
-        patterns = []
-        for nameFilter in self._nameFilters:
-            inside = nameFilter[nameFilter.find("(") + 1 : nameFilter.rfind(")")] if "(" in nameFilter else nameFilter
-            patterns.extend(inside.split())
-        return patterns
-
-    def _isValid(self, path):
-        patterns = self._patterns()
-        if not patterns:
-            return True
-        fileName = os.path.basename(path).lower()
-        return any(fnmatch.fnmatch(fileName, pattern.lower()) for pattern in patterns)
+    def _updateFilter(self):
+        """ctkPathLineEditPrivate::updateFilter: only the validator changes; nothing is emitted."""
+        self._validator.setRegularExpression(QRegularExpression(_nameFiltersPattern(self._nameFilters)))
 
     def _updateHasValidInput(self, *unused):
+        """ctkPathLineEdit::updateHasValidInput, run on every change of the line edit's text."""
         wasValid = self._hasValidInput
-        path = self._comboBox.currentText
-        self._hasValidInput = self._isValid(path)
+        self._hasValidInput = QLineEdit.hasAcceptableInput(self._lineEdit())
         if self._hasValidInput:
-            self.currentPathChanged.emit(path)
+            self.currentPathChanged.emit(self._getCurrentPath())
         if self._hasValidInput != wasValid:
             self.validInputChanged.emit(self._hasValidInput)
 
     def browse(self):
-        """Open the file or directory dialog that ``filters`` and ``options`` select (blocks)."""
-        caption = self._label or "Select"
-        start = self._comboBox.currentText
-        if not (self._filters & self.Files):
-            path = QFileDialog.getExistingDirectory(self, caption, start)
-        elif self._filters & self.Writable:
-            path = QFileDialog.getSaveFileName(self, caption, start, ";;".join(self._nameFilters))[0]
+        """Open the file or directory dialog that ``filters`` and ``options`` select (modal)."""
+        start = self._getCurrentPath()
+        options = QFileDialog.Option(self._options)
+        if self._filters & self.Files:
+            nameFilters = ";;".join(self._nameFilters)
+            if self._filters & self.Writable:
+                path = QFileDialog.getSaveFileName(self, "Select a file to save ", start, nameFilters, options=options)
+            else:
+                path = QFileDialog.getOpenFileName(self, "Open a file", start, nameFilters, options=options)
+            path = path[0]
         else:
-            path = QFileDialog.getOpenFileName(self, caption, start, ";;".join(self._nameFilters))[0]
+            path = QFileDialog.getExistingDirectory(self, "Select a directory...", start, options=options)
         if path:
             self.setCurrentPath(path)
+
+
+class ctkMessageBox(QMessageBox):
+    """A message box with a "Don't show again" check box (CTK ``ctkMessageBox``); Slicer's
+    ``slicer.util.messageBox`` uses it.
+
+    As in CTK, when ``dontShowAgainSettingsKey`` names a setting that holds a button (the user ticked
+    "Don't show again" earlier), ``exec()`` returns that button without waiting.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._dontShowAgain = False
+        self._dontShowAgainVisible = False
+        self._dontShowAgainSettingsKey = ""
+
+    def _getDontShowAgain(self):
+        return self._dontShowAgain
+
+    def setDontShowAgain(self, dontShow):
+        self._dontShowAgain = bool(dontShow)
+
+    dontShowAgain = Property(bool, _getDontShowAgain, setDontShowAgain)
+
+    def _isDontShowAgainVisible(self):
+        return self._dontShowAgainVisible
+
+    def setDontShowAgainVisible(self, visible):
+        self._dontShowAgainVisible = bool(visible)
+
+    dontShowAgainVisible = Property(bool, _isDontShowAgainVisible, setDontShowAgainVisible)
+
+    def _getDontShowAgainSettingsKey(self):
+        return self._dontShowAgainSettingsKey
+
+    def setDontShowAgainSettingsKey(self, key):
+        self._dontShowAgainSettingsKey = key
+        self._dontShowAgainVisible = bool(key)
+
+    dontShowAgainSettingsKey = Property(str, _getDontShowAgainSettingsKey, setDontShowAgainSettingsKey)
+
+    def _storedButton(self):
+        if not self._dontShowAgainSettingsKey:
+            return None
+        stored = int(QSettings().value(self._dontShowAgainSettingsKey, -1))  # QMessageBox::InvalidRole
+        return stored if stored != -1 else None
+
+    def exec(self):
+        stored = self._storedButton()
+        return stored if stored is not None else QMessageBox.exec(self)
+
+    exec_ = exec
 
 
 def _spinBoxProperty(name, synchronize=False):

@@ -29,6 +29,13 @@ semantics on every PySide6 QObject wrapper of the process:
   signature fails the test instead of leaving a dead panel in Slicer.
 * Enums are reached through their class (``qt.Qt.AlignLeft``,
   ``qt.QFile.ReadOnly``), ``qt.QTimer.singleShot(msec, fn)`` calls ``fn()``.
+* Waiting keeps the GIL, as in Slicer: PythonQt calls C++ without releasing
+  Python's GIL and Slicer never enables PythonQt's thread support, so while
+  the GUI idles, sleeps or runs a nested event loop no other Python thread of
+  the process runs. ``QThread.msleep/usleep/sleep`` sleep in a C call that
+  keeps the GIL, and ``QDialog.exec()`` and ``QEventLoop.exec()`` loop over
+  ``processEvents`` and such sleeps (PySide6 would release the GIL in both,
+  letting threads run at a speed they never get in Slicer).
 
 PySide-only helpers (``Signal``, ``Slot``, ``Property``, ``QEnum``...) are not
 exported: module code must not use what PythonQt lacks.  Stand-in widget
@@ -40,6 +47,8 @@ signature (``currentNodeChanged(vtkMRMLNode*)``).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import types
 from xml.etree import ElementTree
@@ -284,6 +293,10 @@ def _disconnectCallable(sender, signature, function=None):
 
 def _connect(self, signal, receiver, slot=None):
     """``obj.connect('signal(args)', callable)`` or ``obj.connect('signal(args)', receiver, 'slot(args)')``."""
+    if isinstance(signal, _QtCore.QObject):
+        # PySide's own call, QObject.connect(sender, SIGNAL(...), callable), as QTimer.singleShot(msec,
+        # widget.close) makes it for a slot of a widget with a parent.
+        return _pysideConnect(signal, receiver, slot)
     if slot is None:
         return _connectCallable(self, signal, receiver)
     resolved = _resolveSignal(self, signal)
@@ -377,6 +390,22 @@ def _resolveStandInFlagSets(root):
             ElementTree.SubElement(prop, "number").text = str(value)
 
 
+def _refuseDuplicateProperties(root):
+    """A widget or layout that sets one property twice in a .ui file is refused.
+
+    Qt's uic and QUiLoader apply both settings, the last one winning, and Qt Designer keeps only one when
+    it saves the file: a hand edit that duplicates a property silently loses one of the two values.
+    """
+    for element in root.iter():
+        if element.tag not in ("widget", "layout", "item", "action"):
+            continue
+        names = [prop.get("name") for prop in element.findall("property")]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            owner = element.get("name") or element.get("class") or element.tag
+            raise ValueError(f".ui file sets {', '.join(duplicates)} more than once on {owner}")
+
+
 def _findByName(root, name):
     if _QtCore.QObject.objectName(root) == name:
         return root
@@ -389,6 +418,7 @@ class QUiLoader(_QtUiTools.QUiLoader):
     Here standard Qt widgets come from Qt, and any other class named in the .ui file is
     looked up in the ``ctk`` module and in the ``slicer`` namespace.  Connections of the
     .ui file that carry VTK objects are made through the PythonQt-style ``connect``.
+    Stricter than Qt: a property set twice on one widget is refused (``ValueError``).
     """
 
     def createWidget(self, className, parent=None, name=""):
@@ -410,6 +440,7 @@ class QUiLoader(_QtUiTools.QUiLoader):
         else:
             data = bytes(device.readAll())
         root = ElementTree.fromstring(data)
+        _refuseDuplicateProperties(root)
         vtkConnections = _takeVtkConnections(root)
         _resolveStandInFlagSets(root)
         buffer = _QtCore.QBuffer()
@@ -423,6 +454,67 @@ class QUiLoader(_QtUiTools.QUiLoader):
                 slot = getattr(receiver, connection["slot"].split("(", 1)[0])
                 _connectCallable(sender, connection["signal"], slot)
         return widget
+
+
+# --- idling as Slicer does --------------------------------------------------------------------------
+
+# ctypes.PyDLL calls C without releasing the GIL, as PythonQt calls C++.
+if os.name == "nt":
+    _kernel32 = ctypes.PyDLL("kernel32")
+
+    def _sleepHoldingTheGil(microseconds):
+        _kernel32.Sleep(max(0, int(microseconds)) // 1000)
+else:
+    _libc = ctypes.PyDLL(None)
+
+    def _sleepHoldingTheGil(microseconds):
+        _libc.usleep(max(0, int(microseconds)))
+
+
+# Slice of a nested event loop's sleep between two looks at the event queue.
+_NESTED_LOOP_SLEEP_USEC = 5000
+
+
+def _processEventsHoldingTheGil():
+    _QtCore.QCoreApplication.processEvents()
+    _sleepHoldingTheGil(_NESTED_LOOP_SLEEP_USEC)
+
+
+def _dialogExec(self):
+    """``QDialog.exec()``: show modal and loop until the dialog is closed; returns its result code."""
+    _QtWidgets.QDialog.setModal(self, True)
+    _QtWidgets.QDialog.show(self)
+    while _QtWidgets.QDialog.isVisible(self):
+        _processEventsHoldingTheGil()
+    return _QtWidgets.QDialog.result(self)
+
+
+# Return codes of QEventLoops inside exec(), by object address, set by quit()/exit().
+_eventLoopExits = {}
+
+
+def _eventLoopExec(self, flags=None):
+    key = _shiboken6.getCppPointer(self)[0]
+    _eventLoopExits.pop(key, None)
+    while key not in _eventLoopExits:
+        _processEventsHoldingTheGil()
+    return _eventLoopExits.pop(key)
+
+
+def _eventLoopExit(self, returnCode=0):
+    _eventLoopExits[_shiboken6.getCppPointer(self)[0]] = returnCode
+
+
+def _installSlicerLikeIdling():
+    _QtCore.QThread.msleep = staticmethod(lambda msec: _sleepHoldingTheGil(msec * 1000))
+    _QtCore.QThread.usleep = staticmethod(_sleepHoldingTheGil)
+    _QtCore.QThread.sleep = staticmethod(lambda seconds: _sleepHoldingTheGil(seconds * 1000000))
+    for dialogClass in (_QtWidgets.QDialog, _QtWidgets.QMessageBox, _QtWidgets.QFileDialog, _QtWidgets.QInputDialog,
+                        _QtWidgets.QProgressDialog):
+        dialogClass.exec = dialogClass.exec_ = _dialogExec
+    _QtCore.QEventLoop.exec = _QtCore.QEventLoop.exec_ = _eventLoopExec
+    _QtCore.QEventLoop.exit = _eventLoopExit
+    _QtCore.QEventLoop.quit = lambda self: _eventLoopExit(self, 0)
 
 
 # --- the namespace ----------------------------------------------------------------------------------
@@ -452,3 +544,4 @@ def _installPythonQtSemantics():
 
 _exportQtClasses()
 _installPythonQtSemantics()
+_installSlicerLikeIdling()

@@ -5,9 +5,10 @@ process, what Slicer's application does before any scripted module runs:
 
 - imports the ``qt`` (PySide6 behaving like PythonQt) and ``ctk`` stand-ins from this folder,
 - boots real MRML (scene, application logic, core module logics) from the wheel,
-- creates ``slicer.app`` and sets ``slicer.mrmlScene``, ``slicer.modules``, ``slicer.selfTests``,
-  ``slicer.ScriptedLoadableModule``, ``slicer.testing``, the ``qMRML*`` widgets and Slicer's module
-  classes on ``slicer``.
+- creates ``slicer.app`` (with a hidden main window) and sets ``slicer.mrmlScene``, ``slicer.modules``,
+  ``slicer.selfTests``, ``slicer.ScriptedLoadableModule``, ``slicer.testing``, the ``qMRML*`` widgets and
+  Slicer's module classes on ``slicer``,
+- makes every modal dialog fail the test instead of waiting for a user (``dialogs``).
 
 Then ``load_modules(paths)`` loads scripted modules as Slicer's module factory does;
 ``extension_module_paths(folder)`` finds those of an extension from its CMakeLists.txt.
@@ -18,10 +19,13 @@ Example::
     slicer_standin.boot()
     (deepSegment,) = slicer_standin.load_modules(["DeepSegment/DeepSegment.py"])
     panel = deepSegment.widgetRepresentation()   # the Python widget is panel.self()
+    with slicer_standin.testing_mode(False):     # as in the GUI's Reload & Test
+        slicer.selfTests["DeepSegment"]()
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -41,7 +45,7 @@ def boot(state_directory=None):
     import slicer
     import slicer.util
 
-    from . import ScriptedLoadableModule, modules, qmrml, testing
+    from . import ScriptedLoadableModule, dialogs, modules, qmrml, testing
     from .application import StandInApplication
     from .mrml import boot_core_logics
 
@@ -49,6 +53,7 @@ def boot(state_directory=None):
     if state_directory is None:
         state_directory = tempfile.mkdtemp(prefix="SlicerStandIn-")
     app = StandInApplication(core, state_directory)
+    dialogs.install()
     slicer.app = app
     slicer.mrmlScene = core.scene
     slicer.modules = modules.new_modules_namespace()
@@ -64,6 +69,18 @@ def boot(state_directory=None):
         app.moduleManager().register(modules.qSlicerAbstractCoreModule(name, logic))
     _STATE["app"] = app
     return app
+
+
+@contextlib.contextmanager
+def testing_mode(enabled: bool):
+    """Run a block with ``slicer.app.testingEnabled()`` set to ``enabled`` (False: the GUI's mode)."""
+    app = boot()
+    previous = app.testingEnabled()
+    app.setTestingEnabled(enabled)
+    try:
+        yield
+    finally:
+        app.setTestingEnabled(previous)
 
 
 def load_modules(paths) -> list:

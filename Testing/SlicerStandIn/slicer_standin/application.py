@@ -1,8 +1,13 @@
 """``slicer.app``: the application object of the stand-in, a QApplication like Slicer's qSlicerApplication.
 
 It answers what scripted modules and Slicer's ``slicer/util.py`` ask of the application: testing mode,
-temporary and cache folders, settings, the MRML scene and application logic, the I/O manager and the
-module manager. Settings go to an ini file in a private folder, never to the user's own Slicer settings.
+temporary and cache folders, settings, the MRML scene and application logic, the I/O manager, the
+module manager and the main window. Settings go to an ini file in a private folder, never to the user's
+own Slicer settings.
+
+Testing mode is on, as in Slicer started with ``--testing`` (ctest). ``setTestingEnabled(False)`` (a
+stand-in call: Slicer fixes the mode at start-up) gives the GUI's mode, in which a developer runs
+Reload & Test: ``slicer.util`` then opens its message boxes, which fail the test here (see ``dialogs``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from PySide6 import QtCore, QtWidgets
 
 from .io_manager import CoreIOManager
+from .mainwindow import qSlicerMainWindow
 from .modules import ModuleManager
 from .mrml import CoreLogics
 
@@ -41,6 +47,8 @@ class StandInApplication(QtWidgets.QApplication):
         self._io_manager = CoreIOManager(core.scene, core.module_logics)
         self._module_manager = ModuleManager()
         self._major_version, self._minor_version = _slicer_core_version()
+        self._testing_enabled = True
+        self._main_window = qSlicerMainWindow(self._module_manager)
 
     temporaryPath = QtCore.Property(str, lambda self: self._temporary_path)
     cachePath = QtCore.Property(str, lambda self: self._cache_path)
@@ -48,7 +56,11 @@ class StandInApplication(QtWidgets.QApplication):
     minorVersion = QtCore.Property(int, lambda self: self._minor_version)
 
     def testingEnabled(self) -> bool:
-        return True
+        return self._testing_enabled
+
+    def setTestingEnabled(self, enabled: bool) -> None:
+        """Stand-in only: switch between ctest's testing mode (on) and the GUI's (off)."""
+        self._testing_enabled = bool(enabled)
 
     def settings(self) -> QtCore.QSettings:
         return QtCore.QSettings()
@@ -69,5 +81,5 @@ class StandInApplication(QtWidgets.QApplication):
         return self._module_manager
 
     def layoutManager(self):
-        """No views exist in the stand-in, as in Slicer started with ``--no-main-window``."""
+        """No views exist in the stand-in (its main window is never shown)."""
         return None

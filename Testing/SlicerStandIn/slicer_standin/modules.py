@@ -77,20 +77,36 @@ class qSlicerAbstractCoreModule(QtCore.QObject):
 
 
 class qSlicerScriptedLoadableModuleWidget(qMRMLWidget):
-    """The panel Slicer creates for a scripted module; ``self()`` is the Python widget object."""
+    """The panel Slicer creates for a scripted module; ``self()`` is the Python widget object.
+
+    ``isEntered`` is true between ``enter()`` and ``exit()`` (qSlicerAbstractModuleWidget). Slicer asserts
+    that they alternate (Q_ASSERT, in debug builds); the stand-in always does.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.setLayout(QtWidgets.QVBoxLayout())
         self._python_widget = None
+        self._entered = False
 
     def self(self):
         return self._python_widget
 
+    def _isEntered(self) -> bool:
+        return self._entered
+
+    isEntered = QtCore.Property(bool, _isEntered)
+
     def enter(self) -> None:
+        if self._entered:
+            raise AssertionError("enter() called on a module panel that is already entered")
+        self._entered = True
         self._python_widget.enter()
 
     def exit(self) -> None:
+        if not self._entered:
+            raise AssertionError("exit() called on a module panel that is not entered")
+        self._entered = False
         self._python_widget.exit()
 
 

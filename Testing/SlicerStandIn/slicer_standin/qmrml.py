@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import qt  # noqa: F401  (installs PythonQt semantics before the classes below are used)
 import slicer
+import slicer.util
 import vtk
-from PySide6.QtCore import Property, Signal
+from PySide6.QtCore import Property, QObject, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel, QSizePolicy, QWidget
 
 
@@ -439,21 +441,94 @@ class qMRMLNodeComboBox(QWidget):
         return self._comboBox
 
 
-class qMRMLSegmentEditorWidget(qMRMLWidget):
-    """Minimal stand-in for Slicer's Segment Editor widget: holds and shows the selections.
+# Slicer 5.8's core effects, in the Segment Editor's default order.
+SEGMENT_EDITOR_EFFECT_NAMES = (
+    "Paint",
+    "Draw",
+    "Erase",
+    "Level tracing",
+    "Grow from seeds",
+    "Fill between slices",
+    "Threshold",
+    "Margin",
+    "Hollow",
+    "Smoothing",
+    "Scissors",
+    "Islands",
+    "Logical operators",
+    "Mask volume",
+)
 
-    It keeps the segmentation node, the source volume node and the segment editor node
-    that modules set, and shows the two selections in two selectors.  It has no effects
-    and cannot paint segments: tests must edit segmentations through the
-    vtkSegmentation / slicer.util array functions instead.
+# The keys qMRMLSegmentEditorWidget::installKeyboardShortcuts binds: effects 1..20, deactivate/toggle the
+# effect, undo/redo, previous/next segment, toggle the intensity mask.
+SEGMENT_EDITOR_SHORTCUT_KEYS = (
+    *[str(i % 10) for i in range(1, 11)],
+    *["Shift+" + str(i % 10) for i in range(1, 11)],
+    "Esc",
+    "Space",
+    "Z",
+    QKeySequence.StandardKey.Undo,
+    "Y",
+    QKeySequence.StandardKey.Redo,
+    *"QW/*,.><",
+    "I",
+)
+
+
+class qSlicerSegmentEditorAbstractEffect(QObject):
+    """An effect of the Segment Editor, as far as the stand-in goes: its ``name`` (a Qt property)."""
+
+    def __init__(self, name, parent=None):
+        super().__init__(parent)
+        self._name = name
+
+    name = Property(str, lambda self: self._name)
+
+
+class qMRMLSegmentEditorWidget(qMRMLWidget):
+    """Stand-in for Slicer's Segment Editor widget (qMRMLSegmentEditorWidget.cxx, Slicer 5.8), without painting.
+
+    What it keeps and how, as in Slicer:
+
+    - The selections live in the segment editor node (``setMRMLSegmentEditorNode``): the widget follows
+      that node's changes (``updateWidgetFromMRML``). ``setSegmentationNode`` needs the node, and
+      ``setSourceVolumeNode`` a segmentation too: Slicer refuses them with a logged error (qCritical) and
+      goes on; the stand-in raises ``RuntimeError``. Selecting another segmentation deactivates the effect.
+      ``segmentationNode()`` is what the segmentation selector shows, ``sourceVolumeNode()`` the node's.
+    - ``setActiveEffect(effect)`` / ``setActiveEffectByName(name)`` write the node's active effect name; an
+      active effect makes the widget observe the views (``setupViewObservations``), none removes the
+      observations. The effects are named (``availableEffectNames()``) but cannot paint.
+    - ``installKeyboardShortcuts(parent=None)`` puts ``QShortcut`` objects for the editor's keys on
+      ``parent``, by default the main window, where they act in every module until
+      ``uninstallKeyboardShortcuts()`` deletes them (the Segment Editor module does so in ``exit()``).
+    - Closing the scene resets the node (singletons stay, their references go): at EndCloseEvent the widget
+      updates from it again.
+
+    Not in Slicer, for tests: ``standInViewsObserved`` tells whether the views would be observed (the
+    stand-in has no views, so Slicer's widget would observe none) and ``standInShortcuts`` lists the
+    installed shortcuts.
     """
 
     segmentationNodeChanged = Signal(object)
     sourceVolumeNodeChanged = Signal(object)
+    masterVolumeNodeChanged = Signal(object)
+    currentSegmentIDChanged = Signal(str)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._segmentEditorNode = None
+        self._parameterNode = None
+        self._parameterNodeObservations = []
+        _observeUntilDestroyed(self, self._parameterNodeObservations)
+        self._sceneObservations = []
+        _observeUntilDestroyed(self, self._sceneObservations)
+        self._segmentationNode = None
+        self._sourceVolumeNode = None
+        self._effects = [qSlicerSegmentEditorAbstractEffect(name, self) for name in SEGMENT_EDITOR_EFFECT_NAMES]
+        self._activeEffect = None
+        self._maximumNumberOfUndoStates = 10
+        self._updating = False
+        self.standInViewsObserved = False
+        self.standInShortcuts = []
         layout = QFormLayout(self)
         self._segmentationSelector = qMRMLNodeComboBox(self)
         self._segmentationSelector.setNodeTypes(["vtkMRMLSegmentationNode"])
@@ -466,26 +541,224 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
             self.mrmlSceneChanged.connect(selector.setMRMLScene)
         layout.addRow(QLabel("Segmentation:", self), self._segmentationSelector)
         layout.addRow(QLabel("Source volume:", self), self._sourceVolumeSelector)
-        self._segmentationSelector.currentNodeChanged.connect(self.segmentationNodeChanged.emit)
-        self._sourceVolumeSelector.currentNodeChanged.connect(self.sourceVolumeNodeChanged.emit)
+        self._segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationSelected)
+        self._sourceVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSourceVolumeSelected)
+
+    # --- scene and parameter node -----------------------------------------------------------
+
+    def setMRMLScene(self, scene):
+        if scene is self.mrmlScene():
+            return
+        for observed, tag in self._sceneObservations:
+            observed.RemoveObserver(tag)
+        self._sceneObservations.clear()
+        self._updating = True  # the selectors pick nodes of the new scene: not the user's choice
+        try:
+            super().setMRMLScene(scene)
+        finally:
+            self._updating = False
+        self.updateWidgetFromMRML()
+        if scene is not None:
+            for event, callback in (
+                (slicer.vtkMRMLScene.EndCloseEvent, self._onSceneEndClose),
+                (slicer.vtkMRMLScene.EndBatchProcessEvent, self._onSceneEndBatchProcess),
+            ):
+                self._sceneObservations.append((scene, scene.AddObserver(event, callback)))
+
+    def _onSceneEndClose(self, caller, event):
+        self.updateWidgetFromMRML()
+
+    def _onSceneEndBatchProcess(self, caller, event):
+        self.updateWidgetFromMRML()
 
     def setMRMLSegmentEditorNode(self, node):
-        self._segmentEditorNode = node
+        if node is self._parameterNode:
+            return
+        for observed, tag in self._parameterNodeObservations:
+            observed.RemoveObserver(tag)
+        self._parameterNodeObservations.clear()
+        self._parameterNode = node
+        if node is not None:
+            tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._parameterNodeObservations.append((node, tag))
+            self.updateWidgetFromMRML()
+
+    def _onParameterNodeModified(self, caller, event):
+        self.updateWidgetFromMRML()
 
     def mrmlSegmentEditorNode(self):
-        return self._segmentEditorNode
+        return self._parameterNode
+
+    def updateWidgetFromMRML(self):
+        """Show the parameter node's selections and activate its effect (skipped while the scene closes)."""
+        scene = self.mrmlScene()
+        if scene is None or scene.IsClosing() or scene.IsBatchProcessing():
+            return
+        node = self._parameterNode
+        self._segmentationSelector.setEnabled(node is not None)
+        if node is None:
+            return
+        self._updating = True
+        try:
+            segmentation = node.GetSegmentationNode()
+            self._segmentationSelector.setCurrentNode(segmentation)
+            self._sourceVolumeSelector.setCurrentNode(node.GetSourceVolumeNode())
+        finally:
+            self._updating = False
+        if segmentation is not self._segmentationNode:
+            self._segmentationNode = segmentation
+            self.segmentationNodeChanged.emit(segmentation)
+        source = node.GetSourceVolumeNode()
+        if source is not self._sourceVolumeNode:
+            self._sourceVolumeNode = source
+            self.sourceVolumeNodeChanged.emit(source)
+            self.masterVolumeNodeChanged.emit(source)
+        self._updateActiveEffect(self.effectByName(node.GetActiveEffectName() or ""))
+
+    # --- selections ---------------------------------------------------------------------------
+
+    def _refused(self, message):
+        raise RuntimeError(f"qMRMLSegmentEditorWidget: {message} (Slicer logs this error and ignores the call)")
 
     def setSegmentationNode(self, node):
-        self._segmentationSelector.setCurrentNode(node)
+        if self._parameterNode is None:
+            if node is not None:
+                self._refused("setSegmentationNode failed: need to set segment editor node first")
+            return
+        if self._parameterNode.GetSegmentationNode() is node:
+            return
+        self.setActiveEffect(None)
+        self._parameterNode.SetAndObserveSegmentationNode(node)
+
+    def setSegmentationNodeID(self, nodeID):
+        scene = self.mrmlScene()
+        if scene is None:
+            self._refused("setSegmentationNodeID failed: MRML scene is not set")
+        self.setSegmentationNode(scene.GetNodeByID(nodeID) if nodeID else None)
 
     def segmentationNode(self):
         return self._segmentationSelector.currentNode()
 
+    def segmentationNodeID(self):
+        return self._segmentationSelector.currentNodeID
+
     def setSourceVolumeNode(self, node):
-        self._sourceVolumeSelector.setCurrentNode(node)
+        if self._parameterNode is None or self.segmentationNode() is None:
+            if node is not None:
+                self._refused("setSourceVolumeNode failed: need to set segment editor and segmentation nodes first")
+            return
+        if node is not None and not node.IsA("vtkMRMLScalarVolumeNode"):
+            node = None
+        if self._parameterNode.GetSourceVolumeNode() is node:
+            return
+        self._parameterNode.SetAndObserveSourceVolumeNode(node)
+
+    def setSourceVolumeNodeID(self, nodeID):
+        scene = self.mrmlScene()
+        if scene is None:
+            self._refused("setSourceVolumeNodeID failed: MRML scene is not set")
+        self.setSourceVolumeNode(scene.GetNodeByID(nodeID) if nodeID else None)
 
     def sourceVolumeNode(self):
-        return self._sourceVolumeSelector.currentNode()
+        return self._parameterNode.GetSourceVolumeNode() if self._parameterNode is not None else None
+
+    def sourceVolumeNodeID(self):
+        node = self.sourceVolumeNode()
+        return node.GetID() if node is not None and node.GetID() else ""
+
+    def _onSegmentationSelected(self, node):
+        if not self._updating:
+            self.setSegmentationNode(node)
+
+    def _onSourceVolumeSelected(self, node):
+        if not self._updating:
+            self.setSourceVolumeNode(node)
+
+    def currentSegmentID(self):
+        if self._parameterNode is None:
+            return ""
+        return self._parameterNode.GetSelectedSegmentID() or ""
+
+    def setCurrentSegmentID(self, segmentID):
+        if self._parameterNode is not None:
+            self._parameterNode.SetSelectedSegmentID(segmentID)
+            self.currentSegmentIDChanged.emit(segmentID)
+
+    # --- effects and views --------------------------------------------------------------------
+
+    def availableEffectNames(self):
+        return [effect.name for effect in self._effects]
+
+    def effectCount(self):
+        return len(self._effects)
+
+    def effectByIndex(self, index):
+        return self._effects[index] if 0 <= index < len(self._effects) else None
+
+    def effectByName(self, name):
+        return next((effect for effect in self._effects if effect.name == name), None)
+
+    def activeEffect(self):
+        return self._activeEffect
+
+    def setActiveEffect(self, effect):
+        if self._parameterNode is None:
+            if effect is not None:
+                self._refused("setActiveEffect failed: invalid segment editor parameter set node")
+            return
+        self._parameterNode.SetActiveEffectName(effect.name if effect is not None else "")
+
+    def setActiveEffectByName(self, name):
+        effect = self.effectByName(name)
+        if name and effect is None:
+            self._refused(f"setActiveEffectByName failed: no effect named {name!r}")
+        self.setActiveEffect(effect)
+
+    def _updateActiveEffect(self, effect):
+        if effect is self._activeEffect:
+            return
+        self._activeEffect = effect
+        if effect is not None:
+            self.setupViewObservations()
+        else:
+            self.removeViewObservations()
+
+    def setupViewObservations(self):
+        self.standInViewsObserved = True
+
+    def removeViewObservations(self):
+        self.standInViewsObserved = False
+
+    def turnOffLightboxes(self):
+        return False  # no slice views, so none in light box mode
+
+    # --- keyboard shortcuts -------------------------------------------------------------------
+
+    def installKeyboardShortcuts(self, parent=None):
+        self.uninstallKeyboardShortcuts()
+        if parent is None:
+            parent = slicer.util.mainWindow()
+        for key in SEGMENT_EDITOR_SHORTCUT_KEYS:
+            self.standInShortcuts.append(QShortcut(QKeySequence(key), parent))
+
+    def uninstallKeyboardShortcuts(self):
+        for shortcut in self.standInShortcuts:
+            shortcut.setParent(None)
+            shortcut.deleteLater()
+        self.standInShortcuts = []
+
+    # --- options ------------------------------------------------------------------------------
+
+    def _getMaximumNumberOfUndoStates(self):
+        return self._maximumNumberOfUndoStates
+
+    def setMaximumNumberOfUndoStates(self, count):
+        self._maximumNumberOfUndoStates = int(count)
+
+    maximumNumberOfUndoStates = Property(int, _getMaximumNumberOfUndoStates, setMaximumNumberOfUndoStates)
 
 
-QMRML_CLASSES = {cls.__name__: cls for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget)}
+QMRML_CLASSES = {
+    cls.__name__: cls
+    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, qSlicerSegmentEditorAbstractEffect)
+}

@@ -11,12 +11,12 @@ import pytest
 import SimpleITK
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ModelRegistryLib.files import backup_path
 
 import TrainingDataExportLib
 from TrainingDataExportLib import (
     Case,
     CaseListError,
-    backup_path,
     case_list_from_folder,
     parse_case_list,
     read_case_list,

@@ -18,6 +18,7 @@ import threading
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ModelRegistryLib.files import is_temporary_name
 from ModelRegistryLib.index import Label
 
 from TrainingDataExportLib import export as export_module
@@ -129,7 +130,7 @@ def check_volume(case, image_path, label_path):
 
 
 def test_nnunet_round_trip_and_metadata(cases, tmp_path):
-    report = run(cases, tmp_path / "raw", format="nnunet", dataset_name="Dataset042_Liver")
+    report = run(cases, tmp_path / "raw", format="nnunet", dataset_id=42, dataset_name="Liver")
     root = tmp_path / "raw" / "Dataset042_Liver"
     dataset = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert dataset == {
@@ -392,7 +393,8 @@ def test_foreign_folder_other_format_and_bad_settings_are_refused(cases, tmp_pat
     with pytest.raises(ExportError, match="exists and is not a folder"):
         run(cases, tmp_path / "out" / "pairs.csv", format="pairs")
     with pytest.raises(ExportError) as error:
-        run(cases, tmp_path / "x", format="nnunet", dataset_name="Liver", compression_level=12, spacing=(1, 1))
+        run(cases, tmp_path / "x", format="nnunet", dataset_name="Dataset001_Liver", compression_level=12,
+            spacing=(1, 1))
     assert len(error.value.problems) == 3
     assert not (tmp_path / "x").exists()
 
@@ -517,7 +519,7 @@ def test_cancel_leaves_a_consistent_folder_and_a_re_run_completes(cases, tmp_pat
     files = snapshot(output)
     # The folder is claimed by a manifest that records no case yet; no index file was written.
     assert json.loads(files[MANIFEST_NAME][0])["cases"] == {} and "pairs.csv" not in files
-    assert not [path for path in files if os.path.basename(path).startswith(formats.PARTIAL_PREFIX)]
+    assert not [path for path in files if is_temporary_name(path)]
     written = sorted(path for path in files if path.endswith(".nii.gz"))
     assert written == [
         "images/case0_image.nii.gz",
@@ -536,6 +538,20 @@ def test_progress_reaches_one(cases, tmp_path):
     fractions = []
     run(cases, tmp_path / "out", format="monai", progress=lambda fraction, message: fractions.append(fraction))
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_progress_reports_each_case_as_it_is_written(cases, tmp_path):
+    """Not all at once after the last case (the issue: "checking" for the whole write phase, then every case)."""
+    labels = tmp_path / "out" / "labels"
+    seen = []
+
+    def progress(fraction, message):
+        if message.startswith("wrote case"):
+            seen.append((message, sorted(os.listdir(labels))))
+
+    run(cases, tmp_path / "out", format="monai", workers=1, progress=progress)
+    assert [message for message, _ in seen] == [f"wrote case case{i} ({i + 1} of 8)" for i in range(8)]
+    assert [files for _, files in seen] == [[f"case{j}.nii.gz" for j in range(i + 1)] for i in range(8)]
 
 
 def test_summaries_hold_statistics_hashes_and_annotator(cases, tmp_path):
@@ -569,4 +585,4 @@ def test_seg_nrrd_cases_are_mapped_to_the_schema(tmp_path):
     report = export_dataset(cases, schema, str(tmp_path / "out"), ExportSettings("pairs"), folds=0, test_fraction=0)
     expected = np.where(layer == 1, 2, np.where(layer == 2, 1, 0))
     np.testing.assert_array_equal(array_of(str(tmp_path / "out" / "labels" / "c0.nii.gz")), expected)
-    assert "case 'c0': c0.seg.nrrd: segment 'organ' is mapped to 'liver' by its terminology" in report.warnings
+    assert "case 'c0': segment 'organ' is mapped to 'liver' by its terminology" in report.warnings

@@ -11,10 +11,9 @@ import SimpleITK as sitk
 from ModelRegistryLib.index import Coding, Label, Terminology
 
 from TrainingDataExportLib.caselist import Case
+from TrainingDataExportLib.checks import case_problems, check_case
 from TrainingDataExportLib.labelschema import (
     LabelSchemaError,
-    case_problems,
-    check_case,
     label_schema_document,
     load_label_schema,
     save_label_schema,

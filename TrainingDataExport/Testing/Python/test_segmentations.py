@@ -135,7 +135,7 @@ def test_empty_label_map_and_unreadable_file_are_blocking(tmp_path):
     broken = tmp_path / "broken.nrrd"
     broken.write_bytes(b"NRRD0004\nnot a header\n")
     label, problems = read_label_map(str(broken), SCHEMA)
-    assert label is None and blocking(problems)[0].startswith("cannot read segmentation")
+    assert label is None and blocking(problems)[0].startswith("segmentation: Cannot read")
 
 
 def test_schema_values_over_255_give_uint16(tmp_path):

@@ -15,8 +15,10 @@ import qt
 import SimpleITK as sitk
 import slicer
 
+from ModelRegistry import waitForJob
+from ModelRegistryLib import JobError
 from TrainingDataExport import TrainingDataExportLogic
-from TrainingDataExportLib import read_case_list
+from TrainingDataExportLib import ExportError, read_case_list
 
 SCHEMA = {
     "labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}, {"value": 2, "name": "Tumor", "color": "#90d5ff"}]
@@ -125,24 +127,38 @@ def test_export_tasks_report_success_failure_and_cancel(logic, tmp_path):
     from TrainingDataExportLib import ExportSettings
 
     logic.setStatus(0, "done")
-    task = logic.exportTask(ExportSettings("pairs"), str(tmp_path / "out"), folds=0, testFraction=0.0).start()
-    assert task.wait(60) and task.state == "succeeded", task.error
-    assert task.progress == (1.0, f"exported 1 case(s) to {tmp_path / 'out'}")
+    task = logic.exportTask(ExportSettings("pairs"), str(tmp_path / "out"), folds=0, testFraction=0.0)
+    assert waitForJob(task, 60) and task.state == "succeeded", task.error
+    assert (task.progress.fraction, task.progress.text) == (1.0, f"exported 1 case(s) to {tmp_path / 'out'}")
     outcome = logic.exportOutcomeText(task)
     assert outcome.startswith(f"Exported 1 case(s) (1 written, 0 unchanged, 1 skipped) to {tmp_path / 'out'}.")
     assert outcome.endswith(f"Dataset card: {tmp_path / 'out' / 'dataset_card.md'}")
 
     cancelled = logic.exportTask(ExportSettings("pairs"), str(tmp_path / "other"))
     cancelled.cancel()
-    assert cancelled.start().wait(60) and cancelled.state == "cancelled"
+    assert waitForJob(cancelled, 60) and cancelled.state == "cancelled"
     assert logic.exportOutcomeText(cancelled).startswith("Export cancelled")
 
     # Another format into the same folder: refused before anything is written.
-    failed = logic.exportTask(ExportSettings("monai"), str(tmp_path / "out")).start()
-    assert failed.wait(60) and failed.state == "failed"
+    failed = logic.exportTask(ExportSettings("monai"), str(tmp_path / "out"))
+    assert waitForJob(failed, 60) and failed.state == "failed"
     assert "holds a 'pairs' export" in logic.exportOutcomeText(failed)
     with pytest.raises(ValueError, match="output folder"):
         logic.exportTask(ExportSettings("pairs"), "")
+
+
+def test_the_console_export_waits_reports_progress_and_raises_failures(logic, tmp_path):
+    from TrainingDataExportLib import ExportReport, ExportSettings
+
+    logic.setStatus(0, "done")
+    steps = []
+    report = logic.exportDataset(ExportSettings("pairs"), str(tmp_path / "out"),
+                                 progress=lambda *step: steps.append(step), folds=0, testFraction=0.0)
+    assert isinstance(report, ExportReport) and report.written == [logic.cases[0].case_id]
+    assert steps[-1] == (1.0, f"exported 1 case(s) to {tmp_path / 'out'}")
+    with pytest.raises(JobError, match="holds a 'pairs' export") as failure:
+        logic.exportDataset(ExportSettings("monai"), str(tmp_path / "out"))
+    assert failure.value.raised(ExportError)
 
 
 def test_cells_are_edited_in_the_panel_and_saved(logic):
@@ -175,3 +191,35 @@ def test_only_editable_columns_and_valid_values_are_accepted(logic):
         logic.editCase(0, "Status", "finished")
     logic.editCase(1, "Annotator", "second reader")
     assert read_case_list(logic.caseListPath)[1].annotator == "second reader"
+
+
+def test_panel_fields_set_the_nnunet_dataset_and_channel_names():
+    widget = slicer.modules.trainingdataexport.widgetRepresentation().self()
+    ui = widget.ui
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("nnunet")
+    ui.datasetIdSpinBox.value = 42
+    ui.datasetNameLineEdit.text = "Liver"
+    ui.channelNamesLineEdit.text = "CT, noNorm"
+    settings = widget.exportSettings()
+    assert (settings.dataset_id, settings.dataset_name, settings.channel_names) == (42, "Liver", ("CT", "noNorm"))
+    assert ui.datasetIdSpinBox.enabled and ui.channelNamesLineEdit.enabled
+    ui.datasetIdSpinBox.value = 0
+    ui.datasetNameLineEdit.text = ""
+    ui.channelNamesLineEdit.text = ""
+    settings = widget.exportSettings()
+    assert (settings.dataset_id, settings.dataset_name, settings.channel_names) == (None, None, ())
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("monai")
+    assert not ui.datasetIdSpinBox.enabled and not ui.channelNamesLineEdit.enabled
+    ui.formatComboBox.currentIndex = ui.formatComboBox.findText("nnunet")
+    ui.datasetNameLineEdit.text = "no/slash"
+    with pytest.raises(ValueError, match="dataset_name must be letters"):
+        widget.exportSettings()
+    ui.datasetNameLineEdit.text = ""
+
+
+def test_export_from_the_console_with_a_dataset_id_name_and_channel_names(logic, tmp_path):
+    logic.cases[1].segmentation = ""
+    settings = TrainingDataExportLogic.exportSettings("nnunet", datasetId=5, datasetName="Liver", channelNames="CT")
+    report = logic.exportDataset(settings, str(tmp_path / "nnUNet_raw"), folds=0, testFraction=0.0)
+    dataset = json.loads((tmp_path / "nnUNet_raw" / "Dataset005_Liver" / "dataset.json").read_text(encoding="utf-8"))
+    assert dataset["channel_names"] == {"0": "CT"} and report.written == ["a"]
