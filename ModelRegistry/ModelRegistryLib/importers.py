@@ -364,7 +364,7 @@ class _Tree:
             self._zip = zipfile.ZipFile(path)
             self.names = sorted(name for name in self._zip.namelist() if not name.endswith("/"))
         else:
-            raise ImporterError(f"{path} is neither a folder nor a zip archive")
+            raise ImporterError(f"{os.path.basename(path)} is neither a folder nor a zip archive")
 
     @property
     def is_archive(self) -> bool:

@@ -132,8 +132,8 @@ def import_model(store: ModelStore, path: str, entries: Sequence[ModelEntry], *,
         added = add_imported(store.cache_dir, path)
     except ImporterError as error:
         raise RegistryError(
-            f"{os.path.basename(os.path.abspath(path))} holds no model version listed in the registry indexes"
-            f" (files are matched by sha256), and {error}"
+            f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
+            f" indexes (files are matched by sha256), and is no model of the field DeepSegment imports: {error}"
         ) from error
     imported = {model.id: model for model in load_index(imported_source(store.cache_dir).location)}
     installed = [store.install(imported[model_id], resolve_version(imported[model_id], version), progress=progress,

@@ -367,6 +367,7 @@ class ModelStore:
             raise RegistryError(f"{entry.id} {version.version} is a container image only: DeepSegment gets it "
                                 "through the container runtime when it runs")
         # Files the publisher gives no sha256 for: the sha256 pinned on their first download, where there is one.
+        unverified = tuple(model_file for model_file in version.files if not model_file.sha256)
         version = replace(version, files=tuple(self.trust.resolve(model_file) for model_file in version.files))
         _checked_files(entry, version)
         blobs = [self._blob(model_file) for model_file in version.files]
@@ -381,7 +382,7 @@ class ModelStore:
             if self.get(entry.id, version.version) is None:
                 self.clean_staging()
                 self._check_free_space(version.download_size * 2, f"{entry.id} {version.version}")
-                version = self._download_all(version, blobs, progress, cancel, timeout)
+                version = self._download_all(version, blobs, unverified, progress, cancel, timeout)
                 workspace = self._fresh_staging(entry.id, version.version)
                 try:
                     files, sizes = self._unpack_all(version, blobs, workspace, progress, cancel)
@@ -415,11 +416,13 @@ class ModelStore:
             return self._folder("downloads", model_file.sha256)
         return self._folder("downloads", first_download_name(model_file.url))
 
-    def _download_all(self, version: ModelVersion, blobs: Sequence[str], progress, cancel, timeout) -> ModelVersion:
+    def _download_all(self, version: ModelVersion, blobs: Sequence[str], unverified: Sequence, progress, cancel,
+                      timeout) -> ModelVersion:
         """Download every file of ``version`` to its blob; returns the version with every file's sha256 known.
 
-        Files without the publisher's sha256 go through the trust-on-first-use pins (``ModelRegistryLib.trust``),
-        each saying how it was checked (an InstallProgress of stage "trust")."""
+        The ``unverified`` files (as the index lists them: no publisher's sha256) go through the trust-on-first-use
+        pins (``ModelRegistryLib.trust``), each saying how it was checked (an InstallProgress of stage "trust")."""
+        listed = {model_file.url: model_file for model_file in unverified}
         # Files of unknown size count as nothing here: the fraction then runs ahead of the bytes, never past 1.
         total = version.download_size
         done_before = 0
@@ -439,11 +442,11 @@ class ModelStore:
                     download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
                                   progress=report, cancel=cancel, timeout=timeout, durable=False)
                 except ChecksumMismatchError as error:
-                    if self.trust.pinned(model_file.url) is None:
+                    if model_file.url not in listed:
                         raise
-                    raise self.trust.changed_error(model_file, error) from error
-                if self.trust.pinned(model_file.url) is not None:
-                    notice = self.trust.notice(model_file)
+                    raise self.trust.changed_error(listed[model_file.url], error) from error
+                if model_file.url in listed:
+                    notice = self.trust.notice(listed[model_file.url])
             else:
                 _, sha256, notice = self.trust.first_download(model_file, os.path.dirname(blob), progress=report,
                                                               cancel=cancel, timeout=timeout)

@@ -123,9 +123,12 @@ def test_a_models_json_source_lists_installs_and_runs_in_slicer(tmp_path):
         assert NOT_VERIFIED in card and "MONAI Auto3DSeg" in card and "CTACardio" in card
         volume = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(oblique_volume()), name="CT aorta")
         logic = DeepSegmentLogic(registryLogic.registry)
-        assert logic.inputNames("aorta") == ["Input volume"]
-        assert logic.installRuntimeDependencies("aorta", confirm=lambda text: pytest.fail(text))
-        segmentation = logic.segmentVolumes("aorta", [volume], device="cpu")
+        try:
+            assert logic.inputNames("aorta") == ["Input volume"]
+            assert logic.installRuntimeDependencies("aorta", confirm=lambda text: pytest.fail(text))
+            segmentation = logic.segmentVolumes("aorta", [volume], device="cpu")
+        finally:
+            logic.service.stop()
     names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
              for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
     assert names == ["liver", "left kidney", "kidney cyst"]
@@ -166,5 +169,6 @@ def test_the_panel_runs_an_auto3dseg_model(tmp_path):
             "liver", "left kidney", "kidney cyst"]
         assert "Segmented in" in widget.ui.timingLabel.text
     finally:
+        widget.logic.service.stop()
         widget.logic = original
         widget.updateModelList()

@@ -71,14 +71,22 @@ def test_an_archive_imported_in_the_panel_is_listed_with_its_card(tmp_path):
 
 
 def test_what_was_not_verified_is_said_when_the_install_ends(tmp_path):
-    archive = auto3dseg_archive(tmp_path / "liver-v1.0.0.zip")
+    auto3dseg_archive(tmp_path / "liver-v1.0.0.zip")
     index = tmp_path / "index.json"
     index.write_text('{"schemaVersion": 1, "models": [{"id": "liver", "title": "Liver", "versions": [{"version": '
                      '"1.0.0", "runtime": "auto3dseg", "files": [{"url": "liver-v1.0.0.zip"}]}]}]}', encoding="utf-8")
-    logic = ModelRegistryLogic(cacheDir=str(tmp_path / "cache"))
-    logic.addSource(str(index))
-    task = logic.installTask("liver").start()
-    assert task.wait(30) and task.state == "succeeded", task.error
-    outcome = logic.taskOutcomeText(task)
-    assert outcome.startswith("Installing liver: done") and f"Warning: liver-v1.0.0.zip: {NOT_VERIFIED}" in outcome
-    assert archive.endswith("liver-v1.0.0.zip")
+    widget = slicer.modules.modelregistry.widgetRepresentation().self()
+    original = widget.logic
+    widget.logic = ModelRegistryLogic(cacheDir=str(tmp_path / "cache"))
+    try:
+        widget.logic.addSource(str(index))
+        widget.refresh(offline=True)
+        assert widget.selectModel("liver") and NOT_VERIFIED in widget.ui.cardBrowser.toPlainText()
+        widget.ui.installButton.click()
+        wait_for(widget)
+        outcome = widget.ui.progressLabel.text
+        assert outcome.startswith("Installing liver 1.0.0: done"), outcome
+        assert f"Warning: liver-v1.0.0.zip: {NOT_VERIFIED}" in outcome
+    finally:
+        widget.logic = original
+        widget.refresh(offline=True)
