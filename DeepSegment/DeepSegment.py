@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import shutil
@@ -33,6 +34,9 @@ from DeepSegmentLib import (
     write_package,
 )
 from DeepSegmentLib.container_backend import ContainerSettings
+from DeepSegmentLib.runtimes import missing_requirements
+from DeepSegmentLib.runtimes.dependencies import install_arguments
+from DeepSegmentLib.torchsetup import installed_packages, pinned_constraints
 from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find_runtime
 from ModelRegistry import (
     JobPoller,
@@ -45,6 +49,7 @@ from ModelRegistry import (
     waitForJob,
 )
 from ModelRegistryLib import IndexSource, Registry
+from ModelRegistryLib.files import write_text_atomically
 from ModelRegistryLib.index import Label
 from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
 from DeepSegmentLib.evaluation_cohort import (
@@ -354,6 +359,10 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 self.logic.devices()  # waits for the listing, keeping Slicer responsive
             finally:
                 self.ui.applyButton.enabled = True
+        if not inContainer and not self.logic.installRuntimeDependencies(self.ui.modelSelector.currentData,
+                                                                         slicer.util.confirmOkCancelDisplay):
+            self.ui.stageLabel.text = "The model's runtime needs packages that are not installed."
+            return
         with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
             if inContainer:
                 self.logic.setContainerSettings(self.containerSettings())
@@ -1167,6 +1176,26 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             nodes[role] = node
         self._evaluatedCaseNodes = nodes
         return nodes
+
+    def installRuntimeDependencies(self, modelSpec, confirm):
+        """Install what the runtime of ``modelSpec``'s version needs (nnunetv2, MONAI...) when it is missing: True
+        when it is there. ``confirm(text)`` asks the user first; every installed package is pinned, so Slicer's
+        numpy, SimpleITK and vtk stay as they are (pip refuses an install that would change them). The worker
+        processes that run models use this same Python, so they find what is installed here."""
+        if not modelSpec:
+            return True
+        _, version = self.registry.resolve(modelSpec)
+        missing = missing_requirements(version.runtime)
+        if not missing:
+            return True
+        if not confirm(f"Models run by {version.runtime} need {', '.join(missing)}. Install now? Packages already"
+                       " installed (Slicer's numpy, SimpleITK...) are kept as they are."):
+            return False
+        pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
+        write_text_atomically(pins, "\n".join(pinned_constraints(installed_packages())) + "\n")
+        slicer.util.pip_install(install_arguments(missing, pins))
+        importlib.invalidate_caches()
+        return not missing_requirements(version.runtime)
 
 
 #

@@ -203,7 +203,8 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         header = self.ui.modelTable.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
-        self.poller = JobPoller(self.showProgress, self.onTaskFinished)
+        self.poller = JobPoller(self.showProgress, self.onTaskFinished, onLog=self.onJobLog)
+        self.jobWarnings = []
 
         self.ui.searchBox.connect("textChanged(QString)", self.updateModelTable)
         for combo in (self.ui.modalityFilter, self.ui.taskFilter, self.ui.anatomyFilter):
@@ -304,6 +305,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         except (RegistryError, JobError, ValueError) as error:
             self.ui.progressLabel.text = str(error)
             return
+        self.jobWarnings = []
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.visible = True
         self.ui.cancelButton.visible = True
@@ -318,11 +320,17 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.setRange(0, 0)
         self.ui.progressLabel.text = "Cancelling…" if self.poller.task.cancel_requested else step.text
 
+    def onJobLog(self, record):
+        # How files the publisher gives no sha256 for were checked: said when the job ends, never dropped.
+        if record.level == "warning":
+            self.jobWarnings.append(record.text)
+
     def onTaskFinished(self, task):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
-        self.ui.progressLabel.text = self.logic.taskOutcomeText(task)
-        self.updateModelTable()
+        # An import may have added models of the field to the imported models' index: read the sources again.
+        self.refresh(offline=True)
+        self.ui.progressLabel.text = self.logic.taskOutcomeText(task, self.jobWarnings)
 
     def onInstall(self):
         self._start(self.logic.installTask, self.selectedModelId())
@@ -331,6 +339,11 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self._start(self.logic.verifyTask, self.selectedModelId())
 
     def onImport(self):
+        typed = self.ui.sourceLineEdit.text.strip()
+        if typed and os.path.exists(typed):  # a folder too (an nnU-Net results folder, a bundle)
+            self.ui.sourceLineEdit.text = ""
+            self.importPackage(typed)
+            return
         path = qt.QFileDialog.getOpenFileName(
             self.parent, "Import a model archive", "", "Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)")
         if path:
@@ -632,7 +645,9 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
                         f"Verifying {modelId or 'every model'}")
 
     def importTask(self, path):
-        """Start installing a local archive or folder, recognised by sha256 among the indexes' versions."""
+        """Start installing a local archive or folder in a worker: a version the indexes list (recognised by sha256),
+        else a model of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg
+        archive), added to the imported models' index that is read after every other source."""
         if not path or not os.path.exists(path):
             raise ValueError(f"Nothing to import at {path or '(no path given)'}")
         return startJob("ModelRegistryLib.tasks:import_package",
@@ -652,14 +667,15 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
         return runJob(self.importTask(path))
 
     @staticmethod
-    def taskOutcomeText(task):
+    def taskOutcomeText(task, warnings=()):
+        """What the panel says when a job has ended; ``warnings`` (how unverified files were checked) follow."""
         if task.state == "cancelled":
             return f"{task.description}: cancelled (a later install resumes the download)."
         if task.state == "failed":
             return f"{task.description} failed: {task.error}"
         if isinstance(task.result, list):  # verify results
             return " ".join(result.text for result in task.result) or "Nothing installed to verify."
-        return f"{task.description}: done ({task.result.path})."
+        return f"{task.description}: done ({task.result.path})." + "".join(f" Warning: {text}." for text in warnings)
 
     def remove(self, modelId):
         return f"Removed {modelId} " + ", ".join(self.registry.remove(modelId)) + "."

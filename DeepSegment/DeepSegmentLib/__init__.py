@@ -1,8 +1,9 @@
 """Qt-free core of the DeepSegment module: model packages and their loaders, the model pool, the
-inference engine (resampling, sliding window, postprocessing), the model service (persistent worker
-processes that run models for Slicer, volumes passed in shared memory), per-frame inference for live streams
-(``frames``; the OpenIGTLink stream server is ``stream``), accuracy assessment (``evaluation``), compute
-devices, exact image geometry, reading inputs and writing results, and whether PyTorch is installed.
+inference engine (resampling, sliding window, postprocessing), the runtimes that run the field's models
+(MONAI bundles, nnU-Net v2, Auto3DSeg) behind one call (``runtimes.run_model``), the model service
+(persistent worker processes that run models for Slicer, volumes passed in shared memory), compute devices,
+exact image geometry, image files, per-frame inference for live streams (``frames``; the OpenIGTLink
+stream server is ``stream``), accuracy assessment (``evaluation``), and whether PyTorch is installed.
 
 Importable in Slicer, in its Python console, from a command line (``python -m DeepSegmentLib``) and in
 tests. PyTorch is imported only when a model runs or devices are listed, and NumPy, SimpleITK, SciPy and the
@@ -38,8 +39,9 @@ _EXPORTS = {
     "imageio": ("read_volume", "write_labels"),
     "package": ("ModelPackage", "PackageError", "load_network", "load_package", "parse_contract", "write_package"),
     "pool": ("ModelPool",),
+    "runtimes": ("ModelRun", "RunOptions", "RuntimeDependencyError", "detect_runtime", "run_model"),
     "segfile": ("SegmentInfo", "write_segmentation"),
     "service_client": ("ModelService", "SegmentationRun"),
-    "torchsetup": ("TorchStatus", "torch_installed", "torch_status"),
+    "torchsetup": ("TorchStatus", "installed_packages", "pinned_constraints", "torch_installed", "torch_status"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(sys.modules[__name__], _EXPORTS)

@@ -44,11 +44,12 @@ from ModelRegistryLib.commandline import ArgumentParser, one_line
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress, segment
+from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress
 from .evaluation_cli import add_evaluate_parser, main_evaluate
 from .frames import FrameSegmenter
 from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError, load_package
+from .runtimes import RunOptions, RuntimeDependencyError, run_model
 from .segfile import SegmentInfo
 from .stream import (
     DEFAULT_OUTPUT_DEVICE,
@@ -78,6 +79,9 @@ def _parser() -> ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
+    run.add_argument("--quality", choices=("model", *QUALITY_PRESETS), default="model",
+                     help="model: the model's own settings; fast: no test-time mirroring (and a smaller window overlap "
+                          "for DeepSegment packages); accurate: mirroring as the model allows")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -145,6 +149,11 @@ class _Terminal:
     def log(self, line: str) -> None:
         print(f"\r{line}".ljust(40), file=sys.stderr, flush=True)
         self.line_open = False
+
+    def install_progress(self, step) -> None:
+        """The model's install: only how a file the publisher gives no sha256 for was checked is shown, as a warning."""
+        if step.stage == "trust":
+            self.log(f"warning: {step.text}")
 
     def end_line(self) -> None:
         if self.line_open:
@@ -253,28 +262,31 @@ def open_registry(indexes: Sequence[str], cache_dir: str | None) -> Registry:
 
 
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
-                  precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
+                  precision: str = "auto", quality: str = "", indexes: Sequence[str] = (), cache_dir: str | None = None,
                   backend: str = "auto",
                   parameters: Sequence[str] = (), container: ContainerSettings = DEFAULT_SETTINGS,
-                  image_archive: str = "", progress=None, log=None) -> dict:
-    """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
+                  image_archive: str = "", progress=None, log=None, install_progress=None) -> dict:
+    """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included).
+
+    In this process the version's runtime runs it (``DeepSegmentLib.runtimes``); ``quality`` empty keeps the model's
+    own settings. ``install_progress`` gets the model's install steps (how unverified files were checked among them).
+    """
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
     registry = open_registry(indexes, cache_dir)
     entry, version = registry.resolve(model)
     backend = version.choose_backend(backend)
     values = parse_parameters(parameters, version.image if backend == "container" else None)
-    if backend == "inprocess":
-        package = load_package(registry.ensure_installed(model).path)
-        labels = package.labels
-    else:
-        labels = entry.labels
+    installed = registry.ensure_installed(model, progress=install_progress) if backend == "inprocess" else None
     installed_at = time.perf_counter()
     images = [read_volume(path) for path in inputs]
     read_at = time.perf_counter()
     if backend == "inprocess":
-        result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress)
+        run = run_model(installed, images, runtime=version.runtime, device=device,
+                        options=RunOptions(quality=quality, threads=threads, precision=precision), progress=progress)
+        labels, result = run.labels, run.result
     else:
+        labels = entry.labels
         result = segment_in_container(images, entry, version, parameters=values, device=device, archive=image_archive,
                                       download_folder=cache_dir, settings=container, progress=progress, log=log)
     segments = [SegmentInfo(label.value, label.name, label.color,
@@ -313,12 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
-                                threads=arguments.threads, precision=arguments.precision, indexes=arguments.index,
-                                cache_dir=arguments.cache_dir,
+                                threads=arguments.threads, precision=arguments.precision,
+                                quality="" if arguments.quality == "model" else arguments.quality,
+                                indexes=arguments.index, cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
-                                image_archive=arguments.image_archive, progress=terminal.progress, log=terminal.log)
+                                image_archive=arguments.image_archive, progress=terminal.progress, log=terminal.log,
+                                install_progress=terminal.install_progress)
     except (RegistryError, IndexValidationError, PackageError, EngineError, ContainerError, StreamError, LookupError,
-            ValueError, OSError) as error:
+            ValueError, OSError, RuntimeDependencyError) as error:
         terminal.error(one_line(error))
         return 1
     except (EngineCancelled, ContainerCancelledError, KeyboardInterrupt):

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import SimpleITK as sitk
 from ModelRegistryLib import download_file
 from ModelRegistryLib.files import write_json_atomically
@@ -50,7 +49,7 @@ from .container_runtime import (
     new_container_name,
 )
 from .engine import EngineProgress, SegmentationResult
-from .geometry import geometry_mismatch
+from .geometry import LabelMapError, checked_label_map
 
 # Share of the progress bar for each step; the container's own progress fills the middle.
 _IMAGE_SHARE, _INPUT_SHARE, _RESULT_SHARE = 0.1, 0.05, 0.05
@@ -160,23 +159,10 @@ def _checked_labels(output_folder: str, label_map: str, reference: sitk.Image, l
         labels = read_image(path)
     except ImageFileError as error:
         raise ContractError(f"the label map {label_map} cannot be used: {error}") from error
-    if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetPixelID() not in (
-        sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
-    ):
-        raise ContractError(f"the label map {label_map} must hold one integer per voxel, not "
-                            f"{labels.GetPixelIDTypeAsString()}")
-    mismatch = geometry_mismatch(reference, labels) if labels.GetDimension() == 3 else "it is not 3D"
-    if mismatch:
-        raise ContractError(f"the label map does not lie on the input's voxel grid ({mismatch}); it was rejected")
-    # Within the tolerance the grids are the same; the file's text round-off is not carried into Slicer.
-    labels.CopyInformation(reference)
-    present = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
-    if label_values is not None:
-        unknown = sorted(present - set(label_values))
-        if unknown:
-            raise ContractError(f"the label map holds value(s) {', '.join(map(str, unknown))} that the registry "
-                                "lists no label for")
-    return labels, tuple(sorted(present))
+    try:
+        return checked_label_map(labels, reference, label_values, lister="the registry")
+    except LabelMapError as error:
+        raise ContractError(str(error).replace("the label map", f"the label map {label_map}", 1)) from error
 
 
 def segment_in_container(

@@ -80,6 +80,45 @@ def geometry_mismatch(reference: sitk.Image, other: sitk.Image, tolerance: float
     return ""
 
 
+# Pixel types a label map may have: one integer per voxel.
+LABEL_PIXEL_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32)
+
+
+class LabelMapError(ValueError):
+    """A label map a model's runner (a container, a runtime) gave back is unusable; the message says why."""
+
+
+def checked_label_map(labels: sitk.Image, reference: sitk.Image, label_values=None, lister: str = "the model") -> tuple:
+    """``(labels, values)``: ``labels`` with exactly ``reference``'s geometry, and the label values it holds (0 left
+    out); LabelMapError when it is not one integer per voxel, does not lie on ``reference``'s voxel grid (within
+    ``geometry_mismatch``'s tolerance) or holds values not among ``label_values`` (any, when None; ``lister`` is who
+    lists them, in the message).
+
+    >>> reference = sitk.Image(4, 3, 2, sitk.sitkInt16)
+    >>> labels = sitk.Image(4, 3, 2, sitk.sitkUInt8); labels[1, 1, 1] = 2
+    >>> checked_label_map(labels, reference, [1, 2])[1]
+    (2,)
+    >>> labels.SetOrigin((0.0, 0.5, 0.0)); checked_label_map(labels, reference)
+    Traceback (most recent call last):
+    ...
+    DeepSegmentLib.geometry.LabelMapError: the label map does not lie on the input's voxel grid (origin ...
+    """
+    if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetPixelID() not in LABEL_PIXEL_TYPES:
+        raise LabelMapError(f"the label map must hold one integer per voxel, not {labels.GetPixelIDTypeAsString()}")
+    mismatch = geometry_mismatch(reference, labels) if labels.GetDimension() == 3 else "it is not 3D"
+    if mismatch:
+        raise LabelMapError(f"the label map does not lie on the input's voxel grid ({mismatch}); it was rejected")
+    # Within the tolerance the grids are the same; round-off is not carried into Slicer.
+    labels.CopyInformation(reference)
+    present = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
+    if label_values is not None:
+        unknown = sorted(present - set(label_values))
+        if unknown:
+            raise LabelMapError(f"the label map holds value(s) {', '.join(map(str, unknown))} that {lister} lists "
+                                "no label for")
+    return labels, tuple(sorted(present))
+
+
 def is_oblique(image: sitk.Image, tolerance: float = 1e-6) -> bool:
     """Whether the voxel axes are not aligned with the patient axes (a tilted acquisition)."""
     direction = np.abs(np.array(image.GetDirection(), dtype=float).reshape(3, 3))

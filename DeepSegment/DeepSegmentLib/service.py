@@ -8,7 +8,8 @@ one is unloaded: no restart. Volumes arrive and label maps go back through share
 (DeepSegmentLib.shared_images). The model is installed here too, so the download never runs in Slicer.
 
 Every in-process run goes through one call, :func:`segment_installed_model` (an installed model folder,
-images and options in; labels and a result out): other runtimes plug in there.
+images and options in; labels and a result out), which hands the version's runtime to
+``DeepSegmentLib.runtimes.run_model`` (DeepSegment packages, MONAI bundles, nnU-Net v2, Auto3DSeg models).
 
 Example (what the client does, in one process)::
 
@@ -41,9 +42,9 @@ from ModelRegistryLib.index import ModelEntry, ModelVersion
 from ModelRegistryLib.store import ModelStore
 from ModelRegistryLib.worker import call_when_idle
 
-from .engine import DEFAULT_QUALITY, EngineProgress, SegmentationResult, quality_options, segment
-from .package import load_package
+from .engine import DEFAULT_QUALITY, EngineProgress, SegmentationResult
 from .pool import ModelPool
+from .runtimes import RunOptions, run_model
 from .shared_images import SharedImage, read_shared_image, write_shared_image
 
 # Share of the progress bar given to installing a model that is not installed yet.
@@ -95,21 +96,21 @@ def segment_installed_model(
     quality: str = DEFAULT_QUALITY,
     threads: int | None = None,
     precision: str = "auto",
+    runtime: str = "",
     progress: Callable[[EngineProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple:
     """Run the model installed in ``folder`` on ``images`` (SimpleITK volumes); returns (labels, result).
 
-    The one call per run: the package's network comes from ``pool`` (loaded at most once), and the engine
-    returns a ``SegmentationResult`` on ``images[0]``'s grid.
+    The one call per run: ``runtime`` (the version's; empty: told from the folder) runs it
+    (``DeepSegmentLib.runtimes.run_model``); a DeepSegment package's network comes from ``pool`` (loaded at most
+    once). The result lies on ``images[0]``'s grid.
     """
-    package = load_package(folder)
     if progress is not None:
         progress(EngineProgress(0.0, "loading the model"))
-    result = segment(images, package, pool.get(package, device), device=device, threads=threads,
-                     precision=precision, progress=progress, cancel=cancel,
-                     **quality_options(package, quality.lower()))
-    return tuple(package.labels), result
+    run = run_model(folder, images, runtime=runtime, device=device, pool=pool, progress=progress, cancel=cancel,
+                    options=RunOptions(quality=quality.lower(), threads=threads, precision=precision))
+    return tuple(run.labels), run.result
 
 
 def _progress_shares(installing: bool, progress) -> tuple:
@@ -171,8 +172,8 @@ def segment_images(
     pool = model_pool(memory_budget_bytes, idle_seconds)
     images = [read_shared_image(shared) for shared in inputs]
     labels, result = segment_installed_model(installed.path, images, pool=pool, device=device, quality=quality,
-                                             threads=threads, precision=precision, progress=run_progress,
-                                             cancel=cancel)
+                                             threads=threads, precision=precision, runtime=version.runtime,
+                                             progress=run_progress, cancel=cancel)
     pool.unload([store.version_path(entry.id, other) for other in store.installed_versions(entry.id)
                  if other != version.version])
     return _service_run(entry, version, labels, result, output)

@@ -1,4 +1,5 @@
-"""Whether this Python has PyTorch, and which.
+"""Whether this Python has PyTorch, and which; the pins that keep every installed package at its version
+when an optional library is installed on first use (``pinned_constraints``).
 
 Installing PyTorch into Slicer is the job of Slicer's PyTorch extension (its PyTorchUtils module picks the
 build for the computer's NVIDIA driver, or the CPU build, with light-the-torch); DeepSegment asks it to (see
@@ -14,7 +15,9 @@ Example::
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -48,3 +51,23 @@ def torch_status() -> TorchStatus:
     cuda = bool(torch.cuda.is_available())
     where = "with CUDA" if cuda else "CPU only"
     return TorchStatus(True, torch.__version__, cuda, f"PyTorch {torch.__version__} ({where})")
+
+
+def installed_packages() -> dict:
+    """Every distribution in this Python, by name, with its version."""
+    found = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            found.setdefault(name, distribution.version)
+    return found
+
+
+def pinned_constraints(installed: Mapping[str, str]) -> list:
+    """pip constraint lines keeping every installed package (``installed_packages()``) at its version.
+
+    >>> pinned_constraints({"SimpleITK": "2.4.0", "numpy": "1.26.4"})
+    ['numpy==1.26.4', 'SimpleITK==2.4.0']
+    """
+    return [f"{name}=={version}" for name, version in sorted(installed.items(), key=lambda i: i[0].lower())]
+

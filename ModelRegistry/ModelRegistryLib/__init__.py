@@ -21,15 +21,19 @@ _EXPORTS = {
         "CancelledError", "ChecksumMismatchError", "ConnectionFailedError", "DiskFullError", "DownloadError",
         "DownloadTimeoutError", "NotFoundError", "RegistryError", "ServerError", "TLSError", "UnsafeArchiveError"
     ),
-    "importers": ("from_monai_auto3dseg_models", "from_monai_bundle_metadata"),
+    "importers": (
+        "ImporterError", "foreign_index_document", "from_monai_auto3dseg_models", "from_monai_bundle_metadata",
+        "from_nnunet_model", "package_foreign_model"
+    ),
     "index": (
-        "Coding", "ContainerImage", "ImageParameter", "IndexValidationError", "Label", "ModelEntry", "ModelFile",
+        "DEFAULT_RUNTIME", "RUNTIMES", "Coding", "ContainerImage",
+        "ImageParameter", "IndexValidationError", "Label", "ModelEntry", "ModelFile",
         "ModelInput", "ModelVersion", "Terminology", "VersionNotFoundError", "load_index", "parse_index",
         "parse_labels", "resolve_version", "search", "semantic_version_key"
     ),
     "registry": (
         "INSTALLED", "NOT_INSTALLED", "UNKNOWN", "UPDATE_AVAILABLE", "Registry", "Update", "bundled_source",
-        "parse_model_spec", "save_user_sources", "user_sources"
+        "imported_source", "parse_model_spec", "save_user_sources", "user_sources"
     ),
     "sources": ("IndexSource", "SourceStatus", "load_sources"),
     "store": ("InstalledModel", "InstallProgress", "ModelStore", "VerifyResult", "default_cache_dir"),
@@ -37,5 +41,6 @@ _EXPORTS = {
         "Job", "JobCancelledError", "JobError", "JobLog", "JobProgress", "WorkerProcess", "start_job",
         "stop_all_workers", "worker_python"
     ),
+    "trust": ("TrustNotice", "TrustStore"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(sys.modules[__name__], _EXPORTS)

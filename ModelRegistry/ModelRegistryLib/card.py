@@ -17,6 +17,7 @@ Example::
     Demo <b> (demo)
     <BLANKLINE>
     Modality: CT
+    Runs with: DeepSegment's engine (the package's model.json)
     <BLANKLINE>
     Labels
       Value  Color    Name
@@ -34,10 +35,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .download import format_bytes
-from .index import Coding, ImageParameter, Label, ModelEntry, ModelVersion, semantic_version_key
+from .index import (
+    DEFAULT_RUNTIME,
+    TRUSTED_ON_FIRST_USE,
+    VERIFIED_PUBLISHER_DIGEST,
+    Coding,
+    ImageParameter,
+    Label,
+    ModelEntry,
+    ModelVersion,
+    semantic_version_key,
+)
+from .trust import NOT_VERIFIED
 
 _WARNING_COLOR = "#b00020"
 _DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
+RUNTIME_DESCRIPTIONS = {
+    DEFAULT_RUNTIME: "DeepSegment's engine (the package's model.json)",
+    "monai-bundle": "MONAI bundle: its own inference configuration, through MONAI's bundle API (a bundle's "
+                    "configuration is code that MONAI evaluates: install bundles from publishers you trust)",
+    "nnunet-v2": "nnU-Net v2: nnunetv2's own predictor, preprocessing and resampling",
+    "auto3dseg": "MONAI Auto3DSeg (SlicerMONAIAuto3DSeg's models): its checkpoint's configuration and labels.csv",
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,39 @@ def _overview(entry: ModelEntry) -> tuple:
         ("License", entry.license),
         ("Authors", ", ".join(entry.authors)),
         ("Homepage", entry.homepage),
+        ("Subject", entry.subject),
+        ("Sample data", ", ".join(entry.sample_data)),
     )
+    return tuple((name, value) for name, value in fields if value)
+
+
+def verification_text(version: ModelVersion) -> str:
+    """How a version's files are checked, when not all by the publisher's sha256; ``""`` when they are.
+
+    >>> from ModelRegistryLib.index import ModelFile
+    >>> text = verification_text(ModelVersion("1.0.0", files=(ModelFile("https://x.org/m.zip", "", None, "m.zip"),)))
+    >>> text.startswith("not verified by the publisher: it gives no checksum for m.zip; the sha256 of the first")
+    True
+    """
+    unverified = [file.name for file in version.files if file.verification == TRUSTED_ON_FIRST_USE]
+    weaker = [file.name for file in version.files if file.verification == VERIFIED_PUBLISHER_DIGEST]
+    parts = []
+    if unverified:
+        parts.append(f"{NOT_VERIFIED}: it gives no checksum for {', '.join(unverified)}")
+    if weaker:
+        parts.append(f"checked against the publisher's MD5 or SHA-1 for {', '.join(weaker)} (it gives no sha256)")
+    if not parts:
+        return ""
+    return "; ".join(parts) + "; the sha256 of the first download is pinned and every later download must match it" \
+        " (trust on first use)"
+
+
+def _running(version: ModelVersion) -> tuple:
+    """How the shown version runs and how its files are checked."""
+    fields = []
+    if version.files:
+        fields.append(("Runs with", RUNTIME_DESCRIPTIONS[version.runtime]))
+        fields.append(("Download check", verification_text(version)))
     return tuple((name, value) for name, value in fields if value)
 
 
@@ -114,7 +165,10 @@ def _resources(entry: ModelEntry) -> tuple:
 
 def _download_text(version: ModelVersion) -> str:
     """What a version offers: ``'12.3 MB'`` of files, ``'image ghcr.io/lab/liver'``, or both joined by ``', or '``."""
-    offers = [format_bytes(version.download_size)] if version.files else []
+    offers = []
+    if version.files:
+        size = format_bytes(version.download_size) if all(f.size is not None for f in version.files) else "size unknown"
+        offers.append(size + ("" if version.verified_by_publisher else f" ({NOT_VERIFIED})"))
     if version.image is not None:
         offers.append(f"image {version.image.name}")
     return ", or ".join(offers)
@@ -176,7 +230,8 @@ def _shown_version(entry: ModelEntry, selected: str) -> ModelVersion:
 
 def _sections(entry: ModelEntry, selected: str = "", installed: Iterable[str] = ()) -> list:
     """The card's sections in reading order, each only when the card has something to say in it."""
-    sections = [_Section("", entry.description), _Section("", _overview(entry))]
+    shown = _shown_version(entry, selected)
+    sections = [_Section("", entry.description), _Section("", _overview(entry) + _running(shown))]
     if entry.inputs:
         rows = tuple((i.name, i.modality, i.pattern) for i in entry.inputs)
         sections.append(_Section("Inputs", _Table(("Name", "Modality", "Picks volumes named like"), rows)))
@@ -187,7 +242,7 @@ def _sections(entry: ModelEntry, selected: str = "", installed: Iterable[str] = 
         if not any(label.terminology for label in entry.labels):
             header = header[:-1]
         sections.append(_Section("Labels", _Table(header, tuple(row[: len(header)] for row in rows))))
-    sections.append(_Section("Parameters", _parameters_table(_shown_version(entry, selected))))
+    sections.append(_Section("Parameters", _parameters_table(shown)))
     sections += [
         _Section("Intended use", entry.intended_use),
         _Section("Limitations", entry.limitations),

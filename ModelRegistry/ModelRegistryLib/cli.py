@@ -27,6 +27,7 @@ from .index import IndexValidationError
 from .registry import Registry, bundled_source, parse_model_spec, user_sources
 from .sources import IndexSource
 from .store import InstallProgress, default_cache_dir
+from .trust import NOT_VERIFIED
 
 
 class _UsageError(Exception):
@@ -56,17 +57,27 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("install", help="install a model version").add_argument("model", metavar="ID[@VERSION]")
     commands.add_parser("remove", help="remove installed versions").add_argument("model", metavar="ID[@VERSION]")
     commands.add_parser("verify", help="re-hash installed files").add_argument("model", nargs="?", metavar="ID")
-    commands.add_parser("import", help="install from a local archive or folder").add_argument("path")
+    commands.add_parser("import", help="install from a local archive or folder: a version an index lists, an"
+                        " nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive"
+                        ).add_argument("path")
     commands.add_parser("pin", help="keep using this version").add_argument("model", metavar="ID@VERSION")
     commands.add_parser("unpin", help="use the newest installed version again").add_argument("model", metavar="ID")
+    commands.add_parser("forget-download", help="forget the sha256 pinned on the first download of a file the "
+                        "publisher gives no sha256 for (trust the next download anew)").add_argument("url")
     return parser
 
 
 _progress_line_open = False  # a progress line was printed without its newline
 
 
-def _print_progress(step: InstallProgress) -> None:
+def print_install_progress(step: InstallProgress) -> None:
+    """An install's progress on one line of standard error, overwritten as it goes; how a file without the
+    publisher's sha256 was checked gets a line of its own, which stays."""
     global _progress_line_open
+    if step.stage == "trust":
+        print(f"\r{' ' * 100}\rwarning: {step.text}", file=sys.stderr)
+        _progress_line_open = False
+        return
     percent = f"{step.fraction * 100:5.1f}% " if step.fraction is not None else ""
     _progress_line_open = step.stage != "done"
     print(f"\r{percent}{step.text}"[:100].ljust(100), end="" if _progress_line_open else "\n", file=sys.stderr)
@@ -78,14 +89,16 @@ def _list(registry: Registry) -> int:
         print("No models in the registry indexes.")
         return 0
     for model in models:
-        version = model.latest_release.version
-        print(f"{model.id:32} {version:12} {model.modality:6} {registry.state(model.id):17} {model.title}")
+        release = model.latest_release
+        unverified = "" if release.verified_by_publisher else f" ({NOT_VERIFIED})"
+        print(f"{model.id:32} {release.version:12} {model.modality:6} {registry.state(model.id):17} {model.title}"
+              + unverified)
     return 0
 
 
 def _verify(registry: Registry, spec: str | None) -> int:
-    results = registry.verify(spec, progress=_print_progress, cancel=threading.Event())
-    _print_progress(InstallProgress("done", 1.0, f"Checked {len(results)} installed version(s)"))
+    results = registry.verify(spec, progress=print_install_progress, cancel=threading.Event())
+    print_install_progress(InstallProgress("done", 1.0, f"Checked {len(results)} installed version(s)"))
     for result in results:
         print(result.text)
     if not results:
@@ -132,7 +145,8 @@ def run(arguments: argparse.Namespace) -> int:
         print(card_text(entry, installed_versions=registry.store.installed_versions(entry.id)))
         return 0
     if command == "install":
-        installed = registry.ensure_installed(arguments.model, progress=_print_progress, cancel=threading.Event())
+        installed = registry.ensure_installed(arguments.model, progress=print_install_progress,
+                                              cancel=threading.Event())
         print(installed.path)
         return 0
     if command == "remove":
@@ -141,7 +155,12 @@ def run(arguments: argparse.Namespace) -> int:
     if command == "verify":
         return _verify(registry, arguments.model)
     if command == "import":
-        print(registry.import_package(arguments.path, progress=_print_progress, cancel=threading.Event()).path)
+        print(registry.import_package(arguments.path, progress=print_install_progress, cancel=threading.Event()).path)
+        return 0
+    if command == "forget-download":
+        if not registry.store.trust.forget(arguments.url):
+            raise RegistryError(f"No sha256 is pinned for {arguments.url}")
+        print(f"Forgot the sha256 pinned for {arguments.url}; its next download is trusted on first use again")
         return 0
     if command == "pin":
         registry.pin(arguments.model)

@@ -157,14 +157,27 @@ def file_sha256(path: str, *, cancel: threading.Event | None = None) -> str:
     'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     >>> os.remove(path)
     """
-    hasher = hashlib.sha256()
+    return file_digests(path, ("sha256",), cancel=cancel)["sha256"]
+
+
+def file_digests(path: str, algorithms=("sha256",), *, cancel: threading.Event | None = None) -> dict:
+    """The digests of a regular file's bytes by ``hashlib`` algorithm name (lower-case hexadecimal), read once.
+
+    >>> import os, tempfile
+    >>> handle, path = tempfile.mkstemp(); os.close(handle)
+    >>> file_digests(path, ("md5", "sha1"))["md5"]
+    'd41d8cd98f00b204e9800998ecf8427e'
+    >>> os.remove(path)
+    """
+    hashers = {name: hashlib.new(name) for name in algorithms}
     with open_regular_file(path) as file:
         while True:
             _check_cancel(cancel, f"hashing {path}")
             chunk = file.read(CHUNK_BYTES)
             if not chunk:
-                return hasher.hexdigest()
-            hasher.update(chunk)
+                return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+            for hasher in hashers.values():
+                hasher.update(chunk)
 
 
 def open_regular_file(path: str) -> BinaryIO:
@@ -195,7 +208,7 @@ def download_file(
     url: str,
     destination: str,
     *,
-    sha256: str,
+    sha256: str | None,
     size: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
@@ -226,10 +239,12 @@ def download_file(
       of a request left this way closes at its next chunk or after ``timeout``, on its helper thread.
     - ``progress`` is called at most about 10 times a second, and once at the end with done == total.
     - When ``destination`` already holds the right bytes, returns at once without the network.
+    - ``sha256`` None: nothing to check the bytes against (``ModelRegistryLib.trust`` pins them on a first
+      download); only ``size``, when given, is checked, and the file is always fetched.
     """
-    expected_sha256 = _checked_sha256(sha256)
+    expected_sha256 = _checked_sha256(sha256) if sha256 is not None else None
     reporter = _ProgressReporter(progress, size)
-    if _holds(destination, expected_sha256, size, cancel):
+    if expected_sha256 is not None and _holds(destination, expected_sha256, size, cancel):
         reporter.finish(os.path.getsize(destination))
         return destination
     folder = os.path.dirname(os.path.abspath(destination))
@@ -418,7 +433,7 @@ class _PartFile:
         _writing(lambda: os.replace(self.path, destination), destination)
 
 
-def _verify(part: _PartFile, url: str, sha256: str, size: int | None) -> None:
+def _verify(part: _PartFile, url: str, sha256: str | None, size: int | None) -> None:
     if size is not None and part.length != size:
         raise ChecksumMismatchError(
             f"{url} has {part.length} bytes, the registry expects {size}: the file on the server differs",
@@ -427,7 +442,7 @@ def _verify(part: _PartFile, url: str, sha256: str, size: int | None) -> None:
             actual=part.length,
         )
     part.resume(None)  # a .part complete before this call has not been hashed yet
-    if part.sha256 != sha256:
+    if sha256 is not None and part.sha256 != sha256:
         raise ChecksumMismatchError(
             f"{url} is corrupt or was replaced: its sha256 is {part.sha256}, the registry expects {sha256}",
             url,

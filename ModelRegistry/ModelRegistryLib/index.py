@@ -62,6 +62,10 @@ _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 _SEMANTIC_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?", re.ASCII)
 _VERSION_PREFIX = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Digests some publishers give instead of a sha256 (the MONAI model zoo's large_files.yml: MD5; its
+# model_info.json: SHA-1); a file with none of these is trusted on first use (ModelRegistryLib.trust).
+# Hexadecimal digits of each.
+_PUBLISHER_DIGESTS = {"md5": 32, "sha1": 40}
 _IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # An image name without tag or digest: path segments without whitespace, control characters or '@'; a ':' only
 # before the last '/' (a registry's host:port, as in 127.0.0.1:5000/lab/liver), never in the last segment.
@@ -93,19 +97,50 @@ class VersionNotFoundError(LookupError):
         )
 
 
+# How a version's files are verified: by the sha256 the index gives, by a weaker digest the publisher gives
+# (and, after the first download, the sha256 pinned then), or by the sha256 pinned on the first download alone.
+VERIFIED_SHA256 = "sha256"
+VERIFIED_PUBLISHER_DIGEST = "publisher digest"
+TRUSTED_ON_FIRST_USE = "trusted on first use"
+
+
 @dataclass(frozen=True)
 class ModelFile:
-    """One file of a version; ``name`` is the file name it gets in the version's folder."""
+    """One file of a version; ``name`` is the file name it gets in the version's folder.
+
+    ``sha256`` is empty where the publisher gives none: then ``md5`` or ``sha1`` is the publisher's digest, if
+    any, and the file is trusted on first use (see ``ModelRegistryLib.trust``). ``size`` is None where unknown
+    (only for such files).
+
+    >>> ModelFile("https://x.org/m.zip", "", None, "m.zip").verification
+    'trusted on first use'
+    >>> ModelFile("https://x.org/m.pt", "", None, "m.pt", md5=32 * "0").publisher_digest
+    ('md5', '00000000000000000000000000000000')
+    """
 
     url: str
     sha256: str
-    size: int
+    size: int | None
     name: str = ""
+    md5: str = ""
+    sha1: str = ""
 
     @property
     def unpacked(self) -> bool:
         """Whether the file is an archive that installing unpacks (by its name: .zip, .tar, .tar.gz, .tgz)."""
         return is_archive(self.name)
+
+    @property
+    def publisher_digest(self) -> tuple:
+        """``(algorithm, hex digest)`` of the weaker digest the publisher gives, or ``()``."""
+        return next(((name, getattr(self, name)) for name in _PUBLISHER_DIGESTS if getattr(self, name)), ())
+
+    @property
+    def verification(self) -> str:
+        """``VERIFIED_SHA256``, ``VERIFIED_PUBLISHER_DIGEST`` or ``TRUSTED_ON_FIRST_USE``."""
+        if self.sha256:
+            return VERIFIED_SHA256
+        return VERIFIED_PUBLISHER_DIGEST if self.publisher_digest else TRUSTED_ON_FIRST_USE
 
 
 PARAMETER_TYPES = ("enum", "bool", "int", "float")
@@ -244,15 +279,25 @@ class ContainerImage:
         return {p.name: p.check(given.get(p.name, p.default)) for p in self.parameters}
 
 
+# What runs a version's files in Slicer's Python: DeepSegment's own engine (a model.json package), a MONAI
+# bundle's own inference configuration, an nnU-Net v2 trained model folder, or a SlicerMONAIAuto3DSeg model.
+DEFAULT_RUNTIME = "deepsegment"
+RUNTIMES = (DEFAULT_RUNTIME, "monai-bundle", "nnunet-v2", "auto3dseg")
+
+
 @dataclass(frozen=True)
 class ModelVersion:
-    """One version of a model: weight ``files`` run in Slicer's Python, a container ``image``, or both."""
+    """One version of a model: weight ``files`` run in Slicer's Python, a container ``image``, or both.
+
+    ``runtime`` (one of ``RUNTIMES``) names what runs the files: DeepSegment's engine by default.
+    """
 
     version: str
     files: tuple = ()
     image: ContainerImage | None = None
     release_date: str = ""
     changelog: str = ""
+    runtime: str = DEFAULT_RUNTIME
 
     @property
     def sort_key(self) -> tuple:
@@ -264,8 +309,13 @@ class ModelVersion:
 
     @property
     def download_size(self) -> int:
-        """Bytes of the version's files (a container image and its archive are not counted)."""
-        return sum(file.size for file in self.files)
+        """Bytes of the version's files whose size is known (a container image and its archive are not counted)."""
+        return sum(file.size for file in self.files if file.size is not None)
+
+    @property
+    def verified_by_publisher(self) -> bool:
+        """Whether every file has a digest from the publisher (a sha256, or at least an MD5 or SHA-1)."""
+        return all(file.verification != TRUSTED_ON_FIRST_USE for file in self.files)
 
     @property
     def backends(self) -> tuple:
@@ -421,6 +471,8 @@ class ModelEntry:
     resources: Resources | None = None
     runtime: tuple = ()
     deprecated: Deprecation | None = None
+    subject: str = ""
+    sample_data: tuple = ()
 
     @property
     def latest(self) -> ModelVersion:
@@ -791,9 +843,13 @@ def _parse_file(item, field: str, base_url: str) -> ModelFile:
         # Else a web page could make the client read local files (and learn their sizes from its errors).
         raise IndexValidationError(f"{field}.url", "must be an http or https URL: an index from the web may only "
                                                    "point at the web")
-    sha256 = _matching(item, "sha256", _SHA256, field, "64 lower-case hexadecimal digits")
-    size = require(item, "size", int, field)
-    if size < 0:
+    sha256 = _matching(item, "sha256", _SHA256, field, "64 lower-case hexadecimal digits", required=False)
+    digests = {name: _matching(item, name, re.compile(f"[0-9a-f]{{{digits}}}"), field,
+                               f"{digits} lower-case hexadecimal digits", required=False)
+               for name, digits in _PUBLISHER_DIGESTS.items()}
+    # A sha256 makes the size part of the promise; without one (trust on first use) the size may be unknown.
+    size = require(item, "size", int, field) if sha256 or "size" in item else None
+    if size is not None and size < 0:
         raise IndexValidationError(f"{field}.size", "must not be negative")
     if "name" in item:
         name = _matching(item, "name", _FILE_NAME, field, "a file name without '/' or '\\'")
@@ -801,7 +857,7 @@ def _parse_file(item, field: str, base_url: str) -> ModelFile:
         name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
         if not _FILE_NAME.fullmatch(name):
             raise IndexValidationError(f"{field}.url", "ends in no file name; give the file a 'name'")
-    return ModelFile(url=url, sha256=sha256, size=size, name=name)
+    return ModelFile(url=url, sha256=sha256, size=size, name=name, **digests)
 
 
 # The JSON type of a parameter's default, by the parameter's type.
@@ -872,6 +928,11 @@ def _parse_version(item, field: str, base_url: str) -> ModelVersion:
         raise IndexValidationError(f"{field}.files", "must list at least one file")
     _unique([file.name for file in files], f"{field}.files", "name", "file name")
     image = _parse_image(item["image"], f"{field}.image", base_url) if "image" in item else None
+    runtime = _optional(item, "runtime", str, field, DEFAULT_RUNTIME)
+    if runtime not in RUNTIMES:
+        raise IndexValidationError(f"{field}.runtime", f"must be one of {', '.join(RUNTIMES)}")
+    if "runtime" in item and not files:
+        raise IndexValidationError(f"{field}.runtime", "runs files: a version with only an image has no runtime")
     release_date = _matching(item, "releaseDate", _DATE, field, "a date YYYY-MM-DD", required=False)
     if release_date:
         try:
@@ -884,6 +945,7 @@ def _parse_version(item, field: str, base_url: str) -> ModelVersion:
         image=image,
         release_date=release_date,
         changelog=_optional(item, "changelog", str, field, ""),
+        runtime=runtime,
     )
 
 
@@ -1028,6 +1090,8 @@ def _parse_model(item, field: str, base_url: str) -> ModelEntry:
         resources=optional("resources", _parse_resources),
         runtime=parse_list(item, "runtime", field, _parse_runtime),
         deprecated=optional("deprecated", _parse_deprecation),
+        subject=text("subject"),
+        sample_data=parse_list(item, "sampleData", field, _string),
     )
 
 
@@ -1070,15 +1134,17 @@ def file_url(path) -> str:
     return pathlib.Path(os.path.abspath(path)).as_uri()
 
 
-def load_index(path_or_url) -> tuple:
+def load_index(path_or_url, convert=None) -> tuple:
     """Read and validate a local index file, given by path or ``file://`` URL; relative URLs in it resolve
-    against its location. Files over ``MAX_INDEX_BYTES`` are refused unread."""
+    against its location. Files over ``MAX_INDEX_BYTES`` are refused unread. ``convert(document, url)``, where
+    given, turns another format into an index document first (``ModelRegistryLib.importers``)."""
     path = local_path(os.fspath(path_or_url))
     size = os.path.getsize(path)
     if size > MAX_INDEX_BYTES:
         raise IndexValidationError("(document)", f"{size} bytes is over the {MAX_INDEX_BYTES}-byte limit")
     with open(path, "rb") as file:
-        return parse_index(decode_index(file.read()), file_url(path))
+        document = decode_index(file.read())
+    return parse_index(convert(document, file_url(path)) if convert else document, file_url(path))
 
 
 def search(models, text: str = "") -> list:

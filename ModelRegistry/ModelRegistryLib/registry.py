@@ -20,23 +20,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import RegistryError
+from .files import write_json_atomically
+from .importers import ImporterError, index_document, package_foreign_model
 from .index import (
     ModelEntry,
     ModelVersion,
     VersionNotFoundError,
+    load_index,
     model_spec_problem,
     resolve_version,
     search,
     semantic_version_key,
 )
 from .sources import IndexSource, load_sources
-from .files import write_json_atomically
 from .store import InstalledModel, InstallProgress, ModelStore
 
 BUNDLED_INDEX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Registry",
                              "bundled-index.json")
 
 USER_SOURCES_FILE = "sources.json"
+# Models imported from local files of the field's formats (nnU-Net results, MONAI bundles...): their archives and
+# the index listing them, read after every other source.
+IMPORTED_FOLDER = "imported"
 
 NOT_INSTALLED = "not installed"
 INSTALLED = "installed"
@@ -69,6 +74,71 @@ def user_sources(cache_dir: str) -> list:
         raise RegistryError(f'{path} must be a JSON list of {{"location": URL_OR_PATH, "name": TEXT}} objects; '
                             "correct or delete it")
     return [IndexSource(item["location"], name=item.get("name", "")) for item in items]
+
+
+def imported_source(cache_dir: str) -> IndexSource:
+    """The index of the models imported into ``cache_dir`` (``import`` of an nnU-Net results folder, a bundle...)."""
+    return IndexSource(os.path.join(cache_dir, IMPORTED_FOLDER, "index.json"), name="Imported models")
+
+
+def add_imported(cache_dir: str, path: str) -> list:
+    """Add the field's model at ``path`` (``importers.package_foreign_model``) to the imported models' index in
+    ``cache_dir``; ``(id, version)`` of each entry added.
+
+    A model imported again with the same content keeps its version; with other content it gets the next patch
+    version, so the version installed before stays what it was.
+    """
+    source = imported_source(cache_dir)
+    entries = package_foreign_model(path, os.path.dirname(source.location))
+    try:
+        with open(source.location, encoding="utf-8") as file:
+            document = json.load(file)
+    except FileNotFoundError:
+        document = index_document([])
+    except (OSError, ValueError) as error:
+        raise RegistryError(f"Cannot read the imported models' index {source.location}: {error}") from error
+    added = []
+    for entry in entries:
+        (version,) = entry["versions"]
+        existing = next((model for model in document["models"] if model["id"] == entry["id"]), None)
+        if existing is None:
+            document["models"].append(entry)
+            added.append((entry["id"], version["version"]))
+            continue
+        same = next((old for old in existing["versions"] if old["files"] == version["files"]), None)
+        if same is None:
+            newest = max((old["version"] for old in existing["versions"]), key=semantic_version_key)
+            major, minor, patch = semantic_version_key(newest)[:3]
+            version["version"] = f"{major}.{minor}.{patch + 1}"
+            existing.update({key: value for key, value in entry.items() if key != "versions"})
+            existing["versions"].append(version)
+            same = version
+        added.append((entry["id"], same["version"]))
+    write_json_atomically(source.location, index_document(document["models"]))
+    return added
+
+
+def import_model(store: ModelStore, path: str, entries: Sequence[ModelEntry], *,
+                 progress: Callable[[InstallProgress], None] | None = None,
+                 cancel: threading.Event | None = None) -> InstalledModel:
+    """Install the local archive or folder at ``path``: the files of a version ``entries`` list (matched by sha256),
+    else a model of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg archive),
+    added to the imported models' index (:func:`add_imported`) and installed from there. Returns the (first)
+    installed model. The panel's worker process runs this too (``tasks.import_package``)."""
+    found = store.local_version(path, entries, progress=progress, cancel=cancel)
+    if found is not None:
+        return store.install(*found, progress=progress, cancel=cancel)
+    try:
+        added = add_imported(store.cache_dir, path)
+    except ImporterError as error:
+        raise RegistryError(
+            f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
+            f" indexes (files are matched by sha256), and is no model of the field DeepSegment imports: {error}"
+        ) from error
+    imported = {model.id: model for model in load_index(imported_source(store.cache_dir).location)}
+    installed = [store.install(imported[model_id], resolve_version(imported[model_id], version), progress=progress,
+                               cancel=cancel) for model_id, version in added]
+    return installed[0]
 
 
 def save_user_sources(cache_dir: str, sources: Sequence[IndexSource]) -> None:
@@ -109,9 +179,11 @@ class Registry:
 
     def refresh(self, *, offline: bool = False, timeout: float = 10.0) -> list:
         """Read the sources again (remote ones from the network unless ``offline``); returns their statuses."""
-        self._models, self.statuses = load_sources(
-            self.sources, self.store.cache_dir, refresh=not offline, timeout=timeout
-        )
+        sources = list(self.sources)
+        imported = imported_source(self.store.cache_dir)
+        if os.path.isfile(imported.location) and imported not in sources:
+            sources.append(imported)
+        self._models, self.statuses = load_sources(sources, self.store.cache_dir, refresh=not offline, timeout=timeout)
         return self.statuses
 
     def models(self) -> list:
@@ -234,8 +306,11 @@ class Registry:
         return self.store.verify(model_id, version, **options)
 
     def import_package(self, path: str, **options) -> InstalledModel:
-        """``ModelStore.import_package`` against the listed models; ``options``: progress, cancel."""
-        return self.store.import_package(path, self._models, **options)
+        """:func:`import_model` against the listed models, then the sources read again (offline) so that an imported
+        model of the field is listed; ``options``: progress, cancel."""
+        installed = import_model(self.store, path, self._models, **options)
+        self.refresh(offline=True)
+        return installed
 
     def pin(self, spec: str) -> None:
         """Pin ``id@version`` (a version spec some index lists or that is installed); ``id`` alone unpins.

@@ -1,7 +1,9 @@
 """Index sources: where the lists of models come from, read in a stated order and merged into one list.
 
 A source is an ``http(s)://`` or ``file://`` URL of an index document, a local folder holding ``index.json``,
-or the path of a local index file. File URLs in an index may be relative to it, so a folder (or the index
+or the path of a local index file. SlicerMONAIAuto3DSeg's ``Models.json`` is an index document too: it is
+converted when read (``ModelRegistryLib.importers.foreign_index_document``), and the converted index is what
+the cache keeps. File URLs in an index may be relative to it, so a folder (or the index
 bundled with the extension) can ship archives next to its ``index.json``.
 
 Remote indexes (http, https) are fetched with a size limit, validated, and the last good copy of each is
@@ -44,6 +46,7 @@ from dataclasses import dataclass, replace
 from .download import fetch_bytes
 from .errors import DownloadError
 from .files import write_text_atomically
+from .importers import foreign_index_document
 from .index import (
     MAX_INDEX_BYTES,
     WEB_SCHEMES,
@@ -126,7 +129,8 @@ def _read_remote(source: IndexSource, cache_dir: str, refresh: bool, timeout: fl
     failure = ""
     if refresh:
         try:
-            document = decode_index(fetch_bytes(url, max_bytes=MAX_INDEX_BYTES, timeout=timeout))
+            document = foreign_index_document(
+                decode_index(fetch_bytes(url, max_bytes=MAX_INDEX_BYTES, timeout=timeout)), url)
             models = parse_index(document, url)
         except (DownloadError, ValueError, OSError) as error:  # IndexValidationError is a ValueError
             failure = f"could not refresh: {error}"
@@ -154,7 +158,7 @@ def _read_local(source: IndexSource) -> tuple:
     if os.path.isdir(path):
         path = os.path.join(path, INDEX_FILE_NAME)
     try:
-        models = load_index(path)
+        models = load_index(path, convert=foreign_index_document)
     except FileNotFoundError:
         reason = f"no index at {path} (neither an index file nor a folder holding {INDEX_FILE_NAME})"
         if path.endswith(INDEX_FILE_NAME) and os.path.isdir(os.path.dirname(path)):

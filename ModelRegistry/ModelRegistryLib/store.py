@@ -59,11 +59,12 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlparse
 
 from .archive import contained_path, extract_archive, is_archive
-from .download import Progress, download_file, error_for_write, file_sha256, format_bytes
-from .errors import CancelledError, DiskFullError, RegistryError, UnsafeArchiveError
+from .download import Progress, download_file, error_for_write, file_digests, file_sha256, format_bytes
+from .errors import CancelledError, ChecksumMismatchError, DiskFullError, RegistryError, UnsafeArchiveError
 from .files import write_json_atomically
 from .index import ModelEntry, ModelVersion, file_url, semantic_version_key
 from .locking import FileLock
+from .trust import TrustStore, first_download_name
 
 MANIFEST_NAME = "model-registry-manifest.json"
 CACHE_ENVIRONMENT_VARIABLE = "SLICER_DEEPLEARNING_CACHE_DIR"
@@ -89,7 +90,8 @@ def default_cache_dir(configured: str = "") -> str:
 @dataclass(frozen=True)
 class InstallProgress:
     """Where a long store operation is: ``stage`` is "download", "unpack", "import" (hashing local files),
-    "verify" or "done"; ``fraction`` of the work, if known."""
+    "verify", "trust" (how a file without the publisher's sha256 was checked: a line to show the user, never to
+    hide) or "done"; ``fraction`` of the work, if known."""
 
     stage: str
     fraction: float | None
@@ -175,9 +177,12 @@ def _checked_files(entry: ModelEntry, version: ModelVersion) -> None:
     _id_or_version(entry.id, "model id")
     _id_or_version(version.version, "version")
     for model_file in version.files:
-        if not isinstance(model_file.sha256, str) or not _SHA256.fullmatch(model_file.sha256):
+        # No sha256 (and maybe no size): a file trusted on first use, downloaded to a name made of its URL's digest.
+        unverified = model_file.sha256 == ""
+        if not isinstance(model_file.sha256, str) or not (unverified or _SHA256.fullmatch(model_file.sha256)):
             raise RegistryError(f"{entry.id} {version.version}: invalid sha256 {model_file.sha256!r}")
-        if not isinstance(model_file.size, int) or model_file.size < 0:
+        size_ok = isinstance(model_file.size, int) and model_file.size >= 0
+        if not size_ok and not (unverified and model_file.size is None):
             raise RegistryError(f"{entry.id} {version.version}: invalid size {model_file.size!r}")
         _file_name(model_file.url, model_file.name)
 
@@ -194,6 +199,7 @@ class ModelStore:
 
     def __init__(self, cache_dir: str) -> None:
         self.cache_dir = os.path.abspath(cache_dir)
+        self.trust = TrustStore(self.cache_dir)
 
     def _folder(self, *parts: str) -> str:
         return os.path.join(self.cache_dir, *parts)
@@ -360,20 +366,23 @@ class ModelStore:
         if not version.files:
             raise RegistryError(f"{entry.id} {version.version} is a container image only: DeepSegment gets it "
                                 "through the container runtime when it runs")
+        # Files the publisher gives no sha256 for: the sha256 pinned on their first download, where there is one.
+        unverified = tuple(model_file for model_file in version.files if not model_file.sha256)
+        version = replace(version, files=tuple(self.trust.resolve(model_file) for model_file in version.files))
         _checked_files(entry, version)
-        blobs = [self._folder("downloads", model_file.sha256) for model_file in version.files]
+        blobs = [self._blob(model_file) for model_file in version.files]
         existing = self.get(entry.id, version.version)
         if existing is not None and not any(os.path.lexists(blob) for blob in blobs):
             return existing  # without a lock, so that a read-only (shared) cache serves what it holds
         with self._writing(), contextlib.ExitStack() as locks:
             locks.enter_context(self._lock(f"{entry.id}@{version.version}", cancel))
             # Two versions may share a file, hence its download: one writer per download (sorted: no deadlock).
-            for digest in sorted({model_file.sha256 for model_file in version.files}):
-                locks.enter_context(self._lock(digest, cancel))
+            for blob in sorted({os.path.basename(blob) for blob in blobs}):
+                locks.enter_context(self._lock(blob, cancel))
             if self.get(entry.id, version.version) is None:
                 self.clean_staging()
-                self._check_free_space(sum(f.size for f in version.files) * 2, f"{entry.id} {version.version}")
-                self._download_all(version, blobs, progress, cancel, timeout)
+                self._check_free_space(version.download_size * 2, f"{entry.id} {version.version}")
+                version = self._download_all(version, blobs, unverified, progress, cancel, timeout)
                 workspace = self._fresh_staging(entry.id, version.version)
                 try:
                     files, sizes = self._unpack_all(version, blobs, workspace, progress, cancel)
@@ -400,21 +409,53 @@ class ModelStore:
                 f" {self.cache_dir}"
             )
 
-    def _download_all(self, version: ModelVersion, blobs: Sequence[str], progress, cancel, timeout) -> None:
-        total = sum(f.size for f in version.files)
+    def _blob(self, model_file) -> str:
+        """Where a file is downloaded to: ``downloads/<sha256>``, or, for the first download of a file nobody gives
+        a sha256 for, ``downloads/unverified-<sha256 of its URL>``."""
+        if model_file.sha256:
+            return self._folder("downloads", model_file.sha256)
+        return self._folder("downloads", first_download_name(model_file.url))
+
+    def _download_all(self, version: ModelVersion, blobs: Sequence[str], unverified: Sequence, progress, cancel,
+                      timeout) -> ModelVersion:
+        """Download every file of ``version`` to its blob; returns the version with every file's sha256 known.
+
+        The ``unverified`` files (as the index lists them: no publisher's sha256) go through the trust-on-first-use
+        pins (``ModelRegistryLib.trust``), each saying how it was checked (an InstallProgress of stage "trust")."""
+        listed = {model_file.url: model_file for model_file in unverified}
+        # Files of unknown size count as nothing here: the fraction then runs ahead of the bytes, never past 1.
+        total = version.download_size
         done_before = 0
+        files = []
         for number, (model_file, blob) in enumerate(zip(version.files, blobs), 1):
             def report(step: Progress, done_before=done_before, number=number):
                 if progress:
-                    fraction = (done_before + step.done) / total if total else None
+                    fraction = min(1.0, (done_before + step.done) / total) if total else None
                     label = f"Downloading file {number} of {len(version.files)}: " if len(version.files) > 1 else ""
                     progress(InstallProgress("download", fraction, label + step.text))
 
-            # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
-            # resumes and is verified again.
-            download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
-                          progress=report, cancel=cancel, timeout=timeout, durable=False)
+            notice = None
+            if model_file.sha256:
+                # Not made durable: the blob is moved or unpacked (durably) and removed; after a crash its .part
+                # resumes and is verified again.
+                try:
+                    download_file(model_file.url, blob, sha256=model_file.sha256, size=model_file.size,
+                                  progress=report, cancel=cancel, timeout=timeout, durable=False)
+                except ChecksumMismatchError as error:
+                    if model_file.url not in listed:
+                        raise
+                    raise self.trust.changed_error(listed[model_file.url], error) from error
+                if model_file.url in listed:
+                    notice = self.trust.notice(listed[model_file.url])
+            else:
+                _, sha256, notice = self.trust.first_download(model_file, os.path.dirname(blob), progress=report,
+                                                              cancel=cancel, timeout=timeout)
+                model_file = replace(model_file, sha256=sha256, size=os.path.getsize(blob))
+            if notice is not None and progress:
+                progress(InstallProgress("trust", None, notice.text))
+            files.append(model_file)
             done_before += model_file.size
+        return replace(version, files=tuple(files))
 
     def _unpack_all(self, version: ModelVersion, blobs: Sequence[str], workspace: str, progress, cancel) -> tuple:
         """Put every file of the version into ``workspace/version``, archives unpacked; returns
@@ -468,37 +509,77 @@ class ModelStore:
         progress: Callable[[InstallProgress], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> InstalledModel:
-        """Install from a local file or folder (offline sites) holding the files of a version some index lists.
+        """Install from a local file or folder (offline sites) holding the files of a version some index lists (see
+        :meth:`local_version`); RegistryError when it holds none."""
+        found = self.local_version(path, entries, progress=progress, cancel=cancel)
+        if found is None:
+            raise RegistryError(
+                f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
+                " indexes (files are matched by sha256): add the index that lists it, or check that the files are"
+                " whole"
+            )
+        entry, version = found
+        return self.install(entry, version, progress=progress, cancel=cancel)
+
+    def local_version(
+        self,
+        path: str,
+        entries: Sequence[ModelEntry],
+        *,
+        progress: Callable[[InstallProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple | None:
+        """``(entry, version)`` of a version in ``entries`` whose files are in the local file or folder ``path``
+        (offline sites), with file URLs pointing at the local copies; None when it holds no complete version.
 
         Files are recognised by their sha256 among the files of the versions in ``entries``: an imported
-        package is exactly as trustworthy as a downloaded one, whatever its files are called locally. Only
-        regular files whose size is that of a listed file are read (fifos, devices and sockets are skipped).
+        package is exactly as trustworthy as a downloaded one, whatever its files are called locally. A file
+        the publisher gives no sha256 for is recognised by the sha256 pinned on its first download, else by
+        the publisher's MD5 or SHA-1, else (trust on first use, said through ``progress``) by its name, and
+        then pinned. Only regular files whose size is that of a listed file are read (any size where a listed
+        file's is unknown; fifos, devices and sockets are skipped).
         """
-        candidates = _local_files(path)
-        wanted = {f.size for entry in entries for version in entry.versions for f in version.files}
-        candidates = [(local, size) for local, size in candidates if size in wanted]
+        listed = [self.trust.resolve(f) for entry in entries for version in entry.versions for f in version.files]
+        wanted = {f.size for f in listed}
+        candidates = [(local, size) for local, size in _local_files(path) if None in wanted or size in wanted]
         total, done = sum(size for _, size in candidates), 0
-        by_digest = {}
+        digests = {}
         for local, size in candidates:
             if progress:
                 progress(InstallProgress("import", done / total if total else None, f"Checking {local}"))
             with contextlib.suppress(OSError, RegistryError):  # unreadable, or replaced by a fifo meanwhile
-                by_digest.setdefault(file_sha256(local, cancel=cancel), local)
+                digests[local] = file_digests(local, ("sha256", "md5", "sha1"), cancel=cancel)
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"cancelled importing {path}")
             done += size
+
+        def local_copy(model_file) -> str | None:
+            """The local file with the file's sha256 (from the index or pinned), else its publisher's digest, else
+            (nothing to check against) its name; None where there is none."""
+            wanted = self.trust.resolve(model_file)
+            if wanted.sha256 or model_file.publisher_digest:
+                algorithm, digest = ("sha256", wanted.sha256) if wanted.sha256 else model_file.publisher_digest
+                return next((local for local, found in digests.items() if found[algorithm] == digest), None)
+            name = _file_name(model_file.url, model_file.name)
+            return next((local for local in digests if os.path.basename(local) == name), None)
+
         for entry in entries:
             for version in entry.versions:
-                if version.files and all(f.sha256 in by_digest for f in version.files):
+                copies = [local_copy(f) for f in version.files]
+                if version.files and all(copies):
+                    for model_file, local in zip(version.files, copies):
+                        if not model_file.sha256:
+                            self.trust.pin(model_file.url, digests[local]["sha256"], os.path.getsize(local))
+                            if progress:
+                                notice = self.trust.notice(model_file)
+                                progress(InstallProgress("trust", None, f"{notice.text} (imported from {local})"))
                     local_version = replace(version, files=tuple(
-                        replace(f, url=file_url(by_digest[f.sha256]), name=_file_name(f.url, f.name))
-                        for f in version.files
+                        replace(f, url=file_url(local), name=_file_name(f.url, f.name),
+                                sha256=digests[local]["sha256"], size=os.path.getsize(local))
+                        for f, local in zip(version.files, copies)
                     ))
-                    return self.install(entry, local_version, progress=progress, cancel=cancel)
-        raise RegistryError(
-            f"{os.path.basename(os.path.abspath(path))} holds no complete model version listed in the registry"
-            " indexes (files are matched by sha256): add the index that lists it, or check that the files are whole"
-        )
+                    return entry, local_version
+        return None
 
     # -- removing and checking ------------------------------------------------------------------------------
 

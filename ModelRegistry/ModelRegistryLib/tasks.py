@@ -24,8 +24,21 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .index import ModelEntry, ModelVersion
-from .registry import parse_model_spec
+from .registry import import_model, parse_model_spec
 from .store import InstalledModel, InstallProgress, ModelStore
+
+
+def _saying_trust(progress, log):
+    """Install progress for the job, where how a file without the publisher's sha256 was checked is also logged as
+    a warning: the panel shows only the latest progress, and that must not pass unseen."""
+
+    def report(step: InstallProgress) -> None:
+        if step.stage == "trust" and log is not None:
+            log(step.text, "warning")
+        if progress is not None:
+            progress(step)
+
+    return report
 
 
 def install(
@@ -34,9 +47,10 @@ def install(
     version: ModelVersion,
     progress: Callable[[InstallProgress], None] | None = None,
     cancel: threading.Event | None = None,
+    log: Callable | None = None,
 ) -> InstalledModel:
     """Install ``version`` of ``entry`` into the store at ``cache_dir`` (nothing to do when it is there)."""
-    return ModelStore(cache_dir).install(entry, version, progress=progress, cancel=cancel)
+    return ModelStore(cache_dir).install(entry, version, progress=_saying_trust(progress, log), cancel=cancel)
 
 
 def verify(cache_dir: str, spec: str | None = None) -> list:
@@ -45,6 +59,9 @@ def verify(cache_dir: str, spec: str | None = None) -> list:
     return ModelStore(cache_dir).verify(model_id, version)
 
 
-def import_package(cache_dir: str, path: str, entries: Sequence[ModelEntry]) -> InstalledModel:
-    """Install the local archive or folder at ``path``, recognised by sha256 among ``entries``' versions."""
-    return ModelStore(cache_dir).import_package(path, entries)
+def import_package(cache_dir: str, path: str, entries: Sequence[ModelEntry],
+                   progress: Callable[[InstallProgress], None] | None = None, cancel: threading.Event | None = None,
+                   log: Callable | None = None) -> InstalledModel:
+    """Install the local archive or folder at ``path``: a version of ``entries`` (recognised by sha256), else a model
+    of the field, added to the imported models' index (``registry.import_model``)."""
+    return import_model(ModelStore(cache_dir), path, entries, progress=_saying_trust(progress, log), cancel=cancel)

@@ -19,8 +19,9 @@ def lib_modules() -> list:
     names = []
     for package in LIB_PACKAGES:
         path = os.path.join(REPOSITORY, package[: -len("Lib")], package)
-        # __main__ runs the command line when imported.
-        names += [f"{package}.{info.name}" for info in pkgutil.iter_modules([path]) if info.name != "__main__"]
+        # __main__ runs the command line when imported; subpackages (DeepSegmentLib.runtimes) are walked too.
+        names += [f"{package}.{info.name}" for info in pkgutil.walk_packages([path], onerror=print)
+                  if info.name.rsplit(".", 1)[-1] != "__main__"]
     return names
 
 

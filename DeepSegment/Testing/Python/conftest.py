@@ -1,4 +1,5 @@
-"""Fixtures of DeepSegment's container tests: a real runtime and images built on this machine.
+"""Fixtures of DeepSegment's container tests: a real runtime and images built on this machine. The model registry's
+test server is importable here too.
 
 Without a usable runtime the container tests are skipped, unless SLICER_DEEPLEARNING_REQUIRE_CONTAINER_TESTS
 is set (CI sets it), which makes them fail instead. SLICER_DEEPLEARNING_SKIP_CONTAINER_TESTS skips them even with
@@ -10,9 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 from container_test_images import ensure_base_image
+
+# The model registry's test server (a real HTTP server on 127.0.0.1) serves DeepSegment's tests too.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "ModelRegistry", "Testing", "Python"))
 
 CONTRACT_TEST_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Containers",
                                     "contract-test")

@@ -67,7 +67,8 @@ def test_transformed_input_is_segmented_where_it_is_shown(logic):
 def test_cancel_mid_run_leaves_the_scene_unchanged(logic):
     volume, _ = phantom_volume((24, 28, 32))
     nodes_before = slicer.mrmlScene.GetNumberOfNodes()
-    logic.service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # however fast the machine is
+    # The run stops at "inferring" until cancelled: the cancel lands mid-run however fast the machine is.
+    logic.service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}
     task = logic.segmentationTask("threshold-test", [volume], device="cpu")
     while not task.finished and not (task.progress is not None and task.progress.text == "inferring"):
         task.poll()

@@ -15,7 +15,8 @@ import slicer
 from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE, HOLD_HOOK_VARIABLE
 
-HOLD_AT_INFERRING = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # however fast the machine is
+# Runs stop at "inferring" until cancelled: a cancel or a kill lands mid-run however fast the machine is.
+HOLD_AT_INFERRING = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}
 
 
 @pytest.fixture()

@@ -216,7 +216,7 @@ def test_an_aborting_worker_is_reported_and_replaced(registry):
 
 def test_cancel_stops_the_run_and_the_service_lives_on(service, registry):
     image, _ = phantom((64, 64, 64))
-    service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # however fast the machine is
+    service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # cancelled mid-run
     before = segments_on_disk()
     entry, version = registry.resolve("threshold@1.0.0")
     job = service.segment([image], entry, version, registry.store.cache_dir, device="cpu")
