@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover
     resource = None
 
 from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
+from .forward_pass import tuned_network
 from .postprocess import postprocess
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
@@ -89,12 +90,16 @@ WINDOW_CHOICES = ("model", "largest")
 # Quality presets, each a set of segment() options (the accuracy each costs is measured by
 # Testing/benchmark_inference.py and stated in the README). exact: the model as its authors validated it
 # (its windows, overlap and mirroring). accurate: the same scores with less work: larger windows where
-# the network's output does not depend on the window, windows of background skipped. fast: accurate
-# without the mirroring and with a quarter of the model's window overlap.
+# the network's output does not depend on the window, windows of background skipped, the forward pass
+# tuned for the device (forward_pass.py). fast: accurate without the mirroring and with a quarter of the
+# model's window overlap.
 QUALITY_PRESETS = MappingProxyType({
-    "fast": MappingProxyType({"overlap": 0.25, "mirror": False, "windows": "largest", "skip_background": True}),
-    "accurate": MappingProxyType({"overlap": None, "mirror": True, "windows": "largest", "skip_background": True}),
-    "exact": MappingProxyType({"overlap": None, "mirror": True, "windows": "model", "skip_background": False}),
+    "fast": MappingProxyType(
+        {"overlap": 0.25, "mirror": False, "windows": "largest", "skip_background": True, "fast_forward": True}),
+    "accurate": MappingProxyType(
+        {"overlap": None, "mirror": True, "windows": "largest", "skip_background": True, "fast_forward": True}),
+    "exact": MappingProxyType(
+        {"overlap": None, "mirror": True, "windows": "model", "skip_background": False, "fast_forward": False}),
 })
 DEFAULT_QUALITY = "accurate"
 # "auto": reduced precision where the device computes it natively; "float32": never.
@@ -500,15 +505,16 @@ def _network(package, network, compute: ComputeDevice) -> Callable:
 
 
 def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
-    """``segment``'s ``overlap``, ``mirror_axes``, ``windows`` and ``skip_background`` for a quality preset
-    (``fast``, ``accurate`` or ``exact``); the overlap is the package's unless the preset sets one."""
+    """``segment``'s ``overlap``, ``mirror_axes``, ``windows``, ``skip_background`` and ``fast_forward`` for a
+    quality preset (``fast``, ``accurate`` or ``exact``); the overlap is the package's unless the preset sets
+    one."""
     if quality not in QUALITY_PRESETS:
         raise EngineError(f"Unknown quality {quality!r}: use {', '.join(QUALITY_PRESETS)}")
     preset = QUALITY_PRESETS[quality]
     mirror_axes = tuple(package.inference.mirror_axes) if preset["mirror"] else ()
     overlap = float(package.inference.overlap if preset["overlap"] is None else preset["overlap"])
     return {"overlap": overlap, "mirror_axes": mirror_axes, "windows": preset["windows"],
-            "skip_background": preset["skip_background"]}
+            "skip_background": preset["skip_background"], "fast_forward": preset["fast_forward"]}
 
 
 def _declared_multiple(package) -> tuple | None:
@@ -583,12 +589,14 @@ def infer(
     *,
     windows: str = "model",
     skip_background: bool = False,
+    fast_forward: bool = False,
     voxel_limit: int = 0,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple:
-    """(class probabilities K×Z×Y×X or ``None`` when cancelled, the windows' summary): ``segment``'s
-    inference stage on a normalized model-grid ``volume`` (C×Z×Y×X tensor on the device).
+    """(class probabilities K×Z×Y×X or ``None`` when cancelled, the window plan that ran, its summary with
+    notes): ``segment``'s inference stage on a normalized model-grid ``volume`` (C×Z×Y×X tensor on the
+    device).
 
     Args:
         volume: the normalized volume on the model grid.
@@ -597,6 +605,7 @@ def infer(
         window: the model's windows for this run (``inference_window``).
         windows: ``"model"`` or ``"largest"``; see ``segment``.
         skip_background: run no window holding only background; see ``segment``.
+        fast_forward: run the network as ``forward_pass.tuned_network`` makes it faster on the device.
         voxel_limit: the most voxels one larger window may hold (``window_voxel_limit``).
         progress: called with (windows done, windows to run) after each batch.
         cancelled: asked before each batch; ``True`` stops the run.
@@ -607,8 +616,15 @@ def infer(
     """
     if windows not in WINDOW_CHOICES:
         raise EngineError(f"Unknown windows {windows!r}: use {' or '.join(WINDOW_CHOICES)}")
-    model = SliceWiseNetwork(network, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else network
-    plan, notes = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
+    runs, notes = network, []
+    if fast_forward:
+        example = (1, int(volume.shape[0]), *reversed(package.inference.patch_size))
+        runs, applied = tuned_network(network, volume.device, window.autocast, example)
+        if applied:
+            notes.append(f"forward pass: {applied}")
+    model = SliceWiseNetwork(runs, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else runs
+    plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
+    notes = planned + notes
 
     def run(plan):
         checked = model if plan.window.patch_size == window.patch_size else FirstWindowCheck(model)
@@ -623,7 +639,7 @@ def infer(
         notes.append(f"the network refused windows of {size} voxels ({refused}), so it ran the model's own")
         plan, _ = _window_plan(volume, model, network, package, window, "model", skip_background, 0)
         probabilities = run(plan)
-    return probabilities, "; ".join([plan.summary, *notes])
+    return probabilities, plan, "; ".join([plan.summary, *notes])
 
 
 def segment(
@@ -639,6 +655,7 @@ def segment(
     precision: str = "auto",
     windows: str = "model",
     skip_background: bool = False,
+    fast_forward: bool = False,
     progress: Callable[[EngineProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> SegmentationResult:
@@ -653,9 +670,10 @@ def segment(
     twice as fast) and ``"float32"`` never does. ``windows`` ``"model"`` tiles the volume with the
     model's own windows; ``"largest"`` runs the largest windows the network accepts and the memory allows
     where its output does not depend on the window (``window_plan.py``). ``skip_background`` runs no window
-    that holds only background (air, zero padding) and labels it background. ``quality_options`` gives
-    these options for a quality preset. Raises EngineError (bad inputs, not enough memory) or
-    EngineCancelled.
+    that holds only background (air, zero padding) and labels it background. ``fast_forward`` runs the
+    network as ``forward_pass.tuned_network`` makes it faster on the device (the same function up to
+    rounding). ``quality_options`` gives these options for a quality preset. Raises EngineError (bad
+    inputs, not enough memory) or EngineCancelled.
     """
     import torch
 
@@ -691,13 +709,14 @@ def segment(
         with stages.stage("inferring"):
             voxel_limit = window_voxel_limit(images, package, compute, memory_budget) if windows != "model" else 0
             try:
-                probabilities, summary = infer(
+                probabilities, _, summary = infer(
                     volume,
                     package,
                     network,
                     window,
                     windows=windows,
                     skip_background=skip_background,
+                    fast_forward=fast_forward,
                     voxel_limit=voxel_limit,
                     progress=lambda done, total: stages.report("inferring", done / total),
                     cancelled=lambda: cancel is not None and cancel.is_set(),
