@@ -35,7 +35,16 @@ from ModelRegistryLib import (
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, EngineCancelled, EngineError, EngineProgress, segment
+from .engine import (
+    DEFAULT_QUALITY,
+    PRECISIONS,
+    QUALITY_PRESETS,
+    EngineCancelled,
+    EngineError,
+    EngineProgress,
+    quality_options,
+    segment,
+)
 from .imageio import read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
@@ -57,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
+    run.add_argument("--quality", choices=tuple(QUALITY_PRESETS), default=DEFAULT_QUALITY,
+                     help="in-process runs: exact runs the model's own windows, overlap and mirroring; accurate"
+                          " (default) the same with fewer, larger windows where the network allows and without"
+                          " background windows; fast also drops the mirroring and most of the overlap")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -107,8 +120,8 @@ def parse_parameters(texts: Sequence[str], image) -> dict:
 
 
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
-                  precision: str = "auto", indexes: Sequence[str] = (), cache_dir: str | None = None,
-                  backend: str = "auto",
+                  precision: str = "auto", quality: str = DEFAULT_QUALITY, indexes: Sequence[str] = (),
+                  cache_dir: str | None = None, backend: str = "auto",
                   parameters: Sequence[str] = (), container: ContainerSettings = DEFAULT_SETTINGS,
                   image_archive: str = "", progress=None, log=None) -> dict:
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included)."""
@@ -128,7 +141,8 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     images = [read_volume(path) for path in inputs]
     read_at = time.perf_counter()
     if backend == "inprocess":
-        result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress)
+        result = segment(images, package, device=device, threads=threads, precision=precision, progress=progress,
+                         **quality_options(package, quality))
     else:
         result = segment_in_container(images, entry, version, parameters=values, device=device, archive=image_archive,
                                       download_folder=cache_dir, settings=container, progress=progress, log=log)
@@ -163,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         container = ContainerSettings(runtime=arguments.runtime, memory_limit=arguments.memory_limit,
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
-                                threads=arguments.threads, precision=arguments.precision, indexes=arguments.index,
+                                threads=arguments.threads, precision=arguments.precision,
+                                quality=arguments.quality, indexes=arguments.index,
                                 cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
                                 image_archive=arguments.image_archive, progress=_progress, log=_log)

@@ -343,19 +343,18 @@ def _spread(first: int, end: int, size: int, count: int, limit: int) -> list:
 
 def _axis_options(extent: int, patch: int, multiple: int, overlap: int) -> list:
     """(windows, size) choices along one axis: ``windows`` windows of ``size`` voxels (a multiple of
-    ``multiple``, at least the patch unless the extent is smaller) covering ``extent`` voxels with at
-    least ``overlap`` voxels shared between neighbours. A one-voxel patch (a 2D model's slice axis) stays
-    one voxel: one window per slice."""
+    ``multiple``, at least the patch, so that a thin volume is padded as the model's windows pad it)
+    covering ``extent`` voxels with at least ``overlap`` voxels shared between neighbours. A one-voxel
+    patch (a 2D model's slice axis) stays one voxel: one window per slice."""
     if patch == 1:
         return [(extent, 1)]
-    smallest = patch
     options = []
     count = 1
     while True:
-        size = max(smallest, _round_up(math.ceil((extent + (count - 1) * overlap) / count), multiple))
+        size = max(patch, _round_up(math.ceil((extent + (count - 1) * overlap) / count), multiple))
         if not options or size < options[-1][1]:
             options.append((count, size))
-        if size <= smallest:
+        if size <= patch:
             return options
         count += 1
 
