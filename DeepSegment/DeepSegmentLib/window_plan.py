@@ -112,7 +112,7 @@ def _base_name(name: str) -> str:
 
 
 def _torchscript_operations(network) -> list:
-    """(kind, node) of every node of a TorchScript module's or function's graph, blocks included."""
+    """The kind of every node of a TorchScript module's or function's graph, blocks included."""
     graph = getattr(network, "inlined_graph", None) or network.graph
     found = []
     blocks = [graph]
@@ -153,6 +153,18 @@ def _fx_operations(network) -> list:
     return names
 
 
+def network_operations(network: Callable) -> list | None:
+    """The operations of a TorchScript or torch.fx (torch.export) network by name (``conv3d``, ...), in
+    graph order, without the interpreter's own (``prim::``); ``None`` for a network that is neither."""
+    import torch
+
+    if isinstance(network, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        return [_base_name(kind) for kind in _torchscript_operations(network) if not kind.startswith("prim::")]
+    if isinstance(network, torch.fx.GraphModule):
+        return _fx_operations(network)
+    return None
+
+
 def window_wide_operation(network: Callable) -> str:
     """``""`` when ``network``'s output at a voxel depends only on a bounded neighbourhood of its input
     (so a larger window changes nothing but border effects); else the first operation that makes it
@@ -167,18 +179,11 @@ def window_wide_operation(network: Callable) -> str:
     """
     import torch
 
-    if isinstance(network, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
-        operations = []
-        for kind in _torchscript_operations(network):
-            if kind.startswith("prim::"):
-                continue
-            operations.append(_base_name(kind))
-        if isinstance(network, torch.jit.ScriptModule) and _batch_statistics_in_torchscript(network):
-            return "batch_norm (batch statistics)"
-    elif isinstance(network, torch.fx.GraphModule):
-        operations = _fx_operations(network)
-    else:
+    operations = network_operations(network)
+    if operations is None:
         return UNKNOWN
+    if isinstance(network, torch.jit.ScriptModule) and _batch_statistics_in_torchscript(network):
+        return "batch_norm (batch statistics)"
     for operation in operations:
         if operation not in LOCAL_OPERATIONS:
             return operation
@@ -276,8 +281,10 @@ def _foreground_box(background, margin: Sequence) -> tuple | None:
     foreground = ~background
     box = []
     for axis in range(foreground.dim()):
-        others = tuple(d for d in range(foreground.dim()) if d != axis)
-        along = foreground.any(dim=others) if others else foreground
+        along = foreground
+        for other in reversed(range(foreground.dim())):  # one dimension at a time: older PyTorch takes no tuple
+            if other != axis:
+                along = along.any(dim=other)
         hits = along.nonzero()
         if hits.numel() == 0:
             return None
@@ -454,6 +461,7 @@ __all__ = [
     "WindowRefusedError",
     "accepted_multiple",
     "background_mask",
+    "network_operations",
     "plan_windows",
     "window_wide_operation",
 ]

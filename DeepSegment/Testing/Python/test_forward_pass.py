@@ -31,9 +31,11 @@ def test_a_torchscript_network_is_frozen_once_and_computes_the_same():
     assert tuned_network(network, CPU, "", (1, 1, 8, 8, 8))[0] is tuned  # kept with the network
 
 
-def test_reduced_precision_and_other_formats_run_the_network_as_it_is():
+def test_reduced_precision_other_formats_and_networks_without_batch_norm_run_as_they_are():
     network = conv_bn_network()
     assert tuned_network(network, CPU, "bfloat16", (1, 1, 8, 8, 8)) == (network, "")
+    instance_norm = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.InstanceNorm3d(2)))
+    assert tuned_network(instance_norm, CPU, "", (1, 1, 8, 8, 8)) == (instance_norm, "")
     program = torch.export.export(torch.nn.Conv3d(1, 2, 3), (torch.zeros(1, 1, 8, 8, 8),)).module()
     assert tuned_network(program, CPU, "", (1, 1, 8, 8, 8)) == (program, "")
     with pytest.raises(TypeError):
@@ -44,7 +46,9 @@ def test_a_candidate_that_fails_or_disagrees_is_not_applied(monkeypatch):
     network = conv_bn_network()
     monkeypatch.setitem(CANDIDATES, "wrong", lambda net: (lambda batch: net(batch) + 1.0))
     monkeypatch.setitem(CANDIDATES, "failing", lambda net: (lambda batch: batch.view(-1, 7)))
-    monkeypatch.setitem(forward_pass.ADOPTED, ("cpu", "float32"), ("wrong", "failing", "channels-last"))
+    every = lambda net: True  # noqa: E731
+    monkeypatch.setitem(forward_pass.ADOPTED, ("cpu", "float32"),
+                        (("wrong", every), ("failing", every), ("channels-last", every)))
     tuned, how = tuned_network(network, CPU, "", (1, 1, 6, 6, 6))
     assert how == "channels-last"
     assert tuned.network is network

@@ -118,3 +118,25 @@ def test_a_network_exported_for_its_patch_only_keeps_its_windows(tmp_path, decla
     reason = "refused windows of" if declared else "accepts no window size but the model's own"
     assert reason in result.windows
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), voxels)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_a_2d_model_runs_whole_slices_with_larger_windows(tmp_path, slice_axis):
+    """A 2D network of local operations gets whole slices, still one voxel thick, with the same labels."""
+    torch.manual_seed(4)
+    network = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 6, 1), torch.nn.Tanh(),
+                                                   torch.nn.Conv2d(6, 2, 1)).eval())
+    inference = {"patchSize": [8, 8], "activation": "softmax", "outputChannels": 2, "batchSize": 3}
+    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 2,
+                "sliceAxis": slice_axis, "inputs": [{"name": "frame"}], "inference": inference,
+                "postprocessing": {"mode": "argmax"}, "labels": [{"value": 1, "name": "a", "color": "#ffffff"}],
+                "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
+    write_package(str(tmp_path), network, contract)
+    package = load_package(str(tmp_path))
+    voxels = np.random.default_rng(5).standard_normal((9, 21, 26)).astype(np.float32)
+    image = sitk.GetImageFromArray(voxels)
+    exact = segment([image], package, device="cpu", **quality_options(package, "exact"))
+    larger = segment([image], package, device="cpu", **quality_options(package, "accurate"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(larger.labels), sitk.GetArrayFromImage(exact.labels))
+    expected = {0: "26 windows of 9×21×1 voxels", 2: "9 windows of 1×21×26 voxels"}[slice_axis]
+    assert larger.windows.startswith(expected), larger.windows
