@@ -84,6 +84,9 @@ _SLAB_VOXELS = 1 << 24
 # device is taken to have UNKNOWN_DEVICE_MEMORY bytes.
 WINDOW_MEMORY_SHARE = 0.5
 UNKNOWN_DEVICE_MEMORY = 4 * 1024**3
+# The largest window (256³ voxels): one forward pass over it takes seconds on a CPU, so progress still
+# moves and a cancel is still answered within seconds (both wait for the window in flight).
+MAX_WINDOW_VOXELS = 1 << 24
 # How windows are chosen: "model" tiles the volume with the model's own windows, "largest" lets a window
 # plan (window_plan.py) use the largest windows a network made of local operations accepts.
 WINDOW_CHOICES = ("model", "largest")
@@ -282,9 +285,9 @@ def _memory_limit(compute: ComputeDevice, budget: int | None) -> int:
 
 
 def window_voxel_limit(images: Sequence, package, device, budget: int | None = None) -> int:
-    """The most voxels one window of a window plan may hold: a share of what the memory limit leaves once
-    the volumes and accumulators are counted (``estimate_memory`` with the model's windows) on ``device``
-    (a name or a ComputeDevice), within the free memory and ``budget`` (bytes)."""
+    """The most voxels one window of a window plan may hold (at most ``MAX_WINDOW_VOXELS``): a share of what
+    the memory limit leaves once the volumes and accumulators are counted (``estimate_memory`` with the
+    model's windows) on ``device`` (a name or a ComputeDevice), within the free memory and ``budget``."""
     compute = _resolve_device(device)
     limit = _memory_limit(compute, budget) or UNKNOWN_DEVICE_MEMORY
     inference = package.inference
@@ -292,7 +295,7 @@ def window_voxel_limit(images: Sequence, package, device, budget: int | None = N
     per_voxel = _window_bytes_per_voxel(channels, classes)
     model_windows = int(inference.batch_size) * int(np.prod(window_patch_size(package))) * per_voxel
     fixed = estimate_memory(images, package, compute) - model_windows
-    return max(0, int((limit - fixed) * WINDOW_MEMORY_SHARE)) // per_voxel
+    return min(MAX_WINDOW_VOXELS, max(0, int((limit - fixed) * WINDOW_MEMORY_SHARE)) // per_voxel)
 
 
 def _check_memory(images: Sequence, package, compute: ComputeDevice, budget: int | None) -> None:

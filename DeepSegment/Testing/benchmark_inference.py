@@ -475,7 +475,7 @@ def run_forward(case: Case, device, precisions: list, repeats: int, compile_too:
               f"{repeats}; wall s [CPU s])")
         for name, timing in timings.items():
             agreement = 100.0 * float(np.mean(timing.labels == base.labels))
-            print(f"  {name:12s} {timing.wall:7.3f} s [{timing.cpu:7.3f}]  {base.wall / timing.wall:5.2f}× "
+            print(f"  {name:18s} {timing.wall:7.3f} s [{timing.cpu:7.3f}]  {base.wall / timing.wall:5.2f}× "
                   f"[CPU {base.cpu / timing.cpu:5.2f}×]  argmax as loaded on {agreement:.2f}%")
 
 

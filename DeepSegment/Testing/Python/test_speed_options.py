@@ -140,3 +140,31 @@ def test_a_2d_model_runs_whole_slices_with_larger_windows(tmp_path, slice_axis):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(larger.labels), sitk.GetArrayFromImage(exact.labels))
     expected = {0: "26 windows of 9×21×1 voxels", 2: "9 windows of 1×21×26 voxels"}[slice_axis]
     assert larger.windows.startswith(expected), larger.windows
+
+
+def test_larger_windows_stay_within_the_memory_budget(tmp_path):
+    """A budget that holds windows of at most 28³ voxels splits a 40³ volume into overlapping windows;
+    a pointwise network gives the exact quality's labels all the same."""
+    from DeepSegmentLib.engine import MAX_WINDOW_VOXELS, estimate_memory, window_voxel_limit
+
+    torch.manual_seed(6)
+    network = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.Tanh(),
+                                                   torch.nn.Conv3d(4, 2, 1)).eval())
+    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 1}
+    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
+                "inputs": [{"name": "image"}], "inference": inference, "postprocessing": {"mode": "argmax"},
+                "labels": [{"value": 1, "name": "a", "color": "#ffffff"}],
+                "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
+    write_package(str(tmp_path), network, contract)
+    package = load_package(str(tmp_path))
+    image = sitk.GetImageFromArray(np.random.default_rng(7).standard_normal((40, 40, 40)).astype(np.float32))
+    assert 0 < window_voxel_limit([image], package, "cpu") <= MAX_WINDOW_VOXELS  # within the free memory
+    per_voxel = 1 * 4 + 2 * 12 + 4 * 64
+    fixed = estimate_memory([image], package, "cpu") - 16**3 * per_voxel
+    budget = fixed + 2 * 28**3 * per_voxel  # half of what is left goes to a window
+    assert window_voxel_limit([image], package, "cpu", budget) == 28**3
+    exact = segment([image], package, device="cpu", **quality_options(package, "exact"))
+    planned = segment([image], package, device="cpu", memory_budget=budget, **quality_options(package, "accurate"))
+    sizes = [int(n) for n in planned.windows.split(" of ")[1].split(" ")[0].split("×")]
+    assert np.prod(sizes) <= 28**3 and not planned.windows.startswith("1 window"), planned.windows
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(planned.labels), sitk.GetArrayFromImage(exact.labels))
