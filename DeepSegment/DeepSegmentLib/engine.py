@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable
 
@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
     resource = None
 
 from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
-from .forward_pass import tuned_network
+from .forward_pass import tuned_network, windows_per_call
 from .postprocess import postprocess
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
@@ -625,6 +625,7 @@ def infer(
         runs, applied = tuned_network(network, volume.device, window.autocast, example)
         if applied:
             notes.append(f"forward pass: {applied}")
+        window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size))
     model = SliceWiseNetwork(runs, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else runs
     plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
     notes = planned + notes

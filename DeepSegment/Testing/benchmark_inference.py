@@ -30,8 +30,10 @@ and a real brain EPI (nibabel's ``example4d.nii.gz``, first frame; not a T1, so 
 much of it). As a yardstick, the exact quality against itself with its windows moved (overlap 0.55).
 
 Part "forward": the forward-pass candidates of ``forward_pass.py`` against the network as loaded, on the
-windows our default plan runs, in each precision. Candidates that fail say why. ``--compile`` adds
-``torch.compile`` (its compile time is printed separately; tens of seconds on a CPU).
+windows our default plan runs (and the same windows handed over one per call, where the model batches
+them), in each precision. Candidates that fail say why. ``--compile`` adds ``torch.compile`` of a
+torch.export program of the same network (its compile time is printed; tens of seconds on a CPU unless
+Inductor's cache already holds it).
 
 Times are wall-clock seconds and, in brackets, the process's CPU seconds (less disturbed by other work on
 a shared machine). Our first run of a network also tunes and probes it once (kept with the loaded
@@ -347,9 +349,11 @@ def run_speed(case: Case, device, precisions: list, repeats: int) -> None:
     ours_name = f"ours, {DEFAULT_QUALITY}"
     for precision in precisions:
         methods = speed_methods(case, device, precision, multiple)
-        first = time.perf_counter()
-        methods[ours_name]()  # a first run probes and tunes the network once, kept with the loaded network
-        one_off = time.perf_counter() - first
+        first_runs = {}  # untimed: TorchScript specializes on each new shape; ours also probes and tunes once
+        for name in [*(n for n in methods if n != ours_name), ours_name]:
+            began = time.perf_counter()
+            methods[name]()
+            first_runs[name] = time.perf_counter() - began
         timings = {name: Timing() for name in methods}
         for _ in range(repeats):
             for name, method in methods.items():
@@ -361,8 +365,8 @@ def run_speed(case: Case, device, precisions: list, repeats: int) -> None:
             print(f"  {name:16s} {timing.wall:7.2f} s [{timing.cpu:7.2f}]  {timing.voxels / volume_voxels:4.1f}× "
                   f"voxels  peak {timing.peak_bytes / 2**20:6.0f} MiB  argmax as exact's on {agreement:6.2f}%  "
                   f"{timing.windows}")
-        print(f"  ({ours_name}: its first run took {one_off:.2f} s, {one_off - timings[ours_name].wall:.2f} s more "
-              "than its best, probing and tuning the network once)")
+        print("  first runs, untimed (TorchScript specializes on new shapes; ours also probes and tunes the network"
+              " once): " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in first_runs.items()))
         ours, exact = timings[ours_name], timings["ours, exact"]
         for other in ("MONAI", "nnU-Net"):
             theirs = timings[other]
@@ -447,6 +451,8 @@ def run_forward(case: Case, device, precisions: list, repeats: int, compile_too:
     candidates = {name: build for name, build in CANDIDATES.items() if name != "compiled"}
     for precision in precisions:
         networks = {"as loaded": case.network}
+        if len(batch) > 1:  # the same windows, handed over one per call
+            networks["one per call"] = lambda windows: torch.cat([case.network(w[None]) for w in windows])
         builds = [(name, build, case.network) for name, build in candidates.items()]
         if compile_too:  # torch.compile takes a torch.export program of the same network, not TorchScript
             program = torch.export.export(case.eager, (batch,)).module()
@@ -497,7 +503,7 @@ def main() -> None:
     device = torch.device(compute.torch_name)
     reduced = reduced_precision(compute)
     precisions = ["float32"] + ([reduced] if reduced else [])
-    print(f"torch {torch.__version__}, {compute.description}, {torch.get_num_threads()} threads, precisions "
+    print(f"torch {torch.__version__}, {compute.description}; torch threads {torch.get_num_threads()}; precisions "
           f"{', '.join(precisions)}; default quality {DEFAULT_QUALITY!r}; load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the start")
     with tempfile.TemporaryDirectory() as folder:
