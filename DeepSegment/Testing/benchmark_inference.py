@@ -107,6 +107,15 @@ class Case:
     images: list = field(default_factory=list)  # the volume as SimpleITK images (for memory limits)
     eager: object = None  # the same network as a torch.nn.Module, to export and compile
 
+    def copy_of_network(self):
+        """The same TorchScript network loaded afresh. Each method runs its own copy: TorchScript's profiling
+        executor specializes a module on the inputs of its first runs (shapes, precision) and runs others on
+        a slower fallback, so methods sharing one module would slow each other down."""
+        buffer = io.BytesIO()
+        torch.jit.save(self.network, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location=self.volume.device).eval()
+
 
 @dataclass
 class Timing:
@@ -269,7 +278,7 @@ def padded_to_multiple(volume: torch.Tensor, multiple: tuple) -> torch.Tensor:
     return torch.nn.functional.pad(volume, pads)
 
 
-def nnunet_predictor(case: Case, device):
+def nnunet_predictor(case: Case, network, device):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
@@ -283,7 +292,7 @@ def nnunet_predictor(case: Case, device):
         predictor = nnUNetPredictor(tile_step_size=1.0 - inference.overlap, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, allow_tqdm=False)
-        predictor.manual_initialization(case.network, PlansManager(plans), ConfigurationManager(
+        predictor.manual_initialization(network, PlansManager(plans), ConfigurationManager(
             plans["configurations"]["3d_fullres"]), None, dataset, "benchmark", None)
     return predictor
 
@@ -294,27 +303,28 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
 
     inference = case.package.inference
     patch = tuple(reversed(inference.patch_size))
-    volume, network = case.volume, case.network
+    volume = case.volume
     engine_precision = "float32" if precision == "float32" else "auto"
     exact = inference_window(case.package, str(device), precision=engine_precision)
     options = quality_options(case.package, DEFAULT_QUALITY)
     planned = inference_window(case.package, str(device), precision=engine_precision, overlap=options["overlap"],
                                mirror_axes=options["mirror_axes"])
     limit = window_voxel_limit(case.images, case.package, str(device))
-    predictor = nnunet_predictor(case, device)
+    predictor = nnunet_predictor(case, case.copy_of_network(), device)
+    floor_network, monai_network = case.copy_of_network(), case.copy_of_network()
     tiling = plan_windows(tuple(volume.shape[1:]), exact)  # MONAI's and nnU-Net's windows are the same
     tiled = (len(tiling.origins) * math.prod(patch), f"{tiling.summary} (their own tiling)")
 
     def floor():
         padded = padded_to_multiple(volume, floor_multiple)
         with torch.inference_mode(), autocast(device, precision):
-            scores = network(padded[None])
+            scores = floor_network(padded[None])
         crop = (slice(None), slice(None), *(slice(0, n) for n in volume.shape[1:]))
         return argmax(scores[crop]), padded[0].numel(), f"1 window of {'×'.join(map(str, padded.shape[1:]))}"
 
     def monai():
         with torch.inference_mode(), autocast(device, precision):
-            scores = sliding_window_inference(volume[None], patch, int(inference.batch_size), network,
+            scores = sliding_window_inference(volume[None], patch, int(inference.batch_size), monai_network,
                                               overlap=inference.overlap, mode="gaussian")
         return (argmax(scores), *tiled)
 
@@ -324,6 +334,8 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
         return (argmax(scores), *tiled)
 
     def ours(window, **keywords):
+        network = case.copy_of_network()
+
         def run():
             probabilities, plan, summary = infer(volume, case.package, network, window, voxel_limit=limit,
                                                  **keywords)
@@ -454,10 +466,11 @@ def run_forward(case: Case, device, precisions: list, repeats: int, compile_too:
     batch = padded[(slice(None), *(slice(0, n) for n in size))][None].repeat(plan.window.batch_size, 1, 1, 1, 1)
     candidates = {name: build for name, build in CANDIDATES.items() if name != "compiled"}
     for precision in precisions:
-        networks = {"as loaded": case.network}
+        networks = {"as loaded": case.copy_of_network()}
         if len(batch) > 1:  # the same windows, handed over one per call
-            networks["one per call"] = lambda windows: torch.cat([case.network(w[None]) for w in windows])
-        builds = [(name, build, case.network) for name, build in candidates.items()]
+            single = case.copy_of_network()
+            networks["one per call"] = lambda windows, single=single: torch.cat([single(w[None]) for w in windows])
+        builds = [(name, build, case.copy_of_network()) for name, build in candidates.items()]
         if compile_too:  # torch.compile takes a torch.export program of the same network, not TorchScript
             program = torch.export.export(case.eager, (batch,)).module()
             networks["export"] = program
