@@ -2,8 +2,8 @@
 
 The exact plan is the model's own: windows of its patch size tiling the whole volume with its overlap, as
 its authors validated it (and as MONAI and nnU-Net run it). At overlap 0.5 that pushes about five times
-the volume's voxels through the network. A plan does less work in two ways, each only where it cannot
-change what the network computes for a voxel by more than its border effects:
+the volume's voxels through the network. A plan does less work in two ways (what each costs is measured by
+``Testing/benchmark_inference.py`` and stated in the README):
 
 - **Larger windows.** A network made of local operations only (convolutions, pooling, batch norm with its
   running statistics, pointwise functions) computes each voxel from a bounded neighbourhood, whatever the
@@ -15,8 +15,9 @@ change what the network computes for a voxel by more than its border effects:
   authors report that changing the patch after training can destroy its accuracy.
 - **Background.** A window whose input is background in every voxel and channel (at or near the darkest
   normalized intensity of the volume: air, or what a CT window or a percentile scaling clips) is not run,
-  and voxels no window covers are given the background label. With larger windows the tiled region is
-  first cropped to the box holding every other voxel, plus a margin of real context.
+  and voxels no window covers are given the background label, as a segmentation model labels air. With
+  larger windows the tiled region is first cropped to the box holding every other voxel, plus a margin of
+  real context.
 
 :func:`window_wide_operation` tells the first operation that makes a network's output depend on its
 window, by reading its TorchScript or torch.export graph. :func:`accepted_multiple` finds the window
