@@ -593,7 +593,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         logic.chooseDevice("auto").description                                        # e.g. 'CUDA GPU 0: ...'
     """
 
-    QUALITIES = tuple(QUALITY_PRESETS)  # fast, accurate
+    QUALITIES = tuple(QUALITY_PRESETS)  # fast, accurate, exact
     DEFAULT_QUALITY = DEFAULT_QUALITY
     BACKEND_LABELS = types.MappingProxyType(
         {"inprocess": "Slicer's Python", "container": "Container (Docker or Podman)"}

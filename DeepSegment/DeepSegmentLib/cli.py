@@ -44,7 +44,7 @@ from ModelRegistryLib.commandline import ArgumentParser, one_line
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
-from .engine import PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress
+from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS, EngineCancelled, EngineError, EngineProgress
 from .evaluation_cli import add_evaluate_parser, main_evaluate
 from .frames import FrameSegmenter
 from .imageio import check_output_path, read_volume, write_labels
@@ -79,9 +79,10 @@ def _parser() -> ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="auto: float16 on CUDA, bfloat16 on CPUs that compute it natively; float32: always")
-    run.add_argument("--quality", choices=("model", *QUALITY_PRESETS), default="model",
-                     help="model: the model's own settings; fast: no test-time mirroring (and a smaller window overlap "
-                          "for DeepSegment packages); accurate: mirroring as the model allows")
+    run.add_argument("--quality", choices=tuple(QUALITY_PRESETS), default=DEFAULT_QUALITY,
+                     help="in-process runs: exact runs the model's own windows, overlap and mirroring; accurate"
+                          " (default) the same with fewer, larger windows where the network allows and without"
+                          " background windows; fast also drops the mirroring and most of the overlap")
     run.add_argument("--index", action="append", default=[], metavar="URL_OR_PATH",
                      help="a registry index to read after the bundled one; repeatable")
     run.add_argument("--cache-dir", default=None, help=f"model cache folder (default: {default_cache_dir()})")
@@ -262,14 +263,14 @@ def open_registry(indexes: Sequence[str], cache_dir: str | None) -> Registry:
 
 
 def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str = "auto", threads: int | None = None,
-                  precision: str = "auto", quality: str = "", indexes: Sequence[str] = (), cache_dir: str | None = None,
-                  backend: str = "auto",
+                  precision: str = "auto", quality: str = DEFAULT_QUALITY, indexes: Sequence[str] = (),
+                  cache_dir: str | None = None, backend: str = "auto",
                   parameters: Sequence[str] = (), container: ContainerSettings = DEFAULT_SETTINGS,
                   image_archive: str = "", progress=None, log=None, install_progress=None) -> dict:
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included).
 
-    In this process the version's runtime runs it (``DeepSegmentLib.runtimes``); ``quality`` empty keeps the model's
-    own settings. ``install_progress`` gets the model's install steps (how unverified files were checked among them).
+    In this process the version's runtime runs it (``DeepSegmentLib.runtimes``); ``quality`` is a preset of
+    ``engine.QUALITY_PRESETS``. ``install_progress`` gets the model's install steps (how unverified files were checked among them).
     """
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
@@ -326,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       timeout=arguments.timeout, keep_run_folders=arguments.keep_run_folder)
         timings = segment_files(arguments.model, arguments.input, arguments.output, device=arguments.device,
                                 threads=arguments.threads, precision=arguments.precision,
-                                quality="" if arguments.quality == "model" else arguments.quality,
-                                indexes=arguments.index, cache_dir=arguments.cache_dir,
+                                quality=arguments.quality, indexes=arguments.index,
+                                cache_dir=arguments.cache_dir,
                                 backend=arguments.backend, parameters=arguments.parameter, container=container,
                                 image_archive=arguments.image_archive, progress=terminal.progress, log=terminal.log,
                                 install_progress=terminal.install_progress)

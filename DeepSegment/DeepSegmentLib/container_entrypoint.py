@@ -7,7 +7,7 @@ DeepSegment's engine and the package baked into the image, and writes ``/output/
 non-zero exit code, so the user sees the reason, not only an exit code.
 
 Parameters the reference image takes (``PARAMETERS``, declared in the registry entry that
-``python -m DeepSegmentLib image build`` prints): ``quality`` (``fast`` or ``accurate``), ``threads``
+``python -m DeepSegmentLib image build`` prints): ``quality`` (``fast``, ``accurate`` or ``exact``), ``threads``
 (CPU threads, 0 for PyTorch's choice) and ``precision`` (``auto`` or ``float32``).
 
 Example (what the image runs)::
@@ -45,7 +45,9 @@ PACKAGE_FOLDER = "/opt/deepsegment/model"
 # The registry's description of the parameters above (the index's image "parameters" list).
 PARAMETERS = (
     {"name": "quality", "type": "enum", "title": "Quality", "choices": list(QUALITY_PRESETS),
-     "default": DEFAULT_QUALITY, "description": "fast: less window overlap; accurate: adds mirroring"},
+     "default": DEFAULT_QUALITY, "description": "exact: the model's own windows, overlap and mirroring; accurate: "
+     "the same with fewer, larger windows where the network allows, background skipped; fast: no mirroring, less "
+     "overlap"},
     {"name": "threads", "type": "int", "title": "CPU threads", "minimum": 0, "maximum": 256, "default": 0,
      "description": "0 lets PyTorch choose"},
     {"name": "precision", "type": "enum", "title": "Precision", "choices": list(PRECISIONS), "default": "auto",

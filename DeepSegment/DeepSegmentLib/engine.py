@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable
 
@@ -51,9 +51,18 @@ except ImportError:  # pragma: no cover
     resource = None
 
 from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
+from .forward_pass import tuned_network, windows_per_call
 from .postprocess import postprocess
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
+from .window_plan import (
+    FirstWindowCheck,
+    WindowRefusedError,
+    accepted_multiple,
+    background_mask,
+    plan_windows,
+    window_wide_operation,
+)
 
 # Share of the whole run each stage is given in progress fractions (inference dominates).
 STAGES = (
@@ -70,11 +79,30 @@ STAGES = (
 NETWORK_FEATURES_PER_VOXEL = 64
 # Voxels per slab when turning class scores into labels, bounding the temporary memory.
 _SLAB_VOXELS = 1 << 24
-# Quality presets: fast halves the sliding window's work; accurate adds the model's mirroring
-# test-time augmentation.
+# A window plan's larger windows may use this share of the memory left once volumes and accumulators are
+# counted, leaving the rest to other programs; where the free memory cannot be told (Apple GPUs) the
+# device is taken to have UNKNOWN_DEVICE_MEMORY bytes.
+WINDOW_MEMORY_SHARE = 0.5
+UNKNOWN_DEVICE_MEMORY = 4 * 1024**3
+# The largest window (256³ voxels): one forward pass over it takes seconds on a CPU, so progress still
+# moves and a cancel is still answered within seconds (both wait for the window in flight).
+MAX_WINDOW_VOXELS = 1 << 24
+# How windows are chosen: "model" tiles the volume with the model's own windows, "largest" lets a window
+# plan (window_plan.py) use the largest windows a network made of local operations accepts.
+WINDOW_CHOICES = ("model", "largest")
+# Quality presets, each a set of segment() options (the accuracy each costs is measured by
+# Testing/benchmark_inference.py and stated in the README). exact: the model as its authors validated it
+# (its windows, overlap and mirroring). accurate: the same scores with less work: larger windows where
+# the network's output does not depend on the window, windows of background skipped, the forward pass
+# tuned for the device (forward_pass.py). fast: accurate without the mirroring and with a quarter of the
+# model's window overlap.
 QUALITY_PRESETS = MappingProxyType({
-    "fast": MappingProxyType({"overlap": 0.25, "mirror": False}),
-    "accurate": MappingProxyType({"overlap": 0.5, "mirror": True}),
+    "fast": MappingProxyType(
+        {"overlap": 0.25, "mirror": False, "windows": "largest", "skip_background": True, "fast_forward": True}),
+    "accurate": MappingProxyType(
+        {"overlap": None, "mirror": True, "windows": "largest", "skip_background": True, "fast_forward": True}),
+    "exact": MappingProxyType(
+        {"overlap": None, "mirror": True, "windows": "model", "skip_background": False, "fast_forward": False}),
 })
 DEFAULT_QUALITY = "accurate"
 # "auto": reduced precision where the device computes it natively; "float32": never.
@@ -102,7 +130,8 @@ class SegmentationResult:
     """A label map with exactly ``images[0]``'s geometry, the label values present in the model,
     seconds per stage, the device's description, the peak memory the run used (bytes: CUDA
     allocations on a GPU, the process's peak resident size on CPU, 0 where unknown) and messages
-    for the user (a container's report), and the precision the network ran in."""
+    for the user (a container's report), the precision the network ran in, and the windows it ran on
+    (the window plan's summary, and why they were not larger where they were not)."""
 
     labels: sitk.Image
     label_values: tuple
@@ -111,6 +140,7 @@ class SegmentationResult:
     peak_memory_bytes: int = 0
     messages: tuple = ()
     precision: str = "float32"
+    windows: str = ""
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -197,6 +227,12 @@ def _model_grid(images: Sequence, package) -> Grid:
 # ----------------------------------------------------------------------------------------------- memory
 
 
+def _window_bytes_per_voxel(channels: int, classes: int) -> int:
+    """Bytes per window voxel of a batch in flight: its input, logits, probabilities and their mirrored
+    average, and the network's working set."""
+    return channels * 4 + classes * 4 * 3 + 4 * NETWORK_FEATURES_PER_VOXEL
+
+
 def estimate_memory(images: Sequence, package, device) -> int:
     """Bytes a run needs on ``device`` (a name such as ``"cpu"`` or a ComputeDevice) at its peak.
 
@@ -218,9 +254,7 @@ def estimate_memory(images: Sequence, package, device) -> int:
         input_voxels * 4  # inputs as float32
         + channels * padded * 4 * 2  # model-grid volume, and its padded copy
         + (classes + 1) * padded * accumulator_bytes  # class scores and weights
-        + batch * channels * patch * 4  # the batch of windows
-        + batch * classes * patch * 4 * 3  # logits, probabilities and their mirrored average
-        + batch * patch * 4 * NETWORK_FEATURES_PER_VOXEL
+        + batch * patch * _window_bytes_per_voxel(channels, classes)  # windows in flight, the network's work
         + padded * 6  # labels on the model grid (and as float32 for resampling back)
         + int(np.prod(images[0].GetSize())) * 6  # labels on the input grid
     )
@@ -244,10 +278,29 @@ def _available_memory(compute: ComputeDevice) -> int:
     return 0
 
 
+def _memory_limit(compute: ComputeDevice, budget: int | None) -> int:
+    """The bytes a run may use on the device: the budget, the free memory, the smaller of both, 0 if unknown."""
+    available = _available_memory(compute)
+    return min(budget, available) if budget and available else budget or available
+
+
+def window_voxel_limit(images: Sequence, package, device, budget: int | None = None) -> int:
+    """The most voxels one window of a window plan may hold (at most ``MAX_WINDOW_VOXELS``): a share of what
+    the memory limit leaves once the volumes and accumulators are counted (``estimate_memory`` with the
+    model's windows) on ``device`` (a name or a ComputeDevice), within the free memory and ``budget``."""
+    compute = _resolve_device(device)
+    limit = _memory_limit(compute, budget) or UNKNOWN_DEVICE_MEMORY
+    inference = package.inference
+    channels, classes = len(images), int(inference.output_channels)
+    per_voxel = _window_bytes_per_voxel(channels, classes)
+    model_windows = int(inference.batch_size) * int(np.prod(window_patch_size(package))) * per_voxel
+    fixed = estimate_memory(images, package, compute) - model_windows
+    return min(MAX_WINDOW_VOXELS, max(0, int((limit - fixed) * WINDOW_MEMORY_SHARE)) // per_voxel)
+
+
 def _check_memory(images: Sequence, package, compute: ComputeDevice, budget: int | None) -> None:
     needed = estimate_memory(images, package, compute)
-    available = _available_memory(compute)
-    limit = min(budget, available) if budget and available else budget or available
+    limit = _memory_limit(compute, budget)
     if limit and needed > limit:
         reason = "the memory budget" if budget and limit == budget else "the free memory"
         raise EngineError(
@@ -445,24 +498,155 @@ def _mirror_dims(mirror_axes: Sequence) -> tuple:
     return tuple(4 - a for a in axes)
 
 
-def _network(package, network, compute: ComputeDevice):
-    if network is None:
-        from .package import load_network
+def _network(package, network, compute: ComputeDevice) -> Callable:
+    """The given network, or the package's loaded onto the device."""
+    if network is not None:
+        return network
+    from .package import load_network
 
-        try:
-            network = load_network(package, compute.torch_name)
-        except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
-            raise EngineError(f"The model cannot be loaded: {error}") from error
-    return SliceWiseNetwork(network, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else network
+    try:
+        return load_network(package, compute.torch_name)
+    except ValueError as error:  # PackageError: the weights file is missing, refused or unreadable
+        raise EngineError(f"The model cannot be loaded: {error}") from error
 
 
 def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
-    """``segment``'s ``overlap`` and ``mirror_axes`` for a quality preset (``fast`` or ``accurate``)."""
+    """``segment``'s ``overlap``, ``mirror_axes``, ``windows``, ``skip_background`` and ``fast_forward`` for a
+    quality preset (``fast``, ``accurate`` or ``exact``); the overlap is the package's unless the preset sets
+    one."""
     if quality not in QUALITY_PRESETS:
-        raise EngineError(f"Unknown quality {quality!r}: use {' or '.join(QUALITY_PRESETS)}")
+        raise EngineError(f"Unknown quality {quality!r}: use {', '.join(QUALITY_PRESETS)}")
     preset = QUALITY_PRESETS[quality]
     mirror_axes = tuple(package.inference.mirror_axes) if preset["mirror"] else ()
-    return {"overlap": preset["overlap"], "mirror_axes": mirror_axes}
+    overlap = float(package.inference.overlap if preset["overlap"] is None else preset["overlap"])
+    return {"overlap": overlap, "mirror_axes": mirror_axes, "windows": preset["windows"],
+            "skip_background": preset["skip_background"], "fast_forward": preset["fast_forward"]}
+
+
+def _declared_multiple(package) -> tuple | None:
+    """The package's ``sizeMultiple`` in tensor order (z, y, x), a 2D model's slice axis one voxel."""
+    declared = getattr(package.inference, "size_multiple", None)
+    if declared is None:
+        return None
+    multiple = [int(m) for m in declared]
+    if _dimensions(package) == 2:
+        multiple.insert(int(getattr(package, "slice_axis", 2)), 1)
+    return tuple(reversed(multiple))
+
+
+def _window_plan(volume, model: Callable, network: Callable, package, window: Window, windows: str,
+                 skip_background: bool, voxel_limit: int) -> tuple:
+    """(plan, notes): the windows to run over ``volume`` and why they are not larger where they are not.
+
+    Args:
+        volume: the normalized model-grid volume (C×Z×Y×X, on the device).
+        model: what the sliding window calls (a 2D network wrapped to take windows one slice thick).
+        network: the network itself, whose graph is inspected and whose probe results are kept.
+        package: the model package (its patch size, declared size multiples).
+        window: the model's own windows, with this run's overlap, mirroring and precision.
+        windows: ``"model"`` or ``"largest"`` (see ``WINDOW_CHOICES``).
+        skip_background: skip windows holding only background, and crop larger windows to the rest.
+        voxel_limit: the most voxels one larger window may hold.
+    """
+    shape = tuple(volume.shape[1:])
+    background = background_mask(volume) if skip_background else None
+    notes = []
+    multiple = None
+    if windows == "largest":
+        wide = window_wide_operation(network)
+        multiple = _declared_multiple(package)
+        if wide:
+            notes.append(f"the network computes {wide} over each window, so it keeps the model's windows")
+            multiple = None
+        elif multiple is None:
+            multiple = accepted_multiple(model, int(volume.shape[0]), window.patch_size, volume.device,
+                                         cache_key=network)
+            if multiple is None:
+                notes.append("the network accepts no window size but the model's own")
+    plan = plan_windows(shape, window, multiple=multiple, max_window_voxels=voxel_limit, background=background)
+    return plan, notes
+
+
+def inference_window(package, device, *, overlap: float | None = None, mirror_axes: tuple | None = None,
+                     precision: str = "auto") -> Window:
+    """The model's own windows on ``device`` (a name or a ComputeDevice), with ``segment``'s ``overlap``,
+    ``mirror_axes`` and ``precision`` options applied."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+    inference = package.inference
+    window = Window(
+        patch_size=tuple(reversed(window_patch_size(package))),
+        overlap=float(inference.overlap if overlap is None else overlap),
+        blending=inference.blending,
+        batch_size=int(inference.batch_size),
+        mirror_dims=_mirror_dims(inference.mirror_axes if mirror_axes is None else mirror_axes),
+        autocast=reduced_precision(_resolve_device(device)) if precision == "auto" else "",
+    )
+    if not 0.0 <= window.overlap < 1.0:
+        raise EngineError(f"Overlap must be at least 0 and below 1, not {window.overlap}")
+    return window
+
+
+def infer(
+    volume,
+    package,
+    network: Callable,
+    window: Window,
+    *,
+    windows: str = "model",
+    skip_background: bool = False,
+    fast_forward: bool = False,
+    voxel_limit: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple:
+    """(class probabilities K×Z×Y×X or ``None`` when cancelled, the window plan that ran, its summary with
+    notes): ``segment``'s inference stage on a normalized model-grid ``volume`` (C×Z×Y×X tensor on the
+    device).
+
+    Args:
+        volume: the normalized volume on the model grid.
+        package: the model package (patch size, activation, output channels, dimensions).
+        network: the network as loaded (a 2D one is run slice by slice here).
+        window: the model's windows for this run (``inference_window``).
+        windows: ``"model"`` or ``"largest"``; see ``segment``.
+        skip_background: run no window holding only background; see ``segment``.
+        fast_forward: run the network as ``forward_pass.tuned_network`` makes it faster on the device.
+        voxel_limit: the most voxels one larger window may hold (``window_voxel_limit``).
+        progress: called with (windows done, windows to run) after each batch.
+        cancelled: asked before each batch; ``True`` stops the run.
+
+    Raises ``OutOfDeviceMemoryError`` and ``ValueError`` (the network's output does not match the package)
+    as ``sliding_window`` does. Larger windows the network refuses on their first run are replaced by the
+    model's own, said in the summary.
+    """
+    if windows not in WINDOW_CHOICES:
+        raise EngineError(f"Unknown windows {windows!r}: use {' or '.join(WINDOW_CHOICES)}")
+    runs, notes = network, []
+    if fast_forward:
+        example = (1, int(volume.shape[0]), *reversed(package.inference.patch_size))
+        runs, applied = tuned_network(network, volume.device, window.autocast, example)
+        if applied:
+            notes.append(f"forward pass: {applied}")
+        window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size))
+    model = SliceWiseNetwork(runs, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else runs
+    plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
+    notes = planned + notes
+
+    def run(plan):
+        checked = model if plan.window.patch_size == window.patch_size else FirstWindowCheck(model)
+        return sliding_window(volume, checked, plan.window, activation=package.inference.activation,
+                              output_channels=int(package.inference.output_channels), progress=progress,
+                              cancelled=cancelled, origins=plan.origins)
+
+    try:
+        probabilities = run(plan)
+    except WindowRefusedError as refused:
+        size = "×".join(str(n) for n in plan.window.patch_size)
+        notes.append(f"the network refused windows of {size} voxels ({refused}), so it ran the model's own")
+        plan, _ = _window_plan(volume, model, network, package, window, "model", skip_background, 0)
+        probabilities = run(plan)
+    return probabilities, plan, "; ".join([plan.summary, *notes])
 
 
 def segment(
@@ -476,6 +660,9 @@ def segment(
     mirror_axes: tuple | None = None,
     memory_budget: int | None = None,
     precision: str = "auto",
+    windows: str = "model",
+    skip_background: bool = False,
+    fast_forward: bool = False,
     progress: Callable[[EngineProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> SegmentationResult:
@@ -487,28 +674,23 @@ def segment(
     package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
     the estimated memory; ``precision`` ``"auto"`` runs the network in reduced precision where the
     device computes it natively (float16 on CUDA, bfloat16 on CPUs with AMX or AVX-512 BF16: about
-    twice as fast) and ``"float32"`` never does. Raises EngineError (bad inputs, not enough memory) or
-    EngineCancelled.
+    twice as fast) and ``"float32"`` never does. ``windows`` ``"model"`` tiles the volume with the
+    model's own windows; ``"largest"`` runs the largest windows the network accepts and the memory allows
+    where its output does not depend on the window (``window_plan.py``). ``skip_background`` runs no window
+    that holds only background (air, zero padding) and labels it background. ``fast_forward`` runs the
+    network as ``forward_pass.tuned_network`` makes it faster on the device (the same function up to
+    rounding). ``quality_options`` gives these options for a quality preset. Raises EngineError (bad
+    inputs, not enough memory) or EngineCancelled.
     """
     import torch
 
     images = list(images)
     _validate(images, package)
     compute = _resolve_device(device)
-    if precision not in PRECISIONS:
-        raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+    if windows not in WINDOW_CHOICES:
+        raise EngineError(f"Unknown windows {windows!r}: use {' or '.join(WINDOW_CHOICES)}")
+    window = inference_window(package, compute, overlap=overlap, mirror_axes=mirror_axes, precision=precision)
     _check_memory(images, package, compute, memory_budget)
-    inference = package.inference
-    window = Window(
-        patch_size=tuple(reversed(window_patch_size(package))),
-        overlap=float(inference.overlap if overlap is None else overlap),
-        blending=inference.blending,
-        batch_size=int(inference.batch_size),
-        mirror_dims=_mirror_dims(inference.mirror_axes if mirror_axes is None else mirror_axes),
-        autocast=reduced_precision(compute) if precision == "auto" else "",
-    )
-    if not 0.0 <= window.overlap < 1.0:
-        raise EngineError(f"Overlap must be at least 0 and below 1, not {window.overlap}")
     torch_device = torch.device(compute.torch_name)
     stages = _Stages(progress, cancel, torch_device)
     names = _input_names(package)
@@ -521,7 +703,7 @@ def segment(
     out_of_memory = getattr(torch.cuda, "OutOfMemoryError", MemoryError)
     try:
         with stages.stage("reading"):
-            model = _network(package, network, compute)
+            network = _network(package, network, compute)
             tensors = _read(images, names, torch_device)
         grid = _model_grid(images, package)
         input_grid = Grid.from_image(images[0])
@@ -532,13 +714,17 @@ def segment(
             for c, step in enumerate(_normalizations(package, len(images))):
                 normalize(volume[c], step)
         with stages.stage("inferring"):
+            voxel_limit = window_voxel_limit(images, package, compute, memory_budget) if windows != "model" else 0
             try:
-                probabilities = sliding_window(
+                probabilities, _, summary = infer(
                     volume,
-                    model,
+                    package,
+                    network,
                     window,
-                    activation=inference.activation,
-                    output_channels=int(inference.output_channels),
+                    windows=windows,
+                    skip_background=skip_background,
+                    fast_forward=fast_forward,
+                    voxel_limit=voxel_limit,
                     progress=lambda done, total: stages.report("inferring", done / total),
                     cancelled=lambda: cancel is not None and cancel.is_set(),
                 )
@@ -582,6 +768,7 @@ def segment(
         device=compute.description,
         peak_memory_bytes=_peak_memory(torch_device),
         precision=window.autocast or "float32",
+        windows=summary,
     )
 
 
@@ -590,14 +777,18 @@ __all__ = [
     "PRECISIONS",
     "QUALITY_PRESETS",
     "STAGES",
+    "WINDOW_CHOICES",
     "EngineCancelled",
     "EngineError",
     "EngineProgress",
     "SegmentationResult",
     "SliceWiseNetwork",
     "estimate_memory",
+    "infer",
+    "inference_window",
     "normalize",
     "quality_options",
     "segment",
     "window_patch_size",
+    "window_voxel_limit",
 ]

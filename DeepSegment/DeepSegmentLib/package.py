@@ -120,7 +120,9 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Inference:
-    """Sliding-window settings; ``patch_size`` and ``mirror_axes`` in image axes (x, y, z), see the module doc."""
+    """Sliding-window settings; ``patch_size``, ``mirror_axes`` and ``size_multiple`` in image axes (x, y, z),
+    see the module doc. ``size_multiple``: the network accepts windows whose sizes are multiples of these
+    (``None``: not declared, the engine probes the network)."""
 
     patch_size: tuple
     overlap: float
@@ -129,6 +131,7 @@ class Inference:
     mirror_axes: tuple
     activation: str
     output_channels: int
+    size_multiple: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,13 @@ def _parse_inference(item, field: str, axes: tuple) -> Inference:
     output_channels = require(item, "outputChannels", int, field)
     if output_channels < 1:
         raise PackageError(f"{field}.outputChannels", "must be 1 or more")
+    size_multiple = None
+    if "sizeMultiple" in item:
+        field_name = f"{field}.sizeMultiple"
+        size_multiple = _positive_integers(require(item, "sizeMultiple", list, field), field_name, len(axes))
+        for i, (multiple, patch) in enumerate(zip(size_multiple, patch_size)):
+            if patch % multiple:
+                raise PackageError(f"{field_name}[{i}]", f"must divide the patch size {patch}")
     return Inference(
         patch_size=patch_size,
         overlap=overlap,
@@ -305,6 +315,7 @@ def _parse_inference(item, field: str, axes: tuple) -> Inference:
         mirror_axes=mirror_axes,
         activation=_choice(item, "activation", tuple(MODE_OF_ACTIVATION), field),
         output_channels=output_channels,
+        size_multiple=size_multiple,
     )
 
 

@@ -58,6 +58,11 @@ class Window:
     autocast: str = ""
 
 
+def padded_shape(shape: Sequence, patch: Sequence) -> tuple:
+    """The volume's shape once padded (centred, with zeros) to hold at least one window on every axis."""
+    return tuple(max(int(s), int(p)) for s, p in zip(shape, patch))
+
+
 def window_starts(size: int, patch: int, overlap: float) -> list:
     """Start offsets of windows of length ``patch`` covering ``size`` voxels with at least ``overlap``,
     spread evenly from the first voxel to the last (``size >= patch``)."""
@@ -133,6 +138,16 @@ def _predict(network: Callable, batch, flips: list, activation: str, device, aut
     return total.div_(len(flips)) if len(flips) > 1 else total
 
 
+def _fill_uncovered(scores, weights, activation: str) -> None:
+    """Voxels no window covered get the background's probabilities: channel 0 under softmax, none under
+    sigmoid (below every threshold)."""
+    uncovered = weights == 0
+    if bool(uncovered.any()):
+        weights.masked_fill_(uncovered, 1.0)
+        if activation == "softmax":
+            scores[0].masked_fill_(uncovered, 1.0)
+
+
 def sliding_window(
     image,
     network: Callable,
@@ -141,6 +156,7 @@ def sliding_window(
     output_channels: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    origins: Sequence | None = None,
 ):
     """Blended class probabilities (K×Z×Y×X) of ``network`` over ``image`` (C×Z×Y×X, on the device).
 
@@ -148,6 +164,11 @@ def sliding_window(
     for z-scores) and the result cropped back. ``progress(done, total)`` is called after each batch
     of windows; ``cancelled()`` is asked before each batch and stops the run by returning ``None``.
     ``output_channels``, when given, is checked against what the network returns.
+
+    ``origins`` (a window plan's, see ``window_plan.py``) lists the first voxel of each window to run in the
+    padded volume (``padded_shape``); by default windows tile the whole volume with ``window.overlap``.
+    Voxels no listed window covers get the background's probabilities (``output_channels`` is then needed
+    when no window is listed at all).
     """
     import torch
     from torch.nn import functional
@@ -157,18 +178,25 @@ def sliding_window(
     device = image.device
     shape = tuple(image.shape[1:])
     patch = tuple(int(p) for p in window.patch_size)
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
-    before = [(padded - s) // 2 for padded, s in zip(padded_shape, shape)]
-    if padded_shape != shape:
+    padded = padded_shape(shape, patch)
+    before = [(size - s) // 2 for size, s in zip(padded, shape)]
+    if padded != shape:
         pads = []
         for axis in (2, 1, 0):  # F.pad takes the last dimension first
-            pads += [before[axis], padded_shape[axis] - shape[axis] - before[axis]]
+            pads += [before[axis], padded[axis] - shape[axis] - before[axis]]
         image = functional.pad(image, pads)
-    starts = list(itertools.product(*(window_starts(s, p, window.overlap) for s, p in zip(padded_shape, patch))))
+    if origins is None:
+        origins = list(itertools.product(*(window_starts(s, p, window.overlap) for s, p in zip(padded, patch))))
+    starts = [tuple(int(o) for o in origin) for origin in origins]
     flips = _mirror_flips(window.mirror_dims)
     batch_size = max(1, int(window.batch_size))
-    batch = torch.empty((batch_size, image.shape[0], *patch), dtype=image.dtype, device=device)
+    batch = torch.empty((min(batch_size, max(1, len(starts))), image.shape[0], *patch), dtype=image.dtype,
+                        device=device)
     scores = weights = None
+    if not starts:
+        if output_channels is None:
+            raise ValueError("output_channels is needed when no window runs")
+        scores, weights = _allocate_accumulators(output_channels, padded, device, window.autocast == "float16")
     out_of_memory = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
     with torch.inference_mode():
         for first in range(0, len(starts), batch_size):
@@ -186,7 +214,7 @@ def sliding_window(
                 channels = probabilities.shape[1]
                 if output_channels is not None and channels != output_channels:
                     raise ValueError(f"the network gives {channels} output channels, the model says {output_channels}")
-                scores, weights = _allocate_accumulators(channels, padded_shape, device, window.autocast == "float16")
+                scores, weights = _allocate_accumulators(channels, padded, device, window.autocast == "float16")
                 importance = importance_map(patch, window.blending, scores.device, scores.dtype)
             probabilities = probabilities.to(device=scores.device, dtype=scores.dtype)
             for i, region in enumerate(slices):
@@ -195,6 +223,6 @@ def sliding_window(
             if progress is not None:
                 progress(min(first + batch_size, len(starts)), len(starts))
         crop = tuple(slice(b, b + s) for b, s in zip(before, shape))
-        scores = scores[(slice(None), *crop)]
-        return scores.div_(weights[crop])
-
+        scores, weights = scores[(slice(None), *crop)], weights[crop]
+        _fill_uncovered(scores, weights, activation)
+        return scores.div_(weights)

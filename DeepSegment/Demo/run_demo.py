@@ -9,7 +9,7 @@ What it does, needing only the repository and its virtual environment:
    resampled onto an oblique grid (tilted 15° about the anterior-posterior axis) of 1.0 × 1.3 × 2.5 mm
    voxels, with its intensities changed (gamma 0.8, scaled to 0..1000, stored as int16); the reference
    labels are moved the same way (nearest neighbour);
-3. segments it in this process on the CPU with ``DeepSegmentLib.engine.segment``;
+3. segments it in this process on the CPU with ``DeepSegmentLib.engine.segment`` in the default quality;
 4. writes into ``--output``: ``t1.nii.gz`` (the volume), ``brain-tissue.nii.gz`` (label map),
    ``brain-tissue.seg.nrrd`` (Slicer segmentation with names, colors, terminology),
    ``reference.nii.gz`` and ``brain-tissue.png`` (three orthogonal slices with the result overlaid);
@@ -41,7 +41,7 @@ sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY
 
 from mni_template import dice_scores, read_template, reference_label_image, template_folder  # noqa: E402
 
-from DeepSegmentLib.engine import segment  # noqa: E402
+from DeepSegmentLib.engine import DEFAULT_QUALITY, quality_options, segment  # noqa: E402
 from DeepSegmentLib.imageio import write_labels  # noqa: E402
 from TrainingDataExportLib.imagefiles import write_image  # noqa: E402
 from DeepSegmentLib.package import load_package  # noqa: E402
@@ -172,7 +172,8 @@ def run(output: str, cache_dir: str, threads: int, wheel: str | None) -> dict:
     image, reference = watch.run("build test volume", build_test_case, folder)
     print(f"test volume: {image.GetSize()} voxels of {image.GetSpacing()} mm, oblique, head turned "
           f"{HEAD_ROTATION_DEGREES} degrees, gamma {GAMMA}")
-    result = watch.run("segment (total)", segment, [image], package, device="cpu", threads=threads)
+    result = watch.run("segment (total)", segment, [image], package, device="cpu", threads=threads,
+                       **quality_options(package, DEFAULT_QUALITY))
 
     os.makedirs(output, exist_ok=True)
     segments = [SegmentInfo(label.value, label.name, label.color,
@@ -190,6 +191,7 @@ def run(output: str, cache_dir: str, threads: int, wheel: str | None) -> dict:
     print(f"results in {output}")
     print(f"device: {result.device}; torch threads: {threads}; "
           f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB")
+    print(f"quality {DEFAULT_QUALITY}, {result.precision}: {result.windows}")
     print("engine stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
     print("demo stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in watch.seconds.items()))
     scores = dice_scores(sitk.GetArrayViewFromImage(result.labels), sitk.GetArrayViewFromImage(reference),

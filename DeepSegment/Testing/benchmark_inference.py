@@ -1,292 +1,543 @@
-"""Benchmark of the inference engine against MONAI's sliding_window_inference, on one network and one volume.
+"""Inference speed like for like: our sliding window against MONAI's and nnU-Net v2's, on the same network,
+input and precision, next to the network's own cost; then what each of our speed options costs in accuracy.
 
-The same TorchScript network runs over the same 1×160³ volume with 96³ windows, overlap 0.5, Gaussian
-blending and 4 windows per batch. ``--network monai-unet`` (the default) is MONAI's residual 3D UNet
-with channels 16-256, strides 2 and 2 residual units, the network of the reference numbers in the
-project's field notes (about 0.17 s per 96³ window on 2 cores: stitching costs matter); ``--network
-plain-unet`` is a 4-level U-Net (16-32-64-128) without a strided first level, whose forward passes
-(seconds per window) dwarf any stitching. Methods:
+Part "speed", per network and precision (float32, and the reduced precision the device computes natively:
+bfloat16 on CPUs with AMX or AVX-512 BF16, float16 on CUDA), every method on the same normalized volume,
+timed interleaved (one run of each method per round) after two untimed rounds, best of ``--repeats`` rounds:
 
-- ``ours``: DeepSegmentLib's sliding window alone (the "inferring" stage: windows → blended probabilities),
-  in the engine's default precision ("auto": bfloat16 on CPUs with AMX or AVX-512 BF16, float16 on CUDA,
-  else float32);
-- ``ours-float32``: the same, always in float32 (``precision="float32"``), as MONAI runs;
-- ``segment``: the whole ``segment()`` on a native grid (reading, z-score, inference, argmax, label map);
-- ``monai``: ``monai.inferers.sliding_window_inference`` with the same settings (it stitches logits and
-  stops there: no softmax, no labels).
+- ``network floor``: one forward pass over the whole volume, padded to a size the network accepts: the
+  least any sliding window can cost;
+- ``MONAI``: ``monai.inferers.sliding_window_inference`` (the model's patch, overlap and batch, Gaussian);
+- ``nnU-Net``: ``nnUNetPredictor.predict_sliding_window_return_logits`` set up with ``manual_initialization``
+  on the same network (the patch, step = 1 - overlap, Gaussian, no mirroring; one window per call, as
+  nnU-Net always runs). nnU-Net autocasts on CUDA only; on the CPU its reduced-precision row runs under
+  our ``torch.autocast``;
+- ``ours, exact``: the engine's inference stage with the exact quality (the model's windows: the same
+  work as MONAI and nnU-Net);
+- ``ours, <default>``: the same with the default quality: fewer, larger windows where the network allows,
+  background windows skipped, the forward pass tuned. It does less work than the others where it runs
+  fewer voxels through the network; the "voxels" column says how much (voxels through the network / the
+  volume's voxels), and part "accuracy" what that costs.
 
-Each method runs in its own subprocess (so peak memory is its own), best of ``--repeats`` runs. Network
-forward calls are timed separately to give the share of time spent outside them. The voxel-wise argmax
-of ``ours`` is compared with that of ``ours-float32`` (the same stitching), to show what the faster
-precision changes. On this untrained network the class scores are close everywhere, so that is a worst
-case: with the trained demo model 99.97% of the voxels keep their label. (MONAI blends logits where we
-blend probabilities, so its argmax differs from both wherever windows disagree.) Goals on CPU: ours at
-least 1.25× faster than MONAI, and under 15% of our time outside the network.
+Networks (``--networks``): ``monai-unet``, MONAI's residual 3D UNet 16-256 (the project's reference,
+untrained, seeded; instance norm, so our plan keeps its 96³ windows) on the 1 mm MNI template cropped to
+160³; ``demo``, the bundled ``brain-tissue-demo`` model (trained; batch norm, so it may run larger windows)
+on the demo's test volume (``make demo``) on its 2 mm model grid. Both as TorchScript, as packaged.
 
-Peak memory: on CPU the growth of the process's peak resident size (``ru_maxrss``) over what it held
-after loading the network and the volume; on CUDA ``torch.cuda.max_memory_allocated``.
+Part "accuracy": Dice per label of each speed option against the exact quality, through the whole
+``segment()``, with the demo model on real anatomy: the demo's test volume, the MNI template itself (1 mm)
+and a real brain EPI (nibabel's ``example4d.nii.gz``, first frame; not a T1, so the model is unsure on
+much of it). As a yardstick, the exact quality against itself with its windows moved (overlap 0.55).
 
-MONAI is a benchmark-only dependency (``pip install monai==1.6.1``); the engine never imports it.
+Part "forward": the forward-pass candidates of ``forward_pass.py`` against the network as loaded, on the
+windows our default plan runs (and the same windows handed over one per call, where the model batches
+them), in each precision. Candidates that fail say why. ``--compile`` adds ``torch.compile`` of a
+torch.export program of the same network (its compile time is printed; tens of seconds on a CPU unless
+Inductor's cache already holds it).
 
-Usage (from the repository root): .venv/bin/python DeepSegment/Testing/benchmark_inference.py
-    [--device cpu|cuda] [--repeats 3] [--size 160] [--threads N]
+Times are wall-clock seconds and, in brackets, the process's CPU seconds (less disturbed by other work on
+a shared machine). Our first run of a network also tunes and probes it once (kept with the loaded
+network); that one-off cost is printed, not counted in the best of N.
+
+Requires ``monai`` and ``nnunetv2`` (benchmark-only; the engine imports neither). Usage, from the
+repository root::
+
+    .venv/bin/python DeepSegment/Testing/benchmark_inference.py --threads 2 [--device cpu|cuda] [--repeats 3]
+        [--networks monai-unet demo] [--parts speed accuracy forward] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
+import math
 import os
-import resource
-import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zipfile
+from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY, "ModelRegistry")]
+sys.path[:0] = [os.path.join(REPOSITORY, "DeepSegment"), os.path.join(REPOSITORY, "ModelRegistry"),
+                os.path.join(REPOSITORY, "DeepSegment", "Demo")]
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-PATCH = 96
-OVERLAP = 0.5
-BATCH = 4
-CLASSES = 3
-METHODS = ("ours", "ours-float32", "segment", "monai")
+from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision  # noqa: E402
+from DeepSegmentLib.engine import (  # noqa: E402
+    DEFAULT_QUALITY,
+    QUALITY_PRESETS,
+    infer,
+    inference_window,
+    normalize,
+    quality_options,
+    segment,
+    window_voxel_limit,
+)
+from DeepSegmentLib.forward_pass import CANDIDATES  # noqa: E402
+from DeepSegmentLib.package import load_network, load_package  # noqa: E402
+from DeepSegmentLib.resample import Grid, model_grid, resample  # noqa: E402
+from DeepSegmentLib.window_plan import accepted_multiple, plan_windows  # noqa: E402
+
+DEMO_ARCHIVE = os.path.join(REPOSITORY, "ModelRegistry", "Resources", "Registry", "brain-tissue-demo-1.0.0.zip")
+EPI_PATH = ("nibabel", "tests", "data", "example4d.nii.gz")
+MONAI_UNET_SIZE = 160
+DICE_GOAL = 0.99
+SPEED_GOAL = 1.5
+# Untimed rounds before the timed ones: TorchScript's profiling executor settles over the first runs of a shape.
+WARM_UP_ROUNDS = 2
 
 
-def conv_block(inputs: int, outputs: int) -> torch.nn.Sequential:
-    layers = []
-    for channels_in in (inputs, outputs):
-        layers += [
-            torch.nn.Conv3d(channels_in, outputs, 3, padding=1),
-            torch.nn.InstanceNorm3d(outputs, affine=True),
-            torch.nn.LeakyReLU(0.01, inplace=True),
-        ]
-    return torch.nn.Sequential(*layers)
+@dataclass
+class Case:
+    """A network with its package, and the normalized volume (C×Z×Y×X on the device) it runs on."""
+
+    name: str
+    description: str
+    package: object
+    network: object
+    volume: object
+    images: list = field(default_factory=list)  # the volume as SimpleITK images (for memory limits)
+    eager: object = None  # the same network as a torch.nn.Module, to export and compile
+
+    def copy_of_network(self):
+        """The same TorchScript network loaded afresh. Each method runs its own copy: TorchScript's profiling
+        executor specializes a module on the inputs of its first runs (shapes, precision) and runs others on
+        a slower fallback, so methods sharing one module would slow each other down."""
+        buffer = io.BytesIO()
+        torch.jit.save(self.network, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location=self.volume.device).eval()
 
 
-class UpLevel(torch.nn.Module):
-    """Transposed-conv upsampling, concatenation with the skip connection, two conv blocks."""
-
-    def __init__(self, inputs: int, outputs: int) -> None:
-        super().__init__()
-        self.up = torch.nn.ConvTranspose3d(inputs, outputs, 2, stride=2)
-        self.block = conv_block(2 * outputs, outputs)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat([self.up(x), skip], dim=1))
+@dataclass
+class Timing:
+    wall: float = float("inf")
+    cpu: float = float("inf")
+    peak_bytes: int = 0
+    labels: object = None
+    voxels: int = 0
+    windows: str = ""
 
 
-class UNet(torch.nn.Module):
-    """A plain 4-level 3D U-Net: two conv blocks per level, max-pool down, transposed conv up, skips."""
-
-    def __init__(self, channels=(16, 32, 64, 128), inputs: int = 1, classes: int = CLASSES) -> None:
-        super().__init__()
-        widths = [inputs, *channels]
-        self.down = torch.nn.ModuleList(conv_block(widths[i], widths[i + 1]) for i in range(len(channels)))
-        self.pool = torch.nn.MaxPool3d(2)
-        # deepest level first, as the decoder runs
-        self.levels = torch.nn.ModuleList(
-            UpLevel(channels[i + 1], channels[i]) for i in reversed(range(len(channels) - 1))
-        )
-        self.head = torch.nn.Conv3d(channels[0], classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for i, block in enumerate(self.down):
-            if i > 0:
-                x = self.pool(x)
-            x = block(x)
-            skips.append(x)
-        for i, level in enumerate(self.levels):
-            x = level(x, skips[-2 - i])
-        return self.head(x)
+# ------------------------------------------------------------------------------------------------ inputs
 
 
-def scripted_network(kind: str, path: str) -> None:
-    torch.manual_seed(0)
-    if kind == "monai-unet":
-        from monai.networks.nets import UNet as MonaiUNet
-
-        network = MonaiUNet(spatial_dims=3, in_channels=1, out_channels=CLASSES, channels=(16, 32, 64, 128, 256),
-                            strides=(2, 2, 2, 2), num_res_units=2)
-    else:
-        network = UNet()
-    torch.jit.save(torch.jit.script(network.eval()), path)
+def demo_package(folder: str):
+    with zipfile.ZipFile(DEMO_ARCHIVE) as archive:
+        archive.extractall(folder)
+    return load_package(folder)
 
 
-def volume(size: int) -> np.ndarray:
-    """A smooth synthetic intensity volume (deterministic)."""
-    z, y, x = np.mgrid[0:size, 0:size, 0:size].astype(np.float32) / size
-    rng = np.random.default_rng(0)
-    return (np.sin(6 * x) * np.cos(5 * y) + z + 0.1 * rng.standard_normal((size,) * 3)).astype(np.float32)
+def template_images(cache: str) -> dict:
+    from mni_template import read_template, template_folder
+
+    return read_template(template_folder(cache))
 
 
-class TimedNetwork:
-    """The network, with the wall time of its forward calls added up (synchronized on CUDA)."""
+def epi_image() -> sitk.Image:
+    import nibabel
 
-    def __init__(self, network, device: torch.device) -> None:
-        self.network, self.device, self.seconds = network, device, 0.0
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        began = time.perf_counter()
-        output = self.network(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - began
-        return output
+    path = os.path.join(os.path.dirname(os.path.dirname(nibabel.__file__)), *EPI_PATH)
+    return sitk.ReadImage(path)[:, :, :, 0]
 
 
-def package_for_benchmark():
+def model_grid_volume(image: sitk.Image, package, device) -> torch.Tensor:
+    """``image`` resampled onto the package's model grid and normalized, as ``segment`` does (1×Z×Y×X)."""
+    preprocessing = package.preprocessing
+    grid = model_grid(image, preprocessing.spacing, preprocessing.orientation)
+    tensor = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32)).to(device)[None]
+    volume = resample(tensor, Grid.from_image(image), grid)
+    normalize(volume[0], preprocessing.normalization[0])
+    return volume
+
+
+def image_of(volume: torch.Tensor) -> sitk.Image:
+    return sitk.GetImageFromArray(volume[0].cpu().numpy())
+
+
+def monai_unet_case(device, cache: str) -> Case:
     from ModelRegistryLib.index import Label, ModelInput
+    from monai.networks.nets import UNet
 
     from DeepSegmentLib.package import Inference, ModelPackage, Normalization, Postprocessing, Preprocessing
 
-    return ModelPackage(
-        folder="",
-        format="torchscript",
-        weights_path="",
-        dimensions=3,
-        inputs=(ModelInput("image"),),
-        preprocessing=Preprocessing(None, "native", (Normalization("z-score", foreground="all"),)),
-        inference=Inference((PATCH,) * 3, OVERLAP, "gaussian", BATCH, (), "softmax", CLASSES),
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128, 256),
+                   strides=(2, 2, 2, 2), num_res_units=2)
+    scripted = torch.jit.script(network.eval()).to(device)
+    package = ModelPackage(
+        folder="", format="torchscript", weights_path="", dimensions=3, inputs=(ModelInput("T1"),),
+        preprocessing=Preprocessing(None, "native", (Normalization("percentile", percentiles=(0.5, 99.5)),)),
+        inference=Inference((96, 96, 96), 0.5, "gaussian", 4, (), "softmax", 3),
         postprocessing=Postprocessing("argmax", {}, (), (), {}),
         labels=(Label(1, "one", "#ff0000"), Label(2, "two", "#00ff00")),
     )
+    t1 = template_images(cache)["t1"]
+    size = np.array(t1.GetSize())
+    first = (size - MONAI_UNET_SIZE) // 2
+    cropped = t1[tuple(slice(int(f), int(f) + MONAI_UNET_SIZE) for f in first)]
+    volume = model_grid_volume(cropped, package, device)
+    description = (f"MONAI UNet 16-256 (TorchScript, untrained, instance norm), MNI T1 1 mm cropped to "
+                   f"{MONAI_UNET_SIZE}³, patch 96³, overlap 0.5, Gaussian, batch 4")
+    return Case("monai-unet", description, package, scripted, volume, [image_of(volume)], network.eval())
 
 
-def run_method(method: str, model_path: str, size: int, repeats: int, device_name: str, labels_path: str) -> dict:
-    """Time one method in this process; the result as a JSON-able dict, its argmax saved to ``labels_path``."""
-    import SimpleITK as sitk
+def demo_case(device, cache: str, folder: str) -> Case:
+    from mni_template import template_folder
+    from run_demo import build_test_case
 
-    device = torch.device(device_name)
-    network = torch.jit.load(model_path, map_location=device).eval()
-    voxels = volume(size)
-    image = sitk.GetImageFromArray(voxels)
-    tensor = torch.from_numpy(voxels)[None].to(device)
-    precision = "float32"
-    if method in ("ours", "ours-float32"):
-        from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision
-        from DeepSegmentLib.sliding_window import Window, sliding_window
+    from train_brain_tissue_demo import TissueUNet
 
-        compute = choose_device(device_name, available_devices())
-        autocast = reduced_precision(compute) if method == "ours" else ""
-        window = Window((PATCH,) * 3, OVERLAP, "gaussian", BATCH, autocast=autocast)
-        precision = autocast or "float32"
-        run = lambda timed: sliding_window(tensor, timed, window, activation="softmax")  # noqa: E731
-    elif method == "segment":
-        from DeepSegmentLib.engine import segment
+    package = demo_package(folder)
+    network = load_network(package, str(device))
+    eager = TissueUNet()
+    eager.load_state_dict(network.state_dict())
+    image, _ = build_test_case(template_folder(cache))
+    volume = model_grid_volume(image, package, device)
+    shape = "×".join(str(n) for n in reversed(volume.shape[1:]))
+    description = (f"brain-tissue-demo (TorchScript, trained, batch norm), the demo's test volume on its 2 mm "
+                   f"grid ({shape}), patch 64³, overlap 0.5, Gaussian, batch 2")
+    return Case("demo", description, package, network, volume, [image_of(volume)], eager.eval().to(device))
 
-        package = package_for_benchmark()
-        run = lambda timed: segment([image], package, timed, device=device_name)  # noqa: E731
-    else:
-        from monai.inferers import sliding_window_inference
 
-        def run(timed):
-            with torch.inference_mode():
-                return sliding_window_inference(
-                    tensor[None], (PATCH,) * 3, BATCH, timed, overlap=OVERLAP, mode="gaussian"
-                )
+# ------------------------------------------------------------------------------------------------ timing
 
+
+class PeakMemory:
+    """The peak above the start of a block: CUDA allocations, else the process's resident size (sampled)."""
+
+    def __init__(self, device) -> None:
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
+        self.process = psutil.Process()
+        self.start = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self.running = False
+            self.thread.join()
+
+
+def timed(function, device, timing: Timing) -> Timing:
+    """Run ``function`` once; keep its times in ``timing`` when best (the labels it returns with them)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    best = None
-    stages = {}
-    for _ in range(repeats):
-        timed = TimedNetwork(network, device)
-        began = time.perf_counter()
-        output = run(timed)
+    with PeakMemory(device) as memory:
+        wall, cpu = time.perf_counter(), time.process_time()
+        output = function()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - began
-        if best is None or seconds < best[0]:
-            best = (seconds, timed.seconds)
-            stages = dict(getattr(output, "timings", {}))
-            precision = getattr(output, "precision", precision)
-            labels = _argmax(output)
-        del output
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    np.save(labels_path, labels)
-    return {"seconds": best[0], "forward_seconds": best[1], "peak_bytes": int(peak), "stages": stages,
-            "precision": precision}
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    labels, voxels, windows = output
+    if wall < timing.wall:
+        timing.wall, timing.labels, timing.voxels, timing.windows = wall, labels, voxels, windows
+    timing.cpu = min(timing.cpu, cpu)
+    timing.peak_bytes = max(timing.peak_bytes, memory.peak)
+    return timing
 
 
-def _argmax(output) -> np.ndarray:
-    """Labels of a method's output: segment()'s label map, else the argmax of (1×)K×Z×Y×X scores."""
-    if hasattr(output, "labels"):
-        import SimpleITK as sitk
-
-        return sitk.GetArrayFromImage(output.labels)
-    scores = output[0] if output.dim() == 5 else output
-    return scores.argmax(0).to(torch.uint8).cpu().numpy()
+def autocast(device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
-def in_subprocess(method: str, model_path: str, args) -> dict:
-    labels_path = os.path.join(os.path.dirname(model_path), f"{method}-labels.npy")
-    command = [sys.executable, os.path.abspath(__file__), "--method", method, "--model", model_path,
-               "--labels", labels_path]
-    command += ["--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    result["labels"] = np.load(labels_path)
-    return result
+def argmax(scores) -> np.ndarray:
+    scores = scores[0] if scores.dim() == 5 else scores
+    return scores.float().argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def report(results: dict, args) -> None:
-    mib = 1024**2
-    print(f"network {args.network}, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads,"
-          f" volume 1×{args.size}³, patch {PATCH}³, overlap {OVERLAP}, gaussian, batch {BATCH}, best of {args.repeats}")
-    for method, label in (("monai", "MONAI sliding_window_inference"), ("ours", "ours: sliding window"),
-                          ("ours-float32", "ours: sliding window, float32"), ("segment", "ours: whole segment()")):
-        result = results[method]
-        outside = 1.0 - result["forward_seconds"] / result["seconds"]
-        print(f"  {label:32s} {result['seconds']:7.2f} s   forward {result['forward_seconds']:7.2f} s   "
-              f"outside forward {100 * outside:5.1f}%   peak memory {result['peak_bytes'] / mib:6.0f} MiB   "
-              f"{result['precision']}")
-    stages = results["segment"]["stages"]
-    print("  segment() stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()))
-    speedup = results["monai"]["seconds"] / results["ours"]["seconds"]
-    same_precision = results["monai"]["seconds"] / results["ours-float32"]["seconds"]
-    outside = 1.0 - results["ours"]["forward_seconds"] / results["ours"]["seconds"]
-    print(f"speed-up of our sliding window over MONAI: {speedup:.2f}× with the engine's default precision "
-          f"({results['ours']['precision']}), {same_precision:.2f}× both in float32 (goal ≥ 1.25× on CPU)")
-    print(f"share of our inference time outside the network: {100 * outside:.1f}% (goal < 15%)")
-    agreement = float(np.mean(results["ours"]["labels"] == results["ours-float32"]["labels"]))
-    print(f"voxels whose argmax the default precision leaves as float32 has it: {100 * agreement:.2f}% "
-          "(untrained network: a worst case)")
+def padded_to_multiple(volume: torch.Tensor, multiple: tuple) -> torch.Tensor:
+    pads = []
+    for size, m in zip(reversed(volume.shape[1:]), reversed(multiple)):
+        pads += [0, -size % m]
+    return torch.nn.functional.pad(volume, pads)
+
+
+def nnunet_predictor(case: Case, network, device):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+    inference = case.package.inference
+    patch = list(reversed(inference.patch_size))
+    plans = {"plans_name": "benchmark", "experiment_planner_used": "ExperimentPlanner",
+             "configurations": {"3d_fullres": {"patch_size": patch, "architecture": {}}}}
+    labels = {"background": 0, **{label.name: i + 1 for i, label in enumerate(case.package.labels)}}
+    dataset = {"labels": labels, "channel_names": {"0": "MR"}, "file_ending": ".nii.gz"}
+    with contextlib.redirect_stdout(io.StringIO()):  # it announces its settings
+        predictor = nnUNetPredictor(tile_step_size=1.0 - inference.overlap, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(network, PlansManager(plans), ConfigurationManager(
+            plans["configurations"]["3d_fullres"]), None, dataset, "benchmark", None)
+    return predictor
+
+
+def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | None) -> dict:
+    """name → a function running the method once and returning (labels, voxels through the network, windows)."""
+    from monai.inferers import sliding_window_inference
+
+    inference = case.package.inference
+    patch = tuple(reversed(inference.patch_size))
+    volume = case.volume
+    engine_precision = "float32" if precision == "float32" else "auto"
+    exact = inference_window(case.package, str(device), precision=engine_precision)
+    options = quality_options(case.package, DEFAULT_QUALITY)
+    planned = inference_window(case.package, str(device), precision=engine_precision, overlap=options["overlap"],
+                               mirror_axes=options["mirror_axes"])
+    limit = window_voxel_limit(case.images, case.package, str(device))
+    predictor = nnunet_predictor(case, case.copy_of_network(), device)
+    floor_network, monai_network = case.copy_of_network(), case.copy_of_network()
+    tiling = plan_windows(tuple(volume.shape[1:]), exact)  # MONAI's and nnU-Net's windows are the same
+    tiled = (len(tiling.origins) * math.prod(patch), f"{tiling.summary} (their own tiling)")
+
+    def floor():
+        padded = padded_to_multiple(volume, floor_multiple)
+        with torch.inference_mode(), autocast(device, precision):
+            scores = floor_network(padded[None])
+        crop = (slice(None), slice(None), *(slice(0, n) for n in volume.shape[1:]))
+        return argmax(scores[crop]), padded[0].numel(), f"1 window of {'×'.join(map(str, padded.shape[1:]))}"
+
+    def monai():
+        with torch.inference_mode(), autocast(device, precision):
+            scores = sliding_window_inference(volume[None], patch, int(inference.batch_size), monai_network,
+                                              overlap=inference.overlap, mode="gaussian")
+        return (argmax(scores), *tiled)
+
+    def nnunet():
+        with autocast(device, precision), contextlib.redirect_stdout(io.StringIO()):
+            scores = predictor.predict_sliding_window_return_logits(volume)
+        return (argmax(scores), *tiled)
+
+    def ours(window, **keywords):
+        network = case.copy_of_network()
+
+        def run():
+            probabilities, plan, summary = infer(volume, case.package, network, window, voxel_limit=limit,
+                                                 **keywords)
+            return argmax(probabilities), len(plan.origins) * math.prod(plan.window.patch_size), summary
+
+        return run
+
+    methods = {}
+    if floor_multiple is not None:
+        methods["network floor"] = floor
+    methods["MONAI"] = monai
+    methods["nnU-Net"] = nnunet
+    methods["ours, exact"] = ours(exact)
+    methods[f"ours, {DEFAULT_QUALITY}"] = ours(planned, windows=options["windows"],
+                                               skip_background=options["skip_background"],
+                                               fast_forward=options["fast_forward"])
+    return methods
+
+
+def run_speed(case: Case, device, precisions: list, repeats: int) -> None:
+    print(f"\n== speed: {case.description}")
+    patch = tuple(reversed(case.package.inference.patch_size))
+    multiple = accepted_multiple(case.network, int(case.volume.shape[0]), patch, device)
+    volume_voxels = case.volume[0].numel()
+    ours_name = f"ours, {DEFAULT_QUALITY}"
+    for precision in precisions:
+        methods = speed_methods(case, device, precision, multiple)
+        first_runs = {}  # untimed: TorchScript optimizes over its first runs of each new shape; ours also
+        for _ in range(WARM_UP_ROUNDS):  # probes and tunes the network on its first run, once
+            for name in [*(n for n in methods if n != ours_name), ours_name]:
+                began = time.perf_counter()
+                methods[name]()
+                first_runs.setdefault(name, time.perf_counter() - began)
+        timings = {name: Timing() for name in methods}
+        for _ in range(repeats):
+            for name, method in methods.items():
+                timed(method, device, timings[name])
+        reference = timings["ours, exact"].labels
+        print(f"-- {precision}, best of {repeats}: wall s [CPU s]; voxels through the network / the volume's")
+        for name, timing in timings.items():
+            agreement = 100.0 * float(np.mean(timing.labels == reference))
+            print(f"  {name:16s} {timing.wall:7.2f} s [{timing.cpu:7.2f}]  {timing.voxels / volume_voxels:4.1f}× "
+                  f"voxels  peak {timing.peak_bytes / 2**20:6.0f} MiB  argmax as exact's on {agreement:6.2f}%  "
+                  f"{timing.windows}")
+        firsts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in first_runs.items())
+        print("  first runs, untimed (TorchScript optimizes over the first runs of a shape; ours also probes and "
+              f"tunes the network once): {firsts}")
+        ours, exact = timings[ours_name], timings["ours, exact"]
+        for other in ("MONAI", "nnU-Net"):
+            theirs = timings[other]
+            print(f"  {precision}: {ours_name} vs {other} {theirs.wall / ours.wall:.2f}× [CPU "
+                  f"{theirs.cpu / ours.cpu:.2f}×] (goal ≥ {SPEED_GOAL}×); ours, exact (the same windows) vs "
+                  f"{other} {theirs.wall / exact.wall:.2f}× [CPU {theirs.cpu / exact.cpu:.2f}×]")
+        if ours.voxels < exact.voxels:
+            print(f"  {precision}: {ours_name} does less work: {ours.voxels / exact.voxels:.2f}× the voxels through"
+                  " the network (see part accuracy for what it costs)")
+        if "network floor" in timings:
+            floor = timings["network floor"]
+            print(f"  {precision}: time / network floor: {ours_name} {ours.wall / floor.wall:.2f}× [CPU "
+                  f"{ours.cpu / floor.cpu:.2f}×], ours exact {exact.wall / floor.wall:.2f}×, MONAI "
+                  f"{timings['MONAI'].wall / floor.wall:.2f}×, nnU-Net {timings['nnU-Net'].wall / floor.wall:.2f}×")
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+
+
+def accuracy_options(package) -> dict:
+    """name → segment() keywords of each speed option (each alone, then the presets)."""
+    options = {
+        "larger windows": {"windows": "largest"},
+        "skip background": {"skip_background": True},
+        "forward pass tuned": {"fast_forward": True},
+        "overlap 0.25": {"overlap": 0.25},
+        "reduced precision": {"precision": "auto"},
+    }
+    for quality in QUALITY_PRESETS:
+        if quality != "exact":
+            options[f"quality {quality}"] = quality_options(package, quality)
+    options["exact, windows moved (overlap 0.55): yardstick"] = {"overlap": 0.55}
+    return options
+
+
+def run_accuracy(device, cache: str, folder: str) -> None:
+    from mni_template import dice_scores, template_folder
+    from run_demo import build_test_case
+
+    package = demo_package(folder)
+    network = load_network(package, str(device))
+    volumes = {"demo test volume": build_test_case(template_folder(cache))[0],
+               "MNI template 1 mm": template_images(cache)["t1"], "EPI (nibabel example4d)": epi_image()}
+    names = {label.value: label.name for label in package.labels}
+    print(f"\n== accuracy: Dice per label against the exact quality, brain-tissue-demo, float32 unless said "
+          f"(goal ≥ {DICE_GOAL}); device {device}")
+    exact_options = quality_options(package, "exact")
+    worst = {}
+    for volume_name, image in volumes.items():
+        exact = segment([image], package, network, device=str(device), precision="float32", **exact_options)
+        reference = sitk.GetArrayFromImage(exact.labels)
+        print(f"-- {volume_name}: exact {exact.timings['inferring']:.2f} s, {exact.windows}")
+        for option, keywords in accuracy_options(package).items():
+            keywords = {**exact_options, "precision": "float32", **keywords}
+            result = segment([image], package, network, device=str(device), **keywords)
+            scores = dice_scores(sitk.GetArrayFromImage(result.labels), reference, list(names))
+            changed = 100.0 * float(np.mean(sitk.GetArrayFromImage(result.labels) != reference))
+            text = ", ".join(f"{names[v]} {s:.4f}" for v, s in scores.items())
+            print(f"  {option:48s} {text}  ({changed:.2f}% of voxels changed; {result.timings['inferring']:.2f} s;"
+                  f" {result.windows})")
+            worst[option] = min(worst.get(option, 1.0), *scores.values())
+    print("-- lowest Dice of any label on any volume:")
+    for option, score in worst.items():
+        verdict = "meets" if score >= DICE_GOAL else "below"
+        print(f"  {option:48s} {score:.4f} ({verdict} {DICE_GOAL})")
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+def run_forward(case: Case, device, precisions: list, repeats: int, compile_too: bool) -> None:
+    print(f"\n== forward pass: {case.description}")
+    options = quality_options(case.package, DEFAULT_QUALITY)
+    window = inference_window(case.package, str(device), overlap=options["overlap"],
+                              mirror_axes=options["mirror_axes"])
+    _, plan, _ = infer(case.volume, case.package, case.network, window, windows=options["windows"],
+                       skip_background=options["skip_background"], voxel_limit=window_voxel_limit(
+                           case.images, case.package, str(device)))
+    size = plan.window.patch_size
+    padded = padded_to_multiple(case.volume, size)
+    batch = padded[(slice(None), *(slice(0, n) for n in size))][None].repeat(plan.window.batch_size, 1, 1, 1, 1)
+    candidates = {name: build for name, build in CANDIDATES.items() if name != "compiled"}
+    for precision in precisions:
+        networks = {"as loaded": case.copy_of_network()}
+        if len(batch) > 1:  # the same windows, handed over one per call
+            single = case.copy_of_network()
+            networks["one per call"] = lambda windows, single=single: torch.cat([single(w[None]) for w in windows])
+        builds = [(name, build, case.copy_of_network()) for name, build in candidates.items()]
+        if compile_too:  # torch.compile takes a torch.export program of the same network, not TorchScript
+            program = torch.export.export(case.eager, (batch,)).module()
+            networks["export"] = program
+            builds.append(("export, compiled", CANDIDATES["compiled"], program))
+        for name, build, network in builds:
+            try:
+                began = time.perf_counter()
+                built = build(network)
+                with torch.inference_mode(), autocast(device, precision):
+                    built(batch)
+                networks[name] = built
+                print(f"  {precision} {name}: ready (first call included) in {time.perf_counter() - began:.1f} s")
+            except Exception as error:  # the candidate does not apply to this network or precision
+                print(f"  {precision} {name}: not applicable ({type(error).__name__}: "
+                      f"{str(error).strip().splitlines()[-1][:120]})")
+        timings = {name: Timing() for name in networks}
+        for _ in range(repeats):
+            for name, network in networks.items():
+                def call(network=network, precision=precision):
+                    with torch.inference_mode(), autocast(device, precision):
+                        return argmax(network(batch)), batch.numel(), ""
+                timed(call, device, timings[name])
+        base = timings["as loaded"]
+        print(f"-- {precision}, {plan.window.batch_size} window(s) of {'×'.join(map(str, size))} per call (best of "
+              f"{repeats}; wall s [CPU s])")
+        for name, timing in timings.items():
+            agreement = 100.0 * float(np.mean(timing.labels == base.labels))
+            print(f"  {name:18s} {timing.wall:7.3f} s [{timing.cpu:7.3f}]  {base.wall / timing.wall:5.2f}× "
+                  f"[CPU {base.cpu / timing.cpu:5.2f}×]  argmax as loaded on {agreement:.2f}%")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, required=True, help="CPU threads for torch (say it: 2 on the "
+                        "project's reference machine)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--network", choices=("monai-unet", "plain-unet"), default="monai-unet")
-    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--labels", help=argparse.SUPPRESS)
+    parser.add_argument("--networks", nargs="+", choices=("monai-unet", "demo"), default=["monai-unet", "demo"])
+    parser.add_argument("--parts", nargs="+", choices=("speed", "accuracy", "forward"),
+                        default=["speed", "accuracy", "forward"])
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile in part forward")
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "deepsegment-benchmark"),
+                        help="where the MNI template is unpacked if nilearn is not installed")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.method:
-        print(json.dumps(run_method(args.method, args.model, args.size, args.repeats, args.device, args.labels)))
-        return
+    torch.set_num_threads(args.threads)
+    compute = choose_device(args.device, available_devices())
+    device = torch.device(compute.torch_name)
+    reduced = reduced_precision(compute)
+    precisions = ["float32"] + ([reduced] if reduced else [])
+    print(f"torch {torch.__version__}, {compute.description}; torch threads {torch.get_num_threads()}; precisions "
+          f"{', '.join(precisions)}; default quality {DEFAULT_QUALITY!r}; load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the start")
     with tempfile.TemporaryDirectory() as folder:
-        model_path = os.path.join(folder, "unet.pt")
-        scripted_network(args.network, model_path)
-        results = {method: in_subprocess(method, model_path, args) for method in METHODS}
-    report(results, args)
+        cases = []
+        if "speed" in args.parts or "forward" in args.parts:
+            builders = {"monai-unet": lambda: monai_unet_case(device, args.cache_dir),
+                        "demo": lambda: demo_case(device, args.cache_dir, os.path.join(folder, "demo"))}
+            cases = [builders[name]() for name in args.networks]
+        if "speed" in args.parts:
+            for case in cases:
+                run_speed(case, device, precisions, args.repeats)
+        if "forward" in args.parts:
+            for case in cases:
+                run_forward(case, device, precisions, args.repeats, args.compile)
+        if "accuracy" in args.parts:
+            run_accuracy(device, args.cache_dir, os.path.join(folder, "accuracy"))
+    print(f"\nload average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 
 if __name__ == "__main__":

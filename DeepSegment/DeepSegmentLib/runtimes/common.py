@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..devices import available_devices, choose_device
-from ..engine import EngineCancelled, EngineError, EngineProgress, SegmentationResult
+from ..engine import DEFAULT_QUALITY, EngineCancelled, EngineError, EngineProgress, SegmentationResult
 from ..geometry import LabelMapError, checked_label_map
 
 
@@ -33,14 +33,15 @@ from ..geometry import LabelMapError, checked_label_map
 class RunOptions:
     """How a model runs, for every runtime (each uses what applies to it).
 
-    ``quality``: empty (the model's own settings), ``accurate`` (the model's test-time augmentation; DeepSegment's
-    engine with overlap 0.5) or ``fast`` (none: DeepSegment's engine also uses overlap 0.25; nnU-Net leaves out
+    ``quality``: a preset of ``engine.QUALITY_PRESETS``: ``exact`` (the model's own windows, overlap and
+    test-time mirroring), ``accurate`` (the default: the same scores from less work where DeepSegment's engine can
+    tell, see ``window_plan``) or ``fast`` (no mirroring and a quarter of the overlap; nnU-Net leaves out
     mirroring; MONAI bundles and Auto3DSeg models always run as configured); ``threads``: PyTorch's CPU threads
     for the run (None: PyTorch's choice); ``precision``: ``auto`` or ``float32`` (DeepSegment's engine; the other
     runtimes compute as their libraries do); ``folds``: the nnU-Net folds to ensemble (empty: every fold there is).
     """
 
-    quality: str = ""
+    quality: str = DEFAULT_QUALITY
     threads: int | None = None
     precision: str = "auto"
     folds: tuple = ()

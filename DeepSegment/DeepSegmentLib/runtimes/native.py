@@ -19,7 +19,6 @@ def run(folder: str, images: list, *, device, options: RunOptions, progress, can
         raise EngineError(f"The model package cannot be used: {error}") from error
     chosen, _ = compute_device(device)
     network = pool.get(package, chosen.torch_name) if pool is not None else None
-    quality = quality_options(package, options.quality) if options.quality else {}
     result = segment(images, package, network, device=chosen, threads=options.threads, precision=options.precision,
-                     progress=progress, cancel=cancel, **quality)
+                     progress=progress, cancel=cancel, **quality_options(package, options.quality))
     return ModelRun(package.labels, result, "deepsegment")

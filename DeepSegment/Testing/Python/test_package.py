@@ -71,6 +71,7 @@ def valid_contract() -> dict:
         },
         "inference": {
             "patchSize": [96, 80, 64],
+            "sizeMultiple": [16, 16, 16],
             "overlap": 0.5,
             "blending": "gaussian",
             "batchSize": 2,
@@ -148,10 +149,10 @@ def test_channel_mapping_and_tensor_order(folder):
 def test_two_dimensional_models_step_along_their_slice_axis(folder):
     contract = valid_contract()
     contract.update(dimensions=2, sliceAxis=1)
-    contract["inference"].update(patchSize=[256, 128], mirrorAxes=[2])
+    contract["inference"].update(patchSize=[256, 128], mirrorAxes=[2], sizeMultiple=[32, 16])
     schema_validator().validate(contract)
     package = parse_contract(contract, str(folder))
-    assert package.spatial_axes == (0, 2)
+    assert package.spatial_axes == (0, 2) and package.inference.size_multiple == (32, 16)
     assert package.tensor_patch_size == (128, 256)
     assert package.tensor_mirror_dims == (2,)
 
@@ -211,6 +212,8 @@ BAD_CONTRACTS = {
     "preprocessing.normalization[1].range": ((*PRE, "normalization", 1, "range"), [0, 1, 2]),
     "inference.patchSize": ((*INF, "patchSize"), [96, 96]),
     "inference.patchSize[1]": ((*INF, "patchSize", 1), 0),
+    "inference.sizeMultiple": ((*INF, "sizeMultiple"), [16, 16]),
+    "inference.sizeMultiple[0]": ((*INF, "sizeMultiple", 0), 0),
     "inference.overlap": ((*INF, "overlap"), 1),
     "inference.blending": ((*INF, "blending"), "linear"),
     "inference.batchSize": ((*INF, "batchSize"), 0),
@@ -227,6 +230,7 @@ BAD_CONTRACTS = {
 PARSER_ONLY_RULES = {
     "preprocessing.normalization": ((*PRE, "normalization"), [{"kind": "none"}]),
     "inference.outputChannels": ((*INF, "outputChannels"), 2),
+    "inference.sizeMultiple[1]": ((*INF, "sizeMultiple", 1), 32),  # 80 is no multiple of 32
     "postprocessing.fillHoles[0]": ((*POST, "fillHoles", 0), 3),
     "postprocessing.minimumSizeMm3.3": ((*POST, "minimumSizeMm3"), {"3": 10}),
     "preprocessing.normalization[1].window": ((*PRE, "normalization", 1, "window"), [100, -100]),

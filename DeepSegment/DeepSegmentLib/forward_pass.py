@@ -1,0 +1,151 @@
+"""Ways to make a given network's forward pass faster on a device, and the ones the engine adopts.
+
+Each candidate returns a network computing the same function (up to floating-point rounding) or raises;
+:func:`tuned_network` applies those the benchmark (``Testing/benchmark_inference.py``, part "forward")
+showed to be faster for such a network, checks the result against the network itself on a seeded
+input, and keeps the network as it is when a candidate fails or disagrees.
+
+- ``frozen``: a TorchScript module frozen (weights become constants, batch norm folded into the
+  convolutions) and optimized for inference (oneDNN convolutions with prepacked weights, even for the
+  single-window batches PyTorch would otherwise run on its slow reference path). Measured on 2 CPU cores
+  in float32: a quarter to a third less CPU time for the demo model (batch norm), a fifth more for MONAI's
+  UNet (instance norm, nothing to fold); so it is adopted for networks with batch norm only. Float32
+  only: the optimized graph refuses bfloat16 inputs under autocast.
+- one window per call on the CPU under bfloat16 autocast (:func:`windows_per_call`): per window, 1.2 to 1.4
+  times faster than the models' batches of 2 or 4 on 2 cores (in float32 the batches of 2 were faster than
+  one window, and are kept).
+- ``channels-last``: windows handed over in the channels-last 3D memory layout: no gain measured.
+- ``compiled``: ``torch.compile`` (Inductor) of a torch.export program or a module: the compilation takes
+  tens of seconds per window size on a CPU, more than a whole segmentation, so it is measured, not adopted.
+
+CUDA graphs and cuDNN's autotuner (``torch.backends.cudnn.benchmark``) are left out: no GPU was at hand
+to measure them, and this module adopts nothing unmeasured.
+
+Example::
+
+    >>> import torch
+    >>> network = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1),
+    ...                                                torch.nn.BatchNorm3d(4), torch.nn.ReLU()).eval())
+    >>> tuned, how = tuned_network(network, torch.device("cpu"), "", (1, 1, 8, 8, 8))
+    >>> how
+    'frozen'
+    >>> probe = torch.rand(1, 1, 8, 8, 8)
+    >>> bool(torch.allclose(tuned(probe), network(probe), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import Callable
+
+from .window_plan import network_operations
+
+
+def has_batch_norm(network: Callable) -> bool:
+    """Whether the network's graph holds a batch norm (which freezing folds into a convolution)."""
+    return "batch_norm" in (network_operations(network) or ())
+
+
+# What the engine applies, per (device type, precision): the candidates measured to be faster there, each
+# with the kind of network it was faster for.
+ADOPTED = {("cpu", "float32"): (("frozen", has_batch_norm),)}
+# A tuned network must give the network's outputs to this tolerance, relative to their largest magnitude.
+_RELATIVE_TOLERANCE = 1e-3
+_tuned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_tuned_lock = threading.Lock()
+
+
+def frozen(network: Callable) -> Callable:
+    """A TorchScript module frozen and optimized for inference (raises for anything else)."""
+    import torch
+
+    if not isinstance(network, torch.jit.ScriptModule):
+        raise TypeError("only TorchScript modules can be frozen")
+    return torch.jit.optimize_for_inference(torch.jit.freeze(network.eval()))
+
+
+class ChannelsLast:
+    """``network`` given its windows in the channels-last 3D memory layout."""
+
+    def __init__(self, network: Callable) -> None:
+        self.network = network
+
+    def __call__(self, batch):
+        import torch
+
+        return self.network(batch.contiguous(memory_format=torch.channels_last_3d))
+
+
+def channels_last(network: Callable) -> Callable:
+    return ChannelsLast(network)
+
+
+def compiled(network: Callable) -> Callable:
+    """``torch.compile`` of a module (a torch.export program's included); compiles on its first call."""
+    import torch
+
+    if not isinstance(network, torch.nn.Module) or isinstance(network, torch.jit.ScriptModule):
+        raise TypeError("torch.compile takes torch.export programs and modules, not TorchScript")
+    return torch.compile(network, dynamic=False)
+
+
+CANDIDATES = {"frozen": frozen, "channels-last": channels_last, "compiled": compiled}
+
+
+def windows_per_call(device, autocast: str, batch_size: int) -> int:
+    """How many windows to hand the network at once: one on the CPU under bfloat16 autocast (measured
+    faster per window), else the model's ``batch_size``."""
+    return 1 if device.type == "cpu" and autocast == "bfloat16" else batch_size
+
+
+def _agrees(tuned: Callable, network: Callable, example_shape: tuple, device, autocast: str) -> bool:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(example_shape, generator=generator).to(device)
+    context = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else contextlib.nullcontext()
+    with torch.inference_mode(), context:
+        expected = network(probe).float()
+        given = tuned(probe).float()
+    if given.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) or 1.0
+    return bool((given - expected).abs().max() <= _RELATIVE_TOLERANCE * scale)
+
+
+def tuned_network(network: Callable, device, autocast: str, example_shape: tuple) -> tuple:
+    """(the network to run, the candidates applied joined by "+", or "" when none): the candidates
+    ``ADOPTED`` for ``device`` (a torch.device) and precision (``autocast`` "" for float32) that suit the
+    network, each kept only if it applies to it and agrees with it on a seeded input of ``example_shape``
+    (a window: N×C×Z×Y×X). Kept per network object, so a network from the model pool is tuned once."""
+    precision = autocast or "float32"
+    key = (str(device), precision, tuple(example_shape))
+    with _tuned_lock:
+        try:
+            known = _tuned.get(network, {})
+        except TypeError:  # not weakly referenceable: tuned every time
+            known = {}
+    if key in known:
+        return known[key]
+    result, applied = network, []
+    for name, suits in ADOPTED.get((device.type, precision), ()):
+        try:
+            if not suits(network):
+                continue
+            candidate = CANDIDATES[name](result)
+            if _agrees(candidate, network, example_shape, device, autocast):
+                result = candidate
+                applied.append(name)
+        except Exception:  # a network this candidate cannot handle runs without it
+            continue
+    answer = (result, "+".join(applied))
+    with _tuned_lock, contextlib.suppress(TypeError):
+        _tuned.setdefault(network, {})[key] = answer
+    return answer
+
+
+__all__ = ["ADOPTED", "CANDIDATES", "ChannelsLast", "channels_last", "compiled", "frozen", "has_batch_norm",
+           "tuned_network", "windows_per_call"]

@@ -1,0 +1,61 @@
+"""DeepSegmentLib.forward_pass: tuned networks compute the same function, and anything else falls back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from DeepSegmentLib import forward_pass
+from DeepSegmentLib.forward_pass import CANDIDATES, channels_last, frozen, tuned_network
+
+CPU = torch.device("cpu")
+
+
+def conv_bn_network() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.BatchNorm3d(4), torch.nn.ReLU(),
+                                  torch.nn.Conv3d(4, 3, 1))
+    with torch.no_grad():  # running statistics other than 0 and 1, so folding them into the convolution matters
+        network[1].running_mean.uniform_(-1, 1)
+        network[1].running_var.uniform_(0.5, 2)
+    return torch.jit.script(network.eval())
+
+
+def test_a_torchscript_network_is_frozen_once_and_computes_the_same():
+    network = conv_bn_network()
+    tuned, how = tuned_network(network, CPU, "", (1, 1, 8, 8, 8))
+    assert how == "frozen" and tuned is not network
+    batch = torch.randn(2, 1, 12, 10, 9, generator=torch.Generator().manual_seed(1))  # another size, a batch
+    with torch.inference_mode():
+        torch.testing.assert_close(tuned(batch), network(batch), rtol=1e-4, atol=1e-4)
+    assert tuned_network(network, CPU, "", (1, 1, 8, 8, 8))[0] is tuned  # kept with the network
+
+
+def test_reduced_precision_other_formats_and_networks_without_batch_norm_run_as_they_are():
+    network = conv_bn_network()
+    assert tuned_network(network, CPU, "bfloat16", (1, 1, 8, 8, 8)) == (network, "")
+    instance_norm = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.InstanceNorm3d(2)))
+    assert tuned_network(instance_norm, CPU, "", (1, 1, 8, 8, 8)) == (instance_norm, "")
+    program = torch.export.export(torch.nn.Conv3d(1, 2, 3), (torch.zeros(1, 1, 8, 8, 8),)).module()
+    assert tuned_network(program, CPU, "", (1, 1, 8, 8, 8)) == (program, "")
+    with pytest.raises(TypeError):
+        frozen(program)
+
+
+def test_a_candidate_that_fails_or_disagrees_is_not_applied(monkeypatch):
+    network = conv_bn_network()
+    monkeypatch.setitem(CANDIDATES, "wrong", lambda net: (lambda batch: net(batch) + 1.0))
+    monkeypatch.setitem(CANDIDATES, "failing", lambda net: (lambda batch: batch.view(-1, 7)))
+    every = lambda net: True  # noqa: E731
+    monkeypatch.setitem(forward_pass.ADOPTED, ("cpu", "float32"),
+                        (("wrong", every), ("failing", every), ("channels-last", every)))
+    tuned, how = tuned_network(network, CPU, "", (1, 1, 6, 6, 6))
+    assert how == "channels-last"
+    assert tuned.network is network
+
+
+def test_channels_last_hands_over_the_same_values():
+    network = conv_bn_network()
+    batch = torch.randn(2, 1, 8, 9, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(channels_last(network)(batch), network(batch))
