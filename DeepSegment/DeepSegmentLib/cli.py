@@ -270,7 +270,8 @@ def segment_files(model: str, inputs: Sequence[str], output: str, *, device: str
     """The whole run; returns the timings in seconds by stage (``install`` and ``read`` included).
 
     In this process the version's runtime runs it (``DeepSegmentLib.runtimes``); ``quality`` is a preset of
-    ``engine.QUALITY_PRESETS``. ``install_progress`` gets the model's install steps (how unverified files were checked among them).
+    ``engine.QUALITY_PRESETS``. ``install_progress`` gets the model's install steps (how unverified files were
+    checked among them).
     """
     start = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
