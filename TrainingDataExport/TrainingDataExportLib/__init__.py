@@ -32,6 +32,7 @@ from .caselist import (
     DONE,
     IMAGE_EXTENSIONS,
     IN_PROGRESS,
+    PRE_ANNOTATED,
     RECOVERY_SUFFIX,
     REVIEWED,
     SEGMENTATION_EXTENSIONS,
@@ -67,6 +68,7 @@ from .labelschema import (
     parse_label_schema,
     save_label_schema,
 )
+from .preannotation import label_dice, pre_annotation_changes, record_pre_annotations
 from .segmentations import LabelProblem, label_on_grid, read_label_map
 from .splits import DatasetSplit, split_by_patient
 from .workflow import format_duration, recovery_path, recovery_to_offer, segmentation_save_path
@@ -78,6 +80,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IN_PROGRESS",
     "MANIFEST_NAME",
+    "PRE_ANNOTATED",
     "RECOVERY_SUFFIX",
     "REVIEWED",
     "SEGMENTATION_EXTENSIONS",
@@ -109,6 +112,7 @@ __all__ = [
     "format_duration",
     "image_column",
     "inspect_case",
+    "label_dice",
     "label_on_grid",
     "label_schema_document",
     "label_voxel_counts",
@@ -116,8 +120,10 @@ __all__ = [
     "natural_sort_key",
     "parse_case_list",
     "parse_label_schema",
+    "pre_annotation_changes",
     "read_case_list",
     "read_label_map",
+    "record_pre_annotations",
     "recovery_path",
     "recovery_to_offer",
     "save_label_schema",
