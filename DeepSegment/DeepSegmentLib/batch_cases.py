@@ -184,6 +184,8 @@ def read_case_images(case: BatchCase) -> list:
 
 def input_sha256(item: CaseInput, cancel: threading.Event | None = None) -> str:
     """The SHA-256 of an input's content: a file's bytes, or for a DICOM series the names and bytes of its files."""
+    if not os.path.exists(item.path):
+        raise ValueError(f"Input not found: {item.path}")
     if not os.path.isdir(item.path):
         return file_sha256(item.path, cancel=cancel)
     digest = hashlib.sha256()
