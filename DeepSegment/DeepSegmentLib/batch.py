@@ -63,14 +63,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from ModelRegistryLib import Registry, RegistryError
+from ModelRegistryLib import Registry, RegistryError, default_cache_dir
+from ModelRegistryLib.store import ModelStore
 from ModelRegistryLib.card import format_duration
 from ModelRegistryLib.files import probe_writable, write_json_atomically
 from ModelRegistryLib.jobs import CRASH_KIND, WorkerProcess
 from ModelRegistryLib.locking import FileLock
 from TrainingDataExportLib.preannotation import record_pre_annotations
 
-from .batch_cases import BatchCase, find_cases, input_sha256, read_case_images, select_cases
+from .batch_cases import (
+    SOURCE_KINDS,
+    SOURCE_TITLES,
+    BatchCase,
+    find_cases,
+    input_sha256,
+    read_case_images,
+    select_cases,
+)
 from .batch_outputs import (
     DEFAULT_FORMAT,
     STATE_FOLDER,
@@ -268,24 +277,40 @@ def _model_digest(files: dict) -> str:
     return hashlib.sha256(json.dumps(sorted(files.items())).encode("utf-8")).hexdigest()
 
 
-def install_model(model: str, indexes: Sequence[str] = (), cache_dir: str | None = None, progress=None,
-                  cancel: threading.Event | None = None) -> BatchModel:
+def install_model(model: str, indexes: Sequence[str] = (), cache_dir: str | None = None, *, entry=None, version=None,
+                  progress=None, cancel: threading.Event | None = None) -> BatchModel:
     """The installed model ``model`` (``id[@version]``) means, installed first when needed (works offline with an
-    installed version)."""
-    from .cli import open_registry
+    installed version); or the registry's ``entry`` and ``version`` (resolved by the caller, such as the panel's
+    registry), installed into ``cache_dir``."""
+    if entry is not None and version is not None:
+        installed = ModelStore(cache_dir or default_cache_dir()).install(entry, version, progress=progress,
+                                                                         cancel=cancel)
+    else:
+        from .cli import open_registry
 
-    registry: Registry = open_registry(indexes, cache_dir)
-    installed = registry.ensure_installed(model, progress=progress, cancel=cancel)
+        registry: Registry = open_registry(indexes, cache_dir)
+        installed = registry.ensure_installed(model, progress=progress, cancel=cancel)
     return BatchModel(installed.model_id, installed.version, installed.path, _model_digest(installed.files))
+
+
+def check_batch_request(kind: str, source: str, output_dir: str, settings: BatchSettings) -> BatchSettings:
+    """The settings made canonical; raises :class:`BatchError` for what makes the batch impossible that can be told
+    without reading a case (a bad option, a missing source, an output folder that cannot be written)."""
+    settings = _checked_settings(settings, kind)
+    if kind not in SOURCE_KINDS:
+        raise BatchError(f"Unknown kind of case source {kind!r}: use {', '.join(SOURCE_KINDS)}")
+    if not source or not (os.path.isfile(source) if kind == "cases" else os.path.isdir(source)):
+        raise BatchError(f"{SOURCE_TITLES[kind]} not found: {source or '(none chosen)'}")
+    _checked_output_folder(os.path.abspath(output_dir))
+    return settings
 
 
 def plan_batch(model: BatchModel, kind: str, source: str, output_dir: str, settings: BatchSettings,
                devices: Sequence[str] = ()) -> BatchPlan:
     """Find and select the cases and check the output folder (see the module description); raises
     :class:`BatchError` (or ``CaseListError``) before anything is written."""
-    settings = _checked_settings(settings, kind)
+    settings = check_batch_request(kind, source, output_dir, settings)
     output_dir = os.path.abspath(output_dir)
-    _checked_output_folder(output_dir)
     cases = select_cases(find_cases(kind, source, settings.channels or None), settings.patterns, settings.statuses)
     if not cases:
         raise BatchError(f"No case of {source} matches the case filter")
@@ -610,6 +635,8 @@ def run_batch(
     *,
     indexes: Sequence[str] = (),
     cache_dir: str | None = None,
+    entry=None,
+    version=None,
     python: str | None = None,
     progress=None,
     log=None,
@@ -618,7 +645,8 @@ def run_batch(
     """Run ``model`` (``id[@version]``) over the cases of ``source`` into ``output_dir`` (see the module description).
 
     Args:
-        model: the registry model, installed first when needed (from ``indexes`` and the user's sources).
+        model: the registry model, installed first when needed (from ``indexes`` and the user's sources; or the
+            ``entry`` and ``version`` of it a caller has resolved).
         kind: ``cases`` (``source`` is a case list), ``images`` or ``dicom`` (``source`` is a folder).
         source: the case list or folder.
         output_dir: where the results, their records and ``batch_summary.json`` go (created when missing).
@@ -643,7 +671,8 @@ def run_batch(
         devices = _local_devices(settings)
     # The cases and the folder are checked before the model is installed (which may download).
     plan = plan_batch(BatchModel("", "", "", ""), kind, source, output_dir, settings, devices)
-    installed = install_model(model, indexes, cache_dir, progress=_install_progress(progress), cancel=cancel)
+    installed = install_model(model, indexes, cache_dir, entry=entry, version=version,
+                              progress=_install_progress(progress), cancel=cancel)
     plan = replace(plan, model=installed)
     os.makedirs(plan.output_dir, exist_ok=True)
     lock = FileLock(os.path.join(plan.output_dir, STATE_FOLDER, "lock"), timeout=0)

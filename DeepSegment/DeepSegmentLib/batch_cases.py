@@ -47,7 +47,7 @@ from TrainingDataExportLib.caselist import case_list_from_folder, natural_sort_k
 from .imageio import dicom_series_files, read_volume
 
 SOURCE_KINDS = ("cases", "images", "dicom")
-SOURCE_TITLES = {"cases": "a case list", "images": "a folder of images", "dicom": "a folder of DICOM series"}
+SOURCE_TITLES = {"cases": "Case list", "images": "Image folder", "dicom": "DICOM folder"}
 # Characters a case id (a file name in the output folder) cannot hold.
 _NOT_IN_FILE_NAMES = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
 _SERIES_NUMBER_TAG = "0020|0011"
