@@ -33,6 +33,9 @@ from DeepSegmentLib import (
     torch_status,
     write_package,
 )
+from DeepSegmentLib.batch import BatchSettings, check_batch_request
+from DeepSegmentLib.batch_cases import parse_case_filter
+from DeepSegmentLib.batch_outputs import DEFAULT_FORMAT, OUTPUT_FORMATS
 from DeepSegmentLib.container_backend import ContainerSettings
 from DeepSegmentLib.runtimes import missing_requirements
 from DeepSegmentLib.runtimes.dependencies import install_arguments
@@ -48,7 +51,7 @@ from ModelRegistry import (
     startJob,
     waitForJob,
 )
-from ModelRegistryLib import IndexSource, Registry
+from ModelRegistryLib import IndexSource, Registry, RegistryError
 from ModelRegistryLib.files import write_text_atomically
 from ModelRegistryLib.index import Label
 from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
@@ -64,6 +67,7 @@ from DeepSegmentLib.evaluation_cohort import (
 )
 from DeepSegmentLib.evaluation_report import worst_cases
 from TrainingDataExport import segmentTerminologyEntry
+from TrainingDataExportLib import PRE_ANNOTATED, TO_DO
 
 _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
 
@@ -128,6 +132,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.inputSelectors = []
         self.parameterWidgets = {}
         self.poller = None
+        self.batchSection = None
         self.evaluateSection = None
 
     def setup(self):
@@ -154,6 +159,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.runtimeSelector.connect("currentIndexChanged(int)", self.onRuntimeChanged)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelList)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
+        self.batchSection = BatchSection(self)
+        self.layout.addWidget(self.batchSection.widget)
         self.evaluateSection = EvaluateSection(self)
         self.layout.addWidget(self.evaluateSection.widget)
         self.layout.addStretch(1)
@@ -166,6 +173,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.devicePoller.stop()
         # The model service's workers hold networks (and GPU memory): they stop with the panel.
         self.logic.service.stop()
+        self.batchSection.cleanup()
         self.evaluateSection.cleanup()
 
     def enter(self):
@@ -426,6 +434,120 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def log(self, text):
         self.ui.logText.appendPlainText(time.strftime("%H:%M:%S ") + text)
+
+
+class BatchSection:
+    """The panel's "Run on all cases" section: the model, device, quality and precision chosen above, run over a case
+    list, a folder of images or of DICOM series (here or on a Ray cluster), in the background with progress, the time
+    left and Cancel; the summary lists failed cases with their reasons. Decisions are the Logic's."""
+
+    def __init__(self, owner):
+        self.owner = owner  # the panel: its logic may be replaced (tests do)
+        self.widget = slicer.util.loadUI(owner.resourcePath("UI/DeepSegmentBatch.ui"))
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        self.summary = None
+        self.poller = JobPoller(self.showProgress, self.onFinished, onLog=self.onLog)
+        ui = self.ui
+        for kind, label in DeepSegmentLogic.BATCH_SOURCES:
+            ui.batchSourceKindSelector.addItem(label, kind)
+        for suffix in OUTPUT_FORMATS:
+            ui.batchFormatSelector.addItem(suffix, suffix)
+        ui.batchFormatSelector.setCurrentIndex(ui.batchFormatSelector.findData(DEFAULT_FORMAT))
+        ui.batchProgressBar.visible = False
+        ui.batchSourceKindSelector.connect("currentIndexChanged(int)", self.updateState)
+        for pathLineEdit in (ui.batchCaseListPathLineEdit, ui.batchFolderPathLineEdit, ui.batchOutputPathLineEdit):
+            pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
+        owner.ui.modelSelector.connect("currentIndexChanged(int)", self.updateState)
+        ui.batchRunButton.connect("clicked(bool)", self.onRunOrCancel)
+        ui.batchEvaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.updateState()
+
+    @property
+    def logic(self):
+        return self.owner.logic
+
+    def kind(self):
+        return self.ui.batchSourceKindSelector.currentData
+
+    def source(self):
+        ui = self.ui
+        return (ui.batchCaseListPathLineEdit if self.kind() == "cases" else ui.batchFolderPathLineEdit).currentPath
+
+    def updateState(self, _unused=None):
+        ui, fromCaseList = self.ui, self.kind() == "cases"
+        for widget in (ui.batchCaseListLabel, ui.batchCaseListPathLineEdit, ui.batchNotAnnotatedCheckBox,
+                       ui.batchPreAnnotateCheckBox):
+            widget.visible = fromCaseList
+        for widget in (ui.batchFolderLabel, ui.batchFolderPathLineEdit):
+            widget.visible = not fromCaseList
+        ui.batchEvaluateButton.visible = self.summary is not None and self.logic.canEvaluateCohort(self.summary)
+        if self.poller.busy:
+            return
+        ui.batchRunButton.enabled = bool(self.owner.ui.modelSelector.currentData and self.source()
+                                         and ui.batchOutputPathLineEdit.currentPath)
+
+    def onRunOrCancel(self):
+        ui, panel = self.ui, self.owner.ui
+        if self.poller.busy:
+            self.poller.cancel()
+            ui.batchStatusLabel.text = "Cancelling: the running cases stop, the results computed are kept…"
+            return
+        fromCaseList = self.kind() == "cases"
+        try:
+            task = self.logic.cohortTask(
+                panel.modelSelector.currentData, self.source(), ui.batchOutputPathLineEdit.currentPath,
+                kind=self.kind(), caseFilter=ui.batchCaseFilterLineEdit.text,
+                statuses=DeepSegmentLogic.NOT_ANNOTATED if fromCaseList and ui.batchNotAnnotatedCheckBox.checked
+                else (),
+                device=panel.deviceSelector.currentData, quality=panel.qualitySelector.currentData,
+                precision=panel.precisionSelector.currentData, threads=panel.threadsSpinBox.value,
+                workers=ui.batchWorkersSpinBox.value, outputFormat=ui.batchFormatSelector.currentData,
+                preAnnotate=fromCaseList and ui.batchPreAnnotateCheckBox.checked,
+                rayAddress=ui.batchRayAddressLineEdit.text)
+        except DeepSegmentLogic.BATCH_USER_ERRORS as error:
+            ui.batchStatusLabel.text = f"The batch could not start: {error}"
+            return
+        self.summary = None
+        self.poller.follow(task)
+        ui.batchRunButton.text = "Cancel"
+        ui.batchProgressBar.visible = True
+        ui.batchProgressBar.value = 0
+        ui.batchSummaryText.clear()
+        ui.batchStatusLabel.text = "Starting…"
+        self.updateState()
+
+    def showProgress(self, progress):
+        self.ui.batchProgressBar.value = int((progress.fraction or 0.0) * 100)
+        if not self.poller.task.cancel_requested:
+            self.ui.batchStatusLabel.text = progress.text
+
+    def onLog(self, record):
+        if record.level != "output":
+            self.ui.batchSummaryText.appendPlainText(record.text)
+
+    def onFinished(self, task):
+        ui = self.ui
+        ui.batchRunButton.text = "Run on all cases"
+        ui.batchProgressBar.visible = False
+        if task.state == "succeeded":
+            self.summary = task.result
+            self.logic.refreshAnnotationCaseList(self.summary)
+            ui.batchStatusLabel.text = "Cancelled; run again to go on." if self.summary.cancelled else "Finished."
+            ui.batchSummaryText.setPlainText(self.summary.text())
+        else:
+            ui.batchStatusLabel.text = "Cancelled." if task.state == "cancelled" else f"The batch failed: {task.error}"
+        self.updateState()
+
+    def onEvaluate(self):
+        """Hand the case list and the results to the Evaluate section, opened."""
+        evaluate = self.owner.evaluateSection.ui
+        evaluate.evaluateModeSelector.setCurrentIndex(evaluate.evaluateModeSelector.findData("cases"))
+        evaluate.caseListPathLineEdit.currentPath = self.summary.source
+        evaluate.predictionFolderPathLineEdit.currentPath = self.summary.output_dir
+        evaluate.evaluateCollapsibleButton.collapsed = False
+
+    def cleanup(self):
+        self.poller.stop()
 
 
 class EvaluateSection:
@@ -925,6 +1047,77 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             return False
         DeepSegmentLogic._deviceListing = DeepSegmentLogic._listedDevices = None  # list again, with PyTorch
         return torch_installed()
+
+    # -- batch runs ----------------------------------------------------------------------------------------
+
+    BATCH_SOURCES = (("cases", "A case list"), ("images", "A folder of images"), ("dicom", "A folder of DICOM series"))
+    # Case-list statuses of the cases nobody has annotated yet (the panel's "Only cases not annotated yet").
+    NOT_ANNOTATED = (TO_DO, PRE_ANNOTATED)
+    BATCH_USER_ERRORS = (ValueError, RegistryError, OSError)
+
+    def cohortTask(self, modelSpec, source, outputFolder, kind="cases", caseFilter="", statuses=(), device="auto",
+                   quality=DEFAULT_QUALITY, precision="auto", threads=0, workers=0, outputFormat=DEFAULT_FORMAT,
+                   preAnnotate=False, force=False, rayAddress=""):
+        """Start running ``modelSpec`` over every case of ``source`` into ``outputFolder``, in a worker process;
+        returns the running job (``progress``: cases finished, those running, the time left; ``cancel()``;
+        ``result``: the ``DeepSegmentLib.batch.BatchSummary``).
+
+        ``kind`` says what ``source`` is: ``cases`` (a Training Data Export case list), ``images`` or ``dicom`` (a
+        folder). ``caseFilter`` holds case id patterns (``"ct0*, ct1?"``), ``statuses`` case-list statuses (only
+        those cases run). ``workers`` local worker processes each hold the model (0: automatic), with ``threads``
+        PyTorch threads each (0: automatic). ``preAnnotate`` records the results in the case list as
+        pre-annotations; ``force`` runs cases whose result is up to date too; ``rayAddress`` (``auto`` or
+        ``HOST:PORT``) runs on that Ray cluster. Bad requests raise here, before any work.
+        """
+        if not modelSpec:
+            raise ValueError("Select a model.")
+        if not outputFolder:
+            raise ValueError("Choose the output folder.")
+        settings = BatchSettings(
+            output_format=outputFormat, device=device or "auto", quality=quality, precision=precision,
+            workers=int(workers or 0), threads=int(threads or 0), patterns=tuple(parse_case_filter(caseFilter)),
+            statuses=tuple(statuses), pre_annotate=bool(preAnnotate), force=bool(force),
+            ray_address=(rayAddress or "").strip())
+        settings = check_batch_request(kind, source, outputFolder, settings)
+        arguments = {"model": modelSpec, "kind": kind, "source": source, "output_dir": outputFolder,
+                     "settings": settings, "cache_dir": self.registry.store.cache_dir}
+        try:
+            arguments["entry"], arguments["version"] = self.registry.resolve(modelSpec)
+        except RegistryError:
+            if self.registry.installed_model(modelSpec) is None:
+                raise
+        # The batch's own worker processes run the model: this job coordinates them (and must stop them when
+        # cancelled, hence its long grace).
+        return startJob("DeepSegmentLib.batch:run_batch", arguments, f"running {modelSpec} on the cases of {source}",
+                        sysPath=[_MODULE_FOLDER], cancel_grace=60.0)
+
+    def segmentCohort(self, modelSpec, source, outputFolder, **options):
+        """:meth:`cohortTask`, waited for while Slicer stays responsive (Python console and scripts): returns the
+        ``BatchSummary``, or raises ModelRegistryLib's ``JobError`` saying why the batch failed (a failing case
+        only fails itself: see the summary)."""
+        summary = runJob(self.cohortTask(modelSpec, source, outputFolder, **options))
+        self.refreshAnnotationCaseList(summary)
+        return summary
+
+    @staticmethod
+    def canEvaluateCohort(summary):
+        """Whether a batch's results can be measured against its case list's annotations."""
+        return summary.source.lower().endswith(".csv") and any(case.output for case in summary.cases)
+
+    @staticmethod
+    def refreshAnnotationCaseList(summary):
+        """After a batch recorded pre-annotations, Training Data Export reads the case list again if it has it open,
+        so that its next save keeps them, and shows them in its case table. Returns whether it did."""
+        if not summary.pre_annotated:
+            return False
+        annotationPanel = slicer.util.getModuleWidget("TrainingDataExport")
+        annotation = annotationPanel.logic
+        if not annotation.caseListPath or os.path.normcase(annotation.caseListPath) != os.path.normcase(
+                os.path.abspath(summary.source)):
+            return False
+        annotation.loadCaseList(annotation.caseListPath)
+        annotationPanel.updateCaseTable()
+        return True
 
     # -- evaluation ----------------------------------------------------------------------------------------
 

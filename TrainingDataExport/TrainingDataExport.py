@@ -27,10 +27,8 @@ from ModelRegistryLib.shared_arrays import allocate_array, free_blocks, read_sha
 from TrainingDataExportLib import (
     DEFAULT_CASE_LIST_NAME,
     DONE,
-    IN_PROGRESS,
     REVIEWED,
     STATUSES,
-    TO_DO,
     CaseListError,
     ExportError,
     ExportSettings,
@@ -49,6 +47,7 @@ from TrainingDataExportLib import (
 )
 from TrainingDataExportLib.card import MARKDOWN_NAME
 from TrainingDataExportLib.formats import FORMATS
+from TrainingDataExportLib.preannotation import status_after_loading
 from TrainingDataExportLib.workflow import is_slicer_segmentation_file
 
 _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
@@ -763,8 +762,10 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         return self.cases[self.currentIndex]
 
     def loadCase(self, index):
-        """Load case ``index``: its image channels and its segmentation, or a new segmentation whose segments
-        come from the label schema, referenced to the first channel. The case becomes "in progress".
+        """Load case ``index``: its image channels and its segmentation; for a case a model pre-annotated and nobody
+        has saved yet, its prediction, opened for correction (saving writes the case's own file and leaves the
+        prediction as it was); else a new segmentation whose segments come from the label schema, referenced to the
+        first channel. A case to do or pre-annotated becomes "in progress".
 
         Returns the path of a recovery file holding work newer than the saved segmentation ("" when there is
         none): :meth:`restoreRecovery` puts it in place of the loaded segmentation.
@@ -790,14 +791,16 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         self.segmentationNode = segmentationNode
         self._startTime = time.monotonic()
         self._autosavedStamp = self._editStamp()
-        if case.status == TO_DO:
-            case.status = IN_PROGRESS
+        status = status_after_loading(case)
+        if status != case.status:
+            case.status = status
             self.saveCaseList()
         return recovery_to_offer(case)
 
     def _loadSegmentation(self, case, referenceVolumeNode):
         name = f"{case.case_id} segmentation"
-        path = case.segmentation
+        # A prediction is only the starting point: corrections are saved to the case's own file.
+        path = case.segmentation or case.pre_annotation
         if path and is_slicer_segmentation_file(path):
             node = slicer.util.loadSegmentation(path, {"name": name})
         else:
@@ -811,6 +814,13 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
                     slicer.mrmlScene.RemoveNode(node)
                     raise
         self._addSchemaSegments(node, referenceVolumeNode)
+        if not case.segmentation and case.pre_annotation:
+            # Slicer's Save dialog must write the case's file, never over the prediction, and list the node as
+            # not saved yet (read from the prediction, it would count as saved).
+            if node.GetStorageNode() is None:
+                node.AddDefaultStorageNode()
+            node.GetStorageNode().SetFileName(segmentation_save_path(case))
+            node.StorableModified()
         return node
 
     def _importLabelMap(self, path, segmentationNode):

@@ -2,7 +2,8 @@
 
 ``run`` installs the model from the registry when needed (verified download), segments the inputs in
 this process or in the model's container image (``--backend``), and writes a label map (NIfTI, NRRD,
-MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``image build``
+MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``batch`` runs a
+model over every case of a case list or a folder, here or on a Ray cluster (see ``batch_cli``). ``image build``
 and ``image save`` ship a model package as a container image; ``evaluate`` measures predictions against
 references and writes a report (see ``evaluation_cli``); ``stream`` segments OpenIGTLink image streams
 live with a 2D model until Ctrl-C or SIGTERM (``stream.py``). Every failure exits with code 1 and one line
@@ -41,6 +42,7 @@ from ModelRegistryLib import (
 )
 from ModelRegistryLib.commandline import ArgumentParser, one_line
 
+from .batch_cli import add_batch_parser, main_batch
 from .container_backend import DEFAULT_SETTINGS, ContainerSettings, segment_in_container
 from .container_image import build_image, save_image
 from .container_runtime import ContainerCancelledError, ContainerError, find_runtime
@@ -109,6 +111,7 @@ def _parser() -> ArgumentParser:
     save.add_argument("--image", required=True, metavar="REFERENCE")
     save.add_argument("--output", required=True, metavar="ARCHIVE.tar")
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
+    add_batch_parser(commands)
     add_evaluate_parser(commands)
     _add_stream_parser(commands)
     return parser
@@ -123,8 +126,7 @@ def check_run_arguments(arguments) -> None:
     check_output_path(arguments.output)
     if arguments.threads is not None and not 1 <= arguments.threads <= MAX_THREADS:
         raise ValueError(f"--threads must be from 1 to {MAX_THREADS}, not {arguments.threads}")
-    if not _DEVICE.match(arguments.device.strip()):
-        raise ValueError(f"Unknown device {arguments.device!r}: use auto, cpu, cuda, cuda:N or mps")
+    check_device(arguments.device)
     if arguments.timeout is not None and not (math.isfinite(arguments.timeout) and arguments.timeout > 0):
         raise ValueError(f"--timeout must be a positive number of seconds, not {arguments.timeout}")
     for text in arguments.parameter:
@@ -134,6 +136,12 @@ def check_run_arguments(arguments) -> None:
         raise ValueError(f"Image archive not found: {arguments.image_archive}")
     if arguments.cache_dir and os.path.exists(arguments.cache_dir) and not os.path.isdir(arguments.cache_dir):
         raise ValueError(f"--cache-dir {arguments.cache_dir} is not a folder")
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` (one line) for a device that is none of auto, cpu, cuda, cuda:N and mps."""
+    if not _DEVICE.match(device.strip()):
+        raise ValueError(f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 class _Terminal:
@@ -318,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     terminal = _Terminal()
     if arguments.command == "evaluate":
         return main_evaluate(arguments)
+    if arguments.command == "batch":
+        return main_batch(arguments)
     try:
         if arguments.command == "image":
             return _image_command(arguments, terminal.log)

@@ -30,16 +30,25 @@ LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 OUTPUT_SUFFIXES = (SEGMENTATION_SUFFIX, *LABEL_MAP_SUFFIXES)
 
 
-def read_volume(path: str) -> sitk.Image:
-    """A 3D volume from a file or a folder with one DICOM series; errors say what is wrong with the input."""
+def dicom_series_files(folder: str, series: str = "") -> list:
+    """The files of the DICOM series ``series`` (a Series Instance UID) in ``folder``, in slice order, or of its only
+    series when ``series`` is empty; errors say what is wrong with the folder."""
+    found = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not found:
+        raise ValueError(f"No DICOM series in folder {folder}")
+    if series and series not in found:
+        raise ValueError(f"No DICOM series {series} in folder {folder}")
+    if not series and len(found) > 1:
+        raise ValueError(f"{len(found)} DICOM series in folder {folder}: give a folder holding one series")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series or found[0]))
+
+
+def read_volume(path: str, series: str = "") -> sitk.Image:
+    """A 3D volume from a file or a DICOM folder (its series ``series``, or its only one); errors say what is wrong
+    with the input."""
     if os.path.isdir(path):
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
-        if not series:
-            raise ValueError(f"No DICOM series in folder {path}")
-        if len(series) > 1:
-            raise ValueError(f"{len(series)} DICOM series in folder {path}: give a folder holding one series")
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
+        reader.SetFileNames(dicom_series_files(path, series))
         try:
             image = reader.Execute()
         except RuntimeError as error:

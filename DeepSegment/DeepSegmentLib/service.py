@@ -127,8 +127,8 @@ def _progress_shares(installing: bool, progress) -> tuple:
     return install_progress, run_progress
 
 
-def _narrowed(labels: sitk.Image) -> sitk.Image:
-    """A label map with 8 or 16 bit voxels (a container may write 32 bit ones)."""
+def narrowed_labels(labels: sitk.Image) -> sitk.Image:
+    """A label map with 8 or 16 bit voxels (a container may write 32 bit ones), as results travel and are written."""
     if labels.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt8, sitk.sitkInt16):
         return labels
     values = sitk.GetArrayViewFromImage(labels)
@@ -137,10 +137,11 @@ def _narrowed(labels: sitk.Image) -> sitk.Image:
     return sitk.Cast(labels, sitk.sitkUInt16)
 
 
-def _service_run(entry: ModelEntry, version: ModelVersion, labels: tuple, result: SegmentationResult,
-                 output: SharedImage) -> ServiceRun:
-    written = write_shared_image(_narrowed(result.labels), output)
-    return ServiceRun(entry.id, version.version, labels, written, tuple(result.label_values), dict(result.timings),
+def service_run(model_id: str, version: str, labels: tuple, result: SegmentationResult,
+                output: SharedImage) -> ServiceRun:
+    """A run's report, its label map written into the shared segment ``output``."""
+    written = write_shared_image(narrowed_labels(result.labels), output)
+    return ServiceRun(model_id, version, labels, written, tuple(result.label_values), dict(result.timings),
                       result.device, int(result.peak_memory_bytes), tuple(result.messages), result.precision)
 
 
@@ -176,7 +177,7 @@ def segment_images(
                                              progress=run_progress, cancel=cancel)
     pool.unload([store.version_path(entry.id, other) for other in store.installed_versions(entry.id)
                  if other != version.version])
-    return _service_run(entry, version, labels, result, output)
+    return service_run(entry.id, version.version, labels, result, output)
 
 
 def segment_images_in_container(
@@ -201,4 +202,4 @@ def segment_images_in_container(
     result = segment_in_container(images, entry, version, parameters=parameters, device=device,
                                   download_folder=cache_dir, settings=settings or DEFAULT_SETTINGS,
                                   progress=progress, log=log, cancel=cancel)
-    return _service_run(entry, version, tuple(entry.labels), result, output)
+    return service_run(entry.id, version.version, tuple(entry.labels), result, output)

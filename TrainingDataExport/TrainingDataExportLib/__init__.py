@@ -27,7 +27,7 @@ _EXPORTS = {
         "label_voxel_counts", "write_dataset_card"
     ),
     "caselist": (
-        "DEFAULT_CASE_LIST_NAME", "DONE", "IMAGE_EXTENSIONS", "IN_PROGRESS", "RECOVERY_SUFFIX", "REVIEWED",
+        "DEFAULT_CASE_LIST_NAME", "DONE", "IMAGE_EXTENSIONS", "IN_PROGRESS", "PRE_ANNOTATED", "RECOVERY_SUFFIX", "REVIEWED",
         "SEGMENTATION_EXTENSIONS", "SEGMENTATION_SUFFIXES", "STATUSES", "TO_DO", "Case", "CaseListError",
         "CaseListProblem", "case_list_from_folder", "format_case_list", "image_column", "natural_sort_key",
         "parse_case_list", "read_case_list", "validate_cases", "write_case_list"
@@ -40,6 +40,7 @@ _EXPORTS = {
         "DEFAULT_LABEL_SCHEMA_NAME", "LabelSchemaError", "label_schema_document", "load_label_schema",
         "parse_label_schema", "save_label_schema"
     ),
+    "preannotation": ("label_dice", "pre_annotation_changes", "record_pre_annotations"),
     "segmentations": ("LabelProblem", "label_on_grid", "read_label_map"),
     "splits": ("DatasetSplit", "split_by_patient"),
     "workflow": ("format_duration", "recovery_path", "recovery_to_offer", "segmentation_save_path"),

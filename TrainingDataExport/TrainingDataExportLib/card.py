@@ -5,6 +5,9 @@ patients are in each subset and fold, which labels occur where and how large the
 spacing, image size and intensities look like, who annotated, which source files (by SHA-256) were used,
 with which settings, and what looks wrong (warnings come first).
 
+- Cases a model pre-annotated (see :mod:`~TrainingDataExportLib.preannotation`) are counted by model and version,
+  with the Dice between each prediction and its final label map per label, and the time spent per case beside
+  that of the cases annotated from scratch.
 - ``dataset_card.json`` holds everything, structured, keys in a fixed order, floats rounded to 6
   significant digits: identical inputs give identical bytes (no time stamp unless ``settings`` holds one).
   :func:`card_markdown` and :func:`card_plots` rebuild the Markdown and the plots from it alone.
@@ -85,7 +88,10 @@ class CaseSummary:
     ``spacing`` (x, y, z mm) and ``size`` (i, j, k voxels) are those of the exported image; ``label_voxels``
     counts the voxels of each non-zero label value in the exported label map (see :func:`label_voxel_counts`);
     ``intensities`` holds one :class:`ChannelIntensity` per channel name; ``source_sha256`` maps each source
-    file to its SHA-256.
+    file to its SHA-256; ``time_spent`` is the annotation time recorded in the case list (seconds);
+    ``pre_annotation``, for a case that started from a model's prediction, is what
+    :func:`~TrainingDataExportLib.preannotation.pre_annotation_changes` found (model, version, Dice per label
+    value, problem), else None.
     """
 
     case_id: str
@@ -98,6 +104,8 @@ class CaseSummary:
     intensities: Mapping[str, ChannelIntensity]
     annotator: str = ""
     source_sha256: Mapping[str, str] = field(default_factory=dict)
+    time_spent: int = 0
+    pre_annotation: Mapping | None = None
 
 
 # --- per-case statistics ------------------------------------------------------------------------------
@@ -255,6 +263,21 @@ def _case_entry(summary: CaseSummary) -> dict:
             for channel, statistics_ in summary.intensities.items()
         },
         "source_sha256": {path: summary.source_sha256[path] for path in sorted(summary.source_sha256)},
+        "time_spent_s": int(summary.time_spent),
+        "pre_annotation": _pre_annotation_entry(summary.pre_annotation),
+    }
+
+
+def _pre_annotation_entry(changes: Mapping | None) -> dict | None:
+    if changes is None:
+        return None
+    dice = changes.get("dice") or {}
+    return {
+        "model_id": str(changes.get("model_id", "")),
+        "model_version": str(changes.get("model_version", "")),
+        "dice": {str(value): _rounded(dice[value]) if dice[value] is not None else None
+                 for value in sorted(dice, key=int)},
+        "problem": str(changes.get("problem", "")),
     }
 
 
@@ -317,6 +340,34 @@ def _annotators(cases: Sequence[dict]) -> list:
     ]
 
 
+def _pre_annotations(cases: Sequence[dict], schema: Sequence) -> dict:
+    """Which cases started from a model's prediction, by model, how much each label changed (Dice between the
+    prediction and the final label map; labels absent from both are left out) and the time spent."""
+    started = [case for case in cases if case["pre_annotation"] is not None]
+    models = Counter((case["pre_annotation"]["model_id"], case["pre_annotation"]["model_version"]) for case in started)
+    measured = [case for case in started if not case["pre_annotation"]["problem"]]
+    return {
+        "cases": len(started),
+        "models": [{"model_id": model_id, "model_version": version, "cases": count}
+                   for (model_id, version), count in sorted(models.items())],
+        "labels": [
+            {
+                "value": value,
+                "name": name,
+                "cases": len(values),
+                "dice": _distribution(values),
+            }
+            for value, name in schema
+            for values in [[case["pre_annotation"]["dice"][str(value)] for case in measured
+                            if case["pre_annotation"]["dice"].get(str(value)) is not None]]
+        ],
+        "time_spent_s": {
+            "pre_annotated": _distribution([case["time_spent_s"] for case in started]),
+            "from_scratch": _distribution([case["time_spent_s"] for case in cases if case["pre_annotation"] is None]),
+        },
+    }
+
+
 _PLOTS = (
     ("cases.png", "Cases and patients per subset and validation fold"),
     ("label_volumes.png", "Label volume per case (ml, log scale); bar: median"),
@@ -369,6 +420,7 @@ def dataset_card(
             for channel in _channels(cases)
         },
         "annotators": _annotators(cases),
+        "pre_annotations": _pre_annotations(cases, schema),
         "sources": {
             "files": len(sources),
             "cases_with_hashes": sum(bool(case["source_sha256"]) for case in cases),
@@ -395,7 +447,7 @@ def card_warnings(
     Reported: labels present in a case with fewer than ``tiny_label_voxels`` voxels; schema labels found in no
     case at all, or in none of a subset (train, test) or validation fold; label values outside the schema;
     spacing whose spread along an axis, ``(max - min) / median``, is over ``spacing_tolerance``; cases whose
-    label map is empty.
+    label map is empty; pre-annotated cases whose prediction could not be compared with the final label map.
 
     >>> summaries = [CaseSummary(f"c{i}", f"p{i}", "train", None, (1.0, 1.0, 1.0 + i), (8, 8, 8),
     ...                          {1: 4 if i else 300}, {}) for i in range(2)]
@@ -453,6 +505,8 @@ def card_warnings(
         warnings.append(
             f"{len(empty)} case{'s have' if len(empty) > 1 else ' has'} an empty label map: {_listed(empty)}"
         )
+    warnings += [f"case {summary.case_id!r} was pre-annotated, but {summary.pre_annotation['problem']}"
+                 for summary in summaries if summary.pre_annotation and summary.pre_annotation.get("problem")]
     return warnings
 
 
@@ -576,6 +630,8 @@ def card_markdown(card: dict) -> str:
         ["annotator", "cases"], [(a["annotator"] or UNKNOWN_ANNOTATOR, a["cases"]) for a in card["annotators"]]
     )
 
+    lines += _pre_annotation_lines(card)
+
     sources = card["sources"]
     lines += [
         "## Source files",
@@ -591,6 +647,40 @@ def card_markdown(card: dict) -> str:
     else:
         lines += ["None recorded.", ""]
     return "\n".join(lines)
+
+
+def _pre_annotation_lines(card: dict) -> list:
+    summary = card["pre_annotations"]
+    lines = ["## Pre-annotations", ""]
+    if not summary["cases"]:
+        return [*lines, "No label map started from a model's prediction.", ""]
+    models = ", ".join(f"{m['model_id']} {m['model_version']} ({m['cases']})" for m in summary["models"])
+    lines += [f"{summary['cases']} of {len(card['cases'])} cases started from a model's prediction, which the "
+              f"annotators corrected: {models}.", ""]
+    lines += markdown_table(
+        ["value", "name", "cases", "Dice prediction vs final: min", "median", "max"],
+        [(label["value"], label["name"], label["cases"], *_spread(label["dice"])) for label in summary["labels"]],
+    )
+    time_spent = summary["time_spent_s"]
+    lines += markdown_table(
+        ["cases", "time spent s: min", "median", "max"],
+        [("pre-annotated", *_spread(time_spent["pre_annotated"])),
+         ("from scratch", *_spread(time_spent["from_scratch"]))],
+    )
+    labels = [(str(label["value"]), label["name"]) for label in summary["labels"]]
+    rows = []
+    for case in card["cases"]:
+        started = case["pre_annotation"]
+        if started is None:
+            continue
+        dice = [started["dice"].get(value) for value, _ in labels]
+        rows.append((case["case_id"], started["model_id"], started["model_version"], *dice, case["time_spent_s"],
+                     started["problem"]))
+    lines += markdown_table(["case", "model", "version", *(f"Dice {name}" for _, name in labels), "time spent s",
+                             "problem"], rows)
+    lines += ["A Dice of 1 means the annotator kept the prediction of that label as it was; empty: the label is in "
+              "neither (–).", ""]
+    return lines
 
 
 # --- plots: a small raster drawing kit ------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .imagefiles import read_image
 from .card import CaseSummary, ChannelIntensity, channel_intensity
 from .caselist import Case
 from .formats import CaseData
+from .preannotation import pre_annotation_changes
 from .segmentations import label_counts, label_on_grid, read_label_map
 from .settings import ExportSettings
 
@@ -204,6 +205,12 @@ def prepare_case(job: CaseJob, labels: Sequence, settings: ExportSettings, chann
         images[channel] = _on_grid(images[channel], reference, interpolator)
     label, _ = read_label_map(case.segmentation, labels, overlap=settings.overlap)
     label, _ = label_on_grid(label, reference, resample=settings.resample_label_to_image)
+    # What the annotator changed of a model's prediction, on the case's own grid (before any resampling or crop).
+    pre_annotation = None
+    if case.pre_annotated:
+        pre_annotation = (pre_annotation_changes(case, label, labels, settings.overlap) if label.GetDimension() == 3
+                          else {"model_id": case.model_id, "model_version": case.model_version, "dice": {},
+                                "problem": "the prediction of a sequence is not compared"})
     frame_images = {channel: _frames(images[channel]) for channel in channels}
     frame_labels = _frames(label)
     if settings.spacing is not None:
@@ -240,6 +247,8 @@ def prepare_case(job: CaseJob, labels: Sequence, settings: ExportSettings, chann
         intensities=intensities,
         annotator=case.annotator,
         source_sha256=dict(sorted(job.inputs.items())),
+        time_spent=int(case.time_spent),
+        pre_annotation=pre_annotation,
     )
     if label_values and any(old != new for old, new in label_values.items()):
         frame_labels = [_renumbered(frame, label_values) for frame in frame_labels]

@@ -2,8 +2,11 @@
 
 Columns: ``case_id``, ``patient_id``, the image files (``image`` for a single channel, ``image_<channel>``
 for several: ``image_t1``, ``image_flair``...), ``segmentation`` (a label map or a Slicer ``.seg.nrrd``;
-empty while the case is not annotated yet), and the annotation workflow: ``status`` (to do, in progress,
-done, reviewed), ``annotator`` and ``time_spent`` (seconds). Other columns are kept as they are, so a column
+empty while the case is not annotated yet), and the annotation workflow: ``status`` (to do, pre-annotated, in
+progress, done, reviewed), ``annotator`` and ``time_spent`` (seconds). A case a model pre-annotated (a
+DeepSegment batch run) also has ``pre_annotation`` (the model's prediction, which the annotation workflow
+opens for correction and keeps untouched), ``model_id`` and ``model_version``; these three columns are
+written only when some case has them. Other columns are kept as they are, so a column
 a user or a later version adds survives a read and a write; a file without the workflow columns (an older
 list, or one written by hand) reads with their defaults. Paths inside the CSV's folder are stored relative to it,
 so the project folder can be moved or shared as a whole.
@@ -50,12 +53,17 @@ STATUS = "status"
 ANNOTATOR = "annotator"
 TIME_SPENT = "time_spent"
 WORKFLOW_COLUMNS = (STATUS, ANNOTATOR, TIME_SPENT)
+PRE_ANNOTATION = "pre_annotation"
+MODEL_ID = "model_id"
+MODEL_VERSION = "model_version"
+PRE_ANNOTATION_COLUMNS = (PRE_ANNOTATION, MODEL_ID, MODEL_VERSION)
 
 TO_DO = "to do"
+PRE_ANNOTATED = "pre-annotated"
 IN_PROGRESS = "in progress"
 DONE = "done"
 REVIEWED = "reviewed"
-STATUSES = (TO_DO, IN_PROGRESS, DONE, REVIEWED)
+STATUSES = (TO_DO, PRE_ANNOTATED, IN_PROGRESS, DONE, REVIEWED)
 
 DEFAULT_CASE_LIST_NAME = "cases.csv"
 
@@ -76,13 +84,17 @@ _MAX_LISTED_PROBLEMS = 20
 @dataclass
 class Case:
     """One case: its images by channel name, its segmentation ("" while not annotated), its workflow state
-    (``status``, ``annotator``, ``time_spent`` in seconds) and other columns.
+    (``status``, ``annotator``, ``time_spent`` in seconds), other columns, and the model prediction it started
+    from when a model pre-annotated it (``pre_annotation``, ``model_id``, ``model_version``; "" otherwise).
 
     Paths are absolute after :func:`read_case_list` and :func:`case_list_from_folder`. An empty ``status``
-    becomes "in progress" when the case has a segmentation, else "to do".
+    becomes "in progress" when the case has a segmentation, "pre-annotated" when it has only a prediction,
+    else "to do".
 
     >>> Case("ct01", "p1", {"image": "ct01.nrrd"}, "ct01.seg.nrrd").status
     'in progress'
+    >>> Case("ct02", "p2", {"image": "ct02.nrrd"}, pre_annotation="predicted/ct02.seg.nrrd").status
+    'pre-annotated'
     """
 
     case_id: str
@@ -93,14 +105,22 @@ class Case:
     status: str = ""
     annotator: str = ""
     time_spent: int = 0
+    pre_annotation: str = ""
+    model_id: str = ""
+    model_version: str = ""
 
     def __post_init__(self) -> None:
         if not self.status:
-            self.status = IN_PROGRESS if self.segmentation else TO_DO
+            self.status = IN_PROGRESS if self.segmentation else PRE_ANNOTATED if self.pre_annotation else TO_DO
 
     @property
     def annotated(self) -> bool:
         return bool(self.segmentation)
+
+    @property
+    def pre_annotated(self) -> bool:
+        """Whether the case's annotation started (or is to start) from a model's prediction."""
+        return bool(self.pre_annotation)
 
     @property
     def channels(self) -> tuple:
@@ -215,7 +235,8 @@ def _case_problems(cases: Sequence[Case], rows: Sequence[int] | None = None) -> 
         if isinstance(case.time_spent, bool) or not isinstance(case.time_spent, int) or case.time_spent < 0:
             problem(f"{case.time_spent!r} is not a number of seconds (a whole number, 0 or more)", TIME_SPENT)
         for column in case.extra:
-            if column in (CASE_ID, PATIENT_ID, IMAGE, SEGMENTATION, *WORKFLOW_COLUMNS) or column.startswith(
+            if column in (CASE_ID, PATIENT_ID, IMAGE, SEGMENTATION, *WORKFLOW_COLUMNS, *PRE_ANNOTATION_COLUMNS) or \
+                    column.startswith(
                 IMAGE_PREFIX
             ):
                 problem("is a reserved column name and cannot be an extra column", column)
@@ -295,7 +316,8 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
     image_columns = [name for name in header if name == IMAGE or name.startswith(IMAGE_PREFIX)]
     channels = [IMAGE if name == IMAGE else name[len(IMAGE_PREFIX) :] for name in image_columns]
     extra_columns = [
-        name for name in header if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *WORKFLOW_COLUMNS, *image_columns)
+        name for name in header
+        if name not in (CASE_ID, PATIENT_ID, SEGMENTATION, *WORKFLOW_COLUMNS, *PRE_ANNOTATION_COLUMNS, *image_columns)
     ]
 
     cases, case_rows = [], []
@@ -322,6 +344,9 @@ def parse_case_list(text: str, folder: str, source: str = "") -> list[Case]:
                 status=values.get(STATUS, ""),
                 annotator=values.get(ANNOTATOR, ""),
                 time_spent=time_spent,
+                pre_annotation=_resolved_path(values.get(PRE_ANNOTATION, ""), folder),
+                model_id=values.get(MODEL_ID, ""),
+                model_version=values.get(MODEL_VERSION, ""),
             )
         )
         case_rows.append(row)
@@ -371,6 +396,9 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
     extra_columns = []
     for case in cases:
         extra_columns.extend(column for column in case.extra if column not in extra_columns)
+    # A case list nobody pre-annotated keeps the columns it always had.
+    pre_annotation_columns = PRE_ANNOTATION_COLUMNS if any(
+        case.pre_annotation or case.model_id or case.model_version for case in cases) else ()
     # Spreadsheet-safe cells and "\n" line ends (the same bytes on every system, clean diffs under version control).
     header = [
         CASE_ID,
@@ -378,6 +406,7 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
         *(image_column(channel, channels) for channel in channels),
         SEGMENTATION,
         *WORKFLOW_COLUMNS,
+        *pre_annotation_columns,
         *extra_columns,
     ]
     rows = [
@@ -389,6 +418,8 @@ def format_case_list(cases: Sequence[Case], folder: str) -> str:
             case.status,
             case.annotator,
             case.time_spent,
+            *((_stored_path(case.pre_annotation, folder), case.model_id, case.model_version)
+              if pre_annotation_columns else ()),
             *(case.extra.get(column, "") for column in extra_columns),
         ]
         for case in cases

@@ -183,7 +183,19 @@ def _writable_problem(root: str) -> str:
 
 
 def _case_inputs(case: Case) -> list:
-    return sorted({*case.images.values(), case.segmentation})
+    """The files a case's export depends on: its images, its segmentation and its prediction when a model
+    pre-annotated it (a prediction deleted since is noted in the card, not an error)."""
+    prediction = [case.pre_annotation] if case.pre_annotated and os.path.isfile(case.pre_annotation) else []
+    return sorted({*case.images.values(), case.segmentation, *prediction})
+
+
+def _case_fingerprint(settings_hash: str, channels: tuple, case: Case, hashes: Mapping) -> str:
+    """A case's fingerprint: its inputs, the settings, its id and, for a pre-annotated case, what the card reports
+    of it from the case list (model, version, time spent)."""
+    parts = [settings_hash, channels, {path: hashes[path] for path in _case_inputs(case)}, case.case_id]
+    if case.pre_annotated:
+        parts.append([case.pre_annotation, case.model_id, case.model_version, case.time_spent])
+    return _json_sha256(parts)
 
 
 class _Steps:
@@ -534,10 +546,7 @@ def _planned_run(annotated: Sequence[Case], request: _Request, root: str, manife
     settings_hash = _settings_hash(settings, labels)
     previous_cases = (manifest or {}).get("cases", {})
     hashes = _hash_inputs(annotated, workers, steps)
-    fingerprints = {
-        case.case_id: _json_sha256([settings_hash, channels, {p: hashes[p] for p in _case_inputs(case)}, case.case_id])
-        for case in annotated
-    }
+    fingerprints = {case.case_id: _case_fingerprint(settings_hash, channels, case, hashes) for case in annotated}
     # Cases exported before with the same inputs and settings were checked then; the rest are checked now.
     strata = {}
     for case in annotated:

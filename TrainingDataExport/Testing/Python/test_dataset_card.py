@@ -142,6 +142,7 @@ def test_markdown_shows_warnings_first_and_every_section():
         "## Geometry",
         "## Intensities",
         "## Annotators",
+        "## Pre-annotations",
         "## Source files",
         "## Settings",
     ]
@@ -312,6 +313,7 @@ def test_json_holds_everything_the_markdown_shows(tmp_path):
         "geometry",
         "intensities",
         "annotators",
+        "pre_annotations",
         "sources",
         "settings",
         "split",

@@ -116,6 +116,41 @@ def test_navigation_statuses_and_time_spent(logic, monkeypatch):
         logic.setStatus(1, "finished")
 
 
+def test_a_pre_annotated_case_opens_its_prediction_and_saving_leaves_the_prediction_as_it_was(logic, tmp_path):
+    """A model's prediction (here a label map) is the starting point of case b; the correction is the case's own."""
+    prediction = np.zeros((5, 8, 9), np.uint8)
+    prediction[1:3, 1:4, 1:5] = 1
+    prediction_image = sitk.GetImageFromArray(prediction)
+    prediction_image.CopyInformation(sitk.ReadImage(str(tmp_path / "b.nrrd")))
+    (tmp_path / "predicted").mkdir()
+    prediction_path = str(tmp_path / "predicted" / "b.nii.gz")
+    sitk.WriteImage(prediction_image, prediction_path)
+    before = (tmp_path / "predicted" / "b.nii.gz").read_bytes()
+    case = logic.cases[1]
+    case.pre_annotation, case.model_id, case.model_version, case.status = prediction_path, "m", "1.0", "pre-annotated"
+    logic.saveCaseList()
+    logic.loadCase(1)
+    np.testing.assert_array_equal(segment_array(logic, "Liver"), prediction)
+    assert segment_array(logic, "Tumor").sum() == 0
+    assert read_case_list(logic.caseListPath)[1].status == "in progress"
+    # Slicer's own Save would write the case's file, and counts the opened prediction as not saved yet.
+    storage = logic.segmentationNode.GetStorageNode()
+    assert storage.GetFileName() == str(tmp_path / "b.seg.nrrd") and logic.segmentationNode.GetModifiedSinceRead()
+    corrected = prediction.copy()
+    corrected[3, 5:7, 5:8] = 1
+    node = logic.segmentationNode
+    slicer.util.updateSegmentBinaryLabelmapFromArray(
+        corrected, node, node.GetSegmentation().GetSegmentIdBySegmentName("Liver"), logic.volumeNodes[0])
+    assert logic.saveCase() == str(tmp_path / "b.seg.nrrd")
+    saved = read_case_list(logic.caseListPath)[1]
+    assert (saved.segmentation, saved.pre_annotation, saved.model_id) == (str(tmp_path / "b.seg.nrrd"),
+                                                                            prediction_path, "m")
+    assert (tmp_path / "predicted" / "b.nii.gz").read_bytes() == before
+    # Loaded again, the case opens the annotator's work, not the prediction.
+    logic.loadCase(1)
+    np.testing.assert_array_equal(segment_array(logic, "Liver"), corrected)
+
+
 def test_loading_needs_the_schema(tmp_path, logic):
     logic.openLabelSchema("")
     with pytest.raises(ValueError, match="label schema first"):
