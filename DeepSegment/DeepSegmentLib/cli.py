@@ -5,7 +5,8 @@ this process or in the model's container image (``--backend``), and writes a lab
 MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, atomically. ``image build``
 and ``image save`` ship a model package as a container image; ``evaluate`` measures predictions against
 references and writes a report (see ``evaluation_cli``); ``stream`` segments OpenIGTLink image streams
-live with a 2D model until Ctrl-C or SIGTERM (``stream.py``). Every failure exits with code 1 and one line
+live with a 2D model until Ctrl-C or SIGTERM (``stream.py``); ``train`` trains a model from an export or a case
+list into the registry (see ``training_cli``). Every failure exits with code 1 and one line
 on standard error saying why; the arguments (inputs, output type and folder, threads, device, timeout,
 parameters) are checked before any work, so that a typo is not found after a long inference.
 
@@ -50,6 +51,7 @@ from .frames import FrameSegmenter
 from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError, load_package
 from .segfile import SegmentInfo
+from .training_cli import add_train_parser, main_train
 from .stream import (
     DEFAULT_OUTPUT_DEVICE,
     DEFAULT_REPORT_SECONDS,
@@ -106,6 +108,7 @@ def _parser() -> ArgumentParser:
     save.add_argument("--runtime", default="auto", help="auto, docker, podman or a path")
     add_evaluate_parser(commands)
     _add_stream_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
@@ -304,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     terminal = _Terminal()
     if arguments.command == "evaluate":
         return main_evaluate(arguments)
+    if arguments.command == "train":
+        return main_train(arguments)
     try:
         if arguments.command == "image":
             return _image_command(arguments, terminal.log)
