@@ -1,4 +1,4 @@
-"""Whether this Python has PyTorch, and which.
+"""Whether this Python has PyTorch, and which; and what pins every installed package when pip adds one.
 
 Installing PyTorch into Slicer is the job of Slicer's PyTorch extension (its PyTorchUtils module picks the
 build for the computer's NVIDIA driver, or the CPU build, with light-the-torch); DeepSegment asks it to (see
@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import importlib.metadata
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -34,3 +36,23 @@ def torch_status() -> TorchStatus:
     cuda = bool(torch.cuda.is_available())
     where = "with CUDA" if cuda else "CPU only"
     return TorchStatus(True, torch.__version__, cuda, f"PyTorch {torch.__version__} ({where})")
+
+
+def installed_packages() -> dict:
+    """Every distribution in this Python, by name, with its version."""
+    found = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            found.setdefault(name, distribution.version)
+    return found
+
+
+def pinned_constraints(installed: Mapping[str, str]) -> list:
+    """pip constraint lines keeping every installed package (``installed_packages()``) at its version: with them,
+    ``pip install`` can add a package (MONAI for training) but never change Slicer's numpy, SimpleITK or vtk.
+
+    >>> pinned_constraints({"SimpleITK": "2.4.0", "numpy": "1.26.4"})
+    ['numpy==1.26.4', 'SimpleITK==2.4.0']
+    """
+    return [f"{name}=={version}" for name, version in sorted(installed.items(), key=lambda i: i[0].lower())]

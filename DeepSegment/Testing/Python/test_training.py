@@ -23,10 +23,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from fault_injection import child_environment
-from training_cases import LABELS, SHAPE, write_case, write_case_list, write_export
+from training_cases import LABELS, SHAPE, published_base, write_case, write_case_list, write_export
 
 from DeepSegmentLib import training
-from DeepSegmentLib.package import load_network, load_package, write_package
+from DeepSegmentLib.package import load_network, load_package
 from DeepSegmentLib.training import (
     CHECKPOINT_NAME,
     STATE_NAME,
@@ -37,7 +37,6 @@ from DeepSegmentLib.training import (
 )
 from DeepSegmentLib.training_data import read_training_data
 from DeepSegmentLib.training_networks import NetworkSettings
-from DeepSegmentLib.training_publish import publish
 from ModelRegistryLib.files import is_temporary_name
 from ModelRegistryLib.registry import user_sources
 
@@ -263,50 +262,6 @@ def test_no_test_or_validation_patient_reaches_the_statistics_or_the_batches(tmp
 
 
 # --- fine-tuning ------------------------------------------------------------------------------------------
-
-
-class TinyNetwork(torch.nn.Module):
-    """Three output channels from one input: a plain convolutional network (no MONAI needed)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.BatchNorm3d(8),
-                                          torch.nn.ReLU(), torch.nn.Conv3d(8, 3, 1))
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-def base_contract(model_format: str, labels=LABELS, activation: str = "softmax") -> dict:
-    weights = {"torchscript": "model.pt", "torch.export": "model.pt2", "onnx": "model.onnx"}[model_format]
-    channels = len(labels) + (1 if activation == "softmax" else 0)
-    return {"schemaVersion": 1, "format": model_format, "weights": weights, "dimensions": 3,
-            "inputs": [{"name": "image"}],
-            "preprocessing": {"spacing": [2.0, 2.0, 2.5], "orientation": "RAS",
-                              "normalization": [{"kind": "z-score", "foreground": "all"}]},
-            "inference": {"patchSize": [16, 16, 8], "activation": activation, "outputChannels": channels},
-            "postprocessing": {"mode": "argmax" if activation == "softmax" else "threshold"},
-            "labels": [{"value": label.value, "name": label.name, "color": label.color} for label in labels]}
-
-
-def published_base(tmp_path, model_id: str, model_format: str, **contract_changes) -> str:
-    """A base model written in ``model_format``, published in a local registry of ``tmp_path/cache``."""
-    torch.manual_seed(0)
-    network = TinyNetwork().eval()
-    folder = str(tmp_path / f"{model_id}-package")
-    contract = {**base_contract(model_format), **contract_changes}
-    if model_format == "torch.export":
-        weights = torch.export.export(network, (torch.zeros(2, 1, 8, 16, 16),),
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
-    elif model_format == "onnx":
-        weights = b"not an onnx model"
-    else:
-        weights = torch.jit.script(network)
-    write_package(folder, weights, contract)
-    entry = {"id": model_id, "title": model_id, "labels": contract["labels"],
-             "versions": [{"version": "1.0.0", "files": []}]}
-    publish(folder, entry, str(tmp_path / "bases"), str(tmp_path / "cache"))
-    return folder
 
 
 @pytest.mark.parametrize("model_format", ["torchscript", "torch.export"])

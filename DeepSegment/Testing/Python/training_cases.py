@@ -1,7 +1,8 @@
 """Seeded synthetic training data for the training tests and benchmark: small volumes of a bright ellipsoid
 (label 1, "organ") holding a brighter blob (label 2, "lesion"), on oblique anisotropic grids, with a random
 intensity gain and offset per case (so normalization matters) and noise. A case list of several patients (some
-with two scans), its label schema, and a TrainingDataExport export of it."""
+with two scans), its label schema, and a TrainingDataExport export of it; and small base models (a plain PyTorch
+network, no MONAI) published in a local registry, to fine-tune."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from ModelRegistryLib.index import Label
+
+from DeepSegmentLib.package import write_package
+from DeepSegmentLib.training_publish import publish
 
 from TrainingDataExportLib import Case, ExportSettings, caselist, export_dataset, read_case_list, save_label_schema
 
@@ -92,4 +97,49 @@ def write_export(case_list: str, output: str, export_format: str = "nnunet", fol
     return report.output_dir
 
 
-__all__ = ["LABELS", "PATIENTS", "case_arrays", "write_case", "write_case_list", "write_export"]
+class TinyNetwork(torch.nn.Module):
+    """Three output channels from one input: a plain convolutional network (no MONAI needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.BatchNorm3d(8),
+                                          torch.nn.ReLU(), torch.nn.Conv3d(8, 3, 1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def base_contract(model_format: str, labels=LABELS, activation: str = "softmax") -> dict:
+    weights = {"torchscript": "model.pt", "torch.export": "model.pt2", "onnx": "model.onnx"}[model_format]
+    channels = len(labels) + (1 if activation == "softmax" else 0)
+    return {"schemaVersion": 1, "format": model_format, "weights": weights, "dimensions": 3,
+            "inputs": [{"name": "image"}],
+            "preprocessing": {"spacing": [2.0, 2.0, 2.5], "orientation": "RAS",
+                              "normalization": [{"kind": "z-score", "foreground": "all"}]},
+            "inference": {"patchSize": [16, 16, 8], "activation": activation, "outputChannels": channels},
+            "postprocessing": {"mode": "argmax" if activation == "softmax" else "threshold"},
+            "labels": [{"value": label.value, "name": label.name, "color": label.color} for label in labels]}
+
+
+def published_base(tmp_path, model_id: str, model_format: str, **contract_changes) -> str:
+    """A base model written in ``model_format``, published in a local registry of ``tmp_path/cache``."""
+    torch.manual_seed(0)
+    network = TinyNetwork().eval()
+    folder = str(tmp_path / f"{model_id}-package")
+    contract = {**base_contract(model_format), **contract_changes}
+    if model_format == "torch.export":
+        weights = torch.export.export(network, (torch.zeros(2, 1, 8, 16, 16),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    elif model_format == "onnx":
+        weights = b"not an onnx model"
+    else:
+        weights = torch.jit.script(network)
+    write_package(folder, weights, contract)
+    entry = {"id": model_id, "title": model_id, "labels": contract["labels"],
+             "versions": [{"version": "1.0.0", "files": []}]}
+    publish(folder, entry, str(tmp_path / "bases"), str(tmp_path / "cache"))
+    return folder
+
+
+__all__ = ["LABELS", "PATIENTS", "TinyNetwork", "base_contract", "case_arrays", "published_base", "write_case",
+           "write_case_list", "write_export"]
