@@ -286,6 +286,27 @@ def dice_ce_loss(logits, classes):
     return functional.cross_entropy(logits, classes) + 1 - dice[1:].mean()
 
 
+def training_step(module, optimizer, scaler, images, classes, device_type: str, autocast: str) -> float:
+    """One optimization step on a batch: the forward pass under autocast to ``autocast`` (``""``: float32), the
+    loss in float32, the backward pass (scaled by ``scaler``, a ``GradScaler``, for float16) and the update.
+    Returns the loss."""
+    import torch
+
+    dtype = getattr(torch, autocast) if autocast else None
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        logits = module(images)
+    loss = dice_ce_loss(logits.float(), classes)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
 def _schedule(name: str, epochs: int) -> Callable[[int], float]:
     if name == "poly":
         return lambda epoch: (1 - min(epoch, epochs) / epochs) ** POLY_EXPONENT
@@ -640,7 +661,6 @@ class _Run:
         validator = _Validator(self.data, self.partition.validation, self.package, self.compute, s.precision)
         self.trainable.set_training(True)
         device_type = self.compute.kind if self.compute.kind in ("cuda", "cpu") else "cpu"
-        dtype = getattr(torch, self.autocast) if self.autocast else None
         for epoch in range(self.resumed_from, s.epochs):
             if self.early["stopped"]:
                 break
@@ -649,18 +669,7 @@ class _Run:
             for step in range(s.steps_per_epoch):
                 self.check_cancel()
                 images, classes, _ = sampler.batch(epoch, step, s.batch_size)
-                with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-                    logits = module(images)
-                loss = dice_ce_loss(logits.float(), classes)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(training_step(module, optimizer, scaler, images, classes, device_type, self.autocast))
                 self.progress((epoch + (step + 1) / s.steps_per_epoch) / s.epochs,
                               f"epoch {epoch + 1} of {s.epochs}, step {step + 1} of {s.steps_per_epoch}: loss "
                               f"{losses[-1]:.4f}")
