@@ -1,4 +1,5 @@
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -66,6 +67,9 @@ from DeepSegmentLib.evaluation_cohort import (
     read_case_labels,
 )
 from DeepSegmentLib.evaluation_report import worst_cases
+from DeepSegmentLib.training import EPOCH_LOG_LEVEL, TrainingError, TrainingSettings, check_settings
+from DeepSegmentLib.training_networks import MONAI_REQUIREMENT, NetworkSettings
+from ModelRegistryLib.registry import user_sources
 from TrainingDataExport import segmentTerminologyEntry
 from TrainingDataExportLib import PRE_ANNOTATED, TO_DO
 
@@ -110,6 +114,9 @@ class DeepSegment(ScriptedLoadableModule):
             " container images run in Docker or Podman, isolated (no network, read-only inputs), with their"
             " parameters in the panel. Evaluate measures segmentations against references (Dice, HD95, mean"
             " surface distance, normalized surface Dice, volumes) for two segmentations or a whole cohort."
+            " Train makes a model from annotated cases (an export of Training Data Export or a case list): a"
+            " MONAI network or a registry model fine-tuned, validated on held-out patients, added to a local"
+            " registry index with its card."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
@@ -134,6 +141,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.poller = None
         self.batchSection = None
         self.evaluateSection = None
+        self.trainSection = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -163,6 +171,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(self.batchSection.widget)
         self.evaluateSection = EvaluateSection(self)
         self.layout.addWidget(self.evaluateSection.widget)
+        self.trainSection = TrainSection(self)
+        self.layout.addWidget(self.trainSection.widget)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.updateModelList()
@@ -175,6 +185,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic.service.stop()
         self.batchSection.cleanup()
         self.evaluateSection.cleanup()
+        self.trainSection.cleanup()
 
     def enter(self):
         self.prefillInputs()
@@ -676,6 +687,156 @@ class EvaluateSection:
         caseIndex = self.logic.evaluationCaseRows(self.report)[rows[0]][0]
         with slicer.util.tryWithErrorDisplay("The case could not be loaded."):
             self.logic.loadEvaluatedCase(self.report, caseIndex)
+
+    def cleanup(self):
+        self.poller.stop()
+
+
+class TrainSection:
+    """The panel's Train section: data (an export or a case list), network (new, or a registry model to
+    fine-tune), the main settings, and where the result goes; Train runs in a worker process, with progress,
+    the loss and validation Dice plotted as epochs end (a plot view of table and chart nodes in the scene), and
+    Cancel. Decisions are the Logic's; what the section holds is what the user picked."""
+
+    DATA_KINDS = (("export", "Export folder"), ("cases", "Case list"))
+
+    def __init__(self, owner):
+        self.owner = owner  # the panel: its logic may be replaced (tests do)
+        self.widget = slicer.util.loadUI(owner.resourcePath("UI/DeepSegmentTrain.ui"))
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        self.tableNode = None
+        self.chartNode = None
+        self.poller = JobPoller(self.showProgress, self.onFinished, onLog=self.onLog)
+        ui = self.ui
+        for kind, label in self.DATA_KINDS:
+            ui.trainDataSelector.addItem(label, kind)
+        for kind, label in DeepSegmentLogic.TRAINING_NETWORKS:
+            ui.trainNetworkSelector.addItem(label, kind)
+        for request, label in self.logic.deviceChoices():
+            ui.trainDeviceSelector.addItem(label, request)
+        for precision, label in DeepSegmentLogic.PRECISION_LABELS.items():
+            ui.trainPrecisionSelector.addItem(label, precision)
+        ui.trainProgressBar.visible = False
+        # A chart of the scene in the panel itself: the curves stay in sight while the training runs.
+        self.plotView = slicer.qMRMLPlotView()
+        self.plotView.setMRMLScene(slicer.mrmlScene)
+        self.plotView.setMinimumHeight(200)
+        ui.trainPlotFrame.layout().addWidget(self.plotView)
+        ui.trainPlotFrame.visible = False
+        ui.trainDataSelector.connect("currentIndexChanged(int)", self.updateState)
+        ui.trainNetworkSelector.connect("currentIndexChanged(int)", self.updateState)
+        for pathLineEdit in (ui.trainExportPathLineEdit, ui.trainCaseListPathLineEdit, ui.trainOutputPathLineEdit):
+            pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
+        ui.trainButton.connect("clicked(bool)", self.onTrainOrCancel)
+        self.updateModels()
+
+    @property
+    def logic(self):
+        return self.owner.logic
+
+    def dataPath(self):
+        ui = self.ui
+        return (ui.trainExportPathLineEdit if ui.trainDataSelector.currentData == "export"
+                else ui.trainCaseListPathLineEdit).currentPath
+
+    def updateModels(self):
+        """The registry models that can be fine-tuned, in the base model list."""
+        selector = self.ui.trainBaseModelSelector
+        current = selector.currentData
+        selector.clear()
+        for modelId, label in self.logic.fineTuningChoices():
+            selector.addItem(label, modelId)
+        selector.setCurrentIndex(max(selector.findData(current), 0) if current else 0)
+        self.updateState()
+
+    def updateState(self, _unused=None):
+        ui = self.ui
+        export = ui.trainDataSelector.currentData == "export"
+        for widget in (ui.trainExportLabel, ui.trainExportPathLineEdit):
+            widget.visible = export
+        for widget in (ui.trainCaseListLabel, ui.trainCaseListPathLineEdit):
+            widget.visible = not export
+        fineTuning = ui.trainNetworkSelector.currentData == "finetune"
+        for widget in (ui.trainBaseModelLabel, ui.trainBaseModelSelector):
+            widget.visible = fineTuning
+        for widget in (ui.trainPatchLabel, ui.trainPatchLineEdit):
+            widget.visible = not fineTuning  # a fine-tuned model keeps its patch size
+        if self.poller.busy:
+            return
+        ui.trainButton.enabled = bool(self.dataPath()) and bool(ui.trainOutputPathLineEdit.currentPath) and (
+            not fineTuning or bool(ui.trainBaseModelSelector.currentData))
+
+    def options(self):
+        """The settings as the widgets show them (the Logic's ``trainingTask`` keywords)."""
+        ui = self.ui
+        return {"network": ui.trainNetworkSelector.currentData,
+                "baseModel": ui.trainBaseModelSelector.currentData or "", "patchSize": ui.trainPatchLineEdit.text,
+                "labels": ui.trainLabelsPathLineEdit.currentPath,
+                "epochs": ui.trainEpochsSpinBox.value, "steps_per_epoch": ui.trainStepsSpinBox.value,
+                "batch_size": ui.trainBatchSpinBox.value, "learning_rate": ui.trainLearningRateSpinBox.value,
+                "patience": ui.trainPatienceSpinBox.value, "device": ui.trainDeviceSelector.currentData,
+                "precision": ui.trainPrecisionSelector.currentData, "seed": ui.trainSeedSpinBox.value,
+                "registry": ui.trainRegistryPathLineEdit.currentPath, "model_id": ui.trainModelIdLineEdit.text.strip()}
+
+    def onTrainOrCancel(self):
+        ui = self.ui
+        if self.poller.busy:
+            self.poller.cancel()
+            ui.trainStatusLabel.text = "Cancelling…"
+            return
+        try:
+            settings = self.logic.trainingSettings(self.dataPath(), ui.trainOutputPathLineEdit.currentPath,
+                                                   **self.options())
+            if not self.dependenciesReady(settings):
+                return
+            task = self.logic.trainingTask(settings)
+        except DeepSegmentLogic.TRAINING_USER_ERRORS as error:
+            ui.trainStatusLabel.text = f"Training could not start: {error}"
+            return
+        self.tableNode, self.chartNode = self.logic.trainingCurveNodes(self.tableNode, self.chartNode)
+        self.logic.showTrainingCurves(self.plotView, self.chartNode)
+        ui.trainPlotFrame.visible = True
+        self.poller.follow(task)
+        ui.trainButton.text = "Cancel"
+        ui.trainProgressBar.visible = True
+        ui.trainProgressBar.value = 0
+        ui.trainStatusLabel.text = "Starting…"
+
+    def dependenciesReady(self, settings):
+        """Whether what the training needs is installed, after offering to install it (MONAI for a new network)."""
+        missing = self.logic.missingTrainingRequirements(settings)
+        if not missing:
+            return True
+        if self.logic.installTrainingDependencies(missing):
+            return True
+        self.ui.trainStatusLabel.text = f"Training a new network needs {', '.join(missing)}: it was not installed."
+        return False
+
+    def showProgress(self, progress):
+        self.ui.trainProgressBar.value = int((progress.fraction or 0.0) * 100)
+        self.ui.trainStatusLabel.text = "Cancelling…" if self.poller.task.cancel_requested else progress.text
+
+    def onLog(self, record):
+        """Each finished epoch adds a row to the curves' table."""
+        if record.level == EPOCH_LOG_LEVEL:
+            self.logic.addTrainingEpoch(self.tableNode, json.loads(record.text))
+            self.plotView.fitToContent()
+
+    def onFinished(self, task):
+        ui = self.ui
+        ui.trainButton.text = "Train"
+        ui.trainProgressBar.visible = False
+        if task.state == "succeeded":
+            ui.trainStatusLabel.text = self.logic.trainingSummary(task.result)
+            self.owner.updateModelList()
+            self.updateModels()
+            modelSelector = self.owner.ui.modelSelector
+            modelSelector.setCurrentIndex(max(modelSelector.findData(task.result.model_id), 0))
+        elif task.state == "cancelled":
+            ui.trainStatusLabel.text = "Cancelled. Train again with the same settings and folder to continue."
+        else:
+            ui.trainStatusLabel.text = f"Training failed: {task.error}"
+        self.updateState()
 
     def cleanup(self):
         self.poller.stop()
@@ -1372,23 +1533,198 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     def installRuntimeDependencies(self, modelSpec, confirm):
         """Install what the runtime of ``modelSpec``'s version needs (nnunetv2, MONAI...) when it is missing: True
-        when it is there. ``confirm(text)`` asks the user first; every installed package is pinned, so Slicer's
-        numpy, SimpleITK and vtk stay as they are (pip refuses an install that would change them). The worker
-        processes that run models use this same Python, so they find what is installed here."""
+        when it is there. ``confirm(text)`` asks the user first (see :meth:`installRequirements`)."""
         if not modelSpec:
             return True
         _, version = self.registry.resolve(modelSpec)
         missing = missing_requirements(version.runtime)
         if not missing:
             return True
-        if not confirm(f"Models run by {version.runtime} need {', '.join(missing)}. Install now? Packages already"
-                       " installed (Slicer's numpy, SimpleITK...) are kept as they are."):
+        self.installRequirements(missing, f"Models run by {version.runtime} need {', '.join(missing)}.", confirm)
+        return not missing_requirements(version.runtime)
+
+    @staticmethod
+    def installRequirements(missing, why, confirm):
+        """Install the pip requirements ``missing`` into Slicer's Python after ``confirm(text)`` (``why`` opens the
+        question) says yes, every installed package pinned: pip may add packages, never change Slicer's numpy,
+        SimpleITK or vtk, nor PyTorch (an install that would is refused by pip and changes nothing). The worker
+        processes that run models and trainings use this same Python, so they find what is installed here.
+        Returns whether the user agreed."""
+        if not confirm(f"{why} Install now? Packages already installed (Slicer's numpy, SimpleITK, PyTorch...) are"
+                       " kept as they are."):
             return False
         pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
         write_text_atomically(pins, "\n".join(pinned_constraints(installed_packages())) + "\n")
         slicer.util.pip_install(install_arguments(missing, pins))
         importlib.invalidate_caches()
-        return not missing_requirements(version.runtime)
+        return True
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    TRAINING_NETWORKS = (("unet", "MONAI U-Net (new)"), ("segresnet", "MONAI SegResNet (new)"),
+                         ("finetune", "Fine-tune a registry model"))
+    TRAINING_USER_ERRORS = (TrainingError, ValueError, OSError)
+    TRAINING_CURVE_COLUMNS = ("Epoch", "Loss", "Validation Dice")
+
+    def fineTuningChoices(self):
+        """(model id, title) of the registry models whose latest version runs in Slicer's Python (a package)."""
+        return [(model.id, model.title) for model in self.registry.models() if model.latest_release.files]
+
+    @staticmethod
+    def parsePatchSize(text):
+        """A patch size typed as three whole numbers (x y z voxels); None for an empty text (planned)."""
+        words = str(text or "").replace(",", " ").replace("x", " ").split()
+        if not words:
+            return None
+        if len(words) != 3 or not all(word.isdigit() and int(word) > 0 for word in words):
+            raise ValueError(f"The patch size must be three whole numbers of voxels (x y z), not {text!r}.")
+        return tuple(int(word) for word in words)
+
+    def trainingSettings(self, data, output, network="unet", baseModel="", patchSize="", **options):
+        """The checked ``TrainingSettings`` (DeepSegmentLib.training) of a training on ``data`` (an export folder or
+        index file, or a case list) into the folder ``output``.
+
+        ``network`` is ``unet``, ``segresnet``, ``finetune`` (with ``baseModel``, a registry ``ID[@VERSION]``) or a
+        ``NetworkSettings``; ``patchSize`` may be typed ("64 64 32"); ``options`` are other ``TrainingSettings``
+        fields (``epochs``, ``learning_rate``, ``registry``...). The model cache is the registry's. Raises
+        ``ValueError`` (``TrainingError``) saying what to change.
+        """
+        if not data:
+            raise ValueError("Select the training data: an export folder or a case list.")
+        if not output:
+            raise ValueError("Select the folder the training is kept in.")
+        if isinstance(network, NetworkSettings):
+            networkSettings = network
+        elif network == "finetune":
+            if not baseModel:
+                raise ValueError("Select the registry model to fine-tune.")
+            networkSettings = NetworkSettings(base_model=baseModel)
+        else:
+            networkSettings = NetworkSettings(architecture=network)
+        if not networkSettings.base_model and "patch_size" not in options:
+            options["patch_size"] = self.parsePatchSize(patchSize)
+        settings = TrainingSettings(data=data, output=output, network=networkSettings,
+                                    cache_dir=self.registry.store.cache_dir, **options)
+        check_settings(settings)
+        return settings
+
+    @staticmethod
+    def missingTrainingRequirements(settings):
+        """The pip requirements a training with ``settings`` needs and this Python lacks: MONAI for a new network
+        (fine-tuning a registry model needs only PyTorch)."""
+        if settings.network.base_model or importlib.util.find_spec("monai") is not None:
+            return []
+        return [MONAI_REQUIREMENT]
+
+    def installTrainingDependencies(self, missing=(MONAI_REQUIREMENT,), confirm=None):
+        """Install ``missing`` (MONAI) into Slicer's Python after asking (``confirm``, default a dialog; see
+        :meth:`installRequirements`). Returns whether everything is installed afterwards."""
+        missing = list(missing)
+        self.installRequirements(missing, f"Training a new network needs {', '.join(missing)}, which is not"
+                                 " installed.", confirm or slicer.util.confirmOkCancelDisplay)
+        return all(importlib.util.find_spec(requirement.split("==")[0]) is not None for requirement in missing)
+
+    def trainingTask(self, data, output="", **options):
+        """Start a training in a worker process; returns the running job (``progress``, ``cancel()``, ``state``;
+        ``result``: a ``TrainingResult``). ``data`` is a ``TrainingSettings``, or the data with ``output`` and
+        ``options`` as :meth:`trainingSettings` takes them. Each finished epoch arrives as a log record of level
+        ``EPOCH_LOG_LEVEL`` holding its JSON (:meth:`addTrainingEpoch`). When it succeeds the registry is read
+        again, so the new model is listed at once.
+
+        A training takes minutes to days: in a worker process it runs at full speed while Slicer stays
+        responsive (a thread of Slicer's process would crawl: the GUI keeps Python's GIL while it idles).
+        """
+        settings = data if isinstance(data, TrainingSettings) else self.trainingSettings(data, output, **options)
+        missing = self.missingTrainingRequirements(settings)
+        if missing:
+            raise ValueError(f"Training a new network needs {', '.join(missing)}: install it first "
+                             "(installTrainingDependencies()), or fine-tune a registry model.")
+        task = startJob("DeepSegmentLib.training:train_job", {"settings": settings},
+                        f"training on {os.path.basename(os.path.normpath(settings.data))}", sysPath=[_MODULE_FOLDER])
+        task.when_done(lambda done: self.refreshModels() if done.error is None else None)
+        return task
+
+    def train(self, data, output="", **options):
+        """:meth:`trainingTask`, waited for while Slicer stays responsive (console, scripts): returns the
+        ``TrainingResult``, or raises ModelRegistryLib's ``JobError`` saying why it failed (``JobCancelledError``
+        when cancelled; the same call continues it)."""
+        return runJob(self.trainingTask(data, output, **options))
+
+    def refreshModels(self):
+        """Read the registry's sources again, the user's sources included (a training adds its registry folder)."""
+        known = {source.location for source in self.registry.sources}
+        cacheDir = self.registry.store.cache_dir
+        self.registry.sources += [source for source in user_sources(cacheDir) if source.location not in known]
+        self.registry.refresh(offline=True)
+
+    @classmethod
+    def trainingCurveNodes(cls, tableNode=None, chartNode=None):
+        """``(table node, plot chart node)`` for a training's curves, the table emptied: one row per epoch
+        (:attr:`TRAINING_CURVE_COLUMNS`; the validation Dice is NaN for epochs not validated) and a chart of the
+        loss and the validation Dice per epoch. Given nodes still in the scene are reused."""
+        scene = slicer.mrmlScene
+        if tableNode is None or not scene.IsNodePresent(tableNode):
+            tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName("Training curves"))
+        with slicer.util.NodeModify(tableNode):
+            tableNode.RemoveAllColumns()
+            for name in cls.TRAINING_CURVE_COLUMNS:
+                column = vtk.vtkDoubleArray()
+                column.SetName(name)
+                tableNode.GetTable().AddColumn(column)
+        if chartNode is not None and scene.IsNodePresent(chartNode):
+            return tableNode, chartNode
+        chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName("Training curves"))
+        chartNode.SetTitle("Training")
+        chartNode.SetXAxisTitle("Epoch")
+        chartNode.SetYAxisTitle("Loss, validation Dice")
+        for name, color in (("Loss", (0.85, 0.33, 0.1)), ("Validation Dice", (0.0, 0.45, 0.74))):
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name}")
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetXColumnName("Epoch")
+            series.SetYColumnName(name)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+            series.SetColor(*color)
+            chartNode.AddAndObservePlotSeriesNodeID(series.GetID())
+        return tableNode, chartNode
+
+    @staticmethod
+    def addTrainingEpoch(tableNode, record):
+        """Add an epoch's record (``epoch``, ``loss``, ``validation_dice``) as a row of the curves' table."""
+        table = tableNode.GetTable()
+        dice = record.get("validation_dice")
+        row = table.InsertNextBlankRow()
+        for column, value in enumerate((record["epoch"], record["loss"], float("nan") if dice is None else dice)):
+            table.SetValue(row, column, vtk.vtkVariant(float(value)))
+        table.Modified()
+        tableNode.Modified()
+
+    def trainingCurves(self, history, tableNode=None, chartNode=None):
+        """The curves of a finished training (``TrainingResult.history``) as table and chart nodes, shown in the
+        views' plot view where there is one."""
+        tableNode, chartNode = self.trainingCurveNodes(tableNode, chartNode)
+        for record in history:
+            self.addTrainingEpoch(tableNode, record)
+        self.showEvaluationInViews(tableNode, chartNode)
+        return tableNode, chartNode
+
+    @staticmethod
+    def showTrainingCurves(plotView, chartNode):
+        """Show ``chartNode`` in ``plotView`` (a ``qMRMLPlotView`` of the panel) through a plot view node of its
+        own (a new one when the scene lost the previous one)."""
+        viewNode = plotView.mrmlPlotViewNode()
+        if viewNode is None or not slicer.mrmlScene.IsNodePresent(viewNode):
+            viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "DeepSegment training plot")
+            plotView.setMRMLPlotViewNode(viewNode)
+        viewNode.SetPlotChartNodeID(chartNode.GetID())
+
+    @staticmethod
+    def trainingSummary(result):
+        """One paragraph on a finished training (a ``TrainingResult``)."""
+        dice = ", ".join(f"{name} {value:.3f}" for name, value in result.test_dice.items() if value is not None)
+        return (f"Added {result.model_id} {result.version} to {result.index}: best epoch {result.best_epoch} of"
+                f" {len(result.history)} ({result.stopped}). Held-out Dice: {dice or 'no test case'}. Write its"
+                " intended use and limitations there.")
 
 
 #

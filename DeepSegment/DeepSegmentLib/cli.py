@@ -6,7 +6,8 @@ MHA) or a Slicer segmentation (``.seg.nrrd``) chosen by the output's file name, 
 model over every case of a case list or a folder, here or on a Ray cluster (see ``batch_cli``). ``image build``
 and ``image save`` ship a model package as a container image; ``evaluate`` measures predictions against
 references and writes a report (see ``evaluation_cli``); ``stream`` segments OpenIGTLink image streams
-live with a 2D model until Ctrl-C or SIGTERM (``stream.py``). Every failure exits with code 1 and one line
+live with a 2D model until Ctrl-C or SIGTERM (``stream.py``); ``train`` trains a model from an export or a case
+list into the registry (see ``training_cli``). Every failure exits with code 1 and one line
 on standard error saying why; the arguments (inputs, output type and folder, threads, device, timeout,
 parameters) are checked before any work, so that a typo is not found after a long inference.
 
@@ -53,6 +54,7 @@ from .imageio import check_output_path, read_volume, write_labels
 from .package import PackageError, load_package
 from .runtimes import RunOptions, RuntimeDependencyError, run_model
 from .segfile import SegmentInfo
+from .training_cli import add_train_parser, main_train
 from .stream import (
     DEFAULT_OUTPUT_DEVICE,
     DEFAULT_REPORT_SECONDS,
@@ -114,6 +116,7 @@ def _parser() -> ArgumentParser:
     add_batch_parser(commands)
     add_evaluate_parser(commands)
     _add_stream_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
@@ -328,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_evaluate(arguments)
     if arguments.command == "batch":
         return main_batch(arguments)
+    if arguments.command == "train":
+        return main_train(arguments)
     try:
         if arguments.command == "image":
             return _image_command(arguments, terminal.log)

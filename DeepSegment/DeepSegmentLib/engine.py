@@ -510,6 +510,35 @@ def _network(package, network, compute: ComputeDevice) -> Callable:
         raise EngineError(f"The model cannot be loaded: {error}") from error
 
 
+def model_input(images: Sequence, package, device="cpu", normalized: bool = True) -> tuple:
+    """``(volume, grid)``: ``images`` (one SimpleITK volume per model input) on the model grid as a C×Z×Y×X
+    float32 tensor on ``device``, each channel normalized as the package says unless ``normalized`` is False.
+
+    The same steps as :func:`segment` takes before its sliding window: a training prepares its data with this,
+    so that the network learns on exactly what it will be given.
+
+    >>> import SimpleITK as sitk
+    >>> from types import SimpleNamespace as Model
+    >>> package = Model(inputs=[Model(name="image")], preprocessing=Model(
+    ...     spacing=(2.0, 2.0, 2.0), orientation="RAS", normalization=(Model(kind="z-score", foreground="all"),)))
+    >>> volume, grid = model_input([sitk.Image([8, 6, 4], sitk.sitkFloat32) + 3.0], package)
+    >>> tuple(volume.shape), grid.size, float(volume.abs().max())
+    ((1, 2, 3, 4), (4, 3, 2), 0.0)
+    """
+    import torch
+
+    images = list(images)
+    if len(images) != len(package.inputs):
+        raise EngineError(f"The model needs {len(package.inputs)} input volume(s), {len(images)} given")
+    torch_device = torch.device(_resolve_device(device).torch_name)
+    grid = _model_grid(images, package)
+    volume = _to_model_grid(_read(images, _input_names(package), torch_device), images, grid, torch_device)
+    if normalized:
+        for c, step in enumerate(_normalizations(package, len(images))):
+            normalize(volume[c], step)
+    return volume, grid
+
+
 def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
     """``segment``'s ``overlap``, ``mirror_axes``, ``windows``, ``skip_background`` and ``fast_forward`` for a
     quality preset (``fast``, ``accurate`` or ``exact``); the overlap is the package's unless the preset sets
@@ -786,6 +815,7 @@ __all__ = [
     "estimate_memory",
     "infer",
     "inference_window",
+    "model_input",
     "normalize",
     "quality_options",
     "segment",

@@ -262,6 +262,11 @@ def _parse_normalization(item, field: str) -> Normalization:
     return Normalization(kind)
 
 
+def parse_normalization(item: dict, field: str = "normalization") -> Normalization:
+    """One normalization entry of ``model.json``, validated (``PackageError`` naming ``field``)."""
+    return _parse_normalization(item, field)
+
+
 def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
     item = require_object(item, field)
     if "spacing" not in item:
@@ -378,7 +383,7 @@ def _weights_path(document: dict, folder: str) -> str:
     return path
 
 
-def _parse(document, folder: str) -> ModelPackage:
+def _parse(document, folder: str, weights_required: bool = True) -> ModelPackage:
     document = require_object(document, "(document)")
     schema_version = require(document, "schemaVersion", int, "")
     if schema_version != SCHEMA_VERSION:
@@ -412,7 +417,10 @@ def _parse(document, folder: str) -> ModelPackage:
     torch_version = require(document, "torchVersion", str, "") if "torchVersion" in document else ""
     if torch_version and release(torch_version) is None:
         raise PackageError("torchVersion", f"{torch_version!r} is not a PyTorch version such as 2.8.0")
-    weights_path = _weights_path(document, folder)
+    if weights_required:
+        weights_path = _weights_path(document, folder)
+    else:
+        weights_path = _path_inside(folder, require(document, "weights", str, ""))
     return ModelPackage(
         folder=os.path.realpath(folder),
         format=model_format,
@@ -425,14 +433,17 @@ def _parse(document, folder: str) -> ModelPackage:
         labels=labels,
         slice_axis=slice_axis,
         torch_version=torch_version,
-        weights_mtime_ns=os.stat(weights_path).st_mtime_ns,
+        weights_mtime_ns=os.stat(weights_path).st_mtime_ns if weights_required else 0,
     )
 
 
-def parse_contract(document: dict, folder: str) -> ModelPackage:
-    """Validate a contract (decoded from JSON) whose weights lie in ``folder``; errors are ``PackageError``."""
+def parse_contract(document: dict, folder: str, weights_required: bool = True) -> ModelPackage:
+    """Validate a contract (decoded from JSON) whose weights lie in ``folder``; errors are ``PackageError``.
+
+    ``weights_required=False`` checks everything but the weights file's presence: a training validates with the
+    contract it will publish before its weights are written."""
     try:
-        return _parse(document, folder)
+        return _parse(document, folder, weights_required)
     except IndexValidationError as error:
         # Shared checks (inputs, labels, types) come from ModelRegistryLib with its error class.
         raise PackageError(error.field, str(error)[len(error.field) + 2 :]) from error

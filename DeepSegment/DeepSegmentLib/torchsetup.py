@@ -1,5 +1,5 @@
-"""Whether this Python has PyTorch, and which; the pins that keep every installed package at its version
-when an optional library is installed on first use (``pinned_constraints``).
+"""Whether this Python has PyTorch, and which; and the pins that keep every installed package at its version
+when pip adds an optional library on first use (MONAI, nnunetv2: ``pinned_constraints``).
 
 Installing PyTorch into Slicer is the job of Slicer's PyTorch extension (its PyTorchUtils module picks the
 build for the computer's NVIDIA driver, or the CPU build, with light-the-torch); DeepSegment asks it to (see
@@ -64,10 +64,10 @@ def installed_packages() -> dict:
 
 
 def pinned_constraints(installed: Mapping[str, str]) -> list:
-    """pip constraint lines keeping every installed package (``installed_packages()``) at its version.
+    """pip constraint lines keeping every installed package (``installed_packages()``) at its version: with them,
+    ``pip install`` can add a package (MONAI for training) but never change Slicer's numpy, SimpleITK or vtk.
 
     >>> pinned_constraints({"SimpleITK": "2.4.0", "numpy": "1.26.4"})
     ['numpy==1.26.4', 'SimpleITK==2.4.0']
     """
     return [f"{name}=={version}" for name, version in sorted(installed.items(), key=lambda i: i[0].lower())]
-

@@ -67,6 +67,16 @@ def is_temporary_name(name: str) -> bool:
     return os.path.basename(name).startswith(TEMPORARY_PREFIX)
 
 
+def remove_temporary_files(root: str) -> None:
+    """Remove the temporary files interrupted writes left anywhere under ``root`` (their names say so: nothing else
+    is named like them)."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if is_temporary_name(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+
+
 def backup_path(path: str) -> str:
     """Where the previous version of ``path`` is kept by a write with ``keep_backup``."""
     return os.fspath(path) + BACKUP_SUFFIX

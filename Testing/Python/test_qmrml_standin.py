@@ -166,6 +166,26 @@ def test_mrml_widget_scene_signal(scene):
     assert widget.mrmlScene() is scene and scenes == [scene]
 
 
+def test_plot_view_shows_a_plot_view_node_of_its_scene():
+    view = slicer.qMRMLPlotView()
+    scenes = []
+    view.connect("mrmlSceneChanged(vtkMRMLScene*)", lambda newScene: scenes.append(newScene))
+    view.setMRMLScene(slicer.mrmlScene)
+    viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+    chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode")
+    viewNode.SetPlotChartNodeID(chart.GetID())
+    view.setMRMLPlotViewNode(viewNode)
+    view.fitToContent()
+    assert view.mrmlScene() is slicer.mrmlScene and scenes == [slicer.mrmlScene]
+    assert view.mrmlPlotViewNode() is viewNode and viewNode.GetPlotChartNode() is chart
+    with pytest.raises(TypeError):
+        view.setMRMLPlotViewNode(chart)
+    view.setMRMLPlotViewNode(None)
+    assert view.mrmlPlotViewNode() is None
+    for node in (viewNode, chart):
+        slicer.mrmlScene.RemoveNode(node)
+
+
 def _editorWithCase():
     """An editor on Slicer's scene (where the segment editor node class is registered) with its parameter node."""
     editor = slicer.qMRMLSegmentEditorWidget()

@@ -27,7 +27,8 @@ _EXPORTS = {
         "label_voxel_counts", "write_dataset_card"
     ),
     "caselist": (
-        "DEFAULT_CASE_LIST_NAME", "DONE", "IMAGE_EXTENSIONS", "IN_PROGRESS", "PRE_ANNOTATED", "RECOVERY_SUFFIX", "REVIEWED",
+        "DEFAULT_CASE_LIST_NAME", "DONE", "IMAGE_EXTENSIONS", "IN_PROGRESS", "PRE_ANNOTATED", "RECOVERY_SUFFIX",
+        "REVIEWED",
         "SEGMENTATION_EXTENSIONS", "SEGMENTATION_SUFFIXES", "STATUSES", "TO_DO", "Case", "CaseListError",
         "CaseListProblem", "case_list_from_folder", "format_case_list", "image_column", "natural_sort_key",
         "parse_case_list", "read_case_list", "validate_cases", "write_case_list"

@@ -67,7 +67,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import SimpleITK as sitk
-from ModelRegistryLib.files import contained_path, is_temporary_name, probe_writable
+from ModelRegistryLib.files import contained_path, probe_writable, remove_temporary_files
 
 from . import formats
 from .card import card_file_names, card_warnings, write_dataset_card
@@ -397,15 +397,6 @@ def _is_unchanged(previous: Mapping | None, job: CaseJob, root: str, writer, unt
     )
 
 
-def _remove_temporaries(root: str) -> None:
-    """Temporary files an interrupted write left (their names say so: nothing else is named like them)."""
-    for folder, _, names in os.walk(root):
-        for name in names:
-            if is_temporary_name(name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, name))
-
-
 def _remove_files(root: str, relatives) -> None:
     """Remove ``relatives`` (paths inside ``root``; any other is ignored) that exist."""
     for relative in sorted(set(relatives)):
@@ -716,7 +707,7 @@ def _write_run(run: _Run, request: _Request, channels: tuple, steps: _Steps, rep
     if manifest is None:
         # Claims the new folder, so that a re-run after a cancel or a crash knows it as ours.
         write_manifest(root, _manifest_data(run, settings, []))
-    _remove_temporaries(root)
+    remove_temporary_files(root)
     journal = Journal(root)
     untrusted = journal.pending()
     writer = formats.format_for(settings)

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import importlib.util
 
+# The releases requirements-dev.txt pins for the tests.
+MONAI_REQUIREMENT = "monai==1.6.1"
+NNUNET_REQUIREMENT = "nnunetv2==2.8.1"
 # Requirement, and the module whose presence says it is installed.
 _REQUIREMENTS = {
     "deepsegment": (),
     # YAML: bundles may write their configurations in YAML, which MONAI reads with PyYAML.
-    "monai-bundle": (("monai==1.6.1", "monai"), ("PyYAML>=5.4", "yaml")),
-    "nnunet-v2": (("nnunetv2==2.8.1", "nnunetv2"),),
-    "auto3dseg": (("monai==1.6.1", "monai"),),
+    "monai-bundle": ((MONAI_REQUIREMENT, "monai"), ("PyYAML>=5.4", "yaml")),
+    "nnunet-v2": ((NNUNET_REQUIREMENT, "nnunetv2"),),
+    "auto3dseg": ((MONAI_REQUIREMENT, "monai"),),
 }
 
 

@@ -758,7 +758,42 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
     maximumNumberOfUndoStates = Property(int, _getMaximumNumberOfUndoStates, setMaximumNumberOfUndoStates)
 
 
+class qMRMLPlotView(QWidget):
+    """Slicer's chart view of a plot view node (qMRMLPlotView.h), as panels embed it: ``setMRMLScene``,
+    ``mrmlScene()``, ``mrmlSceneChanged(vtkMRMLScene*)``, ``setMRMLPlotViewNode`` / ``mrmlPlotViewNode()`` and
+    ``fitToContent()``. It draws nothing here (the stand-in has no views): tests read the plot view node, its chart
+    and the chart's series and tables, which are real MRML nodes."""
+
+    mrmlSceneChanged = Signal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._mrmlScene = None
+        self._plotViewNode = None
+
+    def mrmlScene(self):
+        return self._mrmlScene
+
+    def setMRMLScene(self, scene):
+        if scene is self._mrmlScene:
+            return
+        self._mrmlScene = scene
+        self.mrmlSceneChanged.emit(scene)
+
+    def mrmlPlotViewNode(self):
+        return self._plotViewNode
+
+    def setMRMLPlotViewNode(self, node):
+        if node is not None and not node.IsA("vtkMRMLPlotViewNode"):
+            raise TypeError(f"setMRMLPlotViewNode takes a vtkMRMLPlotViewNode, not a {node.GetClassName()}")
+        self._plotViewNode = node
+
+    def fitToContent(self):
+        """Fits the axes to the plotted data in Slicer; nothing is drawn here."""
+
+
 QMRML_CLASSES = {
     cls.__name__: cls
-    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, qSlicerSegmentEditorAbstractEffect)
+    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, qSlicerSegmentEditorAbstractEffect,
+                qMRMLPlotView)
 }
