@@ -679,8 +679,7 @@ class LiveSession(VTKObservationMixin):
             return
         ijkToRAS = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(ijkToRAS)
-        local = slicer.util.arrayFromVTKMatrix(ijkToRAS)
-        world = local
+        world = slicer.util.arrayFromVTKMatrix(ijkToRAS)
         transformNode = node.GetParentTransformNode()
         if transformNode is not None:
             if not transformNode.IsTransformToWorldLinear():
@@ -688,11 +687,15 @@ class LiveSession(VTKObservationMixin):
                 return
             toWorld = vtk.vtkMatrix4x4()
             transformNode.GetMatrixTransformToWorld(toWorld)
-            world = slicer.util.arrayFromVTKMatrix(toWorld) @ local
+            world = slicer.util.arrayFromVTKMatrix(toWorld) @ world
         # The model sees the frame in the world (a model resampling onto RAS axes needs its turn); the labels go
-        # where the frame is: its own matrix, under its transform, so they move with a tracked probe.
+        # where the frame is, under its transform (they move with a tracked probe), with its origin, spacing and
+        # axes as the node keeps them: the label map's geometry is the frame's to the last bit.
+        directions = vtk.vtkMatrix4x4()
+        node.GetIJKToRASDirectionMatrix(directions)
+        geometry = (node.GetOrigin(), node.GetSpacing(), directions)
         self.stream.offer(slicer.util.arrayFromVolume(node), world, arrived,
-                          tag=(local, transformNode.GetID() if transformNode is not None else None))
+                          tag=(geometry, transformNode.GetID() if transformNode is not None else None))
 
     def poll(self):
         try:
@@ -705,17 +708,32 @@ class LiveSession(VTKObservationMixin):
 
     def apply(self, result):
         """Put a label map (DeepSegmentLib ``LiveResult``) into the output node."""
-        local, transformId = result.tag
-        matrix = slicer.util.vtkMatrixFromArray(local)
+        geometry, transformId = result.tag
         if self.outputNode.IsA("vtkMRMLSegmentationNode"):
-            self._applyToSegmentation(result.labels, matrix, transformId)
+            self._applyToSegmentation(result.labels, geometry, transformId)
             return
-        with slicer.util.NodeModify(self.outputNode):
-            self.outputNode.SetIJKToRASMatrix(matrix)
-            self.outputNode.SetAndObserveTransformNodeID(transformId)
-            slicer.util.updateVolumeFromArray(self.outputNode, result.labels)
+        self._fill(self.outputNode, result.labels, geometry, transformId)
 
-    def _applyToSegmentation(self, labels, matrix, transformId):
+    @staticmethod
+    def _fill(volumeNode, labels, geometry, transformId):
+        """Give ``volumeNode`` the label map and the frame's geometry in one modification: observers get one
+        ModifiedEvent and one ImageDataModifiedEvent, with every voxel in place (a new image each time, as a
+        sequence browser shows frames; ``slicer.util.updateVolumeFromArray`` would signal a new image before
+        its voxels are written)."""
+        import vtk.util.numpy_support
+
+        image = vtk.vtkImageData()
+        image.SetDimensions(*reversed(labels.shape))
+        image.GetPointData().SetScalars(vtk.util.numpy_support.numpy_to_vtk(labels.ravel(), deep=True))
+        origin, spacing, directions = geometry
+        with slicer.util.NodeModify(volumeNode):
+            volumeNode.SetOrigin(origin)
+            volumeNode.SetSpacing(spacing)
+            volumeNode.SetIJKToRASDirectionMatrix(directions)
+            volumeNode.SetAndObserveTransformNodeID(transformId)
+            volumeNode.SetAndObserveImageData(image)
+
+    def _applyToSegmentation(self, labels, geometry, transformId):
         segmentation = self.outputNode
         if self._segmentIds is None:
             segmentation.GetSegmentation().RemoveAllSegments()
@@ -728,9 +746,7 @@ class LiveSession(VTKObservationMixin):
             self._labelmap.SetSaveWithScene(False)
         if segmentation.GetTransformNodeID() != transformId:
             segmentation.SetAndObserveTransformNodeID(transformId)
-        self._labelmap.SetAndObserveTransformNodeID(transformId)
-        self._labelmap.SetIJKToRASMatrix(matrix)
-        slicer.util.updateVolumeFromArray(self._labelmap, labels)
+        self._fill(self._labelmap, labels, geometry, transformId)
         importLabelMap(self._labelmap, segmentation, self._segmentIds)
 
     def onSceneClose(self, caller=None, event=None):

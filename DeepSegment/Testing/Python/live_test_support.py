@@ -86,13 +86,15 @@ def frame_index(matrix: np.ndarray, matrices: list) -> int:
 
 
 def recorded_sequence(count: int, name: str = "Image_Reference") -> tuple:
-    """A sequence of ``count`` cine frames in a sequence browser, its proxy volume showing the first; returns
-    (browser node, proxy volume node, frames, matrices)."""
+    """A sequence of ``count`` cine frames of a tracked probe in a sequence browser, its proxy volume showing the
+    first; returns (browser node, proxy volume node, frames, their IJK-to-RAS matrices)."""
+    import vtk
+
     import slicer
 
-    frames, matrices = cine_frames(count)
+    frames, tracked = cine_frames(count)
     sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} sequence")
-    for index, (frame, matrix) in enumerate(zip(frames, matrices)):
+    for index, (frame, matrix) in enumerate(zip(frames, tracked)):
         volume = slicer.vtkMRMLScalarVolumeNode()
         volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
         slicer.util.updateVolumeFromArray(volume, frame)
@@ -102,4 +104,13 @@ def recorded_sequence(count: int, name: str = "Image_Reference") -> tuple:
     slicer.modules.sequences.logic().UpdateAllProxyNodes()
     proxy = browser.GetProxyNode(sequence)
     proxy.SetName(name)
+    # A volume node keeps origin, spacing and axes, so a frame's matrix is the tracked one within rounding (the
+    # last bit differs on some frames): the frame's geometry is the one the followed volume shows.
+    matrices = []
+    for index in range(count):
+        browser.SetSelectedItemNumber(index)
+        shown = vtk.vtkMatrix4x4()
+        proxy.GetIJKToRASMatrix(shown)
+        matrices.append(slicer.util.arrayFromVTKMatrix(shown))
+    browser.SetSelectedItemNumber(0)
     return browser, proxy, frames, matrices
