@@ -179,8 +179,8 @@ class LiveStatistics:
     words (why, for a failure); the model (``id version``), its device and precision; frames ``received``,
     ``segmented`` (their label maps applied), ``dropped`` (a newer frame replaced them while they waited) and
     ``rejected`` (the model cannot take them; ``problem`` says why, for the latest); label maps per second over
-    the last seconds; latency from a frame offered to its label map applied (p50, p99, over the whole stream);
-    ``seconds`` from the first frame to the latest label map."""
+    the last seconds; latency from a frame offered to its label map applied (p50, p99, over the whole stream, of
+    the frames offered once the model was loaded); ``seconds`` from the first frame to the latest label map."""
 
     state: str
     message: str
@@ -283,6 +283,7 @@ class LiveStream:
         self._applied_at: collections.deque = collections.deque()
         self._first_arrival: float | None = None
         self._last_applied: float | None = None
+        self._ready_at: float | None = None  # when the model was loaded
         arguments = {"cache_dir": cache_dir, "entry": entry, "version": version, "device": device,
                      "threads": threads, "precision": precision, "quality": quality,
                      "warm_shape": tuple(warm_shape) if warm_shape else None}
@@ -375,6 +376,7 @@ class LiveStream:
             return False
         self.model = job.result
         self.state = RUNNING
+        self._ready_at = time.perf_counter()
         self.message = (f"Segmenting with {self.model.model_id} {self.model.version} on {self.model.device}"
                         f" ({self.model.precision}).")
         if self._waiting is not None:
@@ -402,7 +404,8 @@ class LiveStream:
     def _count_applied(self, result: LiveResult) -> None:
         now = time.perf_counter()
         self._counts["segmented"] += 1
-        self._latency.add(now - result.arrived)
+        if result.arrived >= self._ready_at:  # a frame that waited for the model to load says nothing of latency
+            self._latency.add(now - result.arrived)
         self._last_applied = now
         self._applied_at.append(now)
 

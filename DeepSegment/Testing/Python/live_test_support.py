@@ -28,7 +28,8 @@ def _threshold_network(slow: bool):
             super().__init__()
             torch.manual_seed(3)
             self.widen = torch.nn.Conv2d(1, 24, 3, padding=1)
-            self.convolutions = torch.nn.ModuleList(torch.nn.Conv2d(24, 24, 3, padding=1) for _ in range(24 if slow else 0))
+            layers = 24 if slow else 0
+            self.convolutions = torch.nn.ModuleList(torch.nn.Conv2d(24, 24, 3, padding=1) for _ in range(layers))
 
         def forward(self, image):
             logits = torch.cat([0.5 - image, image - 0.5], dim=1)

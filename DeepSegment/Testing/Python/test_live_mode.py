@@ -154,7 +154,7 @@ def test_a_recording_played_at_30_fps_is_segmented_frame_by_frame_into_a_label_m
 
 
 def test_a_segmentation_output_follows_a_tracked_probe_under_its_transform(logic):
-    browser, proxy, frames, matrices = recorded_sequence(12)
+    browser, proxy, frames, _ = recorded_sequence(12)
     probe = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "ProbeToReference")
     probe.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(
         np.array([[0, -1, 0, 15.0], [1, 0, 0, -7.5], [0, 0, 1, 30.0], [0, 0, 0, 1]])))
@@ -193,7 +193,7 @@ def test_a_slow_model_drops_frames_and_never_builds_a_backlog(logic):
 
 
 def test_the_panel_starts_and_stops_live_mode_and_shows_its_figures(panel, logic):
-    browser, proxy, frames, matrices = recorded_sequence(10)
+    browser, proxy, frames, _ = recorded_sequence(10)
     ui = panel.ui
     ui.liveModelSelector.setCurrentIndex(ui.liveModelSelector.findData(MODEL_ID))
     ui.liveDeviceSelector.setCurrentIndex(ui.liveDeviceSelector.findData("cpu"))
@@ -224,7 +224,7 @@ def test_the_panel_starts_and_stops_live_mode_and_shows_its_figures(panel, logic
 
 
 def test_a_killed_live_worker_is_explained_in_the_panel_and_the_next_start_works(panel, logic):
-    browser, proxy, frames, matrices = recorded_sequence(6)
+    browser, proxy, frames, _ = recorded_sequence(6)
     ui = panel.ui
     ui.liveModelSelector.setCurrentIndex(ui.liveModelSelector.findData(SLOW_MODEL_ID))
     ui.liveDeviceSelector.setCurrentIndex(ui.liveDeviceSelector.findData("cpu"))
@@ -250,7 +250,7 @@ def test_a_killed_live_worker_is_explained_in_the_panel_and_the_next_start_works
 
 
 def test_leaving_the_module_closing_the_scene_or_removing_the_input_stops_live_mode(panel, logic):
-    browser, proxy, frames, matrices = recorded_sequence(3)
+    _, proxy, _, _ = recorded_sequence(3)
     start(logic, MODEL_ID, proxy)
     slicer.util.selectModule("Volumes")
     assert logic.liveStatus().state == "stopped"
@@ -259,7 +259,7 @@ def test_leaving_the_module_closing_the_scene_or_removing_the_input_stops_live_m
     start(logic, MODEL_ID, proxy)
     slicer.mrmlScene.RemoveNode(proxy)
     assert logic.liveStatus().message == "Stopped: 'Image_Reference' was removed from the scene."
-    browser, proxy, frames, matrices = recorded_sequence(3)
+    _, proxy, _, _ = recorded_sequence(3)
     start(logic, MODEL_ID, proxy)
     slicer.mrmlScene.Clear(False)
     assert logic.liveStatus().message == "Stopped: the scene was closed."
@@ -267,10 +267,10 @@ def test_leaving_the_module_closing_the_scene_or_removing_the_input_stops_live_m
 
 
 def test_requests_live_mode_cannot_serve_are_refused_in_one_line(logic):
-    browser, proxy, frames, matrices = recorded_sequence(2)
-    with pytest.raises(ValueError, match="^Select the volume to follow.$"):
+    _, proxy, _, _ = recorded_sequence(2)
+    with pytest.raises(ValueError, match=r"^Select the volume to follow\.$"):
         logic.startLive(MODEL_ID, None)
-    with pytest.raises(ValueError, match="^The output cannot be the volume that is followed.$"):
+    with pytest.raises(ValueError, match=r"^The output cannot be the volume that is followed\.$"):
         logic.startLive(MODEL_ID, proxy, proxy)
     # A 3D model not installed yet fails in the worker, which installs it; once installed, it is refused at once.
     logic.startLive(MODEL_3D_ID, proxy, device="cpu")
