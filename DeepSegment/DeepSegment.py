@@ -103,8 +103,10 @@ class DeepSegment(ScriptedLoadableModule):
             " needed (verified download), runs it in the background with progress and Cancel, and makes a"
             " segmentation with named, colored segments on the exact grid of the input. Models shipped as"
             " container images run in Docker or Podman, isolated (no network, read-only inputs), with their"
-            " parameters in the panel. Evaluate measures segmentations against references (Dice, HD95, mean"
-            " surface distance, normalized surface Dice, volumes) for two segmentations or a whole cohort."
+            " parameters in the panel. Live follows a volume that a stream (OpenIGTLinkIF) or a sequence browser"
+            " updates and segments every new frame with a 2D model. Evaluate measures segmentations against"
+            " references (Dice, HD95, mean surface distance, normalized surface Dice, volumes) for two segmentations"
+            " or a whole cohort."
         )
         self.parent.acknowledgementText = (
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
@@ -675,7 +677,8 @@ class LiveSession(VTKObservationMixin):
     def onFrame(self, caller=None, event=None):
         arrived = time.perf_counter()
         node = self.inputNode
-        if node.GetImageData() is None:
+        pixels = self.framePixels(node)
+        if pixels is None:
             return
         ijkToRAS = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(ijkToRAS)
@@ -694,8 +697,23 @@ class LiveSession(VTKObservationMixin):
         directions = vtk.vtkMatrix4x4()
         node.GetIJKToRASDirectionMatrix(directions)
         geometry = (node.GetOrigin(), node.GetSpacing(), directions)
-        self.stream.offer(slicer.util.arrayFromVolume(node), world, arrived,
+        self.stream.offer(pixels, world, arrived,
                           tag=(geometry, transformNode.GetID() if transformNode is not None else None))
+
+    @staticmethod
+    def framePixels(volumeNode):
+        """The volume's voxels as an array viewing its image ((k, j, i), or (k, j, i, c) with several components),
+        None when it has none. Unlike ``slicer.util.arrayFromVolume`` it takes any volume node, OpenIGTLinkIF's
+        streaming volumes (video) included."""
+        import vtk.util.numpy_support
+
+        image = volumeNode.GetImageData()
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if scalars is None or scalars.GetNumberOfTuples() == 0:
+            return None
+        components = image.GetNumberOfScalarComponents()
+        shape = tuple(reversed(image.GetDimensions())) + ((components,) if components > 1 else ())
+        return vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(shape)
 
     def poll(self):
         try:
@@ -1347,7 +1365,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         A frame is new when the volume's voxels change: OpenIGTLinkIF received an image, a sequence browser shows
         another item (a recording that plays). The model runs in a worker process of its own, installed there if
         needed and kept loaded (``device``, ``threads``, ``precision``, ``quality`` as for ``segmentationTask``;
-        live mode is ``fast`` by default); frames go to it and label maps come back through shared memory, and
+        live mode is ``fast`` by default, and takes one CPU thread fewer than the cores when ``threads`` is
+        None: Slicer works on every frame too); frames go to it and label maps come back through shared memory, and
         label maps are applied on the main thread, each at its frame's place (its geometry and parent
         transform). The newest frame goes first: frames that come while the model is busy replace each other
         and are counted as dropped, so a model slower than the stream lowers the rate, never adds a backlog.

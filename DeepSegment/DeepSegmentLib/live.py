@@ -123,11 +123,27 @@ def open_live_model(cache_dir: str, entry, version, *, device: str = "cpu", thre
     require_2d_model(package)
     if progress is not None:
         progress(1.0, "loading the model")
+    if threads is None:
+        threads = default_live_threads()
     segmenter = FrameSegmenter(package, device=device, threads=threads, precision=precision, quality=quality)
     segmenter.warm_up(tuple(warm_shape[:3]) if warm_shape else None)
     _SEGMENTER[:] = [segmenter]
     return LiveModel(entry.id, version.version, tuple(package.labels), segmenter.compute.description,
                      segmenter.precision)
+
+
+def default_live_threads() -> int:
+    """PyTorch's CPU threads in the live worker when none are asked for: one fewer than PyTorch would take (its
+    default is a thread per core), at least one.
+
+    Slicer's main thread works on every frame too (taking it, applying its labels), and so does the program
+    that sends the stream. With a thread on every core, each parallel step of the network waits for the thread
+    whose core Slicer's process took: on 2 cores under other work, a 256×256 U-Net frame took 100 to 2000 ms with
+    2 threads beside Slicer's idle loop, 25 to 60 ms with one.
+    """
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
 
 
 def segment_live_frame(frame: SharedFrame, output: str) -> SegmentedFrame:
@@ -252,7 +268,7 @@ class LiveStream:
         version: its ``ModelVersion`` to run (installed by the worker when it is not).
         cache_dir: the registry's cache folder.
         device: a torch device name (``cpu``, ``cuda:0``, ``mps``).
-        threads: PyTorch's CPU threads in the worker (None: PyTorch's default).
+        threads: PyTorch's CPU threads in the worker (None: :func:`default_live_threads`).
         precision: ``auto`` or ``float32``; quality: ``fast`` or ``accurate`` (FrameSegmenter's).
         warm_shape: the (k, j, i) shape of the frames to come, so that the first one is not slower.
         python: the preferred interpreter of the worker (see ModelRegistryLib.jobs.worker_python).
@@ -473,6 +489,7 @@ __all__ = [
     "LiveStream",
     "SegmentedFrame",
     "SharedFrame",
+    "default_live_threads",
     "open_live_model",
     "segment_live_frame",
 ]

@@ -126,7 +126,7 @@ def closed_loop(clock: SceneClock, logic, count: int, first_item: int) -> dict:
     began = time.perf_counter()
     clock.show(first_item % 60)
     try:
-        idle_until(lambda: len(clock.latencies) >= count, 60.0)
+        idle_until(lambda: len(clock.latencies) >= count, 60.0 + 2.0 * count)
     finally:
         clock.on_label = None
     p50, p99 = benchmark_stream.percentiles(clock.latencies)
