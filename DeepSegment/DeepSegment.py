@@ -662,6 +662,7 @@ class LiveSession(VTKObservationMixin):
         self.inputNode = inputNode
         self.outputNode = outputNode
         self._segmentIds = None  # label value -> segment id, for a segmentation output
+        self._colored = False  # whether a label map output shows the model's label names and colors
         self._labelmap = None  # the hidden label map a segmentation output is filled from
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MSEC)
@@ -730,7 +731,22 @@ class LiveSession(VTKObservationMixin):
         if self.outputNode.IsA("vtkMRMLSegmentationNode"):
             self._applyToSegmentation(result.labels, geometry, transformId)
             return
+        if not self._colored and self.outputNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            self._colored = True
+            self.outputNode.GetDisplayNode().SetAndObserveColorNodeID(self._labelColors().GetID())
         self._fill(self.outputNode, result.labels, geometry, transformId)
+
+    def _labelColors(self):
+        """A color table of the model's labels (names and colors), for a label map output."""
+        model = self.stream.model
+        colors = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLColorTableNode", slicer.mrmlScene.GenerateUniqueName(f"{model.model_id} labels"))
+        colors.SetTypeToUser()
+        colors.SetNumberOfColors(max(label.value for label in model.labels) + 1)
+        colors.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        for label in model.labels:
+            colors.SetColor(label.value, label.name, *(int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)), 1.0)
+        return colors
 
     @staticmethod
     def _fill(volumeNode, labels, geometry, transformId):

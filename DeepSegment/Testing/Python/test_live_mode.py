@@ -145,6 +145,7 @@ def test_a_recording_played_at_30_fps_is_segmented_frame_by_frame_into_a_label_m
     assert status.segmented == len(indices) and status.dropped == 30 - len(indices)
     assert 0 < status.latency_p50_ms <= status.latency_p99_ms and status.frames_per_second > 0
     assert output.GetParentTransformNode() is None
+    assert output.GetDisplayNode().GetColorNode().GetColorName(1) == "Echogenic"
     final = logic.stopLive()
     assert final.state == "stopped" and final.message == "Stopped."
     assert logic.liveStatus().state == "stopped" and logic.stopLive() is None
