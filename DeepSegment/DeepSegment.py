@@ -19,18 +19,22 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 from DeepSegmentLib import (
     DEFAULT_QUALITY,
     LPS_FROM_RAS,
     QUALITY_PRESETS,
+    EngineError,
     ModelService,
+    PackageError,
     choose_device,
     cpu_device,
     ijk_to_ras_from_image,
     image_from_array,
     is_oblique,
     torch_installed,
+    load_package,
     torch_status,
     write_package,
 )
@@ -52,7 +56,7 @@ from ModelRegistry import (
     startJob,
     waitForJob,
 )
-from ModelRegistryLib import IndexSource, Registry, RegistryError
+from ModelRegistryLib import IndexSource, JobError, Registry, RegistryError
 from ModelRegistryLib.files import write_text_atomically
 from ModelRegistryLib.index import Label
 from DeepSegmentLib.evaluation import BOTH_PRESENT, DEFAULT_TOLERANCE_MM, EvaluationError, mask_metrics
@@ -70,6 +74,8 @@ from DeepSegmentLib.evaluation_report import worst_cases
 from DeepSegmentLib.training import EPOCH_LOG_LEVEL, TrainingError, TrainingSettings, check_settings
 from DeepSegmentLib.training_networks import MONAI_REQUIREMENT, NetworkSettings
 from ModelRegistryLib.registry import user_sources
+from DeepSegmentLib.frames import require_2d_model
+from DeepSegmentLib.live import DEFAULT_LIVE_QUALITY, STOPPED, LiveStatistics, LiveStream
 from TrainingDataExport import segmentTerminologyEntry
 from TrainingDataExportLib import PRE_ANNOTATED, TO_DO
 
@@ -114,6 +120,8 @@ class DeepSegment(ScriptedLoadableModule):
             " container images run in Docker or Podman, isolated (no network, read-only inputs), with their"
             " parameters in the panel. Evaluate measures segmentations against references (Dice, HD95, mean"
             " surface distance, normalized surface Dice, volumes) for two segmentations or a whole cohort."
+            " Live follows a volume that a stream (OpenIGTLinkIF) or a sequence browser updates and segments every"
+            " new frame with a 2D model."
             " Train makes a model from annotated cases (an export of Training Data Export or a case list): a"
             " MONAI network or a registry model fine-tuned, validated on held-out patients, added to a local"
             " registry index with its card."
@@ -142,6 +150,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.batchSection = None
         self.evaluateSection = None
         self.trainSection = None
+        self.liveSection = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -169,6 +178,8 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
         self.batchSection = BatchSection(self)
         self.layout.addWidget(self.batchSection.widget)
+        self.liveSection = LiveSection(self)
+        self.layout.addWidget(self.liveSection.widget)
         self.evaluateSection = EvaluateSection(self)
         self.layout.addWidget(self.evaluateSection.widget)
         self.trainSection = TrainSection(self)
@@ -186,9 +197,14 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.batchSection.cleanup()
         self.evaluateSection.cleanup()
         self.trainSection.cleanup()
+        self.liveSection.cleanup()
 
     def enter(self):
         self.prefillInputs()
+        self.liveSection.enter()
+
+    def exit(self):
+        self.liveSection.exit()
 
     # -- model and inputs ---------------------------------------------------------------------------------
 
@@ -842,6 +858,100 @@ class TrainSection:
         self.poller.stop()
 
 
+class LiveSection:
+    """The panel's Live section: a 2D model follows a volume (a stream OpenIGTLinkIF updates, a sequence browser's
+    recording) and segments every new frame into a label map or segmentation, with the rate, the latency and the
+    dropped frames shown while it runs. Decisions are the Logic's (``startLive``, ``stopLive``, ``liveStatus``),
+    so a session started from the console shows here too."""
+
+    REFRESH_MSEC = 250
+
+    def __init__(self, owner):
+        self.owner = owner  # the panel: its logic may be replaced (tests do)
+        self.widget = slicer.util.loadUI(owner.resourcePath("UI/DeepSegmentLive.ui"))
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        ui = self.ui
+        for selector in (ui.liveInputSelector, ui.liveOutputSelector):
+            selector.setMRMLScene(slicer.mrmlScene)
+        ui.liveInputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateState)
+        ui.liveModelSelector.connect("currentIndexChanged(int)", self.updateState)
+        ui.liveStartButton.connect("clicked(bool)", self.onStartOrStop)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.REFRESH_MSEC)
+        self._timer.connect("timeout()", self.showStatus)
+        self.updateChoices()
+
+    @property
+    def logic(self):
+        return self.owner.logic
+
+    def updateChoices(self):
+        """Models and devices from the Logic, keeping the current choices where they remain."""
+        for selector, choices in ((self.ui.liveModelSelector, self.logic.modelChoices()),
+                                  (self.ui.liveDeviceSelector, self.logic.deviceChoices())):
+            current = selector.currentData
+            selector.blockSignals(True)
+            selector.clear()
+            for value, label in choices:
+                selector.addItem(label, value)
+            selector.setCurrentIndex(max(selector.findData(current) if current else -1, 0))
+            selector.blockSignals(False)
+        self.showStatus()
+
+    def updateState(self, _unused=None):
+        active = self.logic.liveStatus().active
+        for widget in (self.ui.liveModelSelector, self.ui.liveInputSelector, self.ui.liveOutputSelector,
+                       self.ui.liveDeviceSelector, self.ui.liveThreadsSpinBox):
+            widget.enabled = not active
+        self.ui.liveStartButton.text = "Stop" if active else "Start"
+        self.ui.liveStartButton.enabled = active or (
+            bool(self.ui.liveModelSelector.currentData) and self.ui.liveInputSelector.currentNode() is not None)
+
+    def onStartOrStop(self):
+        if self.logic.liveStatus().active:
+            self.logic.stopLive()
+            self.showStatus()
+            return
+        if not self.owner.torchReady():
+            self.ui.liveStatusLabel.text = self.owner.ui.stageLabel.text
+            return
+        try:
+            ui = self.ui
+            output = self.logic.startLive(ui.liveModelSelector.currentData, ui.liveInputSelector.currentNode(),
+                                          ui.liveOutputSelector.currentNode(), device=ui.liveDeviceSelector.currentData,
+                                          threads=ui.liveThreadsSpinBox.value or None)
+        except DeepSegmentLogic.LIVE_USER_ERRORS as error:
+            self.ui.liveStatusLabel.text = f"Live segmentation could not start: {error}"
+            return
+        self.ui.liveOutputSelector.setCurrentNode(output)
+        self._timer.start()
+        self.showStatus()
+
+    def showStatus(self):
+        status = self.logic.liveStatus()
+        self.ui.liveStatusLabel.text = status.message + (f" Frames skipped: {status.problem}" if status.problem else "")
+        self.ui.liveStatisticsLabel.text = status.summary() if status.received else ""
+        if not status.active:
+            self._timer.stop()
+        self.updateState()
+
+    def enter(self):
+        self.updateChoices()
+        if self.logic.liveStatus().active:
+            self._timer.start()
+
+    def exit(self):
+        """Leaving the module stops live segmentation: nothing would show its state or stop it otherwise."""
+        if self.logic.liveStatus().active:
+            self.logic.stopLive("Stopped: the Deep Segment module was left.")
+        self._timer.stop()
+        self.showStatus()
+
+    def cleanup(self):
+        self._timer.stop()
+        self.logic.stopLive()
+
+
 #
 # DeepSegmentLogic
 #
@@ -856,6 +966,171 @@ class RunResult:
         self.result = result
         self.inputNode = inputNode
         self.seconds = seconds
+
+
+class LiveSession(VTKObservationMixin):
+    """Live mode in the scene (DeepSegmentLogic.startLive): every new frame of ``inputNode`` goes to ``stream`` (a
+    DeepSegmentLib ``LiveStream``: the model in a worker process, newest frame first), and every label map that
+    comes back is put into ``outputNode`` (a label map volume, or a segmentation) at the frame's place and under
+    its parent transform, on the main thread.
+
+    A new frame is the volume's ImageDataModifiedEvent, as aigt's live modules observe it: OpenIGTLinkIF fires it
+    once it has set a received image and its geometry, a sequence browser once it shows another item. A QTimer
+    polls the stream every few milliseconds; nothing runs in a thread of Slicer's process. Closing the scene, or
+    removing the input or the output, stops it.
+    """
+
+    POLL_INTERVAL_MSEC = 2
+
+    def __init__(self, stream, inputNode, outputNode):
+        VTKObservationMixin.__init__(self)
+        self.stream = stream
+        self.inputNode = inputNode
+        self.outputNode = outputNode
+        self._segmentIds = None  # label value -> segment id, for a segmentation output
+        self._colored = False  # whether a label map output shows the model's label names and colors
+        self._labelmap = None  # the hidden label map a segmentation output is filled from
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MSEC)
+        self._timer.connect("timeout()", self.poll)
+
+    def start(self):
+        self.addObserver(self.inputNode, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self.onFrame)
+        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.StartCloseEvent, self.onSceneClose)
+        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self.onNodeRemoved)
+        self._timer.start()
+        self.onFrame()  # the frame shown now (a paused recording, the last frame received)
+
+    def onFrame(self, caller=None, event=None):
+        arrived = time.perf_counter()
+        node = self.inputNode
+        pixels = self.framePixels(node)
+        if pixels is None:
+            return
+        ijkToRAS = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(ijkToRAS)
+        world = slicer.util.arrayFromVTKMatrix(ijkToRAS)
+        transformNode = node.GetParentTransformNode()
+        if transformNode is not None:
+            if not transformNode.IsTransformToWorldLinear():
+                self.stop(f"Stopped: '{node.GetName()}' is under a non-linear transform; harden it first.")
+                return
+            toWorld = vtk.vtkMatrix4x4()
+            transformNode.GetMatrixTransformToWorld(toWorld)
+            world = slicer.util.arrayFromVTKMatrix(toWorld) @ world
+        # The model sees the frame in the world (a model resampling onto RAS axes needs its turn); the labels go
+        # where the frame is, under its transform (they move with a tracked probe), with its origin, spacing and
+        # axes as the node keeps them: the label map's geometry is the frame's to the last bit.
+        directions = vtk.vtkMatrix4x4()
+        node.GetIJKToRASDirectionMatrix(directions)
+        geometry = (node.GetOrigin(), node.GetSpacing(), directions)
+        self.stream.offer(pixels, world, arrived,
+                          tag=(geometry, transformNode.GetID() if transformNode is not None else None))
+
+    @staticmethod
+    def framePixels(volumeNode):
+        """The volume's voxels as an array viewing its image ((k, j, i), or (k, j, i, c) with several components),
+        None when it has none. Unlike ``slicer.util.arrayFromVolume`` it takes any volume node, OpenIGTLinkIF's
+        streaming volumes (video) included."""
+        import vtk.util.numpy_support
+
+        image = volumeNode.GetImageData()
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if scalars is None or scalars.GetNumberOfTuples() == 0:
+            return None
+        components = image.GetNumberOfScalarComponents()
+        shape = tuple(reversed(image.GetDimensions())) + ((components,) if components > 1 else ())
+        return vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(shape)
+
+    def poll(self):
+        try:
+            self.stream.poll(self.apply)
+        except Exception as error:  # the output changed under us (another module, a script): say so and stop
+            self.stop(f"Stopped: the labels could not be put into '{self.outputNode.GetName()}': {error}")
+            return
+        if self.stream.state not in ("starting", "running"):  # the worker failed; the stream says why
+            self._detach()
+
+    def apply(self, result):
+        """Put a label map (DeepSegmentLib ``LiveResult``) into the output node."""
+        geometry, transformId = result.tag
+        if self.outputNode.IsA("vtkMRMLSegmentationNode"):
+            self._applyToSegmentation(result.labels, geometry, transformId)
+            return
+        if not self._colored and self.outputNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            self._colored = True
+            self.outputNode.GetDisplayNode().SetAndObserveColorNodeID(self._labelColors().GetID())
+        self._fill(self.outputNode, result.labels, geometry, transformId)
+
+    def _labelColors(self):
+        """A color table of the model's labels (names and colors), for a label map output."""
+        model = self.stream.model
+        colors = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLColorTableNode", slicer.mrmlScene.GenerateUniqueName(f"{model.model_id} labels"))
+        colors.SetTypeToUser()
+        colors.SetNumberOfColors(max(label.value for label in model.labels) + 1)
+        colors.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        for label in model.labels:
+            colors.SetColor(label.value, label.name, *(int(label.color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)), 1.0)
+        return colors
+
+    @staticmethod
+    def _fill(volumeNode, labels, geometry, transformId):
+        """Give ``volumeNode`` the label map and the frame's geometry in one modification: observers get one
+        ModifiedEvent and one ImageDataModifiedEvent, with every voxel in place (a new image each time, as a
+        sequence browser shows frames; ``slicer.util.updateVolumeFromArray`` would signal a new image before
+        its voxels are written)."""
+        import vtk.util.numpy_support
+
+        image = vtk.vtkImageData()
+        image.SetDimensions(*reversed(labels.shape))
+        image.GetPointData().SetScalars(vtk.util.numpy_support.numpy_to_vtk(labels.ravel(), deep=True))
+        origin, spacing, directions = geometry
+        with slicer.util.NodeModify(volumeNode):
+            volumeNode.SetOrigin(origin)
+            volumeNode.SetSpacing(spacing)
+            volumeNode.SetIJKToRASDirectionMatrix(directions)
+            volumeNode.SetAndObserveTransformNodeID(transformId)
+            volumeNode.SetAndObserveImageData(image)
+
+    def _applyToSegmentation(self, labels, geometry, transformId):
+        segmentation = self.outputNode
+        if self._segmentIds is None:
+            segmentation.GetSegmentation().RemoveAllSegments()
+            self._segmentIds = {label.value: addLabelSegment(segmentation, label, f"label_{label.value}")
+                                for label in self.stream.model.labels}
+            # Slicer's segmentations logic imports from a label map node in the scene, under the segmentation's
+            # transform (one that is not in the scene is taken as in the world): a hidden one, removed at the end.
+            self._labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "DeepSegment live labels")
+            self._labelmap.SetHideFromEditors(True)
+            self._labelmap.SetSaveWithScene(False)
+        if segmentation.GetTransformNodeID() != transformId:
+            segmentation.SetAndObserveTransformNodeID(transformId)
+        self._fill(self._labelmap, labels, geometry, transformId)
+        importLabelMap(self._labelmap, segmentation, self._segmentIds)
+
+    def onSceneClose(self, caller=None, event=None):
+        self.stop("Stopped: the scene was closed.")
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        if node == self.inputNode or node == self.outputNode:
+            self.stop(f"Stopped: '{node.GetName()}' was removed from the scene.")
+
+    def statistics(self):
+        return self.stream.statistics()
+
+    def stop(self, message="Stopped."):
+        """Stop following the volume, stop the worker and free its shared memory; returns the final statistics."""
+        self._detach()
+        return self.stream.stop(message)
+
+    def _detach(self):
+        self._timer.stop()
+        self.removeObservers()
+        labelmap, self._labelmap = self._labelmap, None
+        if labelmap is not None and slicer.mrmlScene.IsNodePresent(labelmap):
+            DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
 
 
 class DeepSegmentLogic(ScriptedLoadableModuleLogic):
@@ -898,6 +1173,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         self.containerSettings = self.savedContainerSettings()
         self._runtimeDescriptions = {}
         self._evaluatedCaseNodes = {}  # role -> node of the evaluated case on show
+        self.live = None  # the LiveSession of startLive (kept after it ends: its final status)
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -1725,6 +2001,88 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         return (f"Added {result.model_id} {result.version} to {result.index}: best epoch {result.best_epoch} of"
                 f" {len(result.history)} ({result.stopped}). Held-out Dice: {dice or 'no test case'}. Write its"
                 " intended use and limitations there.")
+
+    # -- live ------------------------------------------------------------------------------------------------
+
+    LIVE_USER_ERRORS = (ValueError, RegistryError, JobError)
+
+    def startLive(self, modelSpec, inputVolumeNode, outputNode=None, device="auto", threads=None, precision="auto",
+                  quality=DEFAULT_LIVE_QUALITY):
+        """Segment every new frame of ``inputVolumeNode`` with a 2D model until :meth:`stopLive`; returns the output
+        node, updated in place: ``outputNode`` (a label map volume or a segmentation), or a new label map volume.
+
+        A frame is new when the volume's voxels change: OpenIGTLinkIF received an image, a sequence browser shows
+        another item (a recording that plays). The model runs in a worker process of its own, installed there if
+        needed and kept loaded (``device``, ``threads``, ``precision``, ``quality`` as for ``segmentationTask``;
+        live mode is ``fast`` by default, and takes one CPU thread fewer than the cores when ``threads`` is
+        None: Slicer works on every frame too); frames go to it and label maps come back through shared memory, and
+        label maps are applied on the main thread, each at its frame's place (its geometry and parent
+        transform). The newest frame goes first: frames that come while the model is busy replace each other
+        and are counted as dropped, so a model slower than the stream lowers the rate, never adds a backlog.
+        Returns at once while the model loads; :meth:`liveStatus` says how it goes (state, message, frames per
+        second, latency from a frame in the volume to its labels in the scene, dropped frames). A bad request
+        (no model, a 3D model already installed, a container-only model, an output that is the input) raises
+        ValueError, before any work; a 3D model that is not installed yet fails in the worker, and the status
+        says so. Starting again stops the session before.
+
+        Example (Slicer's Python console)::
+
+            logic = slicer.util.getModuleLogic("DeepSegment")
+            labels = logic.startLive("us-bone-2d", getNode("Image_Reference"))
+            logic.liveStatus().summary()   # '29.8 frames/s, latency p50 18.0 ms, p99 31.5 ms; 300 frames ...'
+            logic.stopLive()
+        """
+        self.stopLive()
+        if not modelSpec:
+            raise ValueError("Select a model.")
+        if inputVolumeNode is None:
+            raise ValueError("Select the volume to follow.")
+        if outputNode is not None and outputNode == inputVolumeNode:
+            raise ValueError("The output cannot be the volume that is followed.")
+        if not torch_status().installed:
+            raise ValueError("PyTorch is not installed: install it with the PyTorch extension (installTorch()).")
+        entry, version = self.registry.resolve(modelSpec)
+        if "inprocess" not in version.backends:
+            raise ValueError(f"{entry.id} {version.version} runs only in a container; live mode runs models in"
+                             " Slicer's Python.")
+        installed = self.registry.store.get(entry.id, version.version)
+        if installed is not None:
+            try:
+                require_2d_model(load_package(installed.path))
+            except (EngineError, PackageError) as error:
+                raise ValueError(str(error)) from error
+        transformNode = inputVolumeNode.GetParentTransformNode()
+        if transformNode is not None and not transformNode.IsTransformToWorldLinear():
+            raise ValueError(f"Volume '{inputVolumeNode.GetName()}' is under a non-linear transform; harden the"
+                             " transform before segmenting it live.")
+        if outputNode is None:
+            name = slicer.mrmlScene.GenerateUniqueName(inputVolumeNode.GetName() + " live labels")
+            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        if outputNode.GetDisplayNode() is None:
+            outputNode.CreateDefaultDisplayNodes()
+        image = inputVolumeNode.GetImageData()
+        warmShape = tuple(reversed(image.GetDimensions())) if image is not None else None
+        stream = LiveStream(entry, version, self.registry.store.cache_dir, device=self.chooseDevice(device).torch_name,
+                            threads=threads, precision=precision, quality=quality, warm_shape=warmShape,
+                            python=slicerPythonOnPath())
+        self.live = LiveSession(stream, inputVolumeNode, outputNode)
+        self.live.start()
+        return outputNode
+
+    def stopLive(self, message="Stopped."):
+        """Stop live segmentation (the worker process ends, its shared memory is freed; the output keeps the last
+        labels); returns the final status, or None when it was not running."""
+        if self.live is None or not self.live.statistics().active:
+            return None
+        return self.live.stop(message)
+
+    def liveStatus(self):
+        """Where live segmentation stands (DeepSegmentLib ``LiveStatistics``: ``state``, ``message``, ``received``,
+        ``segmented``, ``dropped``, ``rejected``, ``problem``, ``frames_per_second``, ``latency_p50_ms``,
+        ``latency_p99_ms``, ``summary()``); the last session's after it ended."""
+        if self.live is None:
+            return LiveStatistics(STOPPED, "Live segmentation has not been started.")
+        return self.live.statistics()
 
 
 #

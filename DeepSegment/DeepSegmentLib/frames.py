@@ -97,6 +97,19 @@ def _axis_name(axis: int) -> str:
     return "xyz"[axis]
 
 
+def require_2d_model(package) -> None:
+    """Raise EngineError unless ``package`` is a 2D model, the only kind that segments frames.
+
+    >>> from types import SimpleNamespace as Model
+    >>> require_2d_model(Model(dimensions=3))
+    Traceback (most recent call last):
+    ...
+    DeepSegmentLib.engine.EngineError: The model is a 3D model (dimensions 3): frames need a 2D model (dimensions 2)
+    """
+    if int(getattr(package, "dimensions", 3)) != 2:
+        raise EngineError("The model is a 3D model (dimensions 3): frames need a 2D model (dimensions 2)")
+
+
 class FrameSegmenter:
     """A 2D model ready to segment frame after frame (see the module documentation).
 
@@ -113,8 +126,7 @@ class FrameSegmenter:
                  precision: str = "auto", quality: str = DEFAULT_QUALITY) -> None:
         import torch
 
-        if int(getattr(package, "dimensions", 3)) != 2:
-            raise EngineError("The model is a 3D model (dimensions 3): frames need a 2D model (dimensions 2)")
+        require_2d_model(package)
         if precision not in PRECISIONS:
             raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
         self.package = package
@@ -261,4 +273,4 @@ class FrameSegmenter:
             self.segment(blank)
 
 
-__all__ = ["PLAN_CACHE_SIZE", "FrameError", "FramePlan", "FrameSegmenter"]
+__all__ = ["PLAN_CACHE_SIZE", "FrameError", "FramePlan", "FrameSegmenter", "require_2d_model"]

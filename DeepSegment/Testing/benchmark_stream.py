@@ -114,12 +114,17 @@ def write_models(folder: str) -> str:
     return index
 
 
-def frame_messages(count: int, first_timestamp: float) -> list:
-    """``count`` packed IMAGE messages of 256×256 ultrasound crops, 1/30 s apart."""
+def ultrasound_crops() -> tuple:
+    """(60 crops of 256×256 pixels from the middle of the cine's frames, pixel spacing in mm)."""
     frames, spacing = ultrasound_frames(60, step=1)
     rows, columns = frames.shape[1:]
     top, left = (rows - SIZE) // 2, (columns - SIZE) // 2
-    crops = frames[:, top : top + SIZE, left : left + SIZE]
+    return frames[:, top : top + SIZE, left : left + SIZE], spacing
+
+
+def frame_messages(count: int, first_timestamp: float) -> list:
+    """``count`` packed IMAGE messages of 256×256 ultrasound crops, 1/30 s apart."""
+    crops, spacing = ultrasound_crops()
     matrix = np.diag([spacing, spacing, 1.0, 1.0])
     return [pyigtl.ImageMessage(crops[i % len(crops)][None], ijk_to_world_matrix=matrix, device_name="Image_Reference",
                                 timestamp=first_timestamp + i * FRAME_SECONDS).pack() for i in range(count)]

@@ -15,7 +15,8 @@ augmented patches, then forward, loss, backward and update.
   ``SpatialPadd`` to the patch size and ``RandCropByPosNegLabeld`` (one positive for two negatives) then
   augmentations with the ranges and probabilities of our defaults (``RandAffined`` rotation ±15°, scale ±15 %,
   shear 0.05, translation ±10 mm; ``Rand3DElasticd`` half of the time; ``RandSimulateLowResolutiond``,
-  ``RandGaussianSmoothd``, ``RandBiasFieldd``, ``RandAdjustContrastd``, ``RandScaleIntensityd``, ``RandGaussianNoised``), a
+  ``RandGaussianSmoothd``, ``RandBiasFieldd``, ``RandAdjustContrastd``, ``RandScaleIntensityd``,
+  ``RandGaussianNoised``), a
   ``DataLoader`` with ``num_workers=0``, and ``monai.losses.DiceCELoss``, on the ``MetaTensor`` batches it
   gives; ``monai-tensors``: the same with the batches turned into plain tensors before the network (what the
   metadata costs).
