@@ -69,6 +69,7 @@ from ModelRegistryLib.card import format_duration
 from ModelRegistryLib.files import probe_writable, write_json_atomically
 from ModelRegistryLib.jobs import CRASH_KIND, WorkerProcess
 from ModelRegistryLib.locking import FileLock
+from ModelRegistryLib.shared_arrays import free_blocks
 from TrainingDataExportLib.preannotation import record_pre_annotations
 
 from .batch_cases import (
@@ -93,7 +94,7 @@ from .batch_outputs import (
     write_case_result,
 )
 from .engine import DEFAULT_QUALITY, PRECISIONS, QUALITY_PRESETS
-from .shared_images import allocate_label_map, read_shared_image, share_image
+from .shared_images import read_shared_image, share_run_volumes
 
 DONE, SKIPPED, FAILED, NOT_RUN = "done", "skipped", "failed", "not run"
 # Cases a worker holds at once: the one it runs and the next, so that it never waits for the coordinator.
@@ -390,12 +391,6 @@ class _Prepared:
     output: object
 
 
-def _free(blocks: Sequence) -> None:
-    for block in blocks:
-        block.close()
-        block.unlink()
-
-
 def case_record(plan: BatchPlan, case: BatchCase, fingerprint: str, input_hashes: Sequence[str]) -> dict:
     """What a case's record keeps besides its result file (see ``batch_outputs``)."""
     return {"fingerprint": fingerprint, "model": {"id": plan.model.model_id, "version": plan.model.version},
@@ -444,16 +439,9 @@ class LocalRun:
             if self.cancel.is_set():
                 return CaseOutcome(case.case_id, NOT_RUN, "cancelled")
             return CaseOutcome(case.case_id, FAILED, f"cannot read its input: {error}")
-        blocks, inputs = [], []
         try:
-            for image in images:
-                block, shared = share_image(image)
-                blocks.append(block)
-                inputs.append(shared)
-            block, output = allocate_label_map(images[0])
-            blocks.append(block)
+            blocks, inputs, output = share_run_volumes(images)
         except Exception as error:  # shared memory exhausted: this case cannot be handed to a worker
-            _free(blocks)
             return CaseOutcome(case.case_id, FAILED, f"cannot pass its volumes to a worker: {error}")
         return _Prepared(case, fingerprint, hashes, blocks, inputs, output)
 
@@ -510,11 +498,11 @@ class LocalRun:
             slot.free_since = time.monotonic()
             if job.error is None:
                 labels_image = read_shared_image(job.result.label_map)
-                _free(prepared.blocks)
+                free_blocks(prepared.blocks)
                 self._writes.put((prepared, labels_image, job.result, seconds, where))
                 self._pending_writes += 1
                 continue
-            _free(prepared.blocks)
+            free_blocks(prepared.blocks)
             if job.error.kind == CRASH_KIND:
                 self._finish(CaseOutcome(prepared.case.case_id, FAILED, str(job.error), "", seconds, where))
                 for queued, _ in reversed(slot.jobs):
@@ -573,11 +561,11 @@ class LocalRun:
                 for slot in self.slots:
                     for prepared, job in slot.jobs:
                         job.cancel()
-                        _free(prepared.blocks)
+                        free_blocks(prepared.blocks)
                     if slot.worker is not None:
                         slot.worker.stop()
                 for prepared in ready:
-                    _free(prepared.blocks)
+                    free_blocks(prepared.blocks)
         self.progress.tell([], force=True)
         return [self.outcomes.get(case.case_id, CaseOutcome(case.case_id, NOT_RUN, "cancelled"))
                 for case in self.plan.cases]
@@ -592,12 +580,12 @@ class LocalRun:
         for future in reading:
             item = None if future.cancelled() else future.result()
             if isinstance(item, _Prepared):
-                _free(item.blocks)
+                free_blocks(item.blocks)
                 item = CaseOutcome(item.case.case_id, NOT_RUN, "cancelled")
             self._finish(item)
         reading.clear()
         for prepared in ready:
-            _free(prepared.blocks)
+            free_blocks(prepared.blocks)
             self._finish(CaseOutcome(prepared.case.case_id, NOT_RUN, "cancelled"))
         ready.clear()
         for slot in self.slots:

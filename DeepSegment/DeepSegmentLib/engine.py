@@ -434,15 +434,17 @@ def _indices(probabilities, package):
 # ------------------------------------------------------------------------------------------------- stages
 
 
-class _Stages:
-    """Times the stages, reports progress and honours cancel between them."""
+class Stages:
+    """Times named stages, reports progress as ``EngineProgress`` (each stage a share of the whole) and raises
+    EngineCancelled at stage boundaries and wherever :meth:`check_cancel` is called. On a CUDA ``device`` a stage
+    ends when the device has finished its work, so that its time is the stage's own. Every runtime uses it."""
 
-    def __init__(self, progress, cancel, device):
+    def __init__(self, progress: Callable | None, cancel, shares: dict, device=None) -> None:
         self.progress, self.cancel, self.device = progress, cancel, device
-        self.timings = {}
-        self._starts = {}
-        start = 0.0
-        for name, share in STAGES:
+        self.timings: dict = {}
+        self._began = time.perf_counter()
+        self._starts, start = {}, 0.0
+        for name, share in shares.items():
             self._starts[name] = (start, share)
             start += share
 
@@ -453,7 +455,7 @@ class _Stages:
     def report(self, stage: str, within: float = 0.0) -> None:
         if self.progress is not None:
             start, share = self._starts[stage]
-            self.progress(EngineProgress(min(1.0, start + share * within), stage))
+            self.progress(EngineProgress(min(1.0, start + share * min(max(within, 0.0), 1.0)), stage))
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -461,11 +463,15 @@ class _Stages:
         self.report(name)
         began = time.perf_counter()
         yield
-        if self.device.type == "cuda":
+        if self.device is not None and self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - began
+
+    def finished(self) -> dict:
+        """The stages' times and the ``total`` since this object was made, in seconds."""
+        return {**self.timings, "total": time.perf_counter() - self._began}
 
 
 def _read(images: Sequence, names: list, device) -> list:
@@ -580,6 +586,9 @@ def _window_plan(volume, model: Callable, network: Callable, package, window: Wi
     shape = tuple(volume.shape[1:])
     background = background_mask(volume) if skip_background else None
     notes = []
+    if background is not None and bool(background.any()) and not _labels_background(volume, model, package, window):
+        notes.append("the network does not label background input as background, so no window is skipped")
+        background = None
     multiple = None
     if windows == "largest":
         wide = window_wide_operation(network)
@@ -594,6 +603,19 @@ def _window_plan(volume, model: Callable, network: Callable, package, window: Wi
                 notes.append("the network accepts no window size but the model's own")
     plan = plan_windows(shape, window, multiple=multiple, max_window_voxels=voxel_limit, background=background)
     return plan, notes
+
+
+def _labels_background(volume, model: Callable, package, window: Window) -> bool:
+    """Whether the network gives one window of background input (every channel at its darkest value in
+    ``volume``) the background label everywhere: what skipping background windows takes for granted. A model
+    that labels air, or one that marks what lies outside an organ, must run every window."""
+    channels = int(volume.shape[0])
+    darkest = volume.reshape(channels, -1).min(dim=1).values
+    probe = darkest[:, None, None, None].expand(channels, *window.patch_size).contiguous()
+    probabilities = sliding_window(probe, model, replace(window, mirror_dims=()),
+                                   activation=package.inference.activation,
+                                   output_channels=int(package.inference.output_channels))
+    return not bool(_indices(probabilities, package).any())
 
 
 def inference_window(package, device, *, overlap: float | None = None, mirror_axes: tuple | None = None,
@@ -721,7 +743,7 @@ def segment(
     window = inference_window(package, compute, overlap=overlap, mirror_axes=mirror_axes, precision=precision)
     _check_memory(images, package, compute, memory_budget)
     torch_device = torch.device(compute.torch_name)
-    stages = _Stages(progress, cancel, torch_device)
+    stages = Stages(progress, cancel, dict(STAGES), torch_device)
     names = _input_names(package)
     previous_threads = torch.get_num_threads()
     if threads:

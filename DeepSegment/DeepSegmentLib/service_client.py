@@ -41,7 +41,7 @@ from ModelRegistryLib.shared_arrays import free_blocks, remove_orphan_segments
 
 from .engine import DEFAULT_QUALITY, SegmentationResult
 from .service import DEFAULT_IDLE_SECONDS, DEFAULT_MEMORY_BUDGET_BYTES, ServiceRun
-from .shared_images import allocate_label_map, read_shared_image, share_image
+from .shared_images import read_shared_image, share_run_volumes
 
 SERVICE_NAME = "The DeepSegment model service"
 DEEPSEGMENT_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,15 +133,8 @@ class ModelService:
         images = list(images)
         if not images:
             raise ValueError("No input volume to segment")
-        segments = []
+        segments, inputs, output = share_run_volumes(images)
         try:
-            inputs = []
-            for image in images:
-                block, shared = share_image(image)
-                segments.append(block)
-                inputs.append(shared)
-            block, output = allocate_label_map(images[0])
-            segments.append(block)
             arguments = {"cache_dir": cache_dir, "entry": entry, "version": version, "inputs": inputs,
                          "output": output, **options}
             job = self.worker(key).submit(target, arguments, description=f"{entry.id} {version.version}",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from ModelRegistryLib.shared_arrays import SharedBlock, allocate_array, array_in, share_array
+from ModelRegistryLib.shared_arrays import SharedBlock, allocate_array, array_in, free_blocks, share_array
 
 # Where they were first: still importable from here.
 from ModelRegistryLib.shared_arrays import NAME_PREFIX, segment_prefix  # noqa: F401
@@ -62,6 +62,25 @@ def allocate_label_map(reference: sitk.Image) -> tuple:
     (the worker writes the label map's own voxel type; see :func:`write_shared_image`)."""
     block, shared = allocate_array(tuple(reversed(reference.GetSize())), np.uint16)
     return block, _describe(reference, block.name, shared.dtype, shared.shape)
+
+
+def share_run_volumes(images) -> tuple:
+    """``(blocks, inputs, output)`` for one run: a segment holding each of ``images`` (their ``SharedImage``s are
+    ``inputs``) and one for the label map on the first image's grid (``output``). ``blocks`` are every segment
+    made, for the caller to free when the run has ended; if any cannot be made, those made are freed and the
+    error raised."""
+    blocks, inputs = [], []
+    try:
+        for image in images:
+            block, shared = share_image(image)
+            blocks.append(block)
+            inputs.append(shared)
+        block, output = allocate_label_map(images[0])
+        blocks.append(block)
+    except BaseException:
+        free_blocks(blocks)
+        raise
+    return blocks, inputs, output
 
 
 def read_shared_image(shared: SharedImage) -> sitk.Image:

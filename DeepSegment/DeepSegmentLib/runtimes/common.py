@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..devices import available_devices, choose_device
-from ..engine import DEFAULT_QUALITY, EngineCancelled, EngineError, EngineProgress, SegmentationResult
+from ..engine import DEFAULT_QUALITY, EngineError, SegmentationResult, Stages
 from ..geometry import LabelMapError, checked_label_map
 
 
@@ -55,40 +52,6 @@ class ModelRun:
     labels: tuple
     result: SegmentationResult
     runtime: str
-
-
-class Stages:
-    """Times named stages, reports progress as ``EngineProgress`` (each stage a share of the whole) and raises
-    EngineCancelled at stage boundaries and wherever :meth:`check_cancel` is called."""
-
-    def __init__(self, progress: Callable | None, cancel: threading.Event | None, shares: dict) -> None:
-        self.progress, self.cancel = progress, cancel
-        self.timings: dict = {}
-        self._began = time.perf_counter()
-        self._starts, start = {}, 0.0
-        for name, share in shares.items():
-            self._starts[name] = (start, share)
-            start += share
-
-    def check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise EngineCancelled("Segmentation cancelled")
-
-    def report(self, stage: str, within: float = 0.0) -> None:
-        if self.progress is not None:
-            start, share = self._starts[stage]
-            self.progress(EngineProgress(min(1.0, start + share * min(max(within, 0.0), 1.0)), stage))
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        self.check_cancel()
-        self.report(name)
-        began = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - began
-
-    def finished(self) -> dict:
-        return {**self.timings, "total": time.perf_counter() - self._began}
 
 
 def compute_device(device):
