@@ -387,7 +387,7 @@ def _parse_non_finite(item: dict, field: str) -> float | None:
 def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
     item = require_object(item, field)
     if "spacing" not in item:
-        raise PackageError(f"{field}.spacing", "is required (null keeps the input's grid)")
+        raise PackageError(f"{field}.spacing", "is required (null keeps the input's spacing)")
     spacing = item["spacing"]
     if spacing is not None:
         if not isinstance(spacing, list) or len(spacing) != 3:
