@@ -207,6 +207,46 @@ class SliceWiseNetwork:
         return self.network(windows.squeeze(self.dim)).unsqueeze(self.dim)
 
 
+class ReversedAxesNetwork:
+    """A network taking (N, C, x, y, z) tensors (MONAI, nibabel; ``axisOrder`` ``xyz``) seen as one taking the
+    engine's (N, C, z, y, x): the spatial dimensions are reversed on the way in and on the way out (also for
+    2D slices: (N, C, y, x) in, (N, C, x, y) to the network).
+
+    >>> import torch
+    >>> xyz = ReversedAxesNetwork(lambda t: t * torch.arange(t.shape[2]).reshape(1, 1, -1, 1, 1))
+    >>> xyz(torch.ones(1, 1, 2, 3, 4))[0, 0, 0]   # scaled along x, the engine's last dimension
+    tensor([[0., 1., 2., 3.],
+            [0., 1., 2., 3.],
+            [0., 1., 2., 3.]])
+    """
+
+    def __init__(self, network: Callable) -> None:
+        self.network = network
+
+    def __call__(self, windows):
+        order = (0, 1, *range(windows.dim() - 1, 1, -1))  # its own inverse
+        return self.network(windows.permute(order).contiguous()).permute(order)
+
+
+def axis_order(package) -> str:
+    """The order of the network's spatial tensor dimensions: ``zyx`` (the engine's) or ``xyz``."""
+    return str(getattr(package.inference, "axis_order", "zyx"))
+
+
+def engine_network(network: Callable, package) -> Callable:
+    """``network`` as the sliding window calls it: on N×C×Z×Y×X windows, whatever the network's own axis
+    order (``ReversedAxesNetwork``) and dimensions (a 2D network through ``SliceWiseNetwork``)."""
+    model = ReversedAxesNetwork(network) if axis_order(package) == "xyz" else network
+    return SliceWiseNetwork(model, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else model
+
+
+def network_window_shape(package, channels: int, batch: int = 1) -> tuple:
+    """The shape of one batch of the model's own windows as the network takes them (its axis order; a 2D
+    network's slices without the slice axis)."""
+    patch = tuple(int(p) for p in package.inference.patch_size)
+    return (batch, channels, *(patch if axis_order(package) == "xyz" else reversed(patch)))
+
+
 def _resolve_device(device) -> ComputeDevice:
     if isinstance(device, ComputeDevice):
         return device
@@ -217,9 +257,11 @@ def _resolve_device(device) -> ComputeDevice:
 
 
 def _model_grid(images: Sequence, package) -> Grid:
-    spacing = package.preprocessing.spacing
+    preprocessing = package.preprocessing
+    spacing = preprocessing.spacing
     try:
-        return model_grid(images[0], tuple(spacing) if spacing is not None else None, package.preprocessing.orientation)
+        return model_grid(images[0], tuple(spacing) if spacing is not None else None, preprocessing.orientation,
+                          getattr(preprocessing, "spacing_tolerance", None))
     except ValueError as error:
         raise EngineError(f"The model's preprocessing cannot be applied: {error}") from error
 
@@ -339,14 +381,51 @@ def _percentile(values, percent: float) -> float:
     return float(values.reshape(-1).kthvalue(min(max(k, 1), values.numel())).values)
 
 
-def normalize(channel, normalization):
-    """``channel`` (a float32 tensor, changed in place) normalized as ``normalization`` says.
+def _foreground_percentiles(channel, normalization) -> tuple:
+    """The ``percentiles`` (low, high) of the step's foreground voxels of ``channel``."""
+    mask = _foreground(channel, normalization)
+    values = channel if mask is None else channel[mask]
+    if values.numel() == 0:
+        raise EngineError("The volume has no foreground voxels to compute intensity percentiles from")
+    return tuple(_percentile(values, p) for p in normalization.percentiles)
 
-    ``ct-window``: clip to ``window`` (low, high) and scale linearly onto ``range``. ``z-score``:
-    subtract the mean and divide by the standard deviation of the foreground (``"all"``, ``"nonzero"``
-    voxels, or those above ``threshold``); voxels outside the foreground are set to 0, as nnU-Net does.
-    ``percentile``: the foreground's ``percentiles`` (low, high, in percent) are clipped to and scaled
-    onto ``range``. ``none``: unchanged.
+
+def _linear_map(channel, low: float, high: float, normalization):
+    """``channel`` mapped linearly from (low, high) onto the step's ``range``, clipped to it unless the step's
+    ``clip`` is False (in place)."""
+    low_out, high_out = (float(v) for v in getattr(normalization, "range", (0.0, 1.0)) or (0.0, 1.0))
+    scale = (high_out - low_out) / (high - low) if high > low else 0.0
+    if getattr(normalization, "clip", True):
+        channel.clamp_(low, high)
+    return channel.sub_(low).mul_(scale).add_(low_out)
+
+
+def _z_score(channel, normalization):
+    if getattr(normalization, "mean", None) is not None:
+        return channel.sub_(float(normalization.mean)).div_(float(normalization.std))
+    mask = _foreground(channel, normalization)
+    values = channel if mask is None else channel[mask]
+    if values.numel() == 0:
+        raise EngineError("The volume has no foreground voxels to compute the intensity mean from")
+    mean = float(values.mean())
+    std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
+    channel.sub_(mean).div_(std if std > 1e-8 else 1.0)
+    if mask is not None:
+        channel.masked_fill_(~mask, 0.0)
+    return channel
+
+
+def normalize(channel, normalization):
+    """``channel`` (a float32 tensor, changed in place) normalized as ``normalization`` says: one step, or a
+    sequence of steps applied in order (each computing its statistics on what the previous ones left).
+
+    ``ct-window``: scale ``window`` (low, high) linearly onto ``range``, clipping outside unless ``clip`` is
+    False. ``z-score``: subtract the mean and divide by the standard deviation of the foreground
+    (``"all"``, ``"nonzero"`` voxels, or those above ``threshold``; voxels outside it are set to 0, as
+    nnU-Net does), or the fixed ``mean`` and ``std``. ``percentile``: the foreground's ``percentiles`` (low,
+    high, in percent) are scaled onto ``range``, clipping unless ``clip`` is False. ``clip``: clamp to
+    ``window``, or to the foreground's ``percentiles``. ``scale-shift``: times ``scale`` plus ``shift``.
+    ``sigmoid``: 1 / (1 + e^-x). ``none``: unchanged.
 
     >>> import torch
     >>> from types import SimpleNamespace as N
@@ -354,34 +433,38 @@ def normalize(channel, normalization):
     tensor([0.0000, 0.5000, 1.0000])
     >>> normalize(torch.tensor([0.0, 1.0, 3.0]), N(kind="z-score", foreground="nonzero", threshold=None))
     tensor([ 0., -1.,  1.])
+    >>> normalize(torch.tensor([-2.0, 0.0, 9.0]), (N(kind="clip", window=(-1, 1)), N(kind="scale-shift", scale=2,
+    ...                                             shift=1), N(kind="sigmoid")))
+    tensor([0.2689, 0.7311, 0.9526])
     """
+    if isinstance(normalization, (tuple, list)):
+        for step in normalization:
+            normalize(channel, step)
+        return channel
     kind = normalization.kind
     if kind == "none":
         return channel
-    low_out, high_out = (float(v) for v in getattr(normalization, "range", (0.0, 1.0)) or (0.0, 1.0))
-    if kind in ("ct-window", "percentile"):
-        if kind == "ct-window":
-            low, high = (float(v) for v in normalization.window)
-        else:
-            mask = _foreground(channel, normalization)
-            values = channel if mask is None else channel[mask]
-            if values.numel() == 0:
-                raise EngineError("The volume has no foreground voxels to compute intensity percentiles from")
-            low, high = (_percentile(values, p) for p in normalization.percentiles)
-        scale = (high_out - low_out) / (high - low) if high > low else 0.0
-        return channel.clamp_(low, high).sub_(low).mul_(scale).add_(low_out)
+    if kind == "ct-window":
+        low, high = (float(v) for v in normalization.window)
+        return _linear_map(channel, low, high, normalization)
+    if kind == "percentile":
+        return _linear_map(channel, *_foreground_percentiles(channel, normalization), normalization)
     if kind == "z-score":
-        mask = _foreground(channel, normalization)
-        values = channel if mask is None else channel[mask]
-        if values.numel() == 0:
-            raise EngineError("The volume has no foreground voxels to compute the intensity mean from")
-        mean = float(values.mean())
-        std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
-        channel.sub_(mean).div_(std if std > 1e-8 else 1.0)
-        if mask is not None:
-            channel.masked_fill_(~mask, 0.0)
-        return channel
+        return _z_score(channel, normalization)
+    if kind == "clip":
+        window = getattr(normalization, "window", None)
+        low, high = window if window is not None else _foreground_percentiles(channel, normalization)
+        return channel.clamp_(float(low), float(high))
+    if kind == "scale-shift":
+        return channel.mul_(float(normalization.scale)).add_(float(normalization.shift))
+    if kind == "sigmoid":
+        return channel.sigmoid_()
     raise EngineError(f"Unknown intensity normalization {kind!r}")
+
+
+def non_finite_value(package) -> float | None:
+    """What NaN and infinite input voxels become (the model's ``preprocessing.nonFinite``); None: refused."""
+    return getattr(package.preprocessing, "non_finite_value", None)
 
 
 def _normalizations(package, channels: int) -> list:
@@ -474,15 +557,25 @@ class Stages:
         return {**self.timings, "total": time.perf_counter() - self._began}
 
 
-def _read(images: Sequence, names: list, device) -> list:
+def _read(images: Sequence, names: list, device, non_finite_value: float | None = None) -> list:
+    """The images as float32 tensors on ``device``; NaN and infinite voxels (also values beyond float32's
+    range) are refused, or replaced by ``non_finite_value`` when the model declares one."""
     import torch
 
     tensors = []
     for name, image in zip(names, images):
         array = sitk.GetArrayViewFromImage(image)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise EngineError(f"Input '{name}' contains NaN or infinite voxels; fix or mask them before segmenting")
-        tensors.append(torch.from_numpy(np.array(array, dtype=np.float32)).to(device))
+        tensor = torch.from_numpy(np.array(array, dtype=np.float32)).to(device)
+        if array.dtype.kind == "f":
+            if non_finite_value is not None:
+                value = float(non_finite_value)
+                torch.nan_to_num_(tensor, nan=value, posinf=value, neginf=value)
+            elif not bool(torch.isfinite(tensor).all()):
+                raise EngineError(
+                    f"Input '{name}' contains NaN or infinite voxels; fix or mask them before segmenting (the"
+                    " model's preprocessing.nonFinite does not say what to replace them with)"
+                )
+        tensors.append(tensor)
     return tensors
 
 
@@ -632,6 +725,7 @@ def inference_window(package, device, *, overlap: float | None = None, mirror_ax
         batch_size=int(inference.batch_size),
         mirror_dims=_mirror_dims(inference.mirror_axes if mirror_axes is None else mirror_axes),
         autocast=reduced_precision(_resolve_device(device)) if precision == "auto" else "",
+        padding_value=float(getattr(inference, "padding_value", 0.0)),
     )
     if not 0.0 <= window.overlap < 1.0:
         raise EngineError(f"Overlap must be at least 0 and below 1, not {window.overlap}")
@@ -675,12 +769,12 @@ def infer(
         raise EngineError(f"Unknown windows {windows!r}: use {' or '.join(WINDOW_CHOICES)}")
     runs, notes = network, []
     if fast_forward:
-        example = (1, int(volume.shape[0]), *reversed(package.inference.patch_size))
+        example = network_window_shape(package, int(volume.shape[0]))
         runs, applied = tuned_network(network, volume.device, window.autocast, example)
         if applied:
             notes.append(f"forward pass: {applied}")
         window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size))
-    model = SliceWiseNetwork(runs, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else runs
+    model = engine_network(runs, package)
     plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
     notes = planned + notes
 
@@ -720,7 +814,8 @@ def segment(
     """Segment ``images`` (one SimpleITK volume per model input) with ``package``'s model.
 
     ``network`` maps an N×C×Z×Y×X float32 tensor on the device to N×K×Z×Y×X logits (N×C×H×W slices
-    to N×K×H×W for a 2D package, run slice by slice along its slice axis); by default it is loaded
+    to N×K×H×W for a 2D package, run slice by slice along its slice axis; spatial dimensions in x, y, z
+    order when the package's ``axisOrder`` is ``xyz``); by default it is loaded
     from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
     package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
     the estimated memory; ``precision`` ``"auto"`` runs the network in reduced precision where the
@@ -755,7 +850,7 @@ def segment(
     try:
         with stages.stage("reading"):
             network = _network(package, network, compute)
-            tensors = _read(images, names, torch_device)
+            tensors = _read(images, names, torch_device, non_finite_value(package))
         grid = _model_grid(images, package)
         input_grid = Grid.from_image(images[0])
         with stages.stage("resampling"):
@@ -832,12 +927,17 @@ __all__ = [
     "EngineCancelled",
     "EngineError",
     "EngineProgress",
+    "ReversedAxesNetwork",
     "SegmentationResult",
     "SliceWiseNetwork",
+    "axis_order",
+    "engine_network",
     "estimate_memory",
     "infer",
     "inference_window",
     "model_input",
+    "network_window_shape",
+    "non_finite_value",
     "normalize",
     "quality_options",
     "segment",

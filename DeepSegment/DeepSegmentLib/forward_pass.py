@@ -120,7 +120,8 @@ def tuned_network(network: Callable, device, autocast: str, example_shape: tuple
     """(the network to run, the candidates applied joined by "+", or "" when none): the candidates
     ``ADOPTED`` for ``device`` (a torch.device) and precision (``autocast`` "" for float32) that suit the
     network, each kept only if it applies to it and agrees with it on a seeded input of ``example_shape``
-    (a window: N×C×Z×Y×X). Kept per network object, so a network from the model pool is tuned once."""
+    (a window as the network takes it: N×C×Z×Y×X, or in the package's axis order). Kept per network object,
+    so a network from the model pool is tuned once."""
     precision = autocast or "float32"
     key = (str(device), precision, tuple(example_shape))
     with _tuned_lock:

@@ -63,6 +63,8 @@ from .engine import (
     _network,
     _normalizations,
     _resolve_device,
+    engine_network,
+    non_finite_value,
     normalize,
     quality_options,
     window_patch_size,
@@ -115,7 +117,8 @@ class FrameSegmenter:
 
     Args:
         package: a 2D model package (``dimensions`` 2); a 3D model raises ``EngineError``.
-        network: the network (N×C×H×W slices in, N×K×H×W logits out); loaded from the package when None.
+        network: the network (N×C×H×W slices in, N×K×H×W logits out, H and W in the package's ``axisOrder``);
+            loaded from the package when None.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``ComputeDevice``.
         threads: PyTorch's CPU threads for this process (a live worker owns its process); None leaves them.
         precision: ``auto`` (float16 on CUDA, bfloat16 on CPUs computing it natively) or ``float32``.
@@ -143,6 +146,7 @@ class FrameSegmenter:
             batch_size=int(inference.batch_size),
             mirror_dims=_mirror_dims(options["mirror_axes"]),
             autocast=reduced_precision(self.compute) if precision == "auto" else "",
+            padding_value=float(getattr(inference, "padding_value", 0.0)),
         )
         self.precision = self.window.autocast or "float32"
         self.channels = len(package.inputs)
@@ -151,7 +155,9 @@ class FrameSegmenter:
         self.lookup = _label_lookup(package)
         steps = package.postprocessing
         self.cleans_up = bool(steps.keep_largest_component or steps.fill_holes or steps.minimum_size_mm3)
-        self.network = _network(package, network, self.compute)
+        self.non_finite_value = non_finite_value(package)
+        # What the sliding window calls: windows one pixel thick along the slice axis, in the engine's order.
+        self.network = engine_network(_network(package, network, self.compute), package)
         self._plans: OrderedDict = OrderedDict()
 
     @property
@@ -232,7 +238,7 @@ class FrameSegmenter:
 
         pixels = self._pixels(frame)
         shape = pixels.shape[:3]
-        if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        if self.non_finite_value is None and pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
             raise FrameError("The frame contains NaN or infinite pixels")
         plan = self._plan(shape, ijk_to_ras)
         inference = self.package.inference
@@ -241,6 +247,9 @@ class FrameSegmenter:
             with torch.inference_mode():
                 channels = np.ascontiguousarray(np.moveaxis(pixels, 3, 0), dtype=np.float32)
                 volume = torch.from_numpy(channels).to(self.device)
+                if self.non_finite_value is not None:
+                    value = self.non_finite_value
+                    torch.nan_to_num_(volume, nan=value, posinf=value, neginf=value)
                 if not plan.same:
                     volume = resample(volume, plan.source, plan.grid)
                 for c, step in enumerate(self.normalizations):

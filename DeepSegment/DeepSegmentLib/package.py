@@ -9,8 +9,9 @@ Inputs and labels are written exactly as in a registry index and parsed by Model
 
 Axis order: ``spacing``, ``patchSize``, ``mirrorAxes`` and ``sliceAxis`` name image axes x, y, z (i, j,
 k of the model grid). The network's tensors are (batch, channel, z, y, x), NumPy's order for a
-SimpleITK image; :attr:`ModelPackage.tensor_patch_size` and :attr:`ModelPackage.tensor_mirror_dims`
-give the same in tensor order.
+SimpleITK image, unless ``inference.axisOrder`` is ``xyz`` (MONAI and nibabel-based networks: (batch,
+channel, x, y, z)); :attr:`ModelPackage.tensor_patch_size` and :attr:`ModelPackage.tensor_mirror_dims`
+give the same in the network's tensor order.
 
 Output channels and labels: with ``softmax`` (postprocessing ``argmax``) the network has one channel
 more than there are labels, channel 0 is the background and channel ``c`` is the ``c``-th label in
@@ -72,9 +73,11 @@ SCHEMA_VERSION = 1
 CONTRACT_NAME = "model.json"
 MAX_CONTRACT_BYTES = 1024 * 1024
 FORMATS = ("torchscript", "torch.export", "onnx")
-ORIENTATIONS = ("RAS", "LPS", "native")
-NORMALIZATIONS = ("ct-window", "z-score", "percentile", "none")
+ORIENTATIONS = ("RAS", "LPS", "native", "closest-RAS", "closest-LPS")
+NORMALIZATIONS = ("ct-window", "z-score", "percentile", "clip", "scale-shift", "sigmoid", "none")
 FOREGROUNDS = ("nonzero", "all")
+AXIS_ORDERS = ("zyx", "xyz")
+SPACING_TOLERANCES = ("mm", "fraction")
 BLENDINGS = ("gaussian", "constant")
 # Each activation has one postprocessing mode: argmax needs softmax's background channel.
 MODE_OF_ACTIVATION = {"softmax": "argmax", "sigmoid": "threshold"}
@@ -91,12 +94,16 @@ class PackageError(ValueError):
 
 @dataclass(frozen=True)
 class Normalization:
-    """How one input channel's intensities are scaled before inference.
+    """One step of how an input channel's intensities are scaled before inference (a channel has one step,
+    or a tuple of steps applied in order).
 
-    ``ct-window``: clip to ``window`` (low, high) and map it linearly onto ``range``; ``z-score``: subtract the
-    mean and divide by the standard deviation of the ``foreground`` voxels (``nonzero``, ``all``, or
-    ``threshold``: those above ``threshold``); ``percentile``: map the ``percentiles`` (low, high, in percent)
-    of the intensities onto ``range``, clipping outside; ``none``: as they are.
+    ``ct-window``: map ``window`` (low, high) linearly onto ``range``, clipping outside unless ``clip`` is
+    False; ``z-score``: subtract the mean and divide by the standard deviation of the ``foreground`` voxels
+    (``nonzero``, ``all``, or ``threshold``: those above ``threshold``; voxels outside it become 0), or by the
+    fixed ``mean`` and ``std`` (every voxel); ``percentile``: map the ``percentiles`` (low, high, in percent)
+    of the ``foreground``'s intensities onto ``range``, clipping outside unless ``clip`` is False; ``clip``:
+    clamp to ``window`` (absolute values) or to the foreground's ``percentiles``; ``scale-shift``: multiply
+    by ``scale``, then add ``shift``; ``sigmoid``: 1 / (1 + e^-x); ``none``: as they are.
     """
 
     kind: str
@@ -105,24 +112,38 @@ class Normalization:
     foreground: str = "nonzero"
     threshold: float | None = None
     percentiles: tuple | None = None
+    clip: bool = True
+    mean: float | None = None
+    std: float | None = None
+    scale: float = 1.0
+    shift: float = 0.0
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """``spacing`` (x, y, z) in mm, or ``None`` for the input's own grid; ``orientation``: ``RAS`` or ``LPS``
-    (model grid axes along those directions) or ``native`` (the input's own axes); one normalization per input.
+    """``spacing`` (x, y, z) in mm, or ``None`` for the input's own spacing; ``orientation``: ``RAS`` or ``LPS``
+    (model grid axes along those directions, resampled), ``native`` (the input's own axes), or ``closest-RAS``
+    / ``closest-LPS`` (the input's axes permuted and flipped to lie closest to RAS or LPS, no interpolation);
+    one normalization per input (a :class:`Normalization`, or a tuple of them applied in order).
+    ``spacing_tolerance``: ``("mm", d)`` or ``("fraction", f)``: a model axis whose input spacing is within
+    that of ``spacing`` keeps the input's spacing (``None``: always the model's). ``non_finite_value``: what
+    NaN and infinite voxels are replaced by (``None``: such inputs are refused).
     """
 
     spacing: tuple | None
     orientation: str
     normalization: tuple
+    spacing_tolerance: tuple | None = None
+    non_finite_value: float | None = None
 
 
 @dataclass(frozen=True)
 class Inference:
     """Sliding-window settings; ``patch_size``, ``mirror_axes`` and ``size_multiple`` in image axes (x, y, z),
     see the module doc. ``size_multiple``: the network accepts windows whose sizes are multiples of these
-    (``None``: not declared, the engine probes the network)."""
+    (``None``: not declared, the engine probes the network). ``axis_order``: the order of the network's
+    spatial tensor dimensions, ``zyx`` (NumPy's order of a SimpleITK image) or ``xyz`` (MONAI, nibabel).
+    ``padding_value``: the (normalized) intensity of voxels a window holds beyond the volume."""
 
     patch_size: tuple
     overlap: float
@@ -132,6 +153,8 @@ class Inference:
     activation: str
     output_channels: int
     size_multiple: tuple | None = None
+    axis_order: str = "zyx"
+    padding_value: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,13 +203,16 @@ class ModelPackage:
 
     @property
     def tensor_patch_size(self) -> tuple:
-        """The patch size in the network's tensor order (z, y, x)."""
-        return tuple(reversed(self.inference.patch_size))
+        """The patch size in the network's tensor order ((z, y, x), or (x, y, z) with axis order ``xyz``)."""
+        patch = tuple(self.inference.patch_size)
+        return patch if self.inference.axis_order == "xyz" else tuple(reversed(patch))
 
     @property
     def tensor_mirror_dims(self) -> tuple:
-        """The dimensions of a (batch, channel, ...) tensor that test-time augmentation flips."""
+        """The dimensions of the network's (batch, channel, ...) tensor that test-time augmentation flips."""
         axes = self.spatial_axes
+        if self.inference.axis_order == "xyz":
+            return tuple(sorted(2 + axes.index(axis) for axis in self.inference.mirror_axes))
         return tuple(sorted(1 + len(axes) - axes.index(axis) for axis in self.inference.mirror_axes))
 
     @property
@@ -237,40 +263,132 @@ def _positive_integers(values: list, field: str, count: int) -> tuple:
     return tuple(values)
 
 
+def _foreground(item: dict, field: str) -> dict:
+    """The ``foreground`` of a step whose statistics it selects, as Normalization fields."""
+    foreground = item.get("foreground", "nonzero")
+    if isinstance(foreground, dict):
+        threshold = require(foreground, "threshold", NUMBER, f"{field}.foreground")
+        return {"foreground": "threshold", "threshold": _finite(threshold, f"{field}.foreground.threshold")}
+    if foreground not in FOREGROUNDS:
+        raise PackageError(f"{field}.foreground", 'must be "nonzero", "all" or {"threshold": number}')
+    return {"foreground": foreground}
+
+
+def _percentiles(item: dict, field: str) -> tuple:
+    percentiles = _interval(item, "percentiles", field)
+    if percentiles[0] < 0 or percentiles[1] > 100:
+        raise PackageError(f"{field}.percentiles", "must lie between 0 and 100")
+    return percentiles
+
+
+def _clip_flag(item: dict, field: str) -> bool:
+    return require(item, "clip", bool, field) if "clip" in item else True
+
+
+def _refuse_unused(item: dict, field: str, kind: str, allowed: tuple) -> None:
+    """A key the step's kind does not use (a typo, a setting of another kind) is refused, never ignored."""
+    for key in item:
+        if key != "kind" and key not in allowed:
+            uses = ", ".join(allowed) or "nothing but its kind"
+            raise PackageError(f"{field}.{key}", f"does not apply to {kind!r} normalization (it takes {uses})")
+
+
+def _parse_z_score(item: dict, field: str) -> Normalization:
+    if "mean" not in item and "std" not in item:
+        return Normalization("z-score", **_foreground(item, field))
+    if "foreground" in item:
+        raise PackageError(f"{field}.foreground", "does not apply with a fixed mean and std (every voxel is scaled)")
+    mean = _finite(require(item, "mean", NUMBER, field), f"{field}.mean")
+    std = _finite(require(item, "std", NUMBER, field), f"{field}.std")
+    if std <= 0:
+        raise PackageError(f"{field}.std", "must be more than 0")
+    return Normalization("z-score", foreground="all", mean=mean, std=std)
+
+
+def _parse_clip(item: dict, field: str) -> Normalization:
+    if ("window" in item) == ("percentiles" in item):
+        raise PackageError(f"{field}.window", "a clip step needs either window (values) or percentiles, not both")
+    if "window" in item:
+        if "foreground" in item:
+            raise PackageError(f"{field}.foreground", "applies to percentiles only")
+        return Normalization("clip", window=_interval(item, "window", field))
+    return Normalization("clip", percentiles=_percentiles(item, field), **_foreground(item, field))
+
+
+# Per kind: the keys it uses, and how it is parsed.
+_STEP_KEYS = {
+    "ct-window": ("window", "range", "clip"),
+    "percentile": ("percentiles", "range", "clip", "foreground"),
+    "z-score": ("foreground", "mean", "std"),
+    "clip": ("window", "percentiles", "foreground"),
+    "scale-shift": ("scale", "shift"),
+    "sigmoid": (),
+    "none": (),
+}
+
+
 def _parse_normalization(item, field: str) -> Normalization:
+    """One normalization step (an object with a ``kind``)."""
     item = require_object(item, field)
     kind = _choice(item, "kind", NORMALIZATIONS, field)
+    _refuse_unused(item, field, kind, _STEP_KEYS[kind])
     if kind == "ct-window":
-        return Normalization(
-            kind, window=_interval(item, "window", field), range=_interval(item, "range", field, (0.0, 1.0))
-        )
+        return Normalization(kind, window=_interval(item, "window", field),
+                             range=_interval(item, "range", field, (0.0, 1.0)), clip=_clip_flag(item, field))
     if kind == "percentile":
-        percentiles = _interval(item, "percentiles", field)
-        if percentiles[0] < 0 or percentiles[1] > 100:
-            raise PackageError(f"{field}.percentiles", "must lie between 0 and 100")
-        return Normalization(kind, percentiles=percentiles, range=_interval(item, "range", field, (0.0, 1.0)))
+        return Normalization(kind, percentiles=_percentiles(item, field), clip=_clip_flag(item, field),
+                             range=_interval(item, "range", field, (0.0, 1.0)), **_foreground(item, field))
     if kind == "z-score":
-        foreground = item.get("foreground", "nonzero")
-        if isinstance(foreground, dict):
-            threshold = _finite(
-                require(foreground, "threshold", NUMBER, f"{field}.foreground"), f"{field}.foreground.threshold"
-            )
-            return Normalization(kind, foreground="threshold", threshold=threshold)
-        if foreground not in FOREGROUNDS:
-            raise PackageError(f"{field}.foreground", 'must be "nonzero", "all" or {"threshold": number}')
-        return Normalization(kind, foreground=foreground)
+        return _parse_z_score(item, field)
+    if kind == "clip":
+        return _parse_clip(item, field)
+    if kind == "scale-shift":
+        if "scale" not in item and "shift" not in item:
+            raise PackageError(f"{field}.scale", "a scale-shift step needs scale, shift or both")
+        scale = _finite(item.get("scale", 1.0), f"{field}.scale")
+        return Normalization(kind, scale=scale, shift=_finite(item.get("shift", 0.0), f"{field}.shift"))
     return Normalization(kind)
 
 
-def parse_normalization(item: dict, field: str = "normalization") -> Normalization:
-    """One normalization entry of ``model.json``, validated (``PackageError`` naming ``field``)."""
-    return _parse_normalization(item, field)
+def parse_normalization(item, field: str = "normalization"):
+    """A channel's normalization in ``model.json``, validated (``PackageError`` naming ``field``): one step (an
+    object, a :class:`Normalization`), or a list of steps applied in order (a tuple of them)."""
+    if not isinstance(item, list):
+        return _parse_normalization(item, field)
+    if not item:
+        raise PackageError(field, "must list at least one step")
+    return tuple(_parse_normalization(step, f"{field}[{i}]") for i, step in enumerate(item))
+
+
+def _parse_spacing_tolerance(item: dict, field: str) -> tuple | None:
+    if "spacingTolerance" not in item:
+        return None
+    field = f"{field}.spacingTolerance"
+    given = require_object(item["spacingTolerance"], field)
+    if len(given) != 1 or next(iter(given)) not in SPACING_TOLERANCES:
+        raise PackageError(field, 'must be {"mm": number} or {"fraction": number}')
+    unit, value = next(iter(given.items()))
+    value = _finite(value, f"{field}.{unit}")
+    if value < 0 or (unit == "fraction" and value >= 1):
+        raise PackageError(f"{field}.{unit}", "must be at least 0" + (" and less than 1" if unit == "fraction" else ""))
+    return (unit, value)
+
+
+def _parse_non_finite(item: dict, field: str) -> float | None:
+    """``nonFinite``: "refuse" (the default) or ``{"replaceWith": number}``."""
+    given = item.get("nonFinite", "refuse")
+    if given == "refuse":
+        return None
+    field = f"{field}.nonFinite"
+    if not isinstance(given, dict) or set(given) != {"replaceWith"}:
+        raise PackageError(field, 'must be "refuse" or {"replaceWith": number}')
+    return _finite(given["replaceWith"], f"{field}.replaceWith")
 
 
 def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
     item = require_object(item, field)
     if "spacing" not in item:
-        raise PackageError(f"{field}.spacing", "is required (null keeps the input's grid)")
+        raise PackageError(f"{field}.spacing", "is required (null keeps the input's spacing)")
     spacing = item["spacing"]
     if spacing is not None:
         if not isinstance(spacing, list) or len(spacing) != 3:
@@ -281,10 +399,14 @@ def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
                 raise PackageError(f"{field}.spacing[{i}]", "must be more than 0")
     orientation = _choice(item, "orientation", ORIENTATIONS, field)
     require(item, "normalization", list, field)
-    normalization = parse_list(item, "normalization", field, _parse_normalization)
+    normalization = parse_list(item, "normalization", field, parse_normalization)
     if len(normalization) != channels:
         raise PackageError(f"{field}.normalization", f"lists {len(normalization)} entries for {channels} inputs")
-    return Preprocessing(spacing=spacing, orientation=orientation, normalization=normalization)
+    tolerance = _parse_spacing_tolerance(item, field)
+    if tolerance is not None and spacing is None:
+        raise PackageError(f"{field}.spacingTolerance", "applies only with a spacing (null keeps the input's)")
+    return Preprocessing(spacing=spacing, orientation=orientation, normalization=normalization,
+                         spacing_tolerance=tolerance, non_finite_value=_parse_non_finite(item, field))
 
 
 def _parse_inference(item, field: str, axes: tuple) -> Inference:
@@ -321,6 +443,8 @@ def _parse_inference(item, field: str, axes: tuple) -> Inference:
         activation=_choice(item, "activation", tuple(MODE_OF_ACTIVATION), field),
         output_channels=output_channels,
         size_multiple=size_multiple,
+        axis_order=_choice(item, "axisOrder", AXIS_ORDERS, field, "zyx"),
+        padding_value=_finite(item.get("paddingValue", 0.0), f"{field}.paddingValue"),
     )
 
 

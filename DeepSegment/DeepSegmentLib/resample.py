@@ -6,7 +6,13 @@ target voxel centre through the two IJK-to-physical matrices to a continuous ind
 and samples there with ``torch.nn.functional.grid_sample``. Indices are normalized for
 ``align_corners=False`` (``(2 i + 1) / n - 1``), which is exact for every size including one voxel:
 voxel centres land on voxel centres, so a grid that is only a flip or a permutation of another
-reproduces its values.
+reproduces its values; such a grid is not sampled at all: :func:`resample` permutes and flips the tensor's
+axes (:func:`axis_permutation`), exactly, in both directions.
+
+Orientations of a model grid (:func:`model_grid`): ``RAS`` and ``LPS`` (axes along those directions: an
+oblique volume is interpolated), ``native`` (the input's own axes), and ``closest-RAS`` / ``closest-LPS``
+(the input's own axes, permuted and flipped to point closest to RAS or LPS, as nibabel's
+``as_closest_canonical`` and MONAI's ``Orientation`` do: an oblique direction is kept, nothing is interpolated).
 
 Example::
 
@@ -23,6 +29,9 @@ Example::
     True
     >>> torch.equal(resample(flipped, target, source, mode="nearest"), volume)
     True
+    >>> closest = model_grid(image, spacing=None, orientation="closest-RAS")
+    >>> closest.direction == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), axis_permutation(source, closest)
+    (True, ((0, False), (1, False), (2, False)))
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ import SimpleITK as sitk
 
 # Axis-aligned model orientations as SimpleITK (LPS) direction matrices.
 ORIENTATIONS = {"LPS": np.eye(3), "RAS": np.diag([-1.0, -1.0, 1.0])}
+# "closest-RAS" keeps the input's axes, permuted and flipped to lie closest to RAS's.
+CLOSEST = "closest-"
+# How far (in voxels) a grid may be from an exact permutation of another for it to be taken as one.
+_PERMUTATION_TOLERANCE = 1e-4
 # Sampling coordinates are built per slab of target slices so that their memory stays bounded
 # (12 bytes per voxel) whatever the volume size.
 _SLAB_VOXELS = 1 << 24
@@ -93,26 +106,74 @@ def _native_spacing_along(reference: Grid, direction: np.ndarray) -> tuple:
     return tuple(reference.spacing[int(np.argmax(row))] for row in alignment)
 
 
-def model_grid(reference: sitk.Image, spacing: tuple | None, orientation: str) -> Grid:
-    """The grid a model sees for ``reference``: ``spacing`` in mm (``None``: the reference's own)
-    and ``orientation`` ``"RAS"``, ``"LPS"`` (axis-aligned) or ``"native"`` (the reference's axes).
+def closest_direction(direction: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """``direction``'s columns (voxel axes) permuted and negated so that column ``a`` is the one closest to
+    ``axes``' column ``a`` and points along it; the pairs are chosen greedily, the best aligned first (as
+    nibabel's ``io_orientation``), so every voxel axis is used once even for a volume turned by 45°.
+
+    >>> voxel_axes = np.array([[0.0, 1, 0], [0, 0, -1], [1, 0, 0]])   # i along z, j along x, k along -y
+    >>> closest_direction(voxel_axes, np.eye(3))   # j, -k, i: the LPS axes
+    array([[1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 1.]])
+    """
+    alignment = np.abs(axes.T @ direction)  # [wanted axis, voxel axis]
+    chosen = np.zeros((3, 3))
+    for _ in range(3):
+        wanted, voxel = np.unravel_index(int(np.argmax(alignment)), alignment.shape)
+        sign = 1.0 if float(axes[:, wanted] @ direction[:, voxel]) >= 0 else -1.0
+        chosen[:, wanted] = sign * direction[:, voxel]
+        alignment[wanted, :] = -1.0
+        alignment[:, voxel] = -1.0
+    return chosen + 0.0  # no negative zeros
+
+
+def _direction(source: Grid, orientation: str) -> np.ndarray:
+    native = np.array(source.direction).reshape(3, 3)
+    if orientation == "native":
+        return native
+    if orientation in ORIENTATIONS:
+        return ORIENTATIONS[orientation]
+    if orientation.startswith(CLOSEST) and orientation[len(CLOSEST):] in ORIENTATIONS:
+        return closest_direction(native, ORIENTATIONS[orientation[len(CLOSEST):]])
+    raise ValueError(f"Unknown orientation {orientation!r}: use RAS, LPS, native, closest-RAS or closest-LPS")
+
+
+def within_tolerance(native: float, wanted: float, tolerance: tuple | None) -> bool:
+    """Whether spacing ``native`` is close enough to ``wanted`` to be kept: ``tolerance`` is ``("mm", d)``,
+    ``("fraction", f)`` (of ``wanted``) or ``None`` (never).
+
+    >>> within_tolerance(0.98, 1.0, ("mm", 0.05)), within_tolerance(0.9, 1.0, ("fraction", 0.05))
+    (True, False)
+    """
+    if tolerance is None:
+        return False
+    unit, value = tolerance
+    allowed = float(value) * (float(wanted) if unit == "fraction" else 1.0)
+    return abs(float(native) - float(wanted)) <= allowed + 1e-12
+
+
+def model_grid(reference: sitk.Image, spacing: tuple | None, orientation: str,
+               spacing_tolerance: tuple | None = None) -> Grid:
+    """The grid a model sees for ``reference``: ``spacing`` in mm (``None``: the reference's own along each
+    model axis) and ``orientation`` ``"RAS"``, ``"LPS"`` (axis-aligned), ``"native"`` (the reference's axes) or
+    ``"closest-RAS"``, ``"closest-LPS"`` (the reference's axes permuted and flipped, see ``closest_direction``).
 
     The grid covers the reference's whole physical bounding box (all voxel corners, so oblique
     volumes are not cut) and is centred on it; with native spacing and orientation it is the
-    reference grid itself.
+    reference grid itself, and with native spacing and a closest orientation a permutation of it.
+    ``spacing_tolerance`` (``("mm", d)`` or ``("fraction", f)``): a model axis whose native spacing lies
+    within it of ``spacing`` keeps the native spacing.
     """
     source = Grid.from_image(reference)
-    if orientation == "native":
-        direction = np.array(source.direction).reshape(3, 3)
-    elif orientation in ORIENTATIONS:
-        direction = ORIENTATIONS[orientation]
-    else:
-        raise ValueError(f"Unknown orientation {orientation!r}: use RAS, LPS or native")
+    direction = _direction(source, orientation)
+    native = _native_spacing_along(source, direction)
     if spacing is None:
-        spacing = _native_spacing_along(source, direction)
+        spacing = native
     spacing = np.array([float(s) for s in spacing])
     if spacing.shape != (3,) or not np.all(spacing > 0):
         raise ValueError(f"Target spacing must be three positive millimetre values, not {tuple(spacing)}")
+    spacing = np.array([n if within_tolerance(n, s, spacing_tolerance) else s for n, s in zip(native, spacing)])
     # Corner coordinates along the model axes.
     along_axes = _physical_corners(source) @ direction
     low, high = along_axes.min(axis=0), along_axes.max(axis=0)
@@ -134,11 +195,42 @@ def same_grid(a: Grid, b: Grid, tolerance: float = 1e-6) -> bool:
     )
 
 
+def axis_permutation(source: Grid, target: Grid) -> tuple | None:
+    """Per target axis (x, y, z), ``(source axis, flipped)`` when ``target`` holds exactly ``source``'s voxel
+    centres with the axes permuted and flipped (to within 1e-4 voxel); ``None`` when it does not."""
+    to_source = np.linalg.inv(source.index_to_physical) @ target.index_to_physical
+    rotation, offset = to_source[:3, :3], to_source[:3, 3]
+    signed = np.round(rotation)
+    if not np.allclose(rotation, signed, atol=_PERMUTATION_TOLERANCE / max(max(target.size), 1), rtol=0):
+        return None
+    if not (np.abs(signed).sum(axis=0) == 1).all() or not (np.abs(signed).sum(axis=1) == 1).all():
+        return None
+    axes = []
+    for axis in range(3):
+        from_axis = int(np.argmax(np.abs(signed[:, axis])))
+        flipped = bool(signed[from_axis, axis] < 0)
+        start = source.size[from_axis] - 1 if flipped else 0
+        if target.size[axis] != source.size[from_axis] or abs(offset[from_axis] - start) > _PERMUTATION_TOLERANCE:
+            return None
+        axes.append((from_axis, flipped))
+    return tuple(axes)
+
+
+def permute_axes(volume, axes: tuple):
+    """``volume`` (C×Z×Y×X tensor) with its axes permuted and flipped as ``axis_permutation`` says: a copy."""
+    # Tensor dimension of image axis a (0 = x) is 3 - a; the target's axis a comes from the source's axes[a][0].
+    order = (0, *(3 - axes[2 - d][0] for d in range(3)))  # target dims z, y, x come from these source dims
+    flips = [3 - a for a, (_, flipped) in enumerate(axes) if flipped]
+    permuted = volume.permute(order)
+    return (permuted.flip(flips) if flips else permuted).contiguous()
+
+
 def resample(volume, source: Grid, target: Grid, mode: str = "bilinear", padding_mode: str = "border"):
     """``volume`` (C×Z×Y×X torch tensor on ``source``) sampled on ``target``, on the tensor's device.
 
     ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; values beyond the source are
     those of its border voxels. The result has ``volume``'s dtype when it is floating, else float32.
+    A target that is a permutation and flip of the source's axes (``axis_permutation``) is copied exactly.
     """
     import torch
     from torch.nn import functional
@@ -146,6 +238,9 @@ def resample(volume, source: Grid, target: Grid, mode: str = "bilinear", padding
     if tuple(volume.shape[1:]) != tuple(reversed(source.size)):
         raise ValueError(f"volume of shape {tuple(volume.shape)} does not lie on a grid of size {source.size}")
     data = volume if volume.is_floating_point() else volume.float()
+    axes = axis_permutation(source, target)
+    if axes is not None:
+        return permute_axes(data, axes)
     # Target index -> source continuous index -> grid_sample's normalized coordinate, as one matrix.
     to_source = np.linalg.inv(source.index_to_physical) @ target.index_to_physical
     sizes = np.array(source.size, dtype=float)

@@ -48,7 +48,7 @@ class Window:
     ``blending`` ``"gaussian"`` or ``"constant"``, windows per network call, and ``mirror_dims``: tensor
     dimensions (2 = z, 3 = y, 4 = x) whose flips are averaged as test-time augmentation; ``autocast``
     names the reduced-precision dtype the network runs in (``"float16"``, ``"bfloat16"``), or is empty
-    for float32."""
+    for float32; ``padding_value`` is what windows hold beyond the volume (after normalization)."""
 
     patch_size: tuple
     overlap: float = 0.5
@@ -56,10 +56,12 @@ class Window:
     batch_size: int = 1
     mirror_dims: tuple = ()
     autocast: str = ""
+    padding_value: float = 0.0
 
 
 def padded_shape(shape: Sequence, patch: Sequence) -> tuple:
-    """The volume's shape once padded (centred, with zeros) to hold at least one window on every axis."""
+    """The volume's shape once padded (centred, with the window's ``padding_value``) to hold at least one window
+    on every axis."""
     return tuple(max(int(s), int(p)) for s, p in zip(shape, patch))
 
 
@@ -160,9 +162,10 @@ def sliding_window(
 ):
     """Blended class probabilities (K×Z×Y×X) of ``network`` over ``image`` (C×Z×Y×X, on the device).
 
-    A volume smaller than the patch is padded with zeros (after normalization: the mean intensity
-    for z-scores) and the result cropped back. ``progress(done, total)`` is called after each batch
-    of windows; ``cancelled()`` is asked before each batch and stops the run by returning ``None``.
+    A volume smaller than the patch is padded with ``window.padding_value`` (zero by default; after
+    normalization: the mean intensity for z-scores) and the result cropped back. ``progress(done, total)``
+    is called after each batch of windows; ``cancelled()`` is asked before each batch and stops the run by
+    returning ``None``.
     ``output_channels``, when given, is checked against what the network returns.
 
     ``origins`` (a window plan's, see ``window_plan.py``) lists the first voxel of each window to run in the
@@ -184,7 +187,7 @@ def sliding_window(
         pads = []
         for axis in (2, 1, 0):  # F.pad takes the last dimension first
             pads += [before[axis], padded[axis] - shape[axis] - before[axis]]
-        image = functional.pad(image, pads)
+        image = functional.pad(image, pads, value=float(window.padding_value))
     if origins is None:
         origins = list(itertools.product(*(window_starts(s, p, window.overlap) for s, p in zip(padded, patch))))
     starts = [tuple(int(o) for o in origin) for origin in origins]
