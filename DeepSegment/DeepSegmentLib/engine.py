@@ -2,9 +2,12 @@
 
 Pipeline, on the compute device wherever the data is large: check the inputs → build the model
 grid (the input grid itself, or the model's spacing with RAS/LPS axes covering the input's physical
-bounding box) → resample every channel onto it (trilinear, ``resample.py``) → normalize each
-channel → sliding-window inference (``sliding_window.py``) → argmax or thresholds on the model grid
-(per-class float maps are never resampled) → clean-up with SimpleITK (``postprocess.py``) →
+bounding box) → resample every channel onto it (trilinear, ``resample.py``) → crop it when the model says
+so (to its foreground, or to the box a localizer network labels on its own grid, plus a margin) → normalize
+each channel → inference: sliding windows (``sliding_window.py``), the whole volume at once (padded to a size
+multiple), or the volume resized to a fixed shape and the probabilities resized back → argmax, thresholds or
+nested regions on the model grid (per-class float maps are never resampled onto the input grid), background
+outside the crop → clean-up with SimpleITK (``postprocess.py``) →
 nearest-neighbour back to the input grid with ``grid_sample`` on the device (the same exact index
 mapping as on the way in) → label values. The result is then given exactly the geometry of
 ``images[0]`` (``CopyInformation``), so size, spacing, origin and direction always match it.
@@ -34,6 +37,7 @@ Example (a "network" whose logits threshold the intensity at 0.5)::
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import threading
 import time
@@ -52,7 +56,7 @@ except ImportError:  # pragma: no cover
 
 from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
 from .forward_pass import tuned_network, windows_per_call
-from .postprocess import postprocess
+from .postprocess import largest_component, postprocess_steps
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
 from .window_plan import (
@@ -171,10 +175,11 @@ def _validate(images: Sequence, package) -> None:
                 f"Input '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel (color or"
                 " vector image); the model needs one scalar volume per input"
             )
-    counts = {"argmax": len(package.labels) + 1, "threshold": len(package.labels)}
+    regions = getattr(package.postprocessing, "regions", ())
+    counts = {"argmax": len(package.labels) + 1, "threshold": len(package.labels), "regions": len(regions)}
     mode = package.postprocessing.mode
     if mode not in counts:
-        raise EngineError(f"Unknown postprocessing mode {mode!r}: use argmax or threshold")
+        raise EngineError(f"Unknown postprocessing mode {mode!r}: use argmax, threshold or regions")
     if package.inference.output_channels != counts[mode]:
         raise EngineError(
             f"The model is inconsistent: {mode} over {len(package.labels)} label(s) needs {counts[mode]} output"
@@ -186,13 +191,44 @@ def _dimensions(package) -> int:
     return int(getattr(package, "dimensions", 3))
 
 
+def _mode(package) -> str:
+    """How the network sees the model grid: ``sliding-window``, ``whole-volume`` or ``resize``."""
+    return getattr(package.inference, "mode", "sliding-window")
+
+
+def _with_slice_axis(sizes, package) -> tuple:
+    """Sizes along the network's axes as image axes (x, y, z): a 2D model's are one voxel along its slice axis."""
+    sizes = [int(n) for n in sizes]
+    if _dimensions(package) == 2:
+        sizes.insert(int(getattr(package, "slice_axis", 2)), 1)
+    return tuple(sizes)
+
+
 def window_patch_size(package) -> tuple:
     """The sliding window's patch in image axes (x, y, z): a 2D model's plane patch is one voxel thick
     along its slice axis, so slices are windows of the same engine (batched, blended, mirrored)."""
-    patch = [int(p) for p in package.inference.patch_size]
-    if _dimensions(package) == 2:
-        patch.insert(int(getattr(package, "slice_axis", 2)), 1)
-    return tuple(patch)
+    return _with_slice_axis(package.inference.patch_size, package)
+
+
+def network_input_size(package, grid_size: Sequence) -> tuple:
+    """The size (x, y, z) of one network input over a model grid (or crop) of ``grid_size`` voxels (x, y, z): the
+    model's window (``sliding-window``), its ``shape`` (``resize``), or the grid rounded up to the declared
+    ``sizeMultiple`` (``whole-volume``); a 2D model's inputs are one slice thick.
+
+    >>> from types import SimpleNamespace as Model
+    >>> package = Model(dimensions=3, inference=Model(mode="whole-volume", size_multiple=(16, 16, 8)))
+    >>> network_input_size(package, (100, 64, 30))
+    (112, 64, 32)
+    """
+    mode = _mode(package)
+    if mode == "sliding-window":
+        return window_patch_size(package)
+    if mode == "resize":
+        return _with_slice_axis(package.inference.shape, package)
+    axes = 3 if _dimensions(package) == 3 else 2
+    multiple = _with_slice_axis(getattr(package.inference, "size_multiple", None) or (1,) * axes, package)
+    thin = int(getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else None
+    return tuple(1 if axis == thin else -(-int(n) // m) * m for axis, (n, m) in enumerate(zip(grid_size, multiple)))
 
 
 class SliceWiseNetwork:
@@ -240,10 +276,10 @@ def engine_network(network: Callable, package) -> Callable:
     return SliceWiseNetwork(model, getattr(package, "slice_axis", 2)) if _dimensions(package) == 2 else model
 
 
-def network_window_shape(package, channels: int, batch: int = 1) -> tuple:
-    """The shape of one batch of the model's own windows as the network takes them (its axis order; a 2D
-    network's slices without the slice axis)."""
-    patch = tuple(int(p) for p in package.inference.patch_size)
+def network_window_shape(package, channels: int, batch: int = 1, size: Sequence | None = None) -> tuple:
+    """The shape of one batch of the model's own windows (or of inputs of ``size``, x, y, z) as the network
+    takes them, in its axis order."""
+    patch = tuple(int(p) for p in (package.inference.patch_size if size is None else size))
     return (batch, channels, *(patch if axis_order(package) == "xyz" else reversed(patch)))
 
 
@@ -286,7 +322,7 @@ def estimate_memory(images: Sequence, package, device) -> int:
     inference = package.inference
     channels = len(images)
     classes = int(inference.output_channels)
-    patch_size = window_patch_size(package)
+    patch_size = network_input_size(package, grid.size)
     patch = int(np.prod(patch_size))
     padded = int(np.prod([max(n, p) for n, p in zip(grid.size, patch_size)]))
     input_voxels = sum(int(np.prod(image.GetSize())) for image in images)
@@ -487,30 +523,62 @@ def _label_lookup(package) -> np.ndarray:
     return np.array([0, *values], dtype=dtype)
 
 
-def _indices(probabilities, package):
-    """Per voxel, the index into ``_label_lookup`` (uint8 tensor) decided on the model grid."""
+def _argmax_with_thresholds(scores, thresholded, limits):
+    """Argmax indices where the ``thresholded`` channels (a long tensor) count only where their probability is at
+    least their ``limits``: the most probable of those that are, else the most probable other channel."""
     import torch
 
-    channels, nz, ny, nx = probabilities.shape
-    dtype = torch.uint8 if channels < 256 else torch.int16
-    indices = torch.empty((nz, ny, nx), dtype=dtype, device=probabilities.device)
-    thresholds = None
-    if package.postprocessing.mode == "threshold":
-        given = dict(package.postprocessing.thresholds or {})
-        values = [int(label.value) for label in package.labels]
-        thresholds = torch.tensor([float(given.get(v, 0.5)) for v in values], device=probabilities.device)
+    others = scores.clone()
+    others[thresholded] = -1.0
+    candidates = scores[thresholded]
+    above = candidates >= limits[:, None, None, None]
+    best = torch.where(above, candidates, torch.full_like(candidates, -1.0)).max(dim=0).indices
+    return torch.where(above.any(dim=0), thresholded[best], others.max(dim=0).indices)
+
+
+def _indices(probabilities, package):
+    """Per voxel, the index into ``_label_lookup`` (uint8 tensor) decided on the model grid: argmax (labels with a
+    channel threshold only where their probability reaches it), thresholds (the most probable label above its
+    threshold), or nested regions (the last region listed whose probability reaches its threshold)."""
+    import torch
+
+    _, nz, ny, nx = probabilities.shape
+    device = probabilities.device
+    steps = package.postprocessing
+    values = [int(label.value) for label in package.labels]
+    dtype = torch.uint8 if len(values) < 256 else torch.int16
+    indices = torch.empty((nz, ny, nx), dtype=dtype, device=device)
+    thresholds = thresholded = None
+    if steps.mode == "threshold":
+        given = dict(steps.thresholds or {})
+        thresholds = torch.tensor([float(given.get(v, 0.5)) for v in values], device=device)
+    elif steps.mode == "regions":
+        regions = [(c, float(region.threshold), values.index(int(region.label)) + 1)
+                   for c, region in enumerate(steps.regions)]
+    else:
+        given = dict(getattr(steps, "channel_thresholds", None) or {})
+        if given:
+            thresholded = torch.tensor([k for k, v in enumerate(values, 1) if v in given], device=device)
+            limits = torch.tensor([float(given[v]) for v in values if v in given], device=device)
     slab = max(1, _SLAB_VOXELS // (ny * nx))
     # max(dim=0).indices, not argmax(dim=0): the same first-maximum indices, but PyTorch's CPU argmax over
     # the outer (channel) dimension is about 7x slower (a 3×160³ volume: 0.98 s against 0.14 s; one 2×256²
     # frame: 6.3 ms against 0.5 ms).
     for z0 in range(0, nz, slab):
         scores = probabilities[:, z0 : z0 + slab].float()
-        if thresholds is None:
-            indices[z0 : z0 + slab] = scores.max(dim=0).indices
-        else:
+        if steps.mode == "regions":
+            block = torch.zeros(scores.shape[1:], dtype=dtype, device=device)
+            for channel, threshold, index in regions:  # outermost first: inner regions paint over it
+                block[scores[channel] >= threshold] = index
+            indices[z0 : z0 + slab] = block
+        elif thresholds is not None:
             above = scores >= thresholds[:, None, None, None]
             best = torch.where(above, scores, torch.full_like(scores, -1.0)).max(dim=0).indices
             indices[z0 : z0 + slab] = torch.where(above.any(dim=0), best + 1, torch.zeros_like(best))
+        elif thresholded is not None:
+            indices[z0 : z0 + slab] = _argmax_with_thresholds(scores, thresholded, limits)
+        else:
+            indices[z0 : z0 + slab] = scores.max(dim=0).indices
     return indices
 
 
@@ -654,12 +722,7 @@ def quality_options(package, quality: str = DEFAULT_QUALITY) -> dict:
 def _declared_multiple(package) -> tuple | None:
     """The package's ``sizeMultiple`` in tensor order (z, y, x), a 2D model's slice axis one voxel."""
     declared = getattr(package.inference, "size_multiple", None)
-    if declared is None:
-        return None
-    multiple = [int(m) for m in declared]
-    if _dimensions(package) == 2:
-        multiple.insert(int(getattr(package, "slice_axis", 2)), 1)
-    return tuple(reversed(multiple))
+    return None if declared is None else tuple(reversed(_with_slice_axis(declared, package)))
 
 
 def _window_plan(volume, model: Callable, network: Callable, package, window: Window, windows: str,
@@ -711,6 +774,45 @@ def _labels_background(volume, model: Callable, package, window: Window) -> bool
     return not bool(_indices(probabilities, package).any())
 
 
+def _sizes(shape: Sequence) -> str:
+    return "×".join(str(int(n)) for n in reversed(tuple(shape)))
+
+
+def _infer_whole(volume, package, network: Callable, window: Window, fast_forward: bool, progress, cancelled) -> tuple:
+    """``infer`` for whole-volume and resize inference: the network sees the whole ``volume`` (C×Z×Y×X) at once,
+    padded to its size multiple or resized (trilinear) to its shape, its probabilities resized back before labels
+    are decided; a 2D model sees each whole slice so. No tiling, so neither larger windows nor skipped
+    background apply; mirroring does (one flip per mirrored axis and combination)."""
+    from torch.nn import functional
+
+    shape = tuple(int(n) for n in volume.shape[1:])
+    size = tuple(reversed(network_input_size(package, tuple(reversed(shape)))))
+    inputs, runs, notes = volume, network, []
+    if _mode(package) == "resize":
+        # A 2D model's slices stay slices: the slice dimension keeps its size.
+        target = tuple(n if p == 1 and _dimensions(package) == 2 else p for n, p in zip(shape, size))
+        if target != shape:
+            inputs = functional.interpolate(volume[None], size=target, mode="trilinear", align_corners=False)[0]
+        summary = f"resized {_sizes(shape)} to {_sizes(target)} voxels and back"
+        if fast_forward:  # a fixed shape: the tuned network is checked once on it
+            example = network_window_shape(package, int(volume.shape[0]), size=package.inference.shape)
+            runs, applied = tuned_network(network, volume.device, window.autocast, example)
+            if applied:
+                notes.append(f"forward pass: {applied}")
+    else:
+        padded = tuple(max(n, p) for n, p in zip(shape, size))
+        summary = f"whole volume: {_sizes(shape)} voxels" + (f", padded to {_sizes(padded)}" if padded != shape else "")
+    model = engine_network(runs, package)
+    whole = replace(window, patch_size=size, overlap=0.0, blending="constant")
+    probabilities = sliding_window(inputs, model, whole, activation=package.inference.activation,
+                                   output_channels=int(package.inference.output_channels), progress=progress,
+                                   cancelled=cancelled, background_channel=package.postprocessing.mode == "argmax")
+    if probabilities is not None and tuple(probabilities.shape[1:]) != shape:
+        probabilities = functional.interpolate(probabilities[None], size=shape, mode="trilinear",
+                                               align_corners=False)[0]
+    return probabilities, None, "; ".join([summary, *notes])
+
+
 def inference_window(package, device, *, overlap: float | None = None, mirror_axes: tuple | None = None,
                      precision: str = "auto") -> Window:
     """The model's own windows on ``device`` (a name or a ComputeDevice), with ``segment``'s ``overlap``,
@@ -718,8 +820,10 @@ def inference_window(package, device, *, overlap: float | None = None, mirror_ax
     if precision not in PRECISIONS:
         raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
     inference = package.inference
+    # Whole-volume and resize inference size their one window per volume (_infer_whole); (1, 1, 1) stands in.
+    patch = window_patch_size(package) if _mode(package) == "sliding-window" else (1, 1, 1)
     window = Window(
-        patch_size=tuple(reversed(window_patch_size(package))),
+        patch_size=tuple(reversed(patch)),
         overlap=float(inference.overlap if overlap is None else overlap),
         blending=inference.blending,
         batch_size=int(inference.batch_size),
@@ -767,6 +871,8 @@ def infer(
     """
     if windows not in WINDOW_CHOICES:
         raise EngineError(f"Unknown windows {windows!r}: use {' or '.join(WINDOW_CHOICES)}")
+    if _mode(package) != "sliding-window":
+        return _infer_whole(volume, package, network, window, fast_forward, progress, cancelled)
     runs, notes = network, []
     if fast_forward:
         example = network_window_shape(package, int(volume.shape[0]))
@@ -782,7 +888,8 @@ def infer(
         checked = model if plan.window.patch_size == window.patch_size else FirstWindowCheck(model)
         return sliding_window(volume, checked, plan.window, activation=package.inference.activation,
                               output_channels=int(package.inference.output_channels), progress=progress,
-                              cancelled=cancelled, origins=plan.origins)
+                              cancelled=cancelled, origins=plan.origins,
+                              background_channel=package.postprocessing.mode == "argmax")
 
     try:
         probabilities = run(plan)
@@ -794,11 +901,163 @@ def infer(
     return probabilities, plan, "; ".join([plan.summary, *notes])
 
 
+# ------------------------------------------------------------------------------------------------- crops
+
+
+def _mask_bounds(mask) -> tuple | None:
+    """Half-open bounds ((z0, z1), (y0, y1), (x0, x1)) of the True voxels of a Z×Y×X tensor; None when none are."""
+    import torch
+
+    if not bool(mask.any()):
+        return None
+    bounds = []
+    for dim in range(3):
+        present = mask.to(torch.uint8).amax(dim=tuple(d for d in range(3) if d != dim)).nonzero()
+        bounds.append((int(present[0]), int(present[-1]) + 1))
+    return tuple(bounds)
+
+
+def _grown(bounds: Sequence, margin_mm: Sequence, grid: Grid) -> tuple:
+    """Bounds (tensor order, half-open) grown by ``margin_mm`` (x, y, z; whole voxels of ``grid`` covering it) and
+    clipped to the grid, as slices."""
+    sizes, spacing, margins = (tuple(reversed(values)) for values in (grid.size, grid.spacing, margin_mm))
+    steps = [math.ceil(float(m) / float(s) - 1e-9) for m, s in zip(margins, spacing)]
+    return tuple(slice(max(0, low - m), min(n, high + m)) for (low, high), n, m in zip(bounds, sizes, steps))
+
+
+def _box_on_grid(bounds: Sequence, source: Grid, target: Grid) -> tuple | None:
+    """The bounds (tensor order, half-open) of the ``target`` voxels that overlap the box of ``source`` voxels
+    ``bounds``: its corners carried through patient space, so the grids may differ in spacing and axes; None when
+    the box lies outside ``target``."""
+    edges = [(low - 0.5, high - 0.5) for low, high in reversed(tuple(bounds))]  # x, y, z voxel edges
+    corners = np.array([[i, j, k, 1.0] for i in edges[0] for j in edges[1] for k in edges[2]]).T
+    index = (np.linalg.inv(target.index_to_physical) @ source.index_to_physical @ corners)[:3]
+    # Voxel c overlaps [low, high] where c + 0.5 > low and c - 0.5 < high; the 1e-6 keeps a voxel that only
+    # touches an edge out despite round-off.
+    lows = np.floor(index.min(axis=1) - 0.5 + 1e-6).astype(int) + 1
+    highs = np.ceil(index.max(axis=1) + 0.5 - 1e-6).astype(int)
+    box = [(max(0, int(low)), min(n, int(high))) for low, high, n in zip(lows, highs, target.size)]
+    if any(low >= high for low, high in box):
+        return None
+    return tuple(reversed(box))
+
+
+def _crop_box(volume, package, grid: Grid) -> tuple:
+    """(box, note): the slices of the model grid the network runs on (all of it without a crop to the foreground;
+    None when no voxel is in the foreground) and what the crop did, for the summary."""
+    crop = getattr(package.inference, "crop", None)
+    whole = tuple(slice(0, int(n)) for n in volume.shape[1:])
+    if crop is None or crop.to != "foreground":
+        return whole, ""
+    mask = (volume > float(crop.threshold)) if crop.threshold is not None else (volume != 0)
+    bounds = _mask_bounds(mask.any(dim=0))
+    if bounds is None:
+        above = "nonzero" if crop.threshold is None else f"above {crop.threshold:g}"
+        return None, f"no voxel is {above}: nothing to segment"
+    box = _grown(bounds, crop.margin_mm, grid)
+    return box, f"cropped to the foreground: {_box_text(box)} of {_sizes(volume.shape[1:])} voxels"
+
+
+def _box_text(box: Sequence) -> str:
+    return _sizes([part.stop - part.start for part in box])
+
+
+def _cropped(volume, box: Sequence):
+    """The part of ``volume`` (C×Z×Y×X) in ``box``: ``volume`` itself when the box holds all of it, else a copy
+    (normalized apart from the rest)."""
+    if all(part.start == 0 and part.stop == n for part, n in zip(box, volume.shape[1:])):
+        return volume
+    return volume[(slice(None), *box)].clone()
+
+
+def _placed(indices, box, shape: tuple, device):
+    """Label indices on the whole grid of ``shape`` (Z×Y×X): ``indices`` in ``box``, background elsewhere
+    (everywhere when ``box`` is None)."""
+    import torch
+
+    if box is not None and tuple(indices.shape) == shape:
+        return indices
+    dtype = indices.dtype if indices is not None else torch.uint8
+    placed = torch.zeros(shape, dtype=dtype, device=device)
+    if box is not None:
+        placed[box] = indices
+    return placed
+
+
+def _normalized(volume, package):
+    """``volume`` (C×Z×Y×X) with each channel normalized in place as the package says."""
+    for c, step in enumerate(_normalizations(package, int(volume.shape[0]))):
+        normalize(volume[c], step)
+    return volume
+
+
+def _run_network(volume, package, network: Callable, window: Window, compute: ComputeDevice, **options) -> tuple:
+    """(class probabilities, summary): ``infer`` with ``options``, its failures said as EngineError, a cancel
+    raised as EngineCancelled."""
+    try:
+        probabilities, _, summary = infer(volume, package, network, window, **options)
+    except OutOfDeviceMemoryError as error:
+        raise EngineError(
+            f"{compute.description} ran out of memory while running the model ({error}). Use a smaller"
+            " batch, the CPU, or close other programs using the GPU."
+        ) from error
+    except ValueError as error:
+        raise EngineError(f"The model does not match its description: {error}") from error
+    if probabilities is None:
+        raise EngineCancelled("Segmentation cancelled")
+    return probabilities, summary
+
+
+def _localize(tensors: list, images: Sequence, package, network: Callable, window: Window, grid: Grid,
+              compute: ComputeDevice, memory_budget: int | None, **options) -> tuple:
+    """(box, note): the first stage of a two-stage model. The localizer runs on its own grid with its own
+    normalization, inference and postprocessing; the voxels it labels (their largest component when it says
+    so) bound a box carried onto the main model ``grid`` and grown by the crop's margin. The box is None when
+    it labels nothing.
+
+    Args:
+        tensors: the input volumes on their own grids (float32, on the device).
+        images: the input images (their geometry).
+        package: the two-stage package (its ``localizer`` and its crop margin).
+        network: the localizer's network, loaded.
+        window: the localizer's windows for this run.
+        grid: the main network's model grid.
+        compute: the compute device.
+        memory_budget: bytes a larger window may take from (``window_voxel_limit``), or None.
+        options: ``infer``'s ``windows``, ``skip_background``, ``fast_forward``, ``progress`` and ``cancelled``.
+    """
+    import torch
+
+    localizer = package.localizer
+    first = localizer.package
+    first_grid = _model_grid(images, first)
+    volume = _to_model_grid(tensors, images, first_grid, tensors[0].device)
+    box, note = _crop_box(volume, first, first_grid)
+    if box is None:
+        return None, f"localizer: {note}"
+    sliding = _mode(first) == "sliding-window" and options["windows"] != "model"
+    voxel_limit = window_voxel_limit(images, first, compute, memory_budget) if sliding else 0
+    probabilities, summary = _run_network(_normalized(_cropped(volume, box), first), first, network, window, compute,
+                                          voxel_limit=voxel_limit, **options)
+    indices = _placed(_indices(probabilities, first), box, tuple(volume.shape[1:]), volume.device)
+    labels = postprocess_steps(_label_lookup(first)[indices.cpu().numpy()], first_grid.spacing, first.postprocessing)
+    mask = labels != 0
+    if localizer.largest_component:
+        mask = largest_component(mask, first_grid.spacing, int(getattr(first.postprocessing, "connectivity", 6)))
+    bounds = _mask_bounds(torch.from_numpy(mask))
+    on_grid = None if bounds is None else _box_on_grid(bounds, first_grid, grid)
+    if on_grid is None:
+        return None, f"localizer ({summary}) labelled nothing: nothing to segment"
+    box = _grown(on_grid, package.inference.crop.margin_mm, grid)
+    return box, f"localizer: {summary}; cropped to its box: {_box_text(box)} of {_sizes(reversed(grid.size))} voxels"
+
+
 def segment(
     images: Sequence,
     package,
     network: Callable | None = None,
     *,
+    localizer_network: Callable | None = None,
     device="auto",
     threads: int | None = None,
     overlap: float | None = None,
@@ -815,8 +1074,10 @@ def segment(
 
     ``network`` maps an N×C×Z×Y×X float32 tensor on the device to N×K×Z×Y×X logits (N×C×H×W slices
     to N×K×H×W for a 2D package, run slice by slice along its slice axis; spatial dimensions in x, y, z
-    order when the package's ``axisOrder`` is ``xyz``); by default it is loaded
-    from the package. ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
+    order when the package's ``axisOrder`` is ``xyz``); by default it is loaded from the package, and so is
+    ``localizer_network``, a two-stage package's first network. The package's crop (to the foreground, or to
+    the box its localizer labels) limits the network to a box of the model grid, background outside.
+    ``overlap`` and ``mirror_axes`` (0 = x, 1 = y, 2 = z) override the
     package's; ``threads`` sets PyTorch's CPU threads for this run only; ``memory_budget`` (bytes) caps
     the estimated memory; ``precision`` ``"auto"`` runs the network in reduced precision where the
     device computes it natively (float16 on CUDA, bfloat16 on CPUs with AMX or AVX-512 BF16: about
@@ -853,46 +1114,48 @@ def segment(
             tensors = _read(images, names, torch_device, non_finite_value(package))
         grid = _model_grid(images, package)
         input_grid = Grid.from_image(images[0])
+        localizer = getattr(package, "localizer", None)
         with stages.stage("resampling"):
             volume = _to_model_grid(tensors, images, grid, torch_device)
-            del tensors
+            if localizer is None:
+                del tensors
         with stages.stage("normalizing"):
-            for c, step in enumerate(_normalizations(package, len(images))):
-                normalize(volume[c], step)
+            # A crop to the foreground is found on the intensities as resampled, before they are normalized.
+            box, crop_note = (None, "") if localizer is not None else _crop_box(volume, package, grid)
+            if box is not None:
+                volume = _normalized(_cropped(volume, box), package)
         with stages.stage("inferring"):
-            voxel_limit = window_voxel_limit(images, package, compute, memory_budget) if windows != "model" else 0
-            try:
-                probabilities, _, summary = infer(
-                    volume,
-                    package,
-                    network,
-                    window,
-                    windows=windows,
-                    skip_background=skip_background,
-                    fast_forward=fast_forward,
-                    voxel_limit=voxel_limit,
-                    progress=lambda done, total: stages.report("inferring", done / total),
-                    cancelled=lambda: cancel is not None and cancel.is_set(),
-                )
-            except OutOfDeviceMemoryError as error:
-                raise EngineError(
-                    f"{compute.description} ran out of memory while running the model ({error}). Use a smaller"
-                    " batch, the CPU, or close other programs using the GPU."
-                ) from error
-            except ValueError as error:
-                raise EngineError(f"The model does not match its description: {error}") from error
-            if probabilities is None:
-                raise EngineCancelled("Segmentation cancelled")
-            del volume
-            indices = _indices(probabilities, package)
-            del probabilities
+            options = {"windows": windows, "skip_background": skip_background, "fast_forward": fast_forward,
+                       "cancelled": lambda: cancel is not None and cancel.is_set()}
+            share = 0.25 if localizer is not None else 0.0  # of the stage, for the localizer
+            if localizer is not None:
+                # The localizer runs with its own windows, overlap and mirroring, unless this run turns them off.
+                first_window = inference_window(localizer.package, compute, overlap=overlap, precision=precision,
+                                                mirror_axes=() if mirror_axes == () else None)
+                box, crop_note = _localize(
+                    tensors, images, package, _network(localizer.package, localizer_network, compute), first_window,
+                    grid, compute, memory_budget, progress=lambda done, total: stages.report(
+                        "inferring", share * done / total), **options)
+                del tensors
+                if box is not None:
+                    volume = _normalized(_cropped(volume, box), package)
+            if box is None:  # nothing to segment: no window runs
+                indices, summary = None, crop_note
+            else:
+                sliding = _mode(package) == "sliding-window" and windows != "model"
+                voxel_limit = window_voxel_limit(images, package, compute, memory_budget) if sliding else 0
+                probabilities, summary = _run_network(
+                    volume, package, network, window, compute, voxel_limit=voxel_limit,
+                    progress=lambda done, total: stages.report("inferring", share + (1 - share) * done / total),
+                    **options)
+                del volume
+                indices = _indices(probabilities, package)
+                del probabilities
+                summary = "; ".join(text for text in (crop_note, summary) if text)
+            indices = _placed(indices, box, tuple(reversed(grid.size)), torch_device)
         with stages.stage("postprocessing"):
             lookup = _label_lookup(package)
-            labels = lookup[indices.cpu().numpy()]
-            steps = package.postprocessing
-            labels = postprocess(
-                labels, grid.spacing, steps.keep_largest_component, steps.fill_holes, steps.minimum_size_mm3
-            )
+            labels = postprocess_steps(lookup[indices.cpu().numpy()], grid.spacing, package.postprocessing)
         with stages.stage("resampling back"):
             if not same_grid(grid, input_grid):
                 on_device = torch.from_numpy(labels.astype(np.float32)).to(torch_device)[None]

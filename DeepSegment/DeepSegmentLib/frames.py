@@ -59,18 +59,20 @@ from .engine import (
     _indices,
     _label_lookup,
     _mirror_dims,
+    _mode,
     _model_grid,
     _network,
     _normalizations,
     _resolve_device,
     engine_network,
+    infer,
+    network_input_size,
     non_finite_value,
     normalize,
     quality_options,
-    window_patch_size,
 )
 from .geometry import LPS_FROM_RAS
-from .postprocess import postprocess
+from .postprocess import postprocess_steps
 from .resample import Grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
 
@@ -79,6 +81,8 @@ PLAN_CACHE_SIZE = 8
 # Spacing and direction are rounded to this many decimals in the plan key: float32 geometry from a
 # tracker varies in its last bits between frames of one probe setting.
 _KEY_DECIMALS = 6
+# The frame size (x, y, z) a model that sizes its input per frame (whole-volume, resize) is warmed up on.
+_WARM_UP_FRAME = (64, 64, 64)
 
 
 class FrameError(EngineError):
@@ -132,6 +136,9 @@ class FrameSegmenter:
         require_2d_model(package)
         if precision not in PRECISIONS:
             raise EngineError(f"Unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+        if getattr(package.inference, "crop", None) is not None or getattr(package, "localizer", None) is not None:
+            raise EngineError("The model crops its input (to the foreground or a localizer's box): it segments"
+                              " volumes, not frames of a stream")
         self.package = package
         self.compute = _resolve_device(device)
         self.device = torch.device(self.compute.torch_name)
@@ -140,7 +147,7 @@ class FrameSegmenter:
         options = quality_options(package, quality)
         inference = package.inference
         self.window = Window(
-            patch_size=tuple(reversed(window_patch_size(package))),
+            patch_size=tuple(reversed(network_input_size(package, _WARM_UP_FRAME))),
             overlap=float(options["overlap"]),
             blending=inference.blending,
             batch_size=int(inference.batch_size),
@@ -153,11 +160,10 @@ class FrameSegmenter:
         self.slice_axis = int(getattr(package, "slice_axis", 2))
         self.normalizations = _normalizations(package, self.channels)
         self.lookup = _label_lookup(package)
-        steps = package.postprocessing
-        self.cleans_up = bool(steps.keep_largest_component or steps.fill_holes or steps.minimum_size_mm3)
         self.non_finite_value = non_finite_value(package)
+        self.network = _network(package, network, self.compute)
         # What the sliding window calls: windows one pixel thick along the slice axis, in the engine's order.
-        self.network = engine_network(_network(package, network, self.compute), package)
+        self.slices = engine_network(self.network, package)
         self._plans: OrderedDict = OrderedDict()
 
     @property
@@ -254,13 +260,15 @@ class FrameSegmenter:
                     volume = resample(volume, plan.source, plan.grid)
                 for c, step in enumerate(self.normalizations):
                     normalize(volume[c], step)
-                probabilities = sliding_window(volume, self.network, self.window, activation=inference.activation,
-                                               output_channels=int(inference.output_channels))
+                if _mode(self.package) == "sliding-window":
+                    probabilities = sliding_window(
+                        volume, self.slices, self.window, activation=inference.activation,
+                        output_channels=int(inference.output_channels),
+                        background_channel=self.package.postprocessing.mode == "argmax")
+                else:  # the whole frame, or the frame resized: sized per frame
+                    probabilities = infer(volume, self.package, self.network, self.window)[0]
                 labels = self.lookup[_indices(probabilities, self.package).cpu().numpy()]
-                if self.cleans_up:
-                    steps = self.package.postprocessing
-                    labels = postprocess(labels, plan.grid.spacing, steps.keep_largest_component, steps.fill_holes,
-                                         steps.minimum_size_mm3)
+                labels = postprocess_steps(labels, plan.grid.spacing, self.package.postprocessing)
                 if not plan.same:
                     on_grid = torch.from_numpy(labels.astype(np.float32)).to(self.device)[None]
                     labels = resample(on_grid, plan.grid, plan.source, mode="nearest")[0].cpu().numpy()
@@ -276,7 +284,7 @@ class FrameSegmenter:
         whole path, so the first real frame does not pay for lazy initialisation (TorchScript's profiling
         runs, the allocator, oneDNN kernels)."""
         if shape is None:
-            shape = tuple(reversed(window_patch_size(self.package)))
+            shape = tuple(reversed(network_input_size(self.package, _WARM_UP_FRAME)))
         blank = np.zeros((*shape, self.channels), np.float32)
         for _ in range(repeats):
             self.segment(blank)

@@ -55,12 +55,14 @@ import re
 import sys
 import zipfile
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ModelRegistryLib.index import (
     NUMBER,
     IndexValidationError,
+    Label,
     field_path,
     parse_input,
     parse_labels,
@@ -69,7 +71,20 @@ from ModelRegistryLib.index import (
     require_object,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Contracts of these versions are read; a version 1 contract may not use the fields of version 2, which a
+# reader of version 1 would ignore, silently running the model another way.
+SCHEMA_VERSIONS = (1, 2)
+VERSION_2_FIELDS = (
+    ("inference", "mode"), ("inference", "shape"), ("inference", "crop"), ("localizer",),
+    ("inference", "axisOrder"), ("inference", "paddingValue"),
+    ("preprocessing", "spacingTolerance"), ("preprocessing", "nonFinite"),
+    ("postprocessing", "channelThresholds"), ("postprocessing", "regions"), ("postprocessing", "connectivity"),
+    ("postprocessing", "dilate"),
+)
+# Normalization step kinds and keys a version 1 contract could not say.
+VERSION_2_NORMALIZATION_KINDS = ("clip", "scale-shift", "sigmoid")
+VERSION_2_NORMALIZATION_KEYS = ("clip", "mean", "std", "scale", "shift")
 CONTRACT_NAME = "model.json"
 MAX_CONTRACT_BYTES = 1024 * 1024
 FORMATS = ("torchscript", "torch.export", "onnx")
@@ -79,8 +94,17 @@ FOREGROUNDS = ("nonzero", "all")
 AXIS_ORDERS = ("zyx", "xyz")
 SPACING_TOLERANCES = ("mm", "fraction")
 BLENDINGS = ("gaussian", "constant")
-# Each activation has one postprocessing mode: argmax needs softmax's background channel.
-MODE_OF_ACTIVATION = {"softmax": "argmax", "sigmoid": "threshold"}
+# How the network sees the model grid: tiled by windows of patchSize, whole (padded to sizeMultiple), or
+# resized to a fixed shape and its probabilities resized back.
+INFERENCE_MODES = ("sliding-window", "whole-volume", "resize")
+CROPS = ("foreground", "localizer")
+# The postprocessing modes each activation allows: argmax needs a background channel, which sigmoid
+# outputs lack; "none" (the network already gives probabilities) allows every mode.
+MODES_OF_ACTIVATION = {
+    "softmax": ("argmax",), "sigmoid": ("threshold", "regions"), "none": ("argmax", "threshold", "regions")
+}
+POSTPROCESSING_MODES = ("argmax", "threshold", "regions")
+CONNECTIVITIES = (6, 26)
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -138,14 +162,29 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
-class Inference:
-    """Sliding-window settings; ``patch_size``, ``mirror_axes`` and ``size_multiple`` in image axes (x, y, z),
-    see the module doc. ``size_multiple``: the network accepts windows whose sizes are multiples of these
-    (``None``: not declared, the engine probes the network). ``axis_order``: the order of the network's
-    spatial tensor dimensions, ``zyx`` (NumPy's order of a SimpleITK image) or ``xyz`` (MONAI, nibabel).
-    ``padding_value``: the (normalized) intensity of voxels a window holds beyond the volume."""
+class Crop:
+    """The box of the model grid the network runs on (zeros, i.e. background, outside): ``to`` ``foreground``
+    (the voxels above ``threshold`` in any channel, or nonzero ones when ``threshold`` is None, before
+    normalization) or ``localizer`` (the voxels the package's localizer labels), grown by ``margin_mm`` (x, y,
+    z) on each side."""
 
-    patch_size: tuple
+    to: str
+    threshold: float | None = None
+    margin_mm: tuple = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How the network runs; ``patch_size``, ``mirror_axes``, ``size_multiple`` and ``shape`` in image axes
+    (x, y, z), see the module doc. ``mode``: ``sliding-window`` (windows of ``patch_size``), ``whole-volume``
+    (the whole model grid at once, padded to ``size_multiple``; ``patch_size`` None) or ``resize`` (the model
+    grid resized to ``shape``, the probabilities resized back; ``patch_size`` None). ``size_multiple``: the
+    network accepts windows whose sizes are multiples of these (``None``: not declared, the engine probes the
+    network). ``crop``: a :class:`Crop`, or None for the whole model grid. ``axis_order``: the order of the
+    network's spatial tensor dimensions, ``zyx`` (NumPy's order of a SimpleITK image) or ``xyz`` (MONAI,
+    nibabel). ``padding_value``: the (normalized) intensity of voxels a window holds beyond the volume."""
+
+    patch_size: tuple | None
     overlap: float
     blending: str
     batch_size: int
@@ -155,13 +194,38 @@ class Inference:
     size_multiple: tuple | None = None
     axis_order: str = "zyx"
     padding_value: float = 0.0
+    mode: str = "sliding-window"
+    shape: tuple | None = None
+    crop: Crop | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    """One output channel of nested regions: where its probability is at least ``threshold`` the voxel gets
+    ``label``, regions later in the list painted over earlier ones (outermost first)."""
+
+    label: int
+    threshold: float = DEFAULT_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Dilation:
+    """Grow ``labels`` into the background by a ball of ``voxels`` voxels or ``mm`` millimetres (one is None)."""
+
+    labels: tuple
+    voxels: int | None = None
+    mm: float | None = None
 
 
 @dataclass(frozen=True)
 class Postprocessing:
-    """``mode`` ``argmax`` or ``threshold`` (``thresholds``: label value → probability, every label present);
-    label values whose largest connected component alone is kept, whose holes are filled, and the smallest
-    component kept per label value (mm³). Where several labels pass their thresholds the most probable wins.
+    """``mode`` ``argmax``, ``threshold`` (``thresholds``: label value → probability, every label present) or
+    ``regions`` (``regions``: one :class:`Region` per channel); in argmax mode ``channel_thresholds`` (label
+    value → probability) gives a label where its probability is at least that instead of where it is the
+    largest. Label values whose largest connected component alone is kept, whose holes are filled, the
+    smallest component kept per label value (mm³), components joined by faces (``connectivity`` 6) or also
+    edges and corners (26), and ``dilate``: :class:`Dilation` steps run last. Where several labels pass their
+    thresholds the most probable wins.
     """
 
     mode: str
@@ -169,6 +233,10 @@ class Postprocessing:
     keep_largest_component: tuple
     fill_holes: tuple
     minimum_size_mm3: dict
+    channel_thresholds: dict = dataclasses.field(default_factory=dict)
+    regions: tuple = ()
+    connectivity: int = 6
+    dilate: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -190,11 +258,13 @@ class ModelPackage:
     torch_version: str = ""
     contract_mtime_ns: int = 0
     weights_mtime_ns: int = 0
+    localizer: Localizer | None = None
 
     @property
     def identity(self) -> tuple:
-        """What a cache of loaded networks is keyed on: the folder and the modification times of both files."""
-        return (self.folder, self.contract_mtime_ns, self.weights_mtime_ns)
+        """What a cache of loaded networks is keyed on: the folder, the weights file (a localizer's differs) and
+        the modification times of both files."""
+        return (self.folder, self.contract_mtime_ns, self.weights_mtime_ns, self.weights_path)
 
     @property
     def spatial_axes(self) -> tuple:
@@ -217,9 +287,23 @@ class ModelPackage:
 
     @property
     def channel_values(self) -> tuple:
-        """The label value of each output channel: 0 (background) first under softmax."""
+        """The label value of each output channel: 0 (background) first in argmax mode, the regions' labels in
+        regions mode."""
+        if self.postprocessing.mode == "regions":
+            return tuple(region.label for region in self.postprocessing.regions)
         values = tuple(label.value for label in self.labels)
-        return (0, *values) if self.inference.activation == "softmax" else values
+        return (0, *values) if self.postprocessing.mode == "argmax" else values
+
+
+@dataclass(frozen=True)
+class Localizer:
+    """The first stage of a two-stage model: a coarse network (``package``: its own weights, preprocessing,
+    inference and postprocessing; its labels are the values 1, 2, ... its outputs give) whose labelled voxels,
+    their largest connected component alone when ``largest_component``, bound the box the main network runs
+    on (``inference.crop`` ``{"to": "localizer"}``)."""
+
+    package: ModelPackage
+    largest_component: bool = False
 
 
 def _choice(mapping: dict, key: str, choices, field: str, default: Any = None) -> Any:
@@ -409,9 +493,41 @@ def _parse_preprocessing(item, field: str, channels: int) -> Preprocessing:
                          spacing_tolerance=tolerance, non_finite_value=_parse_non_finite(item, field))
 
 
+def _margin(value, field: str) -> tuple:
+    """A margin in mm: one number for every axis, or three (x, y, z); none below 0."""
+    values = value if isinstance(value, list) else [value]
+    if len(values) not in (1, 3):
+        raise PackageError(field, "must be a number of mm or three (x, y, z)")
+    margins = tuple(_finite(v, f"{field}[{i}]" if isinstance(value, list) else field) for i, v in enumerate(values))
+    if min(margins) < 0:
+        raise PackageError(field, "must be 0 or more")
+    return margins * 3 if len(margins) == 1 else margins
+
+
+def _parse_crop(item, field: str) -> Crop:
+    item = require_object(item, field)
+    to = _choice(item, "to", CROPS, field)
+    threshold = None
+    if "threshold" in item:
+        if to != "foreground":
+            raise PackageError(f"{field}.threshold", "applies only to a crop to the foreground")
+        threshold = _finite(item["threshold"], f"{field}.threshold")
+    margin = _margin(item["marginMm"], f"{field}.marginMm") if "marginMm" in item else (0.0, 0.0, 0.0)
+    return Crop(to=to, threshold=threshold, margin_mm=margin)
+
+
 def _parse_inference(item, field: str, axes: tuple) -> Inference:
     item = require_object(item, field)
-    patch_size = _positive_integers(require(item, "patchSize", list, field), f"{field}.patchSize", len(axes))
+    mode = _choice(item, "mode", INFERENCE_MODES, field, "sliding-window")
+    patch_size = shape = None
+    if mode == "sliding-window":
+        patch_size = _positive_integers(require(item, "patchSize", list, field), f"{field}.patchSize", len(axes))
+    elif "patchSize" in item:
+        raise PackageError(f"{field}.patchSize", f"applies only to sliding-window inference, not {mode}")
+    if mode == "resize":
+        shape = _positive_integers(require(item, "shape", list, field), f"{field}.shape", len(axes))
+    elif "shape" in item:
+        raise PackageError(f"{field}.shape", "applies only to resize inference")
     overlap = _finite(item.get("overlap", 0.5), f"{field}.overlap")
     if not 0 <= overlap < 1:
         raise PackageError(f"{field}.overlap", "must be at least 0 and less than 1")
@@ -431,20 +547,24 @@ def _parse_inference(item, field: str, axes: tuple) -> Inference:
     if "sizeMultiple" in item:
         field_name = f"{field}.sizeMultiple"
         size_multiple = _positive_integers(require(item, "sizeMultiple", list, field), field_name, len(axes))
-        for i, (multiple, patch) in enumerate(zip(size_multiple, patch_size)):
-            if patch % multiple:
-                raise PackageError(f"{field_name}[{i}]", f"must divide the patch size {patch}")
+        for i, (multiple, size) in enumerate(zip(size_multiple, patch_size or shape or size_multiple)):
+            if size % multiple:
+                kind = "patch size" if patch_size else "shape"
+                raise PackageError(f"{field_name}[{i}]", f"must divide the {kind} {size}")
     return Inference(
         patch_size=patch_size,
         overlap=overlap,
         blending=_choice(item, "blending", BLENDINGS, field, "gaussian"),
         batch_size=batch_size,
         mirror_axes=mirror_axes,
-        activation=_choice(item, "activation", tuple(MODE_OF_ACTIVATION), field),
+        activation=_choice(item, "activation", tuple(MODES_OF_ACTIVATION), field),
         output_channels=output_channels,
         size_multiple=size_multiple,
         axis_order=_choice(item, "axisOrder", AXIS_ORDERS, field, "zyx"),
         padding_value=_finite(item.get("paddingValue", 0.0), f"{field}.paddingValue"),
+        mode=mode,
+        shape=shape,
+        crop=_parse_crop(item["crop"], f"{field}.crop") if "crop" in item else None,
     )
 
 
@@ -470,81 +590,162 @@ def _per_label(mapping: dict, key: str, field: str, values: set, upper: float) -
     return result
 
 
+def _parse_regions(item: dict, field: str, values: set) -> tuple:
+    """Nested regions, one per output channel (outermost first); every label is one region's."""
+    regions = []
+    for i, entry in enumerate(require(item, "regions", list, field)):
+        entry_field = f"{field}.regions[{i}]"
+        entry = require_object(entry, entry_field)
+        label = require(entry, "label", int, entry_field)
+        if label not in values:
+            raise PackageError(f"{entry_field}.label", f"{label!r} is not a label value")
+        threshold = _finite(entry.get("threshold", DEFAULT_THRESHOLD), f"{entry_field}.threshold")
+        if not 0 <= threshold <= 1:
+            raise PackageError(f"{entry_field}.threshold", "must be between 0 and 1")
+        regions.append(Region(label, threshold))
+    labels = [region.label for region in regions]
+    if sorted(labels) != sorted(values):
+        missing = sorted(values - set(labels))
+        problem = f"leave out label {missing[0]}" if missing else "give a label twice"
+        raise PackageError(f"{field}.regions", f"must name every label once (one region per channel); they {problem}")
+    return tuple(regions)
+
+
+def _parse_dilation(entry, field: str, values: set) -> Dilation:
+    entry = require_object(entry, field)
+    if not require(entry, "labels", list, field):
+        raise PackageError(f"{field}.labels", "must list at least one label value")
+    labels = _label_values(entry, "labels", field, values)
+    if ("voxels" in entry) == ("mm" in entry):
+        raise PackageError(field, "must give the radius either in voxels or in mm")
+    if "voxels" in entry:
+        voxels = entry["voxels"]
+        if not _is_integer(voxels) or voxels < 1:
+            raise PackageError(f"{field}.voxels", "must be an integer of 1 or more")
+        return Dilation(labels, voxels=voxels)
+    mm = _finite(entry["mm"], f"{field}.mm")
+    if mm <= 0:
+        raise PackageError(f"{field}.mm", "must be more than 0")
+    return Dilation(labels, mm=mm)
+
+
 def _parse_postprocessing(item, field: str, activation: str, values: set) -> Postprocessing:
     item = require_object(item, field)
-    mode = _choice(item, "mode", tuple(MODE_OF_ACTIVATION.values()), field)
-    if mode != MODE_OF_ACTIVATION[activation]:
-        raise PackageError(f"{field}.mode", f"{activation} outputs need {MODE_OF_ACTIVATION[activation]!r}")
+    mode = _choice(item, "mode", POSTPROCESSING_MODES, field)
+    if mode not in MODES_OF_ACTIVATION[activation]:
+        allowed = " or ".join(repr(m) for m in MODES_OF_ACTIVATION[activation])
+        raise PackageError(f"{field}.mode", f"{activation} outputs need {allowed}")
     thresholds = _per_label(item, "thresholds", field, values, 1.0)
     if thresholds and mode != "threshold":
         raise PackageError(f"{field}.thresholds", "apply only in threshold mode")
     if mode == "threshold":
         thresholds = {value: thresholds.get(value, DEFAULT_THRESHOLD) for value in sorted(values)}
+    channel_thresholds = _per_label(item, "channelThresholds", field, values, 1.0)
+    if channel_thresholds and mode != "argmax":
+        raise PackageError(f"{field}.channelThresholds", "apply only in argmax mode")
+    if mode == "regions":
+        regions = _parse_regions(item, field, values)
+    elif "regions" in item:
+        raise PackageError(f"{field}.regions", "apply only in regions mode")
+    else:
+        regions = ()
+    connectivity = item.get("connectivity", 6)
+    if not _is_integer(connectivity) or connectivity not in CONNECTIVITIES:
+        raise PackageError(f"{field}.connectivity", "must be 6 (faces) or 26 (faces, edges and corners)")
     return Postprocessing(
         mode=mode,
         thresholds=thresholds,
         keep_largest_component=_label_values(item, "keepLargestComponent", field, values),
         fill_holes=_label_values(item, "fillHoles", field, values),
         minimum_size_mm3=_per_label(item, "minimumSizeMm3", field, values, math.inf),
+        channel_thresholds=channel_thresholds,
+        regions=regions,
+        connectivity=connectivity,
+        dilate=parse_list(item, "dilate", field, lambda entry, at: _parse_dilation(entry, at, values)),
     )
 
 
-def _path_inside(folder: str, name: str) -> str:
+def _path_inside(folder: str, name: str, field: str = "weights") -> str:
     """The real path of ``name`` relative to ``folder``, which must stay inside it (links resolved)."""
     if not name or os.path.isabs(name) or name.startswith(("/", "\\")):
-        raise PackageError("weights", "must be a file name relative to the model folder")
+        raise PackageError(field, "must be a file name relative to the model folder")
     root = os.path.realpath(folder)
     path = os.path.realpath(os.path.join(root, name))
     if os.path.commonpath([root, path]) != root or path == root:
-        raise PackageError("weights", f"{name!r} points outside the model folder")
+        raise PackageError(field, f"{name!r} points outside the model folder")
     return path
 
 
-def _weights_path(document: dict, folder: str) -> str:
-    path = _path_inside(folder, require(document, "weights", str, ""))
+def _weights_path(document: dict, folder: str, field: str = "") -> str:
+    weights_field = field_path(field, "weights")
+    path = _path_inside(folder, require(document, "weights", str, field), weights_field)
     if not os.path.isfile(path):
-        raise PackageError("weights", f"{document['weights']!r} is not a file in {os.path.realpath(folder)}")
+        raise PackageError(weights_field, f"{document['weights']!r} is not a file in {os.path.realpath(folder)}")
     return path
 
 
-def _parse(document, folder: str, weights_required: bool = True) -> ModelPackage:
-    document = require_object(document, "(document)")
-    schema_version = require(document, "schemaVersion", int, "")
-    if schema_version != SCHEMA_VERSION:
-        raise PackageError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION})")
-    model_format = _choice(document, "format", FORMATS, "")
-    dimensions = require(document, "dimensions", int, "")
-    if dimensions not in (2, 3):
-        raise PackageError("dimensions", "must be 3 (volumes) or 2 (slices)")
-    slice_axis = require(document, "sliceAxis", int, "") if "sliceAxis" in document else 2
-    if slice_axis not in (0, 1, 2):
-        raise PackageError("sliceAxis", "must be 0 (x), 1 (y) or 2 (z)")
-    if not require(document, "inputs", list, ""):
-        raise PackageError("inputs", "must list at least one input channel")
-    inputs = parse_list(document, "inputs", "", parse_input)
-    if not require(document, "labels", list, ""):
-        raise PackageError("labels", "must list at least one label")
-    labels = parse_labels(document)
+def _check_version_fields(document: dict, schema_version: int) -> None:
+    """Refuse, in a contract of an older schema version, the fields and values that came later."""
+    if schema_version >= 2:
+        return
+    for path in VERSION_2_FIELDS:
+        mapping = document
+        for key in path[:-1]:
+            mapping = mapping.get(key) if isinstance(mapping, dict) else None
+        if isinstance(mapping, dict) and path[-1] in mapping:
+            raise PackageError(".".join(path), "needs schemaVersion 2")
+    inference, postprocessing = document.get("inference"), document.get("postprocessing")
+    if isinstance(inference, dict) and inference.get("activation") == "none":
+        raise PackageError("inference.activation", '"none" needs schemaVersion 2')
+    if isinstance(postprocessing, dict) and postprocessing.get("mode") == "regions":
+        raise PackageError("postprocessing.mode", '"regions" needs schemaVersion 2')
+    preprocessing = document.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        return
+    if str(preprocessing.get("orientation", "")).startswith("closest-"):
+        raise PackageError("preprocessing.orientation", f'"{preprocessing["orientation"]}" needs schemaVersion 2')
+    channels = preprocessing.get("normalization")
+    for c, channel in enumerate(channels if isinstance(channels, list) else ()):
+        field = f"preprocessing.normalization[{c}]"
+        if isinstance(channel, list):
+            raise PackageError(field, "a list of steps needs schemaVersion 2")
+        if isinstance(channel, dict):
+            if channel.get("kind") in VERSION_2_NORMALIZATION_KINDS:
+                raise PackageError(f"{field}.kind", f'"{channel["kind"]}" needs schemaVersion 2')
+            for key in VERSION_2_NORMALIZATION_KEYS:
+                if key in channel:
+                    raise PackageError(f"{field}.{key}", "needs schemaVersion 2")
+
+
+def _parse_network(document: dict, folder: str, field: str, inputs: tuple, labels: tuple, dimensions: int,
+                   slice_axis: int, weights_required: bool = True) -> ModelPackage:
+    """What a contract says of one network (the package's, or its localizer's at ``field``), for its inputs and
+    labels; ``weights_required`` as :func:`parse_contract` takes it."""
+    model_format = _choice(document, "format", FORMATS, field)
     axes = tuple(axis for axis in range(3) if dimensions == 3 or axis != slice_axis)
-    preprocessing = _parse_preprocessing(require(document, "preprocessing", dict, ""), "preprocessing", len(inputs))
-    inference = _parse_inference(require(document, "inference", dict, ""), "inference", axes)
-    expected = len(labels) + (1 if inference.activation == "softmax" else 0)
-    if inference.output_channels != expected:
-        raise PackageError(
-            "inference.outputChannels",
-            f"is {inference.output_channels}, but {len(labels)} labels with {inference.activation} need {expected}",
-        )
+    preprocessing = _parse_preprocessing(
+        require(document, "preprocessing", dict, field), field_path(field, "preprocessing"), len(inputs)
+    )
+    inference = _parse_inference(require(document, "inference", dict, field), field_path(field, "inference"), axes)
     values = {label.value for label in labels}
     postprocessing = _parse_postprocessing(
-        require(document, "postprocessing", dict, ""), "postprocessing", inference.activation, values
+        require(document, "postprocessing", dict, field), field_path(field, "postprocessing"), inference.activation,
+        values,
     )
-    torch_version = require(document, "torchVersion", str, "") if "torchVersion" in document else ""
+    expected = len(labels) + (1 if postprocessing.mode == "argmax" else 0)
+    if inference.output_channels != expected:
+        raise PackageError(
+            field_path(field, "inference.outputChannels"),
+            f"is {inference.output_channels}, but {len(labels)} labels in {postprocessing.mode} mode need {expected}",
+        )
+    torch_version = require(document, "torchVersion", str, field) if "torchVersion" in document else ""
     if torch_version and release(torch_version) is None:
-        raise PackageError("torchVersion", f"{torch_version!r} is not a PyTorch version such as 2.8.0")
+        message = f"{torch_version!r} is not a PyTorch version such as 2.8.0"
+        raise PackageError(field_path(field, "torchVersion"), message)
     if weights_required:
-        weights_path = _weights_path(document, folder)
+        weights_path = _weights_path(document, folder, field)
     else:
-        weights_path = _path_inside(folder, require(document, "weights", str, ""))
+        weights_path = _path_inside(folder, require(document, "weights", str, field), field_path(field, "weights"))
     return ModelPackage(
         folder=os.path.realpath(folder),
         format=model_format,
@@ -561,10 +762,60 @@ def _parse(document, folder: str, weights_required: bool = True) -> ModelPackage
     )
 
 
+def _localizer_labels(item: dict) -> tuple:
+    """A localizer's labels: values 1, 2, ... one per output channel (but the background channel in argmax
+    mode), so that its outputs decide labels as the main network's do."""
+    inference, postprocessing = item.get("inference"), item.get("postprocessing")
+    channels = inference.get("outputChannels") if isinstance(inference, dict) else None
+    mode = postprocessing.get("mode") if isinstance(postprocessing, dict) else None
+    count = channels - (mode == "argmax") if _is_integer(channels) else 1
+    return tuple(Label(value, f"Localizer label {value}", "#ffffff") for value in range(1, max(1, count) + 1))
+
+
+def _parse_localizer(item, folder: str, inputs: tuple, weights_required: bool) -> Localizer:
+    field = "localizer"
+    item = require_object(item, field)
+    network = _parse_network(item, folder, field, inputs, _localizer_labels(item), 3, 2, weights_required)
+    crop = network.inference.crop
+    if crop is not None and crop.to == "localizer":
+        raise PackageError(f"{field}.inference.crop.to", "a localizer crops to the foreground or not at all")
+    largest = require(item, "largestComponent", bool, field) if "largestComponent" in item else False
+    return Localizer(network, largest)
+
+
+def _parse(document, folder: str, weights_required: bool = True) -> ModelPackage:
+    document = require_object(document, "(document)")
+    schema_version = require(document, "schemaVersion", int, "")
+    if schema_version not in SCHEMA_VERSIONS:
+        raise PackageError("schemaVersion", f"{schema_version} is not supported (expected {SCHEMA_VERSION} or older)")
+    _check_version_fields(document, schema_version)
+    dimensions = require(document, "dimensions", int, "")
+    if dimensions not in (2, 3):
+        raise PackageError("dimensions", "must be 3 (volumes) or 2 (slices)")
+    slice_axis = require(document, "sliceAxis", int, "") if "sliceAxis" in document else 2
+    if slice_axis not in (0, 1, 2):
+        raise PackageError("sliceAxis", "must be 0 (x), 1 (y) or 2 (z)")
+    if not require(document, "inputs", list, ""):
+        raise PackageError("inputs", "must list at least one input channel")
+    inputs = parse_list(document, "inputs", "", parse_input)
+    if not require(document, "labels", list, ""):
+        raise PackageError("labels", "must list at least one label")
+    labels = parse_labels(document)
+    package = _parse_network(document, folder, "", inputs, labels, dimensions, slice_axis, weights_required)
+    localizer = (_parse_localizer(document["localizer"], folder, inputs, weights_required)
+                 if "localizer" in document else None)
+    crops_to_localizer = package.inference.crop is not None and package.inference.crop.to == "localizer"
+    if crops_to_localizer and localizer is None:
+        raise PackageError("inference.crop.to", "a crop to the localizer needs a localizer")
+    if localizer is not None and not crops_to_localizer:
+        raise PackageError("localizer", 'is used only with inference.crop {"to": "localizer"}')
+    return dataclasses.replace(package, localizer=localizer)
+
+
 def parse_contract(document: dict, folder: str, weights_required: bool = True) -> ModelPackage:
     """Validate a contract (decoded from JSON) whose weights lie in ``folder``; errors are ``PackageError``.
 
-    ``weights_required=False`` checks everything but the weights file's presence: a training validates with the
+    ``weights_required=False`` checks everything but the weights files' presence: a training validates with the
     contract it will publish before its weights are written."""
     try:
         return _parse(document, folder, weights_required)

@@ -35,6 +35,8 @@ _SIGMA_SCALE = 0.125
 # 1e-3 is also well above fp16's smallest normal number.
 _MINIMUM_WEIGHT = 1e-3
 _importance_maps: dict = {}
+# How logits become probabilities; "none": the network's outputs are probabilities already.
+ACTIVATIONS = ("softmax", "sigmoid", "none")
 _importance_lock = threading.Lock()
 
 
@@ -133,20 +135,25 @@ def _predict(network: Callable, batch, flips: list, activation: str, device, aut
         else:
             logits = network(inputs)
         logits = logits.float()
-        probabilities = torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
+        if activation == "softmax":
+            probabilities = torch.softmax(logits, dim=1)
+        elif activation == "sigmoid":
+            probabilities = torch.sigmoid(logits)
+        else:  # "none": the network gives probabilities itself (it ends in a softmax or sigmoid)
+            probabilities = logits
         if dims:
             probabilities = probabilities.flip(dims)
         total = probabilities if total is None else total.add_(probabilities)
     return total.div_(len(flips)) if len(flips) > 1 else total
 
 
-def _fill_uncovered(scores, weights, activation: str) -> None:
-    """Voxels no window covered get the background's probabilities: channel 0 under softmax, none under
-    sigmoid (below every threshold)."""
+def _fill_uncovered(scores, weights, background_channel: bool) -> None:
+    """Voxels no window covered get the background's probabilities: 1 in channel 0 when it is the background's
+    (softmax), else 0 everywhere (below every threshold)."""
     uncovered = weights == 0
     if bool(uncovered.any()):
         weights.masked_fill_(uncovered, 1.0)
-        if activation == "softmax":
+        if background_channel:
             scores[0].masked_fill_(uncovered, 1.0)
 
 
@@ -159,8 +166,13 @@ def sliding_window(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     origins: Sequence | None = None,
+    background_channel: bool | None = None,
 ):
     """Blended class probabilities (K×Z×Y×X) of ``network`` over ``image`` (C×Z×Y×X, on the device).
+
+    ``activation`` ``softmax`` or ``sigmoid`` turns the network's logits into probabilities; ``none`` takes its
+    outputs as probabilities already (a network ending in its own softmax). ``background_channel``: whether
+    channel 0 is the background's, given to voxels no window covers (by default: under softmax).
 
     A volume smaller than the patch is padded with ``window.padding_value`` (zero by default; after
     normalization: the mean intensity for z-scores) and the result cropped back. ``progress(done, total)``
@@ -176,8 +188,10 @@ def sliding_window(
     import torch
     from torch.nn import functional
 
-    if activation not in ("softmax", "sigmoid"):
-        raise ValueError(f"Unknown activation {activation!r}: use softmax or sigmoid")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}: use softmax, sigmoid or none")
+    if background_channel is None:
+        background_channel = activation == "softmax"
     device = image.device
     shape = tuple(image.shape[1:])
     patch = tuple(int(p) for p in window.patch_size)
@@ -227,5 +241,5 @@ def sliding_window(
                 progress(min(first + batch_size, len(starts)), len(starts))
         crop = tuple(slice(b, b + s) for b, s in zip(before, shape))
         scores, weights = scores[(slice(None), *crop)], weights[crop]
-        _fill_uncovered(scores, weights, activation)
+        _fill_uncovered(scores, weights, background_channel)
         return scores.div_(weights)

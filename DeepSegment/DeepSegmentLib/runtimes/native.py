@@ -19,6 +19,9 @@ def run(folder: str, images: list, *, device, options: RunOptions, progress, can
         raise EngineError(f"The model package cannot be used: {error}") from error
     chosen, _ = compute_device(device)
     network = pool.get(package, chosen.torch_name) if pool is not None else None
-    result = segment(images, package, network, device=chosen, threads=options.threads, precision=options.precision,
-                     progress=progress, cancel=cancel, **quality_options(package, options.quality))
+    localizer = package.localizer.package if package.localizer is not None and pool is not None else None
+    localizer_network = pool.get(localizer, chosen.torch_name) if localizer is not None else None
+    result = segment(images, package, network, localizer_network=localizer_network, device=chosen,
+                     threads=options.threads, precision=options.precision, progress=progress, cancel=cancel,
+                     **quality_options(package, options.quality))
     return ModelRun(package.labels, result, "deepsegment")

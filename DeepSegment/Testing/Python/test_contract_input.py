@@ -29,7 +29,7 @@ RNG_SEED = 11
 def contract(inputs: int = 1, patch=(10, 8, 6), dimensions: int = 3, **sections) -> dict:
     """A one-label softmax model.json; ``sections`` update preprocessing/inference (dicts) or set other keys."""
     document = {
-        "schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": dimensions,
+        "schemaVersion": 2, "format": "torchscript", "weights": "model.pt", "dimensions": dimensions,
         "inputs": [{"name": f"channel {c}"} for c in range(inputs)],
         "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}] * inputs},
         "inference": {"patchSize": list(patch), "activation": "softmax", "outputChannels": 2},

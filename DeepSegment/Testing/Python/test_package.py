@@ -191,7 +191,7 @@ def mutate(document: dict, path: tuple, value) -> dict:
 DELETE = object()
 PRE, INF, POST = ("preprocessing",), ("inference",), ("postprocessing",)
 BAD_CONTRACTS = {
-    "schemaVersion": (("schemaVersion",), 2),
+    "schemaVersion": (("schemaVersion",), 99),
     "format": (("format",), "pickle"),
     "weights": (("weights",), "/etc/passwd"),
     "dimensions": (("dimensions",), 4),
@@ -294,7 +294,9 @@ def test_load_package_reads_model_json_and_refuses_bad_files(folder):
     (folder / "model.json").write_text(json.dumps(valid_contract()), encoding="utf-8")
     package = load_package(str(folder))
     assert package.format == "torchscript" and package.contract_mtime_ns > 0
-    assert package.identity == (os.path.realpath(folder), package.contract_mtime_ns, package.weights_mtime_ns)
+    assert package.identity == (
+        os.path.realpath(folder), package.contract_mtime_ns, package.weights_mtime_ns, package.weights_path
+    )
     (folder / "model.json").write_text('{"schemaVersion": 1,', encoding="utf-8")
     with pytest.raises(PackageError, match="not valid JSON"):
         load_package(str(folder))
