@@ -111,8 +111,10 @@ _NNUNET_SCRIPT = textwrap.dedent('''
 
 def make_nnunet_model(folder: str) -> str:
     """An nnU-Net v2 trained model folder made under ``folder`` by nnunetv2 itself; returns its path."""
-    process = subprocess.run([sys.executable, "-c", _NNUNET_SCRIPT, folder], capture_output=True, text=True,
-                             timeout=600, check=False)
+    # UTF-8 whatever the locale: nnunetv2 prints non-ASCII text, and a library loaded earlier in the test
+    # process may have set the C locale (its ASCII codec failed on it in the full suite).
+    process = subprocess.run([sys.executable, "-c", _NNUNET_SCRIPT, folder], capture_output=True,
+                             encoding="utf-8", errors="replace", timeout=600, check=False)
     if process.returncode != 0:
         raise RuntimeError(f"making the nnU-Net model failed:\n{process.stdout}\n{process.stderr}")
     return process.stdout.strip().splitlines()[-1]
