@@ -55,6 +55,7 @@ from .engine import (
     DEFAULT_QUALITY,
     PRECISIONS,
     EngineError,
+    SliceWiseNetwork,
     _check_memory,
     _indices,
     _label_lookup,
@@ -140,6 +141,9 @@ class FrameSegmenter:
         steps = package.postprocessing
         self.cleans_up = bool(steps.keep_largest_component or steps.fill_holes or steps.minimum_size_mm3)
         self.network = _network(package, network, self.compute)
+        # Windows are N×C×Z×Y×X, one voxel thick along the slice axis: a 2D network takes them as slices.
+        self._windows_network = (SliceWiseNetwork(self.network, self.slice_axis) if int(package.dimensions) == 2
+                                 else self.network)
         self._plans: OrderedDict = OrderedDict()
 
     @property
@@ -233,7 +237,8 @@ class FrameSegmenter:
                     volume = resample(volume, plan.source, plan.grid)
                 for c, step in enumerate(self.normalizations):
                     normalize(volume[c], step)
-                probabilities = sliding_window(volume, self.network, self.window, activation=inference.activation,
+                probabilities = sliding_window(volume, self._windows_network, self.window,
+                                               activation=inference.activation,
                                                output_channels=int(inference.output_channels))
                 labels = self.lookup[_indices(probabilities, self.package).cpu().numpy()]
                 if self.cleans_up:

@@ -79,7 +79,9 @@ def test_labels_are_the_engines(tmp_path, name, changes, precision, quality):
     network = load_network(package, "cpu")
     segmenter = FrameSegmenter(package, network, device="cpu", precision=precision, quality=quality)
     frames, spacing = ultrasound_frames(3)
-    options = {"precision": precision, **quality_options(package, quality)}
+    # Frames run the model's own windows (no window plan): the engine is asked for the same.
+    options = {"precision": precision, **quality_options(package, quality), "windows": "model",
+               "skip_background": False, "fast_forward": False}
     for index, frame in enumerate(frames):
         matrix = tracked_matrix(index, spacing)
         expected = engine_labels(frame[None], matrix, package, network, **options)

@@ -183,3 +183,26 @@ def test_torchscript_and_torch_export_files_declared_as_the_other_are_named(tmp_
         with pytest.raises(PackageError) as raised:
             load_network(load_package(str(folder)), "cpu")
         assert message in str(raised.value)
+
+
+def test_the_demo_exported_with_torch_export_computes_what_its_torchscript_release_did(tmp_path):
+    """brain-tissue-demo 1.1.0 is 1.0.0's network exported with torch.export (PyTorch 2.8): loaded here it gives
+    the same scores, on the model's window and on larger windows of other sizes and batches."""
+    import os
+    import zipfile
+
+    registry = os.path.join(os.path.dirname(__file__), "..", "..", "..", "ModelRegistry", "Resources", "Registry")
+    networks = {}
+    for version in ("1.0.0", "1.1.0"):
+        with zipfile.ZipFile(os.path.join(registry, f"brain-tissue-demo-{version}.zip")) as archive:
+            archive.extractall(tmp_path / version)
+        package = load_package(str(tmp_path / version))
+        networks[version] = load_network(package, "cpu")
+    assert (package.format, package.torch_version) == ("torch.export", "2.8.0")
+    assert describe_extents(networks["1.1.0"].extents) == "{1, 2, ...}×1×{8, 16, ...}×{8, 16, ...}×{8, 16, ...}"
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(1, 1, 64, 64, 64), (3, 1, 40, 72, 56)]:
+        probe = torch.rand(shape, generator=generator)
+        with torch.inference_mode():
+            expected, given = networks["1.0.0"](probe), networks["1.1.0"](probe)
+        assert torch.allclose(given, expected, atol=1e-5), shape
