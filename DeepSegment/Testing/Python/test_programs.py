@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -188,9 +190,6 @@ def test_torchscript_and_torch_export_files_declared_as_the_other_are_named(tmp_
 def test_the_demo_exported_with_torch_export_computes_what_its_torchscript_release_did(tmp_path):
     """brain-tissue-demo 1.1.0 is 1.0.0's network exported with torch.export (PyTorch 2.8): loaded here it gives
     the same scores, on the model's window and on larger windows of other sizes and batches."""
-    import os
-    import zipfile
-
     registry = os.path.join(os.path.dirname(__file__), "..", "..", "..", "ModelRegistry", "Resources", "Registry")
     networks = {}
     for version in ("1.0.0", "1.1.0"):
