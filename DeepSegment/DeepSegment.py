@@ -2196,8 +2196,8 @@ def writeThresholdTestModel(folder):
 
     contract = {
         "schemaVersion": 1,
-        "format": "torchscript",
-        "weights": "model.pt",
+        "format": "torch.export",
+        "weights": "model.pt2",
         "dimensions": 3,
         "inputs": [{"name": "Image", "pattern": "phantom"}],
         "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]},

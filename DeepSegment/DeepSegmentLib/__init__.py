@@ -39,6 +39,7 @@ _EXPORTS = {
     "imageio": ("read_volume", "write_labels"),
     "package": ("ModelPackage", "PackageError", "load_network", "load_package", "parse_contract", "write_package"),
     "pool": ("ModelPool",),
+    "programs": ("ExportedNetwork", "NetworkInputError", "export_network"),
     "runtimes": ("ModelRun", "RunOptions", "RuntimeDependencyError", "detect_runtime", "run_model"),
     "segfile": ("SegmentInfo", "write_segmentation"),
     "service_client": ("ModelService", "SegmentationRun"),

@@ -38,7 +38,7 @@ Example::
     ...     "labels": [{"value": 1, "name": "Gray matter", "color": "#b4b4b4"},
     ...                {"value": 2, "name": "White matter", "color": "#f0f0f0"}]}
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     write_package(folder, torch.export.export(network, (torch.zeros(1, 1, 8, 16, 16),)), contract)
+    ...     write_package(folder, network, contract)   # exported here: torch.export, with a dynamic batch
     ...     package = load_package(folder)
     ...     output = load_network(package, "cpu")(torch.zeros(1, 1, 8, 16, 16))
     >>> package.tensor_patch_size, package.channel_values, tuple(output.shape)
@@ -991,6 +991,83 @@ def check_export_archive(path: str) -> None:
                 raise PackageError("weights", f"{member!r} in the archive could run code; refused")
 
 
+# What a weights file is, told from its first bytes or its zip members (below the archive's root folder).
+FORMAT_NAMES = {"torchscript": "TorchScript", "torch.export": "a torch.export program", "onnx": "ONNX",
+                "checkpoint": "a pickled checkpoint"}
+# The first byte of a pickle of protocol 2 or later (PyTorch's legacy, non-zip torch.save files start so).
+_PICKLE_PROTOCOL = b"\x80"
+
+
+def weights_kind(path: str) -> str:
+    """What a weights file is: ``torchscript`` (``torch.jit.save``), ``torch.export`` (``torch.export.save``),
+    ``checkpoint`` (``torch.save``: a pickle of tensors or Python objects, zipped or legacy), or "" when
+    neither (an ONNX protobuf, another file).
+
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     torch.save(torch.nn.Conv3d(1, 2, 1).state_dict(), folder + "/model.pt")
+    ...     weights_kind(folder + "/model.pt")
+    'checkpoint'
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name.split("/", 1)[-1] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        try:
+            with open(path, "rb") as file:
+                return "checkpoint" if file.read(1) == _PICKLE_PROTOCOL else ""
+        except OSError:
+            return ""
+    if "archive_format" in members or any(_is_program(member) for member in members):
+        return "torch.export"
+    if "constants.pkl" in members or any(member.startswith("code/") for member in members):
+        return "torchscript"
+    return "checkpoint" if "data.pkl" in members else ""
+
+
+def _checkpoint_contents(path: str) -> str:
+    """What a pickled checkpoint holds, read with PyTorch's weights-only unpickler (which runs no code)."""
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the weights-only unpickler refuses anything needing Python classes
+        needed = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({needed[1]})" if needed else ""
+        return f"Python objects whose classes are needed to load it{what}, such as a whole module saved with torch.save"
+    if isinstance(content, dict):
+        tensors = sum(isinstance(value, torch.Tensor) for value in content.values())
+        keys = ", ".join(repr(key) for key in list(content)[:4]) + (", ..." if len(content) > 4 else "")
+        return f"a dictionary of {len(content)} entries ({keys}), {tensors} of them tensors: weights, no network"
+    return f"a {type(content).__name__}, not a network"
+
+
+def check_weights_format(package: ModelPackage) -> None:
+    """Refuse, before loading, weights of another kind than ``format`` says, naming what they are.
+
+    A pickled checkpoint (``torch.save`` of a state dict or a module) holds no program: DeepSegment never
+    unpickles one (unpickling runs code), so it says so and how to make a package instead of letting the
+    loader call the file corrupted.
+    """
+    kind = weights_kind(package.weights_path)
+    declared = package.format
+    if not kind or kind == declared:
+        return
+    expected = FORMAT_NAMES[declared]
+    if kind == "checkpoint":
+        raise PackageError(
+            "weights",
+            f"this is a pickled checkpoint, not {expected}: {_checkpoint_contents(package.weights_path)}."
+            " DeepSegment runs exported networks and never unpickles files (unpickling can run code): export the"
+            " network with torch.export (DeepSegmentLib.programs.export_network, then write_package), or install"
+            " the model with a runtime that builds the network from its own code (a MONAI bundle's models/model.pt:"
+            " runtime monai-bundle; nnU-Net checkpoints: nnunet-v2)",
+        )
+    raise PackageError(
+        "weights", f"this is {FORMAT_NAMES[kind]}, not {expected}: set \"format\": \"{kind}\" in {CONTRACT_NAME}"
+    )
+
+
 class OnnxNetwork:
     """An onnxruntime session called like a PyTorch network: a tensor in, the first output as a tensor."""
 
@@ -1044,10 +1121,15 @@ def load_network(package: ModelPackage, device: str) -> Callable:
       :func:`check_export_archive` first refuses any archive where that could run code.
     - ONNX (onnxruntime): a protobuf graph of ONNX operators; no custom operator library is registered.
 
-    ``torch.load(weights_only=False)`` and ``pickle`` are never used. A file that is not a valid archive
-    of its format (such as a plain pickle) raises ``PackageError``, and so does a package this PyTorch is
-    too old for (:func:`check_torch_version`), before anything is loaded.
+    ``torch.load(weights_only=False)`` and ``pickle`` are never used. Weights of another kind than the
+    declared format (a pickled checkpoint, a TorchScript file declared ``torch.export``...) raise ``PackageError``
+    naming what they are (:func:`check_weights_format`), a file that is not a valid archive of its format
+    raises one too, and so does a package this PyTorch is too old for (:func:`check_torch_version`), before
+    anything is loaded. A torch.export program comes as a ``programs.ExportedNetwork``: run on batches its
+    batch dimension does not accept (a program exported with a fixed batch), and refusing other shapes with
+    a message saying which it accepts.
     """
+    check_weights_format(package)
     if package.format == "onnx":
         return _load_onnx(package.weights_path, device)
     import torch
@@ -1059,8 +1141,9 @@ def load_network(package: ModelPackage, device: str) -> Callable:
             network = torch.jit.load(package.weights_path, map_location=device)
             return network.eval()
         check_export_archive(package.weights_path)
-        # Exported programs are traced in inference mode already; their modules refuse .eval().
-        return torch.export.load(package.weights_path).module().to(device)
+        from .programs import load_exported
+
+        return load_exported(package.weights_path, device)
     except PackageError:
         raise
     except (RuntimeError, ValueError, AssertionError, KeyError, zipfile.BadZipFile, OSError) as error:
@@ -1072,11 +1155,19 @@ def load_network(package: ModelPackage, device: str) -> Callable:
         ) from error
 
 
-def write_package(folder: str, network_or_program, contract: dict) -> None:
+def write_package(folder: str, network_or_program, contract: dict, *, static_batch: bool = False) -> None:
     """Write a model package: the weights named in ``contract`` and ``model.json``, after validating both.
 
-    ``network_or_program``: a TorchScript module (or a ``torch.nn.Module``, scripted here) for
-    ``torchscript``, an ``ExportedProgram`` for ``torch.export``, or ``bytes`` written as they are (any format).
+    ``network_or_program``, by the contract's ``format``:
+
+    - ``torch.export`` (what DeepSegment's own writers write): an ``ExportedProgram``, or an eager
+      ``torch.nn.Module`` exported here from the module itself (``programs.export_network``: a dynamic batch,
+      window sizes in any multiple the network accepts) for inputs of the contract's patch size and channels.
+      A program whose batch dimension is fixed is refused unless ``static_batch`` (the engine then pads the
+      last windows of a volume to its batch);
+    - ``torchscript`` (read for bundles and older packages): a TorchScript module, or a module scripted here;
+    - ``bytes`` of any format, written as they are.
+
     ``torchVersion`` is set to the PyTorch release that saved the weights: this one, or for ``bytes`` of a
     ``torch.export`` archive the release the archive names (other ``bytes`` keep the contract's).
     """
@@ -1084,7 +1175,7 @@ def write_package(folder: str, network_or_program, contract: dict) -> None:
     path = _path_inside(folder, require(require_object(contract, "(document)"), "weights", str, ""))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        writer = _save_weights(path, network_or_program, contract.get("format"))
+        writer = _save_weights(path, network_or_program, contract, static_batch)
         if writer:
             contract = {**contract, "torchVersion": writer}
         parse_contract(contract, folder)
@@ -1098,8 +1189,19 @@ def write_package(folder: str, network_or_program, contract: dict) -> None:
     os.replace(partial, os.path.join(folder, CONTRACT_NAME))
 
 
-def _save_weights(path: str, network_or_program, model_format) -> str:
+def _example_shape(contract: dict) -> tuple:
+    """The input a network is exported for: a batch (at least 2), the contract's channels and patch size."""
+    try:
+        inference = contract["inference"]
+        patch = [int(n) for n in inference["patchSize"]]
+        return (max(2, int(inference.get("batchSize", 2))), len(contract["inputs"]), *reversed(patch))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise PackageError("inference.patchSize", "and inputs are needed to export the network") from error
+
+
+def _save_weights(path: str, network_or_program, contract: dict, static_batch: bool) -> str:
     """Write the weights; returns the PyTorch release that made them ("" when unknown)."""
+    model_format = contract.get("format")
     if isinstance(network_or_program, bytes):
         with open(path, "wb") as file:
             file.write(network_or_program)
@@ -1112,7 +1214,23 @@ def _save_weights(path: str, network_or_program, model_format) -> str:
             scripted = torch.jit.script(network_or_program)
         torch.jit.save(scripted, path)
     elif model_format == "torch.export":
-        torch.export.save(network_or_program, path)
+        from .programs import export_network, input_extents
+
+        program = network_or_program
+        if isinstance(program, torch.nn.Module) and not isinstance(program, torch.jit.ScriptModule):
+            program = export_network(program, _example_shape(contract))
+        if not isinstance(program, torch.export.ExportedProgram):
+            raise PackageError("format", "torch.export packages take an ExportedProgram or an eager torch.nn.Module")
+        batch = input_extents(program)[0]
+        if batch.fixed and not static_batch:
+            raise PackageError(
+                "weights",
+                f"the torch.export program's batch dimension is fixed at {batch.low}: export it with a dynamic batch"
+                " (dynamic_shapes={0: torch.export.Dim(\"batch\")} for the input, or"
+                " DeepSegmentLib.programs.export_network), or write it with static_batch=True (the engine then"
+                f" pads the last windows of a volume to {batch.low})",
+            )
+        torch.export.save(program, path)
     else:
         raise PackageError("format", "write_package writes torchscript and torch.export networks, or raw bytes")
     return torch.__version__.split("+")[0]

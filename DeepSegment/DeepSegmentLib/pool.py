@@ -18,8 +18,7 @@ Example::
     ...     {"kind": "ct-window", "window": [-200, 1200]}]}}
     >>> pool = ModelPool(memory_budget_bytes=1024**3, idle_seconds=600)
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     write_package(folder, torch.export.export(torch.nn.Conv3d(1, 1, 1), (torch.zeros(1, 1, 8, 8, 8),)),
-    ...                   contract)
+    ...     write_package(folder, torch.nn.Conv3d(1, 1, 1), contract)   # exported as torch.export
     ...     package = load_package(folder)
     ...     network = pool.get(package, "cpu")
     ...     same = pool.get(package, "cpu") is network

@@ -23,7 +23,7 @@ Example::
     >>> service = ModelService()
     >>> job = service.segment([image], entry, version, registry.store.cache_dir, device="cpu", quality="fast")
     >>> job.wait(300), job.state, job.result.result.labels.GetSize(), job.result.version
-    (True, 'succeeded', (40, 40, 40), '1.0.0')
+    (True, 'succeeded', (40, 40, 40), '1.1.0')
     >>> service.stop()
 """
 

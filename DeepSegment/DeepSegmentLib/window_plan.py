@@ -156,8 +156,12 @@ def _fx_operations(network) -> list:
 
 def network_operations(network: Callable) -> list | None:
     """The operations of a TorchScript or torch.fx (torch.export) network by name (``conv3d``, ...), in
-    graph order, without the interpreter's own (``prim::``); ``None`` for a network that is neither."""
+    graph order, without the interpreter's own (``prim::``); ``None`` for a network that is neither. A
+    loaded torch.export program (``programs.ExportedNetwork``) is read through its ``module``."""
     import torch
+
+    if isinstance(getattr(network, "module", None), torch.fx.GraphModule):
+        network = network.module
 
     if isinstance(network, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         return [_base_name(kind) for kind in _torchscript_operations(network) if not kind.startswith("prim::")]

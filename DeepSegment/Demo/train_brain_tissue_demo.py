@@ -8,10 +8,21 @@ crops with cross-entropy + Dice loss and Adam for a wall-time budget (or ``--ste
 
 1. measures Dice per label on held-out augmented variants of the whole volume (seeds never used in
    training) through the real engine (``DeepSegmentLib.engine.segment``), and the CPU run time;
-2. scripts the network (TorchScript), writes the model package (``model.json`` + ``model.pt`` + the
-   template's notice) and zips it deterministically (sorted entries, fixed timestamps) to
-   ``ModelRegistry/Resources/Registry/brain-tissue-demo-1.0.0.zip``;
-3. writes the model's entry (card, metrics, run time, sha256 and size) into the bundled index.
+2. exports the network with ``torch.export`` from the module itself (a dynamic batch, window sizes in
+   multiples of 8: ``DeepSegmentLib.programs.export_network`` through ``write_package``), writes the model
+   package (``model.json`` + ``model.pt2`` + the template's notice) and zips it deterministically (sorted
+   entries, fixed timestamps) to ``ModelRegistry/Resources/Registry/brain-tissue-demo-<version>.zip``;
+3. writes the model's entry (card, metrics, run time) into the bundled index, with this version (sha256 and
+   size) added to the versions published before.
+
+The package records the PyTorch that exported it (``torchVersion``), and a torch.export program loads only in
+that release or a later one: export the published model with the oldest PyTorch its users have (2.8, the
+newest for Slicer 5.8's Python 3.9). ``--weights-from`` publishes the weights of an earlier release in this
+format without training (version 1.1.0 is version 1.0.0's TorchScript network exported so, with PyTorch 2.8)::
+
+    python DeepSegment/Demo/train_brain_tissue_demo.py --weights-from \
+        ModelRegistry/Resources/Registry/brain-tissue-demo-1.0.0.zip --version 1.1.0 \
+        --changelog "The same network as 1.0.0, exported with torch.export (PyTorch 2.8) instead of TorchScript."
 
 Run from the repository root (about ``--minutes`` plus two minutes)::
 
@@ -59,14 +70,13 @@ from mni_template import (  # noqa: E402
 )
 
 from DeepSegmentLib.engine import segment  # noqa: E402
-from DeepSegmentLib.package import load_package, write_package  # noqa: E402
+from DeepSegmentLib.package import load_network, load_package, write_package  # noqa: E402
 from ModelRegistryLib.store import default_cache_dir  # noqa: E402
 from TrainingDataExportLib.augmentation import AugmentationSettings, augment, sample_seed  # noqa: E402
 
 MODEL_ID = "brain-tissue-demo"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "1.1.0"
 REGISTRY_FOLDER = os.path.join(REPOSITORY, "ModelRegistry", "Resources", "Registry")
-ARCHIVE_PATH = os.path.join(REGISTRY_FOLDER, f"{MODEL_ID}-{MODEL_VERSION}.zip")
 INDEX_PATH = os.path.join(REGISTRY_FOLDER, "bundled-index.json")
 
 SPACING_MM = 2.0
@@ -256,8 +266,8 @@ def validate(package_folder: str, data: TrainingData, count: int, settings: Augm
 def contract() -> dict:
     return {
         "schemaVersion": 1,
-        "format": "torchscript",
-        "weights": "model.pt",
+        "format": "torch.export",
+        "weights": "model.pt2",
         "dimensions": 3,
         "inputs": INPUTS,
         "preprocessing": {
@@ -265,8 +275,10 @@ def contract() -> dict:
             "orientation": "RAS",
             "normalization": [{"kind": "percentile", "percentiles": list(PERCENTILES), "range": [0, 1]}],
         },
+        # Three poolings by 2: windows of any multiple of 8 voxels (as exported).
         "inference": {"patchSize": [PATCH] * 3, "overlap": 0.5, "blending": "gaussian", "batchSize": 2,
-                      "mirrorAxes": [], "activation": "softmax", "outputChannels": 3},
+                      "mirrorAxes": [], "activation": "softmax", "outputChannels": 3,
+                      "sizeMultiple": [2 ** (len(CHANNELS) - 1)] * 3},
         "postprocessing": {"mode": "argmax", "thresholds": {}, "keepLargestComponent": [], "fillHoles": [],
                            "minimumSizeMm3": {}},
         "labels": LABELS,
@@ -288,7 +300,8 @@ def write_deterministic_zip(folder: str, archive_path: str) -> None:
     os.replace(partial, archive_path)
 
 
-def index_entry(metrics: dict, parameters: int, archive_path: str, variants: int, runtime_note: str) -> dict:
+def index_entry(metrics: dict, parameters: int, archive_path: str, variants: int, runtime_note: str,
+                version: str = MODEL_VERSION, changelog: str = "First release.") -> dict:
     dice_metrics = []
     for label in LABELS:
         mean, lowest = metrics["dice"][label["value"]]
@@ -327,9 +340,9 @@ def index_entry(metrics: dict, parameters: int, archive_path: str, variants: int
         "runtime": [{"device": "cpu", "seconds": round(metrics["seconds"], 1),
                      "note": runtime_note}],
         "versions": [{
-            "version": MODEL_VERSION,
+            "version": version,
             "releaseDate": time.strftime("%Y-%m-%d"),
-            "changelog": "First release.",
+            "changelog": changelog,
             "files": [{"url": os.path.basename(archive_path), "sha256": sha256_of(archive_path),
                        "size": os.path.getsize(archive_path)}],
         }],
@@ -337,9 +350,13 @@ def index_entry(metrics: dict, parameters: int, archive_path: str, variants: int
 
 
 def write_index_entry(index_path: str, entry: dict) -> None:
-    """Replace (or add) the model's entry in the index, keeping the other entries."""
+    """Replace (or add) the model's entry in the index, keeping the other entries and the versions published
+    before (installed users keep them, and are offered the new one as an update)."""
     with open(index_path, encoding="utf-8") as file:
         document = json.load(file)
+    earlier = [v for m in document["models"] if m.get("id") == entry["id"] for v in m.get("versions", [])]
+    added = {version["version"] for version in entry["versions"]}
+    entry = {**entry, "versions": entry["versions"] + [v for v in earlier if v.get("version") not in added]}
     document["models"] = [m for m in document["models"] if m.get("id") != entry["id"]] + [entry]
     with open(index_path + ".part", "w", encoding="utf-8") as file:
         json.dump(document, file, indent=2, ensure_ascii=False)
@@ -348,10 +365,11 @@ def write_index_entry(index_path: str, entry: dict) -> None:
 
 
 def publish(network: nn.Module, data: TrainingData, settings: AugmentationSettings, archive_path: str,
-            index_path: str, variants: int) -> None:
-    """Package, validate and zip the trained network; write its entry into the index unless ``index_path`` is ''."""
+            index_path: str, variants: int, version: str = MODEL_VERSION, changelog: str = "First release.") -> None:
+    """Package (torch.export from the module), validate and zip the trained network; write its entry into the
+    index unless ``index_path`` is ''."""
     with tempfile.TemporaryDirectory(prefix=f"{MODEL_ID}-") as folder:
-        write_package(folder, torch.jit.script(network.eval()), contract())
+        write_package(folder, network.eval(), contract())
         with open(os.path.join(folder, "NOTICE.txt"), "w", encoding="utf-8") as file:
             file.write(TEMPLATE_NOTICE + "\n")
         metrics = validate(folder, data, variants, settings)
@@ -366,8 +384,22 @@ def publish(network: nn.Module, data: TrainingData, settings: AugmentationSettin
         size = "×".join(str(n) for n in data.t1.shape[::-1])
         note = (f"torch threads: {torch.get_num_threads()}, on a 2-core machine shared with other work; a volume "
                 f"of {size} voxels at 2 mm, all stages")
-        write_index_entry(index_path, index_entry(metrics, parameters, archive_path, variants, note))
+        write_index_entry(index_path, index_entry(metrics, parameters, archive_path, variants, note, version,
+                                                  changelog))
         print(f"updated {index_path}")
+
+
+def published_weights(path: str) -> dict:
+    """The state dict of a published release's network: its archive (zip) or package folder, TorchScript or
+    torch.export weights (read by DeepSegment's loader: no unpickling)."""
+    with tempfile.TemporaryDirectory(prefix=f"{MODEL_ID}-published-") as folder:
+        if zipfile.is_zipfile(path) and not path.endswith((".pt", ".pt2")):
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(folder)
+            path = folder
+        network = load_network(load_package(path), "cpu")
+        module = getattr(network, "module", network)
+        return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,9 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--validation-variants", type=int, default=6)
     parser.add_argument("--cache-dir", default=default_cache_dir(), help="where the template files are kept")
     parser.add_argument("--nilearn-wheel", help="a downloaded nilearn 0.14.1 wheel (else found or fetched)")
-    parser.add_argument("--archive", default=ARCHIVE_PATH)
+    parser.add_argument("--version", default=MODEL_VERSION, help="the version published")
+    parser.add_argument("--changelog", default="First release.")
+    parser.add_argument("--weights-from", help="publish this earlier release's weights (archive or package folder)"
+                        " instead of training")
+    parser.add_argument("--archive", help="default: brain-tissue-demo-<version>.zip in the bundled registry")
     parser.add_argument("--index", default=INDEX_PATH, help="index to write the entry into ('' to skip)")
     args = parser.parse_args(argv)
+    archive = args.archive or os.path.join(REGISTRY_FOLDER, f"{MODEL_ID}-{args.version}.zip")
 
     torch.set_num_threads(args.threads)
     # Adam drives some weights towards denormal floats, which slow CPU arithmetic many times over.
@@ -392,10 +429,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     network = TissueUNet()
     parameters = sum(p.numel() for p in network.parameters())
     print(f"template at 2 mm: {data.t1.shape[::-1]} voxels; network: {parameters:,} parameters", flush=True)
-    curve = train(network, data, args.minutes, args.seed, args.batch, AUGMENTATION, args.steps)
-    print(f"trained {curve[-1][0] if curve else 0} steps; loss curve (step, s, loss): {curve[::8] + curve[-1:]}")
+    if args.weights_from:
+        network.load_state_dict(published_weights(args.weights_from))
+        network.eval()
+        print(f"weights of {args.weights_from}", flush=True)
+    else:
+        curve = train(network, data, args.minutes, args.seed, args.batch, AUGMENTATION, args.steps)
+        print(f"trained {curve[-1][0] if curve else 0} steps; loss curve (step, s, loss): {curve[::8] + curve[-1:]}")
 
-    publish(network, data, AUGMENTATION, args.archive, args.index, args.validation_variants)
+    publish(network, data, AUGMENTATION, archive, args.index, args.validation_variants, args.version, args.changelog)
     return 0
 
 

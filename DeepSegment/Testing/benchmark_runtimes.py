@@ -128,7 +128,7 @@ def prepare(runtime: str, folder: str, image: sitk.Image, bundle: str) -> tuple:
         def forward(self, x):
             return self.layers(x)
 
-    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
+    contract = {"schemaVersion": 1, "format": "torch.export", "weights": "model.pt2", "dimensions": 3,
                 "inputs": [{"name": "CT"}],
                 "preprocessing": {"spacing": [1.5, 1.5, 1.5], "orientation": "RAS",
                                   "normalization": [{"kind": "ct-window", "window": [-200, 300]}]},

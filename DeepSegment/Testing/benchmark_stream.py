@@ -57,6 +57,7 @@ from stream_test_support import ultrasound_frames  # noqa: E402
 
 from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision  # noqa: E402
 from DeepSegmentLib.package import load_network, load_package, write_package  # noqa: E402
+from DeepSegmentLib.programs import export_network  # noqa: E402
 
 SIZE = 256
 FRAME_SECONDS = 1 / 30
@@ -92,11 +93,11 @@ def write_models(folder: str) -> str:
             "postprocessing": {"mode": "argmax"},
             "labels": [{"value": 1, "name": "Structure", "color": "#f0e68c"}],
         }
-        with torch.inference_mode():
-            if model_format == "torchscript":
+        if model_format == "torchscript":
+            with torch.inference_mode():
                 exported = torch.jit.trace(network, example)
-            else:
-                exported = torch.export.export(network, (example,))
+        else:  # as DeepSegment writes programs: a dynamic batch and window sizes
+            exported = export_network(network, (2, *example.shape[1:]))
         package = os.path.join(folder, name)
         write_package(package, exported, contract)
         archive = os.path.join(folder, f"unet2d-{name}-1.0.0.zip")

@@ -321,7 +321,7 @@ class Registry:
         ...     registry.pin("brain-tissue-demo@9")
         ... except LookupError as error:
         ...     print(error)
-        model 'brain-tissue-demo' has no version matching '9'; available: 1.0.0
+        model 'brain-tissue-demo' has no version matching '9'; available: 1.1.0, 1.0.0
         """
         model_id, version_spec = parse_model_spec(spec)
         if version_spec is not None:

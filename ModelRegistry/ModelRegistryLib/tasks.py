@@ -15,7 +15,7 @@ Example::
     >>> job = start_job("ModelRegistryLib.tasks:install", {"cache_dir": registry.store.cache_dir,
     ...                 "entry": entry, "version": version}, description="Installing the demo model")
     >>> job.wait(120), job.state, job.result.version
-    (True, 'succeeded', '1.0.0')
+    (True, 'succeeded', '1.1.0')
 """
 
 from __future__ import annotations

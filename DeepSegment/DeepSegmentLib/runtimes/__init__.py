@@ -22,7 +22,7 @@ Example (a DeepSegment package folder; any installed version folder works the sa
     >>> class Bright(torch.nn.Module):
     ...     def forward(self, x):
     ...         return torch.cat([0.5 - x, x - 0.5], dim=1)
-    >>> contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
+    >>> contract = {"schemaVersion": 1, "format": "torch.export", "weights": "model.pt2", "dimensions": 3,
     ...     "inputs": [{"name": "image"}], "preprocessing": {"spacing": None, "orientation": "native",
     ...     "normalization": [{"kind": "none"}]}, "inference": {"patchSize": [8, 8, 8], "activation": "softmax",
     ...     "outputChannels": 2}, "postprocessing": {"mode": "argmax"},

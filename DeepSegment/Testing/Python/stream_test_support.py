@@ -72,7 +72,7 @@ def expected_labels(frame: np.ndarray) -> np.ndarray:
 
 def threshold_2d_contract(patch=(64, 64), batch_size: int = 4) -> dict:
     return {
-        "schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 2,
+        "schemaVersion": 1, "format": "torch.export", "weights": "model.pt2", "dimensions": 2,
         "inputs": [{"name": "Ultrasound", "modality": "US"}],
         "preprocessing": {"spacing": None, "orientation": "native",
                           "normalization": [{"kind": "ct-window", "window": [0, 2 * THRESHOLD + 1]}]},

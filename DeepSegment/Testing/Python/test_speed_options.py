@@ -94,7 +94,8 @@ class Threshold(torch.nn.Module):
 
 
 def exported_package(folder: str, size_multiple=None):
-    """A threshold-like network exported for 16³ windows only (torch.export with static shapes)."""
+    """A threshold-like network exported for 16³ windows only (torch.export with static shapes, as a third party
+    may export it: its fixed batch is written on request)."""
     inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 1}
     if size_multiple:
         inference["sizeMultiple"] = size_multiple
@@ -103,7 +104,7 @@ def exported_package(folder: str, size_multiple=None):
                 "labels": [{"value": 1, "name": "bright", "color": "#ffffff"}],
                 "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
     program = torch.export.export(Threshold(), (torch.zeros(1, 1, 16, 16, 16),))
-    write_package(folder, program, contract)
+    write_package(folder, program, contract, static_batch=True)
     return load_package(folder)
 
 
