@@ -1437,7 +1437,8 @@ class TrainingDataExportTest(ScriptedLoadableModuleTest):
                 ["case02", "case02", "image", "", "to do", "", "0:00:00", "no schema"],
             ],
         )
-        self.assertTrue(widget.ui.statusLabel.text.startswith("2 cases: 1 to do, 1 in progress, 0 done, 0 reviewed."))
+        self.assertTrue(widget.ui.statusLabel.text.startswith(
+            "2 cases: 1 to do, 0 pre-annotated, 1 in progress, 0 done, 0 reviewed."), widget.ui.statusLabel.text)
 
         self.delayDisplay("Saving and re-reading the case list")
         cases = read_case_list(caseListPath)

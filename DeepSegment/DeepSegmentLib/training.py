@@ -410,8 +410,10 @@ def plan_patch_size(sizes, divisor: int, budget: int) -> tuple:
     """A patch (x, y, z voxels): the median case size rounded up to multiples of ``divisor``, its largest sides
     shortened by ``divisor`` until it holds at most ``budget`` voxels.
 
-    >>> plan_patch_size([(200, 180, 60), (220, 190, 70)], 16, 64 ** 3)
-    (96, 64, 48)
+    >>> plan_patch_size([(200, 180, 60), (220, 190, 70)], 16, 64 ** 3)  # the median, 224×192×80, shortened
+    (64, 64, 64)
+    >>> plan_patch_size([(40, 50, 20)], 16, 64 ** 3)  # a small case: rounded up, within the budget
+    (48, 64, 32)
     """
     median = [statistics.median(values) for values in zip(*sizes)]
     patch = [max(divisor, math.ceil(value / divisor) * divisor) for value in median]
