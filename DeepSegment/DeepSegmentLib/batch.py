@@ -344,6 +344,7 @@ class BatchProgress:
         self.computed = 0  # cases that ran (not skipped): they set the pace
         self.first_start: float | None = None
         self._last = 0.0
+        self._last_finished = 0  # finished cases at the last report: a new count is always reported
 
     def started(self) -> None:
         if self.first_start is None:
@@ -366,9 +367,9 @@ class BatchProgress:
         """``running``: (case id, fraction of it done) of the cases being segmented; ``note`` says what runs when
         that is not known case by case."""
         now = time.monotonic()
-        if self.report is None or (not force and now - self._last < 0.2):
+        if self.report is None or (not force and now - self._last < 0.2 and self.finished == self._last_finished):
             return
-        self._last = now
+        self._last, self._last_finished = now, self.finished
         parts = sum(part for _, part in running)
         fraction = (self.finished + parts) / max(1, self.total)
         names = ", ".join(case_id for case_id, _ in running)
