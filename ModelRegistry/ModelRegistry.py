@@ -102,8 +102,10 @@ def startJob(target, kwargs=None, description="", sysPath=(), **options):
     would crawl, and a crashing job would take Slicer down. ``sysPath`` lists the module folders the job
     imports from; ``options`` are ModelRegistryLib.jobs.start_job's (``timeout``, ``cancel_grace``...).
     """
-    return start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
-                     **options)
+    job = start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
+                    **options)
+    logJobStart(job)
+    return job
 
 
 def processEventsBriefly():
@@ -174,7 +176,7 @@ class JobPoller:
     until the job's first report: ``Job.shown_progress``) and, once the job has ended, the job to
     ``onFinished``. The work runs in the worker; results reach widgets and MRML only through these
     callbacks, so no panel blocks the GUI or touches MRML from elsewhere. Every record also goes to Slicer's log
-    (logJobRecords), with the job's start and end (logJobStart, logJobEnd).
+    (logJobRecords), with the job's end (logJobEnd; startJob logs its start).
     """
 
     def __init__(self, onProgress, onFinished, onLog=None, intervalMsec=100):
@@ -193,7 +195,6 @@ class JobPoller:
     def follow(self, task):
         """Follow ``task`` (started) until it ends; returns it."""
         self.task = task
-        logJobStart(task)
         self._timer.start()
         return task
 
