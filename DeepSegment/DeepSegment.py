@@ -1,6 +1,7 @@
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +14,8 @@ import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -49,9 +52,11 @@ from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find
 from ModelRegistry import (
     JobPoller,
     ModelRegistryLogic,
+    ParameterNodeBinding,
     addLabelSegment,
     importLabelMap,
     runJob,
+    setMissingParameters,
     slicerPythonOnPath,
     startJob,
     waitForJob,
@@ -80,6 +85,8 @@ from TrainingDataExport import segmentTerminologyEntry
 from TrainingDataExportLib import PRE_ANNOTATED, TO_DO
 
 _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# Slicer routes the root logger to its log (Help > Report a bug collects it): runs, their settings and timings.
+logger = logging.getLogger(__name__)
 
 # Slicer's PyTorch extension (github.com/fepegar/SlicerPyTorch, "PyTorch" in the Extensions Index, a dependency
 # of this extension) and its module that installs PyTorch.
@@ -108,11 +115,11 @@ class DeepSegment(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Deep Segment"
-        self.parent.categories = ["Deep Learning"]
+        self.parent.title = _("Deep Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
         self.parent.dependencies = ["ModelRegistry", "TrainingDataExport"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segment volumes with a deep-learning model from the model registry, on a GPU or the CPU."
             " Pick a model: its inputs are pre-filled from the volumes' names. Apply installs the model if"
             " needed (verified download), runs it in the background with progress and Cancel, and makes a"
@@ -126,7 +133,7 @@ class DeepSegment(ScriptedLoadableModule):
             " MONAI network or a registry model fine-tuned, validated on held-out patients, added to a local"
             " registry index with its card."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
             " SlicerMONAIAuto3DSeg; its container models from DeepInfer."
         )
@@ -145,12 +152,14 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic = None
         self.ui = None
         self.inputSelectors = []
+        self.inputParameterNames = []  # the parameter node's references of the inputSelectors
         self.parameterWidgets = {}
         self.poller = None
         self.batchSection = None
         self.evaluateSection = None
         self.trainSection = None
         self.liveSection = None
+        self.parameters = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -159,6 +168,9 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.ui.outputSelector.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepSegmentLogic()
+        # The panel's settings, saved with the scene; the sections bind theirs too.
+        self.parameters = ParameterNodeBinding(lambda: self.logic.getParameterNode(),
+                                               lambda node: self.logic.setDefaultParameters(node))
         self.updateDeviceSelector()
         # Devices are listed in a worker process (importing PyTorch here would block the GUI for seconds).
         self.devicePoller = JobPoller(lambda progress: None, self.onDevicesListed)
@@ -186,10 +198,17 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(self.trainSection.widget)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
+        for name, widget in (("model", self.ui.modelSelector), ("backend", self.ui.backendSelector),
+                             ("device", self.ui.deviceSelector), ("quality", self.ui.qualitySelector),
+                             ("precision", self.ui.precisionSelector), ("threads", self.ui.threadsSpinBox),
+                             ("outputSegmentation", self.ui.outputSelector)):
+            self.parameters.bind(name, widget)
         self.updateModelList()
         self.onDeviceChanged()
+        self.parameters.initialize()
 
     def cleanup(self):
+        self.parameters.cleanup()
         self.poller.stop()
         self.devicePoller.stop()
         # The model service's workers hold networks (and GPU memory): they stop with the panel.
@@ -200,6 +219,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.liveSection.cleanup()
 
     def enter(self):
+        self.parameters.initialize()
         self.prefillInputs()
         self.liveSection.enter()
 
@@ -217,10 +237,15 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         index = self.ui.modelSelector.findData(current) if current else -1
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
         self.ui.modelSelector.blockSignals(False)
+        self.parameters.refresh("model")  # the scene's model, where the registry lists it
         self.onModelChanged()
 
     def onModelChanged(self, _index=None):
-        """Rebuild one volume selector per model input, pre-filled by the input's name pattern."""
+        """Rebuild one volume selector per model input, pre-filled by the input's name pattern (after the volume
+        the scene's parameter node names for that input)."""
+        for parameterName in self.inputParameterNames:
+            self.parameters.unbind(parameterName)
+        self.inputParameterNames = []
         for selector in self.inputSelectors:
             selector.setParent(None)
             selector.deleteLater()
@@ -235,6 +260,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         for backend, label in self.logic.backendChoices(modelId):
             self.ui.backendSelector.addItem(label, backend)
         self.ui.backendSelector.blockSignals(False)
+        self.parameters.refresh("backend")
         self.onBackendChanged()
         for name in self.logic.inputNames(modelId):
             selector = slicer.qMRMLNodeComboBox()
@@ -244,10 +270,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             selector.addEnabled = False
             selector.removeEnabled = False
             selector.setMRMLScene(slicer.mrmlScene)
-            selector.toolTip = f"Volume for the model's '{name}' input"
+            selector.toolTip = _("Volume for the model's '{input}' input").format(input=name)
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApplyState)
-            layout.addRow(f"{name}:", selector)
+            layout.addRow(_("{input}:").format(input=name), selector)
             self.inputSelectors.append(selector)
+            self.inputParameterNames.append(DeepSegmentLogic.inputParameterName(name))
+            self.parameters.bind(self.inputParameterNames[-1], selector)
         self.prefillInputs()
 
     def onBackendChanged(self, _index=None):
@@ -352,6 +380,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             selector.addItem(label, request)
         selector.setCurrentIndex(max(0, selector.findData(chosen)))
         selector.blockSignals(False)
+        self.parameters.refresh("device")  # the scene's device, where this computer has it
         self.onDeviceChanged()
 
     def onDevicesListed(self, task):
@@ -468,6 +497,14 @@ class BatchSection:
     list, a folder of images or of DICOM series (here or on a Ray cluster), in the background with progress, the time
     left and Cancel; the summary lists failed cases with their reasons. Decisions are the Logic's."""
 
+    # The section's settings in the panel's parameter node (saved with the scene): parameter -> widget.
+    PARAMETERS = types.MappingProxyType({
+        "batchSource": "batchSourceKindSelector", "batchCaseList": "batchCaseListPathLineEdit",
+        "batchFolder": "batchFolderPathLineEdit", "batchOutputFolder": "batchOutputPathLineEdit",
+        "batchFormat": "batchFormatSelector", "batchCaseFilter": "batchCaseFilterLineEdit",
+        "batchNotAnnotated": "batchNotAnnotatedCheckBox", "batchPreAnnotate": "batchPreAnnotateCheckBox",
+        "batchWorkers": "batchWorkersSpinBox", "batchRayAddress": "batchRayAddressLineEdit"})
+
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
         self.widget = slicer.util.loadUI(owner.resourcePath("UI/DeepSegmentBatch.ui"))
@@ -487,6 +524,7 @@ class BatchSection:
         owner.ui.modelSelector.connect("currentIndexChanged(int)", self.updateState)
         ui.batchRunButton.connect("clicked(bool)", self.onRunOrCancel)
         ui.batchEvaluateButton.connect("clicked(bool)", self.onEvaluate)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateState()
 
     @property
@@ -583,6 +621,13 @@ class EvaluateSection:
     Dice first) where selecting one loads it. Decisions are the Logic's; cohorts run in the background."""
 
     MODES = (("nodes", "Two segmentations"), ("folders", "Two folders"), ("cases", "Case list and folder"))
+    PARAMETERS = types.MappingProxyType({
+        "evaluateMode": "evaluateModeSelector", "evaluateReference": "referenceSegmentationSelector",
+        "evaluatePrediction": "predictionSegmentationSelector",
+        "evaluateReferenceFolder": "referenceFolderPathLineEdit", "evaluateCaseList": "caseListPathLineEdit",
+        "evaluatePredictionFolder": "predictionFolderPathLineEdit",
+        "evaluateLabels": "evaluateLabelsLineEdit", "evaluateTolerance": "toleranceSpinBox",
+        "evaluateReportFolder": "reportFolderPathLineEdit"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -607,6 +652,7 @@ class EvaluateSection:
             pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
         ui.evaluateButton.connect("clicked(bool)", self.onEvaluateOrCancel)
         ui.evaluateCaseTable.connect("itemSelectionChanged()", self.onCaseSelected)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateState()
 
     @property
@@ -690,7 +736,7 @@ class EvaluateSection:
         table.blockSignals(True)
         table.clearContents()
         table.setRowCount(len(rows))
-        for rowIndex, (_, cells) in enumerate(rows):
+        for rowIndex, (_caseIndex, cells) in enumerate(rows):
             for columnIndex, text in enumerate(cells):
                 table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(text))
         table.blockSignals(False)
@@ -715,6 +761,16 @@ class TrainSection:
     Cancel. Decisions are the Logic's; what the section holds is what the user picked."""
 
     DATA_KINDS = (("export", "Export folder"), ("cases", "Case list"))
+    PARAMETERS = types.MappingProxyType({
+        "trainData": "trainDataSelector", "trainExportFolder": "trainExportPathLineEdit",
+        "trainCaseList": "trainCaseListPathLineEdit", "trainOutputFolder": "trainOutputPathLineEdit",
+        "trainNetwork": "trainNetworkSelector", "trainBaseModel": "trainBaseModelSelector",
+        "trainPatchSize": "trainPatchLineEdit", "trainLabelSchema": "trainLabelsPathLineEdit",
+        "trainEpochs": "trainEpochsSpinBox", "trainStepsPerEpoch": "trainStepsSpinBox",
+        "trainBatchSize": "trainBatchSpinBox", "trainLearningRate": "trainLearningRateSpinBox",
+        "trainPatience": "trainPatienceSpinBox", "trainDevice": "trainDeviceSelector",
+        "trainPrecision": "trainPrecisionSelector", "trainSeed": "trainSeedSpinBox",
+        "trainRegistry": "trainRegistryPathLineEdit", "trainModelId": "trainModelIdLineEdit"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -744,6 +800,7 @@ class TrainSection:
         for pathLineEdit in (ui.trainExportPathLineEdit, ui.trainCaseListPathLineEdit, ui.trainOutputPathLineEdit):
             pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
         ui.trainButton.connect("clicked(bool)", self.onTrainOrCancel)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateModels()
 
     @property
@@ -763,6 +820,7 @@ class TrainSection:
         for modelId, label in self.logic.fineTuningChoices():
             selector.addItem(label, modelId)
         selector.setCurrentIndex(max(selector.findData(current), 0) if current else 0)
+        self.owner.parameters.refresh("trainBaseModel")
         self.updateState()
 
     def updateState(self, _unused=None):
@@ -865,6 +923,9 @@ class LiveSection:
     so a session started from the console shows here too."""
 
     REFRESH_MSEC = 250
+    PARAMETERS = types.MappingProxyType({
+        "liveModel": "liveModelSelector", "liveInput": "liveInputSelector", "liveOutput": "liveOutputSelector",
+        "liveDevice": "liveDeviceSelector", "liveThreads": "liveThreadsSpinBox"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -879,6 +940,7 @@ class LiveSection:
         self._timer = qt.QTimer()
         self._timer.setInterval(self.REFRESH_MSEC)
         self._timer.connect("timeout()", self.showStatus)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateChoices()
 
     @property
@@ -896,6 +958,8 @@ class LiveSection:
                 selector.addItem(label, value)
             selector.setCurrentIndex(max(selector.findData(current) if current else -1, 0))
             selector.blockSignals(False)
+        for name in ("liveModel", "liveDevice"):
+            self.owner.parameters.refresh(name)
         self.showStatus()
 
     def updateState(self, _unused=None):
@@ -1161,6 +1225,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         {"auto": "Automatic (faster where the hardware allows)", "float32": "Full (float32)"}
     )
 
+    # The panel's settings saved with the scene (its parameter node) that have a default before any choice.
+    PARAMETER_DEFAULTS = types.MappingProxyType({"device": "auto", "quality": DEFAULT_QUALITY, "precision": "auto",
+                                                 "threads": "0", "backend": "auto"})
+
     # The compute devices, listed once per session in a worker process (devicesTask) for every logic.
     _deviceListing = None
     _listedDevices = None
@@ -1174,6 +1242,15 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         self._runtimeDescriptions = {}
         self._evaluatedCaseNodes = {}  # role -> node of the evaluated case on show
         self.live = None  # the LiveSession of startLive (kept after it ends: its final status)
+
+    def setDefaultParameters(self, parameterNode):
+        """Set the panel's settings that ``parameterNode`` lacks to their defaults."""
+        setMissingParameters(parameterNode, self.PARAMETER_DEFAULTS)
+
+    @staticmethod
+    def inputParameterName(inputName):
+        """The parameter node's reference to the volume chosen for a model's input ``inputName``."""
+        return "inputVolume:" + inputName
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -1245,12 +1322,12 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """(backend, label) pairs the model's version offers: in Slicer's Python first, then its container."""
         if not modelSpec:
             return []
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         return [(backend, self.BACKEND_LABELS[backend]) for backend in version.backends]
 
     def imageParameters(self, modelSpec):
         """The typed parameters of the model's container image (ModelRegistryLib ``ImageParameter``)."""
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         return version.image.parameters if version.image is not None else ()
 
     @classmethod
@@ -1395,6 +1472,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                                         threads=threads, precision=precision)
         inputNode = inputNodes[0]
         task.description = f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})"
+        logger.info("Segmenting with %s %s (runtime %s, backend %s, model service worker %s): device %s, quality %s,"
+                    " precision %s, threads %s%s; inputs %s", entry.id, version.version, version.runtime, backend,
+                    task.pid, device, quality, precision, threads or "auto",
+                    f", image parameters {parameters}" if backend == "container" else "",
+                    "; ".join(f"{node.GetName()} {image.GetSize()} voxels of"
+                              f" {tuple(round(spacing, 3) for spacing in image.GetSpacing())} mm"
+                              for node, image in zip(inputNodes, images)))
 
         def toRunResult(done):
             if done.error is None:
@@ -1410,6 +1494,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentationNode.CreateDefaultDisplayNodes()
         self.fillSegmentation(segmentationNode, run.result.labels, run.labels, run.inputNode)
+        logger.info("%s: %d labels into %s", self.timingSummary(run), len(run.labels), segmentationNode.GetName())
         return segmentationNode
 
     def fillSegmentation(self, segmentationNode, labelImage, labels, referenceVolumeNode=None):
@@ -1706,7 +1791,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                     column.InsertNextValue(result.measure(measure) if result is not None else float("nan"))
                 statusColumn.InsertNextValue(case.error or "; ".join(
                     f"{result.name}: {result.status}" for result in case.labels if result.status != BOTH_PRESENT))
-            for column in (caseColumn, numberColumn, *(column for _, _, column in measureColumns), statusColumn):
+            for column in (caseColumn, numberColumn, *(column for *_measure, column in measureColumns), statusColumn):
                 table.AddColumn(column)
         tableNode.Modified()
         if chartNode is None:
@@ -1792,7 +1877,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             if node is not None and slicer.mrmlScene.IsNodePresent(node):
                 slicer.mrmlScene.RemoveNode(node)
         self._evaluatedCaseNodes = {}
-        reference, prediction, labels, _ = read_case_labels(CasePair(case.case_id, case.reference, case.prediction),
+        reference, prediction, labels, _pair = read_case_labels(CasePair(case.case_id, case.reference, case.prediction),
                                                             report.labels)
         nodes = {"image": slicer.util.loadVolume(case.image, {"name": f"{case.case_id} image"})
                  if case.image and os.path.isfile(case.image) else None}
@@ -1812,7 +1897,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         when it is there. ``confirm(text)`` asks the user first (see :meth:`installRequirements`)."""
         if not modelSpec:
             return True
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         missing = missing_requirements(version.runtime)
         if not missing:
             return True
@@ -2134,7 +2219,7 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
 
     def test_ParentTransformIsApplied(self):
         self.delayDisplay("A linear parent transform moves the image the engine reads")
-        node, _, ijkToRAS = self._obliqueVolume()
+        node, _voxels, ijkToRAS = self._obliqueVolume()
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
         shift = vtk.vtkMatrix4x4()
         shift.SetElement(0, 3, 5.0)
@@ -2159,7 +2244,7 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
             try:
                 phantom = np.zeros((12, 14, 16), np.int16)
                 phantom[3:9, 4:10, 5:12] = 1
-                volume, _, _ = self._obliqueVolume("Phantom bright", phantom)
+                volume, _voxels, _ijkToRAS = self._obliqueVolume("Phantom bright", phantom)
                 widget.updateModelList()
                 self.assertEqual(widget.ui.modelSelector.currentData, "threshold-test")
                 self.assertIs(widget.inputSelectors[0].currentNode(), volume)

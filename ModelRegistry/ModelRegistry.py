@@ -600,6 +600,12 @@ class ParameterNodeBinding(VTKObservationMixin):
         read, write, signals, isReference = _widgetAccess(widget)
         self.bindValue(name, read, write, [(widget, signal) for signal in signals], isReference=isReference)
 
+    def bindWidgets(self, ui, widgetNames):
+        """Bind each parameter of ``widgetNames`` (parameter name -> widget name in ``ui``, a panel's
+        ``childWidgetVariables``)."""
+        for name, widgetName in widgetNames.items():
+            self.bind(name, getattr(ui, widgetName))
+
     def bindValue(self, name, read, write, changes=(), isReference=False):
         """Keep parameter ``name`` in step with a value the panel shows otherwise (a table's selection...).
 
