@@ -3,6 +3,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -1249,8 +1250,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def inputParameterName(inputName):
-        """The parameter node's reference to the volume chosen for a model's input ``inputName``."""
-        return "inputVolume:" + inputName
+        """The parameter node's reference to the volume chosen for a model's input ``inputName``: a reference role
+        (MRML files write references as ``role:ids;``, so only letters, digits and ``_`` are kept).
+
+        >>> DeepSegmentLogic.inputParameterName("T1 (contrast)")
+        'inputVolume_T1__contrast_'
+        """
+        return "inputVolume_" + re.sub(r"\W", "_", inputName, flags=re.ASCII)
 
     # -- devices --------------------------------------------------------------------------------------------
 

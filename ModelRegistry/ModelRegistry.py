@@ -581,6 +581,8 @@ class ParameterNodeBinding(VTKObservationMixin):
         self.parameters.initialize()
     """
 
+    AFTER_WIDGETS = -10.0
+
     def __init__(self, getParameterNode, setDefaults=None):
         VTKObservationMixin.__init__(self)
         self._getParameterNode = getParameterNode
@@ -588,9 +590,13 @@ class ParameterNodeBinding(VTKObservationMixin):
         self.parameterNode = None
         self._bindings = {}  # name -> (read, write, isReference)
         self._showing = False  # widgets are being set from the node: their signals write nothing back
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._onSceneEndImport)
+        scene = slicer.mrmlScene
+        self.addObserver(scene, scene.StartCloseEvent, self._onSceneStartClose)
+        # After the widgets have seen the scene's new nodes (a node selector lists an imported node only once it
+        # has handled the import's end; VTK calls observers of lower priority later).
+        self.addObserver(scene, scene.EndCloseEvent, self._onSceneEndClose, priority=self.AFTER_WIDGETS)
+        self.addObserver(scene, scene.EndImportEvent, self._onSceneEndImport, priority=self.AFTER_WIDGETS)
+        self.addObserver(scene, scene.EndBatchProcessEvent, self._onSceneEndBatchProcess, priority=self.AFTER_WIDGETS)
 
     # -- what is bound --------------------------------------------------------------------------------------
 
@@ -699,6 +705,10 @@ class ParameterNodeBinding(VTKObservationMixin):
 
     def _onSceneEndImport(self, caller=None, event=None):
         self.initialize()
+
+    def _onSceneEndBatchProcess(self, caller=None, event=None):
+        # Slicer's node selectors list the nodes a batch added (a scene imported) only when it ends.
+        self.refresh()
 
     def cleanup(self):
         """Stop observing the scene and the node (the panel's cleanup)."""
