@@ -177,7 +177,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.devicePoller = JobPoller(lambda progress: None, self.onDevicesListed)
         self.devicePoller.follow(self.logic.devicesTask())
         for quality in DeepSegmentLogic.QUALITIES:
-            self.ui.qualitySelector.addItem(quality.capitalize(), quality)
+            self.ui.qualitySelector.addItem(DeepSegmentLogic.qualityLabel(quality), quality)
         self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(DeepSegmentLogic.DEFAULT_QUALITY))
         for precision, label in DeepSegmentLogic.PRECISION_LABELS.items():
             self.ui.precisionSelector.addItem(label, precision)
@@ -393,9 +393,9 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def onDeviceChanged(self, _index=None):
         if self.logic.knownDevices() is None:
-            self.ui.deviceInfoLabel.text = "Looking for compute devices…"
+            self.ui.deviceInfoLabel.text = _("Looking for compute devices…")
             return
-        with slicer.util.tryWithErrorDisplay("The device is not available."):
+        with slicer.util.tryWithErrorDisplay(_("The device is not available.")):
             self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
 
     def updateApplyState(self, _unused=None):
@@ -411,14 +411,14 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
     def onApplyOrCancel(self):
         if self.poller.busy:
             self.poller.cancel()
-            self.ui.stageLabel.text = "Cancelling…"
+            self.ui.stageLabel.text = _("Cancelling…")
             return
         backend = self.ui.backendSelector.currentData or "auto"
         inContainer = backend == "container"
         if not inContainer and not self.torchReady():
             return
         if not inContainer and self.logic.knownDevices() is None:
-            self.ui.stageLabel.text = "Looking for compute devices…"
+            self.ui.stageLabel.text = _("Looking for compute devices…")
             self.ui.applyButton.enabled = False  # no second click while waiting
             try:
                 self.logic.devices()  # waits for the listing, keeping Slicer responsive
@@ -426,9 +426,9 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 self.ui.applyButton.enabled = True
         if not inContainer and not self.logic.installRuntimeDependencies(self.ui.modelSelector.currentData,
                                                                          slicer.util.confirmOkCancelDisplay):
-            self.ui.stageLabel.text = "The model's runtime needs packages that are not installed."
+            self.ui.stageLabel.text = _("The model's runtime needs packages that are not installed.")
             return
-        with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
+        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start.")):
             if inContainer:
                 self.logic.setContainerSettings(self.containerSettings())
             task = self.poller.follow(self.logic.segmentationTask(
@@ -441,7 +441,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 backend=backend,
                 parameters=self.parameterValues() if inContainer else None,
             ))
-            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.text = _("Cancel")
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.timingLabel.text = ""
@@ -452,18 +452,18 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         try:
             if self.logic.installTorch(askConfirmation=True):
                 return True
-            self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python: it was not installed."
+            self.ui.stageLabel.text = _("PyTorch is needed to run models in Slicer's Python: it was not installed.")
         except PyTorchExtensionMissingError as error:
-            self.ui.stageLabel.text = "PyTorch is needed: install Slicer's PyTorch extension."
+            self.ui.stageLabel.text = _("PyTorch is needed: install Slicer's PyTorch extension.")
             slicer.util.errorDisplay(str(error))  # in testing mode, only logged
         except Exception as error:  # the extension's installer failed (network, disk, files in use...)
-            self.ui.stageLabel.text = "PyTorch could not be installed."
-            slicer.util.errorDisplay(f"PyTorch could not be installed: {error}")
+            self.ui.stageLabel.text = _("PyTorch could not be installed.")
+            slicer.util.errorDisplay(_("PyTorch could not be installed: {error}").format(error=error))
         return False
 
     def showProgress(self, step):
         self.ui.progressBar.value = int((step.fraction or 0.0) * 100)
-        self.ui.stageLabel.text = "Cancelling…" if self.poller.task.cancel_requested else step.text
+        self.ui.stageLabel.text = _("Cancelling…") if self.poller.task.cancel_requested else step.text
 
     def onLog(self, record):
         """Lines the run logged (a container's output); what the worker printed on its error output is only
@@ -473,12 +473,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def onTaskFinished(self, task):
         """The result is applied to the scene here, on the main thread."""
-        self.ui.applyButton.text = "Apply"
+        self.ui.applyButton.text = _("Apply")
         self.ui.progressBar.visible = False
         if task.state == "succeeded":
             segmentation = self.logic.applyResult(task.result, self.ui.outputSelector.currentNode())
             self.ui.outputSelector.setCurrentNode(segmentation)
-            self.ui.stageLabel.text = "Done."
+            self.ui.stageLabel.text = _("Done.")
             self.ui.timingLabel.text = self.logic.timingSummary(task.result)
             self.log(self.ui.timingLabel.text)
         else:
@@ -556,7 +556,7 @@ class BatchSection:
         ui, panel = self.ui, self.owner.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.batchStatusLabel.text = "Cancelling: the running cases stop, the results computed are kept…"
+            ui.batchStatusLabel.text = _("Cancelling: the running cases stop, the results computed are kept…")
             return
         fromCaseList = self.kind() == "cases"
         try:
@@ -571,15 +571,15 @@ class BatchSection:
                 preAnnotate=fromCaseList and ui.batchPreAnnotateCheckBox.checked,
                 rayAddress=ui.batchRayAddressLineEdit.text)
         except DeepSegmentLogic.BATCH_USER_ERRORS as error:
-            ui.batchStatusLabel.text = f"The batch could not start: {error}"
+            ui.batchStatusLabel.text = _("The batch could not start: {error}").format(error=error)
             return
         self.summary = None
         self.poller.follow(task)
-        ui.batchRunButton.text = "Cancel"
+        ui.batchRunButton.text = _("Cancel")
         ui.batchProgressBar.visible = True
         ui.batchProgressBar.value = 0
         ui.batchSummaryText.clear()
-        ui.batchStatusLabel.text = "Starting…"
+        ui.batchStatusLabel.text = _("Starting…")
         self.updateState()
 
     def showProgress(self, progress):
@@ -593,15 +593,16 @@ class BatchSection:
 
     def onFinished(self, task):
         ui = self.ui
-        ui.batchRunButton.text = "Run on all cases"
+        ui.batchRunButton.text = _("Run on all cases")
         ui.batchProgressBar.visible = False
         if task.state == "succeeded":
             self.summary = task.result
             self.logic.refreshAnnotationCaseList(self.summary)
-            ui.batchStatusLabel.text = "Cancelled; run again to go on." if self.summary.cancelled else "Finished."
+            ui.batchStatusLabel.text = _("Cancelled; run again to go on.") if self.summary.cancelled else _("Finished.")
             ui.batchSummaryText.setPlainText(self.summary.text())
         else:
-            ui.batchStatusLabel.text = "Cancelled." if task.state == "cancelled" else f"The batch failed: {task.error}"
+            ui.batchStatusLabel.text = (_("Cancelled.") if task.state == "cancelled"
+                                        else _("The batch failed: {error}").format(error=task.error))
         self.updateState()
 
     def onEvaluate(self):
@@ -621,7 +622,7 @@ class EvaluateSection:
     measured against each other; results in a table node and a plot chart node, and a list of cases (lowest
     Dice first) where selecting one loads it. Decisions are the Logic's; cohorts run in the background."""
 
-    MODES = (("nodes", "Two segmentations"), ("folders", "Two folders"), ("cases", "Case list and folder"))
+    MODES = (("nodes", _("Two segmentations")), ("folders", _("Two folders")), ("cases", _("Case list and folder")))
     PARAMETERS = types.MappingProxyType({
         "evaluateMode": "evaluateModeSelector", "evaluateReference": "referenceSegmentationSelector",
         "evaluatePrediction": "predictionSegmentationSelector",
@@ -646,7 +647,7 @@ class EvaluateSection:
             ui.evaluateModeSelector.addItem(label, mode)
         ui.toleranceSpinBox.value = DEFAULT_TOLERANCE_MM
         ui.evaluateCaseTable.setColumnCount(len(DeepSegmentLogic.EVALUATION_CASE_COLUMNS))
-        ui.evaluateCaseTable.setHorizontalHeaderLabels(DeepSegmentLogic.EVALUATION_CASE_COLUMNS)
+        ui.evaluateCaseTable.setHorizontalHeaderLabels(DeepSegmentLogic.evaluationColumnTitles())
         ui.evaluateProgressBar.visible = False
         ui.evaluateModeSelector.connect("currentIndexChanged(int)", self.updateState)
         for pathLineEdit in (ui.referenceFolderPathLineEdit, ui.caseListPathLineEdit, ui.predictionFolderPathLineEdit):
@@ -689,7 +690,7 @@ class EvaluateSection:
         ui = self.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.evaluateStatusLabel.text = "Cancelling…"
+            ui.evaluateStatusLabel.text = _("Cancelling…")
             return
         try:
             if self.mode() == "nodes":
@@ -705,26 +706,26 @@ class EvaluateSection:
                                              tolerance=ui.toleranceSpinBox.value,
                                              reportFolder=ui.reportFolderPathLineEdit.currentPath)
         except DeepSegmentLogic.EVALUATION_USER_ERRORS as error:
-            ui.evaluateStatusLabel.text = f"Evaluation could not start: {error}"
+            ui.evaluateStatusLabel.text = _("Evaluation could not start: {error}").format(error=error)
             return
         self.poller.follow(task)
-        ui.evaluateButton.text = "Cancel"
+        ui.evaluateButton.text = _("Cancel")
         ui.evaluateProgressBar.visible = True
         ui.evaluateProgressBar.value = 0
-        ui.evaluateStatusLabel.text = "Evaluating…"
+        ui.evaluateStatusLabel.text = _("Evaluating…")
 
     def showProgress(self, progress):
         self.ui.evaluateProgressBar.value = int(progress.fraction * 100)
         self.ui.evaluateStatusLabel.text = progress.text
 
     def onFinished(self, task):
-        self.ui.evaluateButton.text = "Evaluate"
+        self.ui.evaluateButton.text = _("Evaluate")
         self.ui.evaluateProgressBar.visible = False
         if task.state == "succeeded":
             self.showReport(task.result)
         else:
-            self.ui.evaluateStatusLabel.text = ("Cancelled." if task.state == "cancelled"
-                                                else f"Evaluation failed: {task.error}")
+            self.ui.evaluateStatusLabel.text = (_("Cancelled.") if task.state == "cancelled"
+                                                else _("Evaluation failed: {error}").format(error=task.error))
         self.updateState()
 
     def showReport(self, report):
@@ -748,7 +749,7 @@ class EvaluateSection:
         if not rows or self.report is None:
             return
         caseIndex = self.logic.evaluationCaseRows(self.report)[rows[0]][0]
-        with slicer.util.tryWithErrorDisplay("The case could not be loaded."):
+        with slicer.util.tryWithErrorDisplay(_("The case could not be loaded.")):
             self.logic.loadEvaluatedCase(self.report, caseIndex)
 
     def cleanup(self):
@@ -761,7 +762,7 @@ class TrainSection:
     the loss and validation Dice plotted as epochs end (a plot view of table and chart nodes in the scene), and
     Cancel. Decisions are the Logic's; what the section holds is what the user picked."""
 
-    DATA_KINDS = (("export", "Export folder"), ("cases", "Case list"))
+    DATA_KINDS = (("export", _("Export folder")), ("cases", _("Case list")))
     PARAMETERS = types.MappingProxyType({
         "trainData": "trainDataSelector", "trainExportFolder": "trainExportPathLineEdit",
         "trainCaseList": "trainCaseListPathLineEdit", "trainOutputFolder": "trainOutputPathLineEdit",
@@ -857,7 +858,7 @@ class TrainSection:
         ui = self.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.trainStatusLabel.text = "Cancelling…"
+            ui.trainStatusLabel.text = _("Cancelling…")
             return
         try:
             settings = self.logic.trainingSettings(self.dataPath(), ui.trainOutputPathLineEdit.currentPath,
@@ -866,16 +867,16 @@ class TrainSection:
                 return
             task = self.logic.trainingTask(settings)
         except DeepSegmentLogic.TRAINING_USER_ERRORS as error:
-            ui.trainStatusLabel.text = f"Training could not start: {error}"
+            ui.trainStatusLabel.text = _("Training could not start: {error}").format(error=error)
             return
         self.tableNode, self.chartNode = self.logic.trainingCurveNodes(self.tableNode, self.chartNode)
         self.logic.showTrainingCurves(self.plotView, self.chartNode)
         ui.trainPlotFrame.visible = True
         self.poller.follow(task)
-        ui.trainButton.text = "Cancel"
+        ui.trainButton.text = _("Cancel")
         ui.trainProgressBar.visible = True
         ui.trainProgressBar.value = 0
-        ui.trainStatusLabel.text = "Starting…"
+        ui.trainStatusLabel.text = _("Starting…")
 
     def dependenciesReady(self, settings):
         """Whether what the training needs is installed, after offering to install it (MONAI for a new network)."""
@@ -884,12 +885,13 @@ class TrainSection:
             return True
         if self.logic.installTrainingDependencies(missing):
             return True
-        self.ui.trainStatusLabel.text = f"Training a new network needs {', '.join(missing)}: it was not installed."
+        self.ui.trainStatusLabel.text = _("Training a new network needs {packages}: it was not installed.").format(
+            packages=", ".join(missing))
         return False
 
     def showProgress(self, progress):
         self.ui.trainProgressBar.value = int((progress.fraction or 0.0) * 100)
-        self.ui.trainStatusLabel.text = "Cancelling…" if self.poller.task.cancel_requested else progress.text
+        self.ui.trainStatusLabel.text = _("Cancelling…") if self.poller.task.cancel_requested else progress.text
 
     def onLog(self, record):
         """Each finished epoch adds a row to the curves' table."""
@@ -899,7 +901,7 @@ class TrainSection:
 
     def onFinished(self, task):
         ui = self.ui
-        ui.trainButton.text = "Train"
+        ui.trainButton.text = _("Train")
         ui.trainProgressBar.visible = False
         if task.state == "succeeded":
             ui.trainStatusLabel.text = self.logic.trainingSummary(task.result)
@@ -908,9 +910,9 @@ class TrainSection:
             modelSelector = self.owner.ui.modelSelector
             modelSelector.setCurrentIndex(max(modelSelector.findData(task.result.model_id), 0))
         elif task.state == "cancelled":
-            ui.trainStatusLabel.text = "Cancelled. Train again with the same settings and folder to continue."
+            ui.trainStatusLabel.text = _("Cancelled. Train again with the same settings and folder to continue.")
         else:
-            ui.trainStatusLabel.text = f"Training failed: {task.error}"
+            ui.trainStatusLabel.text = _("Training failed: {error}").format(error=task.error)
         self.updateState()
 
     def cleanup(self):
@@ -968,7 +970,7 @@ class LiveSection:
         for widget in (self.ui.liveModelSelector, self.ui.liveInputSelector, self.ui.liveOutputSelector,
                        self.ui.liveDeviceSelector, self.ui.liveThreadsSpinBox):
             widget.enabled = not active
-        self.ui.liveStartButton.text = "Stop" if active else "Start"
+        self.ui.liveStartButton.text = _("Stop") if active else _("Start")
         self.ui.liveStartButton.enabled = active or (
             bool(self.ui.liveModelSelector.currentData) and self.ui.liveInputSelector.currentNode() is not None)
 
@@ -986,7 +988,7 @@ class LiveSection:
                                           ui.liveOutputSelector.currentNode(), device=ui.liveDeviceSelector.currentData,
                                           threads=ui.liveThreadsSpinBox.value or None)
         except DeepSegmentLogic.LIVE_USER_ERRORS as error:
-            self.ui.liveStatusLabel.text = f"Live segmentation could not start: {error}"
+            self.ui.liveStatusLabel.text = _("Live segmentation could not start: {error}").format(error=error)
             return
         self.ui.liveOutputSelector.setCurrentNode(output)
         self._timer.start()
@@ -994,7 +996,8 @@ class LiveSection:
 
     def showStatus(self):
         status = self.logic.liveStatus()
-        self.ui.liveStatusLabel.text = status.message + (f" Frames skipped: {status.problem}" if status.problem else "")
+        skipped = " " + _("Frames skipped: {reason}").format(reason=status.problem) if status.problem else ""
+        self.ui.liveStatusLabel.text = status.message + skipped
         self.ui.liveStatisticsLabel.text = status.summary() if status.received else ""
         if not status.active:
             self._timer.stop()
@@ -1219,11 +1222,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     QUALITIES = tuple(QUALITY_PRESETS)  # fast, accurate, exact
     DEFAULT_QUALITY = DEFAULT_QUALITY
     BACKEND_LABELS = types.MappingProxyType(
-        {"inprocess": "Slicer's Python", "container": "Container (Docker or Podman)"}
+        {"inprocess": _("Slicer's Python"), "container": _("Container (Docker or Podman)")}
     )
     CONTAINER_SETTINGS = "DeepLearning/Container/"
     PRECISION_LABELS = types.MappingProxyType(
-        {"auto": "Automatic (faster where the hardware allows)", "float32": "Full (float32)"}
+        {"auto": _("Automatic (faster where the hardware allows)"), "float32": _("Full (float32)")}
     )
 
     # The panel's settings saved with the scene (its parameter node) that have a default before any choice.
@@ -1247,6 +1250,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def setDefaultParameters(self, parameterNode):
         """Set the panel's settings that ``parameterNode`` lacks to their defaults."""
         setMissingParameters(parameterNode, self.PARAMETER_DEFAULTS)
+
+    @staticmethod
+    def qualityLabel(quality):
+        """A quality preset's name as the panel shows it."""
+        return {"exact": _("Exact"), "accurate": _("Accurate"), "fast": _("Fast")}.get(quality, quality.capitalize())
 
     @staticmethod
     def inputParameterName(inputName):
@@ -1310,8 +1318,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         while the devices are being listed (never waits)."""
         devices = self.knownDevices()
         if devices is None:
-            return [("auto", "Automatic (looking for GPUs…)"), ("cpu", cpu_device().description)]
-        automatic = ("auto", "Automatic (" + choose_device("auto", devices).description + ")")
+            return [("auto", _("Automatic (looking for GPUs…)")), ("cpu", cpu_device().description)]
+        automatic = ("auto", _("Automatic ({device})").format(device=choose_device("auto", devices).description))
         return [automatic] + [(device.torch_name, device.description) for device in devices]
 
     # -- models ---------------------------------------------------------------------------------------------
@@ -1320,8 +1328,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """(model id, label) of every model in the registry; image-only models say they run in a container."""
         choices = []
         for model in self.registry.models():
-            state = self.registry.state(model.id) if model.latest_release.files else "container"
-            choices.append((model.id, f"{model.title} ({state})"))
+            state = self.registry.state(model.id) if model.latest_release.files else _("container")
+            choices.append((model.id, _("{title} ({state})").format(title=model.title, state=state)))
         return choices
 
     def backendChoices(self, modelSpec):
@@ -1379,7 +1387,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def modelSummary(self, modelId):
         entry = self.registry.find(modelId) if modelId else None
         if entry is None:
-            return "No model selected: add models in the Model Registry module."
+            return _("No model selected: add models in the Model Registry module.")
         labels = ", ".join(label.name for label in entry.labels) or "labels listed in the model package"
         return f"{entry.description or entry.title} Labels: {labels}."
 
@@ -1413,8 +1421,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if transformNode is not None:
             if not transformNode.IsTransformToWorldLinear():
                 raise ValueError(
-                    f"Volume '{volumeNode.GetName()}' is under a non-linear transform; harden the transform"
-                    " (Data module, right-click the transform) before segmenting it."
+                    _("Volume '{name}' is under a non-linear transform; harden the transform (Data module, right-click "
+                      "the transform) before segmenting it.").format(
+                        name=volumeNode.GetName())
                 )
             toWorld = vtk.vtkMatrix4x4()
             transformNode.GetMatrixTransformToWorld(toWorld)
@@ -1433,14 +1442,15 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def geometrySummary(self, volumeNode):
         """One line on the input grid as the engine sees it, or what to do when there is no input."""
         if volumeNode is None:
-            return "Select an input volume."
+            return _("Select an input volume.")
         if volumeNode.GetImageData() is None:
-            return f"Volume '{volumeNode.GetName()}' has no voxels."
+            return _("Volume '{name}' has no voxels.").format(name=volumeNode.GetName())
         image = self.imageFromVolumeNode(volumeNode)
         size = "\u00d7".join(str(n) for n in image.GetSize())
         spacing = "\u00d7".join(f"{s:.3g}" for s in image.GetSpacing())
         alignment = "oblique axes" if is_oblique(image) else "axis-aligned"
-        return f"{size} voxels, spacing {spacing} mm, {alignment}"
+        return _("{size} voxels, spacing {spacing} mm, {alignment}").format(
+            size=size, spacing=spacing, alignment=alignment)
 
     # -- running --------------------------------------------------------------------------------------------
 
@@ -1458,9 +1468,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         (no model, a missing input, a parameter out of range) raise here, before any work.
         """
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if not inputNodes or not all(inputNodes):
-            raise ValueError("Select a volume for every model input.")
+            raise ValueError(_("Select a volume for every model input."))
         entry, version = self.registry.resolve(modelSpec)
         backend = version.choose_backend(backend)
         cacheDir = self.registry.store.cache_dir
@@ -1468,7 +1478,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if backend == "container":
             values = version.image.parameter_values(parameters or {})  # a bad value fails here, before any work
             if device not in ("auto", "cpu") and not device.startswith("cuda"):
-                raise ValueError(f"A container can run on the CPU or a CUDA GPU, not on {device}.")
+                raise ValueError(_("A container can run on the CPU or a CUDA GPU, not on {device}.").format(
+                    device=device))
             task = self.service.segment_in_container(
                 images, entry, version, cacheDir, parameters=values,
                 device="cuda" if device.startswith("cuda") else device, settings=self.containerSettings)
@@ -1477,7 +1488,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             task = self.service.segment(images, entry, version, cacheDir, device=deviceName, quality=quality.lower(),
                                         threads=threads, precision=precision)
         inputNode = inputNodes[0]
-        task.description = f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})"
+        task.description = _("segmenting {volume} with {model} ({backend})").format(
+            volume=inputNode.GetName(), model=modelSpec, backend=backend)
         logger.info("Segmenting with %s %s (runtime %s, backend %s, model service worker %s): device %s, quality %s,"
                     " precision %s, threads %s%s; inputs %s", entry.id, version.version, version.runtime, backend,
                     task.pid, device, quality, precision, threads or "auto",
@@ -1537,10 +1549,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def failureText(task):
         if task.state == "cancelled":
-            return "Cancelled: the scene was not changed."
+            return _("Cancelled: the scene was not changed.")
         if task.error.kind == "crash":
-            return f"Segmentation failed; the scene was not changed and the next run starts a new service. {task.error}"
-        return f"Segmentation failed: {task.error}"
+            return _("Segmentation failed; the scene was not changed and the next run starts a new service."
+                     " {error}").format(error=task.error)
+        return _("Segmentation failed: {error}").format(error=task.error)
 
     # -- PyTorch ---------------------------------------------------------------------------------------------
 
@@ -1578,7 +1591,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- batch runs ----------------------------------------------------------------------------------------
 
-    BATCH_SOURCES = (("cases", "A case list"), ("images", "A folder of images"), ("dicom", "A folder of DICOM series"))
+    BATCH_SOURCES = (("cases", _("A case list")), ("images", _("A folder of images")),
+                     ("dicom", _("A folder of DICOM series")))
     # Case-list statuses of the cases nobody has annotated yet (the panel's "Only cases not annotated yet").
     NOT_ANNOTATED = (TO_DO, PRE_ANNOTATED)
     BATCH_USER_ERRORS = (ValueError, RegistryError, OSError)
@@ -1598,9 +1612,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         ``HOST:PORT``) runs on that Ray cluster. Bad requests raise here, before any work.
         """
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if not outputFolder:
-            raise ValueError("Choose the output folder.")
+            raise ValueError(_("Choose the output folder."))
         settings = BatchSettings(
             output_format=outputFormat, device=device or "auto", quality=quality, precision=precision,
             workers=int(workers or 0), threads=int(threads or 0), patterns=tuple(parse_case_filter(caseFilter)),
@@ -1650,6 +1664,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     # -- evaluation ----------------------------------------------------------------------------------------
 
     EVALUATION_CASE_COLUMNS = ("Case", "Mean Dice", "Worst label", "Its Dice", "Largest HD95 (mm)", "Notes")
+
+    @staticmethod
+    def evaluationColumnTitles():
+        """The case list's column titles, in ``EVALUATION_CASE_COLUMNS`` order, in the user's language."""
+        return [_("Case"), _("Mean Dice"), _("Worst label"), _("Its Dice"), _("Largest HD95 (mm)"), _("Notes")]
     EVALUATION_USER_ERRORS = (EvaluationError, ValueError, OSError)
     EVALUATION_MEASURES = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("msd_mm", "MSD (mm)"), ("nsd", "NSD"),
                            ("volume_difference_percent", "Volume difference (%)"))
@@ -1664,11 +1683,12 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         the reference segmentation's own geometry (Slicer resamples the prediction there, nearest neighbour).
         """
         if referenceNode is None or predictionNode is None:
-            raise ValueError("Select a reference and a prediction segmentation.")
+            raise ValueError(_("Select a reference and a prediction segmentation."))
         referenceIds, referenceSegments = self._segments(referenceNode)
         predictionIds, predictionSegments = self._segments(predictionNode)
         if not referenceIds:
-            raise ValueError(f"The reference segmentation '{referenceNode.GetName()}' has no segment.")
+            raise ValueError(_("The reference segmentation '{name}' has no segment.").format(
+                name=referenceNode.GetName()))
         matches = match_segments([(s.GetName(), segmentTerminologyEntry(s)) for s in referenceSegments],
                                  [(s.GetName(), segmentTerminologyEntry(s)) for s in predictionSegments])
         geometryNode = referenceVolumeNode or self._referenceGeometryNode(referenceNode)
@@ -1709,7 +1729,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             segmentIds.InsertNextValue(segmentId)
             if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, segmentIds,
                                                                                       labelmap, geometryNode):
-                raise ValueError(f"Segment '{segmentId}' of '{segmentationNode.GetName()}' could not be exported.")
+                raise ValueError(_("Segment '{segmentId}' of '{name}' could not be exported.").format(
+                    segmentId=segmentId, name=segmentationNode.GetName()))
             return slicer.util.arrayFromVolume(labelmap) > 0
         finally:
             DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
@@ -1733,7 +1754,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
                 segmentationNode, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
             DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
-            raise ValueError(f"The segmentation '{segmentationNode.GetName()}' has no geometry to compare on.")
+            raise ValueError(_("The segmentation '{name}' has no geometry to compare on.").format(
+                name=segmentationNode.GetName()))
         return labelmap
 
     def evaluationTask(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
@@ -1749,13 +1771,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         process would crawl (the GUI keeps Python's GIL while it idles).
         """
         if bool(reference) == bool(cases):
-            raise ValueError("Give either a reference folder or a case list.")
+            raise ValueError(_("Give either a reference folder or a case list."))
         if not prediction:
-            raise ValueError("Select the prediction folder.")
+            raise ValueError(_("Select the prediction folder."))
         schema = parse_labels(labels)
         pairing = pair_case_list(cases, prediction) if cases else pair_folders(reference, prediction)
         if not pairing.pairs:
-            raise ValueError(f"No prediction in {prediction} matches a reference case.")
+            raise ValueError(_("No prediction in {prediction} matches a reference case.").format(prediction=prediction))
         arguments = {"pairing": pairing, "labels": schema, "tolerance_mm": tolerance, "resample": resample,
                      "report_folder": reportFolder}
         return startJob("DeepSegmentLib.evaluation_cohort:evaluate_and_report", arguments,
@@ -1878,7 +1900,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             return {}
         case = report.cases[caseIndex]
         if not os.path.isfile(case.reference) or not os.path.isfile(case.prediction):
-            raise ValueError(f"Case {case.case_id} has no reference and prediction files to load.")
+            raise ValueError(_("Case {case_id} has no reference and prediction files to load.").format(
+                case_id=case.case_id))
         for node in self._evaluatedCaseNodes.values():
             if node is not None and slicer.mrmlScene.IsNodePresent(node):
                 slicer.mrmlScene.RemoveNode(node)
@@ -1917,8 +1940,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         SimpleITK or vtk, nor PyTorch (an install that would is refused by pip and changes nothing). The worker
         processes that run models and trainings use this same Python, so they find what is installed here.
         Returns whether the user agreed."""
-        if not confirm(f"{why} Install now? Packages already installed (Slicer's numpy, SimpleITK, PyTorch...) are"
-                       " kept as they are."):
+        if not confirm(why + " " + _("Install now? Packages already installed (Slicer's numpy, SimpleITK,"
+                                     " PyTorch...) are kept as they are.")):
             return False
         pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
         write_text_atomically(pins, "\n".join(pinned_constraints(installed_packages())) + "\n")
@@ -1928,8 +1951,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- training -------------------------------------------------------------------------------------------
 
-    TRAINING_NETWORKS = (("unet", "MONAI U-Net (new)"), ("segresnet", "MONAI SegResNet (new)"),
-                         ("finetune", "Fine-tune a registry model"))
+    TRAINING_NETWORKS = (("unet", _("MONAI U-Net (new)")), ("segresnet", _("MONAI SegResNet (new)")),
+                         ("finetune", _("Fine-tune a registry model")))
     TRAINING_USER_ERRORS = (TrainingError, ValueError, OSError)
     TRAINING_CURVE_COLUMNS = ("Epoch", "Loss", "Validation Dice")
 
@@ -1957,14 +1980,14 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         ``ValueError`` (``TrainingError``) saying what to change.
         """
         if not data:
-            raise ValueError("Select the training data: an export folder or a case list.")
+            raise ValueError(_("Select the training data: an export folder or a case list."))
         if not output:
-            raise ValueError("Select the folder the training is kept in.")
+            raise ValueError(_("Select the folder the training is kept in."))
         if isinstance(network, NetworkSettings):
             networkSettings = network
         elif network == "finetune":
             if not baseModel:
-                raise ValueError("Select the registry model to fine-tune.")
+                raise ValueError(_("Select the registry model to fine-tune."))
             networkSettings = NetworkSettings(base_model=baseModel)
         else:
             networkSettings = NetworkSettings(architecture=network)
@@ -2125,17 +2148,17 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """
         self.stopLive()
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if inputVolumeNode is None:
-            raise ValueError("Select the volume to follow.")
+            raise ValueError(_("Select the volume to follow."))
         if outputNode is not None and outputNode == inputVolumeNode:
-            raise ValueError("The output cannot be the volume that is followed.")
+            raise ValueError(_("The output cannot be the volume that is followed."))
         if not torch_status().installed:
-            raise ValueError("PyTorch is not installed: install it with the PyTorch extension (installTorch()).")
+            raise ValueError(_("PyTorch is not installed: install it with the PyTorch extension (installTorch())."))
         entry, version = self.registry.resolve(modelSpec)
         if "inprocess" not in version.backends:
-            raise ValueError(f"{entry.id} {version.version} runs only in a container; live mode runs models in"
-                             " Slicer's Python.")
+            raise ValueError(_("{id} {version} runs only in a container; live mode runs models in Slicer's"
+                               " Python.").format(id=entry.id, version=version.version))
         installed = self.registry.store.get(entry.id, version.version)
         if installed is not None:
             try:
@@ -2144,8 +2167,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(str(error)) from error
         transformNode = inputVolumeNode.GetParentTransformNode()
         if transformNode is not None and not transformNode.IsTransformToWorldLinear():
-            raise ValueError(f"Volume '{inputVolumeNode.GetName()}' is under a non-linear transform; harden the"
-                             " transform before segmenting it live.")
+            raise ValueError(_("Volume '{name}' is under a non-linear transform; harden the transform before segmenting"
+                               " it live.").format(
+                name=inputVolumeNode.GetName()))
         if outputNode is None:
             name = slicer.mrmlScene.GenerateUniqueName(inputVolumeNode.GetName() + " live labels")
             outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)

@@ -430,7 +430,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             return
         path = qt.QFileDialog.getOpenFileName(
             self.parent, _("Import a model archive"), "",
-            _("Model archives") + " (*.zip *.tar *.tar.gz *.tgz);;" + _("All files") + " (*)")
+            _("Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)"))
         if path:
             self.importPackage(path)
 
