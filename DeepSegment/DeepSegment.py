@@ -1011,7 +1011,7 @@ class LiveSection:
     def exit(self):
         """Leaving the module stops live segmentation: nothing would show its state or stop it otherwise."""
         if self.logic.liveStatus().active:
-            self.logic.stopLive("Stopped: the Deep Segment module was left.")
+            self.logic.stopLive(_("Stopped: the Deep Segment module was left."))
         self._timer.stop()
         self.showStatus()
 
@@ -1388,8 +1388,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         entry = self.registry.find(modelId) if modelId else None
         if entry is None:
             return _("No model selected: add models in the Model Registry module.")
-        labels = ", ".join(label.name for label in entry.labels) or "labels listed in the model package"
-        return f"{entry.description or entry.title} Labels: {labels}."
+        labels = ", ".join(label.name for label in entry.labels) or _("labels listed in the model package")
+        return _("{description} Labels: {labels}.").format(description=entry.description or entry.title, labels=labels)
 
     def inputNames(self, modelId):
         entry = self.registry.find(modelId) if modelId else None
@@ -1544,7 +1544,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def timingSummary(run):
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.result.timings.items())
-        return f"Segmented in {run.seconds:.1f} s on {run.result.device}, {run.result.precision} ({stages})."
+        return _("Segmented in {seconds} s on {device}, {precision} ({stages}).").format(
+            seconds=f"{run.seconds:.1f}", device=run.result.device, precision=run.result.precision, stages=stages)
 
     @staticmethod
     def failureText(task):
@@ -1630,7 +1631,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 raise
         # The batch's own worker processes run the model: this job coordinates them (and must stop them when
         # cancelled, hence its long grace).
-        return startJob("DeepSegmentLib.batch:run_batch", arguments, f"running {modelSpec} on the cases of {source}",
+        logger.info("Batch: %s over the %s at %s into %s: %s", modelSpec, kind, source, outputFolder, settings)
+        return startJob("DeepSegmentLib.batch:run_batch", arguments,
+                        _("running {model} on the cases of {source}").format(model=modelSpec, source=source),
                         sysPath=[_MODULE_FOLDER], cancel_grace=60.0)
 
     def segmentCohort(self, modelSpec, source, outputFolder, **options):
@@ -1780,8 +1783,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("No prediction in {prediction} matches a reference case.").format(prediction=prediction))
         arguments = {"pairing": pairing, "labels": schema, "tolerance_mm": tolerance, "resample": resample,
                      "report_folder": reportFolder}
+        logger.info("Evaluating %d cases (predictions %s) with tolerance %s mm", len(pairing.pairs), prediction,
+                    tolerance)
         return startJob("DeepSegmentLib.evaluation_cohort:evaluate_and_report", arguments,
-                        f"evaluating {len(pairing.pairs)} cases", sysPath=[_MODULE_FOLDER])
+                        _("evaluating {count} cases").format(count=len(pairing.pairs)), sysPath=[_MODULE_FOLDER])
 
     def evaluateCohort(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
                        resample=True, reportFolder=""):
@@ -1888,8 +1893,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                       if result.value == label.value and np.isfinite(result.dice)]
             means.append(f"{label.name} {np.mean(values):.3f}" if values else f"{label.name} –")
         measured = len(report.cases) - len(report.failed)
-        return (f"{measured} case{'s' if measured != 1 else ''} measured, {len(report.failed)} failed. "
-                f"Mean Dice: {', '.join(means)}.")
+        text = _("1 case measured") if measured == 1 else _("{count} cases measured").format(count=measured)
+        return text + _(", {failed} failed. Mean Dice: {means}.").format(failed=len(report.failed),
+                                                                          means=", ".join(means))
 
     def loadEvaluatedCase(self, report, caseIndex):
         """Load case ``caseIndex`` of a cohort report: its image (when the case list gives one), the reference
@@ -1967,7 +1973,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not words:
             return None
         if len(words) != 3 or not all(word.isdigit() and int(word) > 0 for word in words):
-            raise ValueError(f"The patch size must be three whole numbers of voxels (x y z), not {text!r}.")
+            raise ValueError(_("The patch size must be three whole numbers of voxels (x y z), not {text}.").format(
+                text=repr(text)))
         return tuple(int(word) for word in words)
 
     def trainingSettings(self, data, output, network="unet", baseModel="", patchSize="", **options):
@@ -2027,10 +2034,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         settings = data if isinstance(data, TrainingSettings) else self.trainingSettings(data, output, **options)
         missing = self.missingTrainingRequirements(settings)
         if missing:
-            raise ValueError(f"Training a new network needs {', '.join(missing)}: install it first "
-                             "(installTrainingDependencies()), or fine-tune a registry model.")
+            raise ValueError(_("Training a new network needs {packages}: install it first"
+                               " (installTrainingDependencies()), or fine-tune a registry model.").format(
+                packages=", ".join(missing)))
+        logger.info("Training: %s", settings)
         task = startJob("DeepSegmentLib.training:train_job", {"settings": settings},
-                        f"training on {os.path.basename(os.path.normpath(settings.data))}", sysPath=[_MODULE_FOLDER])
+                        _("training on {data}").format(data=os.path.basename(os.path.normpath(settings.data))),
+                        sysPath=[_MODULE_FOLDER])
         task.when_done(lambda done: self.refreshModels() if done.error is None else None)
         return task
 
@@ -2112,9 +2122,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def trainingSummary(result):
         """One paragraph on a finished training (a ``TrainingResult``)."""
         dice = ", ".join(f"{name} {value:.3f}" for name, value in result.test_dice.items() if value is not None)
-        return (f"Added {result.model_id} {result.version} to {result.index}: best epoch {result.best_epoch} of"
-                f" {len(result.history)} ({result.stopped}). Held-out Dice: {dice or 'no test case'}. Write its"
-                " intended use and limitations there.")
+        return _("Added {model} {version} to {index}: best epoch {best} of {epochs} ({stopped}). Held-out Dice:"
+                 " {dice}. Write its intended use and limitations there.").format(
+            model=result.model_id, version=result.version, index=result.index, best=result.best_epoch,
+            epochs=len(result.history), stopped=result.stopped, dice=dice or _("no test case"))
 
     # -- live ------------------------------------------------------------------------------------------------
 
@@ -2182,14 +2193,20 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                             python=slicerPythonOnPath())
         self.live = LiveSession(stream, inputVolumeNode, outputNode)
         self.live.start()
+        logger.info("Live segmentation of %s with %s %s into %s: device %s, threads %s, precision %s, quality %s,"
+                    " frames of %s voxels", inputVolumeNode.GetName(), entry.id, version.version, outputNode.GetName(),
+                    device, threads or "auto", precision, quality, warmShape)
         return outputNode
 
-    def stopLive(self, message="Stopped."):
+    def stopLive(self, message=None):
         """Stop live segmentation (the worker process ends, its shared memory is freed; the output keeps the last
-        labels); returns the final status, or None when it was not running."""
+        labels); ``message`` (default "Stopped.") is its final status text; returns the final status, or None when
+        it was not running."""
         if self.live is None or not self.live.statistics().active:
             return None
-        return self.live.stop(message)
+        status = self.live.stop(message or _("Stopped."))
+        logger.info("Live segmentation stopped (%s): %s", message or "by the user", status.summary())
+        return status
 
     def liveStatus(self):
         """Where live segmentation stands (DeepSegmentLib ``LiveStatistics``: ``state``, ``message``, ``received``,
