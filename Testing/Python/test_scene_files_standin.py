@@ -40,7 +40,9 @@ def test_a_saved_scene_brings_back_parameters_references_and_volumes(clean_scene
     node.SetNodeReferenceID("inputVolume", volume.GetID())
     path = str(tmp_path / ("scene" + suffix if suffix else "bundle-folder"))
 
+    workingFolder = os.getcwd()
     assert slicer.util.saveScene(path)
+    assert os.getcwd() == workingFolder
     slicer.mrmlScene.Clear(0)
     assert _parameterNode().GetParameter("quality") == ""  # closing resets the singleton
     assert not slicer.mrmlScene.GetNodesByName("Patient CT").GetNumberOfItems()
@@ -66,8 +68,10 @@ def test_loading_a_scene_with_clear_replaces_the_scene(clean_scene, tmp_path):
 def test_a_file_that_is_not_a_bundle_fails_to_load(clean_scene, tmp_path):
     path = tmp_path / "broken.mrb"
     path.write_bytes(b"not a zip")
+    workingFolder = os.getcwd()
     with pytest.raises(RuntimeError):
         slicer.util.loadScene(str(path))
+    assert os.getcwd() == workingFolder  # Slicer's unpacking changed it
 
 
 def test_translation_functions_return_the_text_with_no_translation_loaded():

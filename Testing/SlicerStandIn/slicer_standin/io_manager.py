@@ -93,6 +93,9 @@ class CoreIOManager:
             return bool(self._scene.Connect() if clear else self._scene.Import()) or self._fail(
                 userMessages, f"Reading the scene failed: {fileName}")
         unpackFolder = tempfile.mkdtemp(prefix="__BundleLoadTemp")
+        # vtkMRMLApplicationLogic::UnpackSlicerDataBundle changes the working folder into the unpacked one, and
+        # leaves it there when the file is no bundle: the folder is restored before the unpacked one is removed.
+        workingFolder = os.getcwd()
         try:
             sceneFile = self._application_logic.UnpackSlicerDataBundle(fileName, unpackFolder)
             if not sceneFile:
@@ -100,6 +103,7 @@ class CoreIOManager:
             self._scene.SetURL(sceneFile)
             loaded = self._scene.Connect() if clear else self._scene.Import()
         finally:
+            os.chdir(workingFolder)
             shutil.rmtree(unpackFolder, ignore_errors=True)
         # The unpacked folder is gone: the scene now points where the bundle is.
         bundleFolder = os.path.dirname(fileName)
@@ -118,12 +122,14 @@ class CoreIOManager:
             os.makedirs(fileName, exist_ok=True)
             return bool(applicationLogic.SaveSceneToSlicerDataBundleDirectory(fileName, None, userMessages))
         packFolder = tempfile.mkdtemp(prefix="__BundleSaveTemp")
+        workingFolder = os.getcwd()
         try:
             bundleFolder = os.path.join(packFolder, os.path.splitext(os.path.basename(fileName))[0])
             os.mkdir(bundleFolder)
             saved = applicationLogic.SaveSceneToSlicerDataBundleDirectory(bundleFolder, None, userMessages)
             zipped = saved and applicationLogic.Zip(fileName, bundleFolder)
         finally:
+            os.chdir(workingFolder)  # as when loading: the working folder must not be left in a removed one
             shutil.rmtree(packFolder, ignore_errors=True)
         return bool(zipped) or self._fail(userMessages, f"Writing the scene bundle failed: {fileName}")
 
