@@ -1,7 +1,9 @@
 import importlib
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -13,6 +15,8 @@ import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -49,9 +53,11 @@ from DeepSegmentLib.container_runtime import ContainerRuntimeNotFoundError, find
 from ModelRegistry import (
     JobPoller,
     ModelRegistryLogic,
+    ParameterNodeBinding,
     addLabelSegment,
     importLabelMap,
     runJob,
+    setMissingParameters,
     slicerPythonOnPath,
     startJob,
     waitForJob,
@@ -80,6 +86,8 @@ from TrainingDataExport import segmentTerminologyEntry
 from TrainingDataExportLib import PRE_ANNOTATED, TO_DO
 
 _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# Slicer routes the root logger to its log (Help > Report a bug collects it): runs, their settings and timings.
+logger = logging.getLogger(__name__)
 
 # Slicer's PyTorch extension (github.com/fepegar/SlicerPyTorch, "PyTorch" in the Extensions Index, a dependency
 # of this extension) and its module that installs PyTorch.
@@ -108,11 +116,11 @@ class DeepSegment(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Deep Segment"
-        self.parent.categories = ["Deep Learning"]
+        self.parent.title = _("Deep Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
         self.parent.dependencies = ["ModelRegistry", "TrainingDataExport"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segment volumes with a deep-learning model from the model registry, on a GPU or the CPU."
             " Pick a model: its inputs are pre-filled from the volumes' names. Apply installs the model if"
             " needed (verified download), runs it in the background with progress and Cancel, and makes a"
@@ -126,7 +134,7 @@ class DeepSegment(ScriptedLoadableModule):
             " MONAI network or a registry model fine-tuned, validated on held-out patients, added to a local"
             " registry index with its card."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Part of the SlicerDeepLearning extension. Its engine learns from MONAI, nnU-Net and"
             " SlicerMONAIAuto3DSeg; its container models from DeepInfer."
         )
@@ -145,12 +153,14 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.logic = None
         self.ui = None
         self.inputSelectors = []
+        self.inputParameterNames = []  # the parameter node's references of the inputSelectors
         self.parameterWidgets = {}
         self.poller = None
         self.batchSection = None
         self.evaluateSection = None
         self.trainSection = None
         self.liveSection = None
+        self.parameters = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -159,12 +169,15 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.ui.outputSelector.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepSegmentLogic()
+        # The panel's settings, saved with the scene; the sections bind theirs too.
+        self.parameters = ParameterNodeBinding(lambda: self.logic.getParameterNode(),
+                                               lambda node: self.logic.setDefaultParameters(node))
         self.updateDeviceSelector()
         # Devices are listed in a worker process (importing PyTorch here would block the GUI for seconds).
         self.devicePoller = JobPoller(lambda progress: None, self.onDevicesListed)
         self.devicePoller.follow(self.logic.devicesTask())
         for quality in DeepSegmentLogic.QUALITIES:
-            self.ui.qualitySelector.addItem(quality.capitalize(), quality)
+            self.ui.qualitySelector.addItem(DeepSegmentLogic.qualityLabel(quality), quality)
         self.ui.qualitySelector.setCurrentIndex(self.ui.qualitySelector.findData(DeepSegmentLogic.DEFAULT_QUALITY))
         for precision, label in DeepSegmentLogic.PRECISION_LABELS.items():
             self.ui.precisionSelector.addItem(label, precision)
@@ -186,10 +199,17 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(self.trainSection.widget)
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
+        for name, widget in (("model", self.ui.modelSelector), ("backend", self.ui.backendSelector),
+                             ("device", self.ui.deviceSelector), ("quality", self.ui.qualitySelector),
+                             ("precision", self.ui.precisionSelector), ("threads", self.ui.threadsSpinBox),
+                             ("outputSegmentation", self.ui.outputSelector)):
+            self.parameters.bind(name, widget)
         self.updateModelList()
         self.onDeviceChanged()
+        self.parameters.initialize()
 
     def cleanup(self):
+        self.parameters.cleanup()
         self.poller.stop()
         self.devicePoller.stop()
         # The model service's workers hold networks (and GPU memory): they stop with the panel.
@@ -200,6 +220,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         self.liveSection.cleanup()
 
     def enter(self):
+        self.parameters.initialize()
         self.prefillInputs()
         self.liveSection.enter()
 
@@ -217,10 +238,15 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         index = self.ui.modelSelector.findData(current) if current else -1
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
         self.ui.modelSelector.blockSignals(False)
+        self.parameters.refresh("model")  # the scene's model, where the registry lists it
         self.onModelChanged()
 
     def onModelChanged(self, _index=None):
-        """Rebuild one volume selector per model input, pre-filled by the input's name pattern."""
+        """Rebuild one volume selector per model input, pre-filled by the input's name pattern (after the volume
+        the scene's parameter node names for that input)."""
+        for parameterName in self.inputParameterNames:
+            self.parameters.unbind(parameterName)
+        self.inputParameterNames = []
         for selector in self.inputSelectors:
             selector.setParent(None)
             selector.deleteLater()
@@ -235,6 +261,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         for backend, label in self.logic.backendChoices(modelId):
             self.ui.backendSelector.addItem(label, backend)
         self.ui.backendSelector.blockSignals(False)
+        self.parameters.refresh("backend")
         self.onBackendChanged()
         for name in self.logic.inputNames(modelId):
             selector = slicer.qMRMLNodeComboBox()
@@ -244,10 +271,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             selector.addEnabled = False
             selector.removeEnabled = False
             selector.setMRMLScene(slicer.mrmlScene)
-            selector.toolTip = f"Volume for the model's '{name}' input"
+            selector.toolTip = _("Volume for the model's '{input}' input").format(input=name)
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApplyState)
-            layout.addRow(f"{name}:", selector)
+            layout.addRow(_("{input}:").format(input=name), selector)
             self.inputSelectors.append(selector)
+            self.inputParameterNames.append(DeepSegmentLogic.inputParameterName(name))
+            self.parameters.bind(self.inputParameterNames[-1], selector)
         self.prefillInputs()
 
     def onBackendChanged(self, _index=None):
@@ -352,6 +381,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
             selector.addItem(label, request)
         selector.setCurrentIndex(max(0, selector.findData(chosen)))
         selector.blockSignals(False)
+        self.parameters.refresh("device")  # the scene's device, where this computer has it
         self.onDeviceChanged()
 
     def onDevicesListed(self, task):
@@ -363,9 +393,9 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def onDeviceChanged(self, _index=None):
         if self.logic.knownDevices() is None:
-            self.ui.deviceInfoLabel.text = "Looking for compute devices…"
+            self.ui.deviceInfoLabel.text = _("Looking for compute devices…")
             return
-        with slicer.util.tryWithErrorDisplay("The device is not available."):
+        with slicer.util.tryWithErrorDisplay(_("The device is not available.")):
             self.ui.deviceInfoLabel.text = self.logic.chooseDevice(self.ui.deviceSelector.currentData).description
 
     def updateApplyState(self, _unused=None):
@@ -381,14 +411,14 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
     def onApplyOrCancel(self):
         if self.poller.busy:
             self.poller.cancel()
-            self.ui.stageLabel.text = "Cancelling…"
+            self.ui.stageLabel.text = _("Cancelling…")
             return
         backend = self.ui.backendSelector.currentData or "auto"
         inContainer = backend == "container"
         if not inContainer and not self.torchReady():
             return
         if not inContainer and self.logic.knownDevices() is None:
-            self.ui.stageLabel.text = "Looking for compute devices…"
+            self.ui.stageLabel.text = _("Looking for compute devices…")
             self.ui.applyButton.enabled = False  # no second click while waiting
             try:
                 self.logic.devices()  # waits for the listing, keeping Slicer responsive
@@ -396,9 +426,9 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 self.ui.applyButton.enabled = True
         if not inContainer and not self.logic.installRuntimeDependencies(self.ui.modelSelector.currentData,
                                                                          slicer.util.confirmOkCancelDisplay):
-            self.ui.stageLabel.text = "The model's runtime needs packages that are not installed."
+            self.ui.stageLabel.text = _("The model's runtime needs packages that are not installed.")
             return
-        with slicer.util.tryWithErrorDisplay("Segmentation could not start."):
+        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start.")):
             if inContainer:
                 self.logic.setContainerSettings(self.containerSettings())
             task = self.poller.follow(self.logic.segmentationTask(
@@ -411,7 +441,7 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
                 backend=backend,
                 parameters=self.parameterValues() if inContainer else None,
             ))
-            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.text = _("Cancel")
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.timingLabel.text = ""
@@ -422,18 +452,18 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         try:
             if self.logic.installTorch(askConfirmation=True):
                 return True
-            self.ui.stageLabel.text = "PyTorch is needed to run models in Slicer's Python: it was not installed."
+            self.ui.stageLabel.text = _("PyTorch is needed to run models in Slicer's Python: it was not installed.")
         except PyTorchExtensionMissingError as error:
-            self.ui.stageLabel.text = "PyTorch is needed: install Slicer's PyTorch extension."
+            self.ui.stageLabel.text = _("PyTorch is needed: install Slicer's PyTorch extension.")
             slicer.util.errorDisplay(str(error))  # in testing mode, only logged
         except Exception as error:  # the extension's installer failed (network, disk, files in use...)
-            self.ui.stageLabel.text = "PyTorch could not be installed."
-            slicer.util.errorDisplay(f"PyTorch could not be installed: {error}")
+            self.ui.stageLabel.text = _("PyTorch could not be installed.")
+            slicer.util.errorDisplay(_("PyTorch could not be installed: {error}").format(error=error))
         return False
 
     def showProgress(self, step):
         self.ui.progressBar.value = int((step.fraction or 0.0) * 100)
-        self.ui.stageLabel.text = "Cancelling…" if self.poller.task.cancel_requested else step.text
+        self.ui.stageLabel.text = _("Cancelling…") if self.poller.task.cancel_requested else step.text
 
     def onLog(self, record):
         """Lines the run logged (a container's output); what the worker printed on its error output is only
@@ -443,12 +473,12 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
 
     def onTaskFinished(self, task):
         """The result is applied to the scene here, on the main thread."""
-        self.ui.applyButton.text = "Apply"
+        self.ui.applyButton.text = _("Apply")
         self.ui.progressBar.visible = False
         if task.state == "succeeded":
             segmentation = self.logic.applyResult(task.result, self.ui.outputSelector.currentNode())
             self.ui.outputSelector.setCurrentNode(segmentation)
-            self.ui.stageLabel.text = "Done."
+            self.ui.stageLabel.text = _("Done.")
             self.ui.timingLabel.text = self.logic.timingSummary(task.result)
             self.log(self.ui.timingLabel.text)
         else:
@@ -467,6 +497,14 @@ class BatchSection:
     """The panel's "Run on all cases" section: the model, device, quality and precision chosen above, run over a case
     list, a folder of images or of DICOM series (here or on a Ray cluster), in the background with progress, the time
     left and Cancel; the summary lists failed cases with their reasons. Decisions are the Logic's."""
+
+    # The section's settings in the panel's parameter node (saved with the scene): parameter -> widget.
+    PARAMETERS = types.MappingProxyType({
+        "batchSource": "batchSourceKindSelector", "batchCaseList": "batchCaseListPathLineEdit",
+        "batchFolder": "batchFolderPathLineEdit", "batchOutputFolder": "batchOutputPathLineEdit",
+        "batchFormat": "batchFormatSelector", "batchCaseFilter": "batchCaseFilterLineEdit",
+        "batchNotAnnotated": "batchNotAnnotatedCheckBox", "batchPreAnnotate": "batchPreAnnotateCheckBox",
+        "batchWorkers": "batchWorkersSpinBox", "batchRayAddress": "batchRayAddressLineEdit"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -487,6 +525,7 @@ class BatchSection:
         owner.ui.modelSelector.connect("currentIndexChanged(int)", self.updateState)
         ui.batchRunButton.connect("clicked(bool)", self.onRunOrCancel)
         ui.batchEvaluateButton.connect("clicked(bool)", self.onEvaluate)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateState()
 
     @property
@@ -517,7 +556,7 @@ class BatchSection:
         ui, panel = self.ui, self.owner.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.batchStatusLabel.text = "Cancelling: the running cases stop, the results computed are kept…"
+            ui.batchStatusLabel.text = _("Cancelling: the running cases stop, the results computed are kept…")
             return
         fromCaseList = self.kind() == "cases"
         try:
@@ -532,15 +571,15 @@ class BatchSection:
                 preAnnotate=fromCaseList and ui.batchPreAnnotateCheckBox.checked,
                 rayAddress=ui.batchRayAddressLineEdit.text)
         except DeepSegmentLogic.BATCH_USER_ERRORS as error:
-            ui.batchStatusLabel.text = f"The batch could not start: {error}"
+            ui.batchStatusLabel.text = _("The batch could not start: {error}").format(error=error)
             return
         self.summary = None
         self.poller.follow(task)
-        ui.batchRunButton.text = "Cancel"
+        ui.batchRunButton.text = _("Cancel")
         ui.batchProgressBar.visible = True
         ui.batchProgressBar.value = 0
         ui.batchSummaryText.clear()
-        ui.batchStatusLabel.text = "Starting…"
+        ui.batchStatusLabel.text = _("Starting…")
         self.updateState()
 
     def showProgress(self, progress):
@@ -554,15 +593,16 @@ class BatchSection:
 
     def onFinished(self, task):
         ui = self.ui
-        ui.batchRunButton.text = "Run on all cases"
+        ui.batchRunButton.text = _("Run on all cases")
         ui.batchProgressBar.visible = False
         if task.state == "succeeded":
             self.summary = task.result
             self.logic.refreshAnnotationCaseList(self.summary)
-            ui.batchStatusLabel.text = "Cancelled; run again to go on." if self.summary.cancelled else "Finished."
+            ui.batchStatusLabel.text = _("Cancelled; run again to go on.") if self.summary.cancelled else _("Finished.")
             ui.batchSummaryText.setPlainText(self.summary.text())
         else:
-            ui.batchStatusLabel.text = "Cancelled." if task.state == "cancelled" else f"The batch failed: {task.error}"
+            ui.batchStatusLabel.text = (_("Cancelled.") if task.state == "cancelled"
+                                        else _("The batch failed: {error}").format(error=task.error))
         self.updateState()
 
     def onEvaluate(self):
@@ -582,7 +622,14 @@ class EvaluateSection:
     measured against each other; results in a table node and a plot chart node, and a list of cases (lowest
     Dice first) where selecting one loads it. Decisions are the Logic's; cohorts run in the background."""
 
-    MODES = (("nodes", "Two segmentations"), ("folders", "Two folders"), ("cases", "Case list and folder"))
+    MODES = (("nodes", _("Two segmentations")), ("folders", _("Two folders")), ("cases", _("Case list and folder")))
+    PARAMETERS = types.MappingProxyType({
+        "evaluateMode": "evaluateModeSelector", "evaluateReference": "referenceSegmentationSelector",
+        "evaluatePrediction": "predictionSegmentationSelector",
+        "evaluateReferenceFolder": "referenceFolderPathLineEdit", "evaluateCaseList": "caseListPathLineEdit",
+        "evaluatePredictionFolder": "predictionFolderPathLineEdit",
+        "evaluateLabels": "evaluateLabelsLineEdit", "evaluateTolerance": "toleranceSpinBox",
+        "evaluateReportFolder": "reportFolderPathLineEdit"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -600,13 +647,14 @@ class EvaluateSection:
             ui.evaluateModeSelector.addItem(label, mode)
         ui.toleranceSpinBox.value = DEFAULT_TOLERANCE_MM
         ui.evaluateCaseTable.setColumnCount(len(DeepSegmentLogic.EVALUATION_CASE_COLUMNS))
-        ui.evaluateCaseTable.setHorizontalHeaderLabels(DeepSegmentLogic.EVALUATION_CASE_COLUMNS)
+        ui.evaluateCaseTable.setHorizontalHeaderLabels(DeepSegmentLogic.evaluationColumnTitles())
         ui.evaluateProgressBar.visible = False
         ui.evaluateModeSelector.connect("currentIndexChanged(int)", self.updateState)
         for pathLineEdit in (ui.referenceFolderPathLineEdit, ui.caseListPathLineEdit, ui.predictionFolderPathLineEdit):
             pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
         ui.evaluateButton.connect("clicked(bool)", self.onEvaluateOrCancel)
         ui.evaluateCaseTable.connect("itemSelectionChanged()", self.onCaseSelected)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateState()
 
     @property
@@ -642,7 +690,7 @@ class EvaluateSection:
         ui = self.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.evaluateStatusLabel.text = "Cancelling…"
+            ui.evaluateStatusLabel.text = _("Cancelling…")
             return
         try:
             if self.mode() == "nodes":
@@ -658,26 +706,26 @@ class EvaluateSection:
                                              tolerance=ui.toleranceSpinBox.value,
                                              reportFolder=ui.reportFolderPathLineEdit.currentPath)
         except DeepSegmentLogic.EVALUATION_USER_ERRORS as error:
-            ui.evaluateStatusLabel.text = f"Evaluation could not start: {error}"
+            ui.evaluateStatusLabel.text = _("Evaluation could not start: {error}").format(error=error)
             return
         self.poller.follow(task)
-        ui.evaluateButton.text = "Cancel"
+        ui.evaluateButton.text = _("Cancel")
         ui.evaluateProgressBar.visible = True
         ui.evaluateProgressBar.value = 0
-        ui.evaluateStatusLabel.text = "Evaluating…"
+        ui.evaluateStatusLabel.text = _("Evaluating…")
 
     def showProgress(self, progress):
         self.ui.evaluateProgressBar.value = int(progress.fraction * 100)
         self.ui.evaluateStatusLabel.text = progress.text
 
     def onFinished(self, task):
-        self.ui.evaluateButton.text = "Evaluate"
+        self.ui.evaluateButton.text = _("Evaluate")
         self.ui.evaluateProgressBar.visible = False
         if task.state == "succeeded":
             self.showReport(task.result)
         else:
-            self.ui.evaluateStatusLabel.text = ("Cancelled." if task.state == "cancelled"
-                                                else f"Evaluation failed: {task.error}")
+            self.ui.evaluateStatusLabel.text = (_("Cancelled.") if task.state == "cancelled"
+                                                else _("Evaluation failed: {error}").format(error=task.error))
         self.updateState()
 
     def showReport(self, report):
@@ -690,7 +738,7 @@ class EvaluateSection:
         table.blockSignals(True)
         table.clearContents()
         table.setRowCount(len(rows))
-        for rowIndex, (_, cells) in enumerate(rows):
+        for rowIndex, (_caseIndex, cells) in enumerate(rows):
             for columnIndex, text in enumerate(cells):
                 table.setItem(rowIndex, columnIndex, qt.QTableWidgetItem(text))
         table.blockSignals(False)
@@ -701,7 +749,7 @@ class EvaluateSection:
         if not rows or self.report is None:
             return
         caseIndex = self.logic.evaluationCaseRows(self.report)[rows[0]][0]
-        with slicer.util.tryWithErrorDisplay("The case could not be loaded."):
+        with slicer.util.tryWithErrorDisplay(_("The case could not be loaded.")):
             self.logic.loadEvaluatedCase(self.report, caseIndex)
 
     def cleanup(self):
@@ -714,7 +762,17 @@ class TrainSection:
     the loss and validation Dice plotted as epochs end (a plot view of table and chart nodes in the scene), and
     Cancel. Decisions are the Logic's; what the section holds is what the user picked."""
 
-    DATA_KINDS = (("export", "Export folder"), ("cases", "Case list"))
+    DATA_KINDS = (("export", _("Export folder")), ("cases", _("Case list")))
+    PARAMETERS = types.MappingProxyType({
+        "trainData": "trainDataSelector", "trainExportFolder": "trainExportPathLineEdit",
+        "trainCaseList": "trainCaseListPathLineEdit", "trainOutputFolder": "trainOutputPathLineEdit",
+        "trainNetwork": "trainNetworkSelector", "trainBaseModel": "trainBaseModelSelector",
+        "trainPatchSize": "trainPatchLineEdit", "trainLabelSchema": "trainLabelsPathLineEdit",
+        "trainEpochs": "trainEpochsSpinBox", "trainStepsPerEpoch": "trainStepsSpinBox",
+        "trainBatchSize": "trainBatchSpinBox", "trainLearningRate": "trainLearningRateSpinBox",
+        "trainPatience": "trainPatienceSpinBox", "trainDevice": "trainDeviceSelector",
+        "trainPrecision": "trainPrecisionSelector", "trainSeed": "trainSeedSpinBox",
+        "trainRegistry": "trainRegistryPathLineEdit", "trainModelId": "trainModelIdLineEdit"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -744,6 +802,7 @@ class TrainSection:
         for pathLineEdit in (ui.trainExportPathLineEdit, ui.trainCaseListPathLineEdit, ui.trainOutputPathLineEdit):
             pathLineEdit.connect("currentPathChanged(QString)", self.updateState)
         ui.trainButton.connect("clicked(bool)", self.onTrainOrCancel)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateModels()
 
     @property
@@ -763,6 +822,7 @@ class TrainSection:
         for modelId, label in self.logic.fineTuningChoices():
             selector.addItem(label, modelId)
         selector.setCurrentIndex(max(selector.findData(current), 0) if current else 0)
+        self.owner.parameters.refresh("trainBaseModel")
         self.updateState()
 
     def updateState(self, _unused=None):
@@ -798,7 +858,7 @@ class TrainSection:
         ui = self.ui
         if self.poller.busy:
             self.poller.cancel()
-            ui.trainStatusLabel.text = "Cancelling…"
+            ui.trainStatusLabel.text = _("Cancelling…")
             return
         try:
             settings = self.logic.trainingSettings(self.dataPath(), ui.trainOutputPathLineEdit.currentPath,
@@ -807,16 +867,16 @@ class TrainSection:
                 return
             task = self.logic.trainingTask(settings)
         except DeepSegmentLogic.TRAINING_USER_ERRORS as error:
-            ui.trainStatusLabel.text = f"Training could not start: {error}"
+            ui.trainStatusLabel.text = _("Training could not start: {error}").format(error=error)
             return
         self.tableNode, self.chartNode = self.logic.trainingCurveNodes(self.tableNode, self.chartNode)
         self.logic.showTrainingCurves(self.plotView, self.chartNode)
         ui.trainPlotFrame.visible = True
         self.poller.follow(task)
-        ui.trainButton.text = "Cancel"
+        ui.trainButton.text = _("Cancel")
         ui.trainProgressBar.visible = True
         ui.trainProgressBar.value = 0
-        ui.trainStatusLabel.text = "Starting…"
+        ui.trainStatusLabel.text = _("Starting…")
 
     def dependenciesReady(self, settings):
         """Whether what the training needs is installed, after offering to install it (MONAI for a new network)."""
@@ -825,12 +885,13 @@ class TrainSection:
             return True
         if self.logic.installTrainingDependencies(missing):
             return True
-        self.ui.trainStatusLabel.text = f"Training a new network needs {', '.join(missing)}: it was not installed."
+        self.ui.trainStatusLabel.text = _("Training a new network needs {packages}: it was not installed.").format(
+            packages=", ".join(missing))
         return False
 
     def showProgress(self, progress):
         self.ui.trainProgressBar.value = int((progress.fraction or 0.0) * 100)
-        self.ui.trainStatusLabel.text = "Cancelling…" if self.poller.task.cancel_requested else progress.text
+        self.ui.trainStatusLabel.text = _("Cancelling…") if self.poller.task.cancel_requested else progress.text
 
     def onLog(self, record):
         """Each finished epoch adds a row to the curves' table."""
@@ -840,7 +901,7 @@ class TrainSection:
 
     def onFinished(self, task):
         ui = self.ui
-        ui.trainButton.text = "Train"
+        ui.trainButton.text = _("Train")
         ui.trainProgressBar.visible = False
         if task.state == "succeeded":
             ui.trainStatusLabel.text = self.logic.trainingSummary(task.result)
@@ -849,9 +910,9 @@ class TrainSection:
             modelSelector = self.owner.ui.modelSelector
             modelSelector.setCurrentIndex(max(modelSelector.findData(task.result.model_id), 0))
         elif task.state == "cancelled":
-            ui.trainStatusLabel.text = "Cancelled. Train again with the same settings and folder to continue."
+            ui.trainStatusLabel.text = _("Cancelled. Train again with the same settings and folder to continue.")
         else:
-            ui.trainStatusLabel.text = f"Training failed: {task.error}"
+            ui.trainStatusLabel.text = _("Training failed: {error}").format(error=task.error)
         self.updateState()
 
     def cleanup(self):
@@ -865,6 +926,9 @@ class LiveSection:
     so a session started from the console shows here too."""
 
     REFRESH_MSEC = 250
+    PARAMETERS = types.MappingProxyType({
+        "liveModel": "liveModelSelector", "liveInput": "liveInputSelector", "liveOutput": "liveOutputSelector",
+        "liveDevice": "liveDeviceSelector", "liveThreads": "liveThreadsSpinBox"})
 
     def __init__(self, owner):
         self.owner = owner  # the panel: its logic may be replaced (tests do)
@@ -879,6 +943,7 @@ class LiveSection:
         self._timer = qt.QTimer()
         self._timer.setInterval(self.REFRESH_MSEC)
         self._timer.connect("timeout()", self.showStatus)
+        owner.parameters.bindWidgets(ui, self.PARAMETERS)
         self.updateChoices()
 
     @property
@@ -896,6 +961,8 @@ class LiveSection:
                 selector.addItem(label, value)
             selector.setCurrentIndex(max(selector.findData(current) if current else -1, 0))
             selector.blockSignals(False)
+        for name in ("liveModel", "liveDevice"):
+            self.owner.parameters.refresh(name)
         self.showStatus()
 
     def updateState(self, _unused=None):
@@ -903,7 +970,7 @@ class LiveSection:
         for widget in (self.ui.liveModelSelector, self.ui.liveInputSelector, self.ui.liveOutputSelector,
                        self.ui.liveDeviceSelector, self.ui.liveThreadsSpinBox):
             widget.enabled = not active
-        self.ui.liveStartButton.text = "Stop" if active else "Start"
+        self.ui.liveStartButton.text = _("Stop") if active else _("Start")
         self.ui.liveStartButton.enabled = active or (
             bool(self.ui.liveModelSelector.currentData) and self.ui.liveInputSelector.currentNode() is not None)
 
@@ -921,7 +988,7 @@ class LiveSection:
                                           ui.liveOutputSelector.currentNode(), device=ui.liveDeviceSelector.currentData,
                                           threads=ui.liveThreadsSpinBox.value or None)
         except DeepSegmentLogic.LIVE_USER_ERRORS as error:
-            self.ui.liveStatusLabel.text = f"Live segmentation could not start: {error}"
+            self.ui.liveStatusLabel.text = _("Live segmentation could not start: {error}").format(error=error)
             return
         self.ui.liveOutputSelector.setCurrentNode(output)
         self._timer.start()
@@ -929,7 +996,8 @@ class LiveSection:
 
     def showStatus(self):
         status = self.logic.liveStatus()
-        self.ui.liveStatusLabel.text = status.message + (f" Frames skipped: {status.problem}" if status.problem else "")
+        skipped = " " + _("Frames skipped: {reason}").format(reason=status.problem) if status.problem else ""
+        self.ui.liveStatusLabel.text = status.message + skipped
         self.ui.liveStatisticsLabel.text = status.summary() if status.received else ""
         if not status.active:
             self._timer.stop()
@@ -943,7 +1011,7 @@ class LiveSection:
     def exit(self):
         """Leaving the module stops live segmentation: nothing would show its state or stop it otherwise."""
         if self.logic.liveStatus().active:
-            self.logic.stopLive("Stopped: the Deep Segment module was left.")
+            self.logic.stopLive(_("Stopped: the Deep Segment module was left."))
         self._timer.stop()
         self.showStatus()
 
@@ -1154,12 +1222,16 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     QUALITIES = tuple(QUALITY_PRESETS)  # fast, accurate, exact
     DEFAULT_QUALITY = DEFAULT_QUALITY
     BACKEND_LABELS = types.MappingProxyType(
-        {"inprocess": "Slicer's Python", "container": "Container (Docker or Podman)"}
+        {"inprocess": _("Slicer's Python"), "container": _("Container (Docker or Podman)")}
     )
     CONTAINER_SETTINGS = "DeepLearning/Container/"
     PRECISION_LABELS = types.MappingProxyType(
-        {"auto": "Automatic (faster where the hardware allows)", "float32": "Full (float32)"}
+        {"auto": _("Automatic (faster where the hardware allows)"), "float32": _("Full (float32)")}
     )
+
+    # The panel's settings saved with the scene (its parameter node) that have a default before any choice.
+    PARAMETER_DEFAULTS = types.MappingProxyType({"device": "auto", "quality": DEFAULT_QUALITY, "precision": "auto",
+                                                 "threads": "0", "backend": "auto"})
 
     # The compute devices, listed once per session in a worker process (devicesTask) for every logic.
     _deviceListing = None
@@ -1174,6 +1246,25 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         self._runtimeDescriptions = {}
         self._evaluatedCaseNodes = {}  # role -> node of the evaluated case on show
         self.live = None  # the LiveSession of startLive (kept after it ends: its final status)
+
+    def setDefaultParameters(self, parameterNode):
+        """Set the panel's settings that ``parameterNode`` lacks to their defaults."""
+        setMissingParameters(parameterNode, self.PARAMETER_DEFAULTS)
+
+    @staticmethod
+    def qualityLabel(quality):
+        """A quality preset's name as the panel shows it."""
+        return {"exact": _("Exact"), "accurate": _("Accurate"), "fast": _("Fast")}.get(quality, quality.capitalize())
+
+    @staticmethod
+    def inputParameterName(inputName):
+        """The parameter node's reference to the volume chosen for a model's input ``inputName``: a reference role
+        (MRML files write references as ``role:ids;``, so only letters, digits and ``_`` are kept).
+
+        >>> DeepSegmentLogic.inputParameterName("T1 (contrast)")
+        'inputVolume_T1__contrast_'
+        """
+        return "inputVolume_" + re.sub(r"\W", "_", inputName, flags=re.ASCII)
 
     # -- devices --------------------------------------------------------------------------------------------
 
@@ -1227,8 +1318,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         while the devices are being listed (never waits)."""
         devices = self.knownDevices()
         if devices is None:
-            return [("auto", "Automatic (looking for GPUs…)"), ("cpu", cpu_device().description)]
-        automatic = ("auto", "Automatic (" + choose_device("auto", devices).description + ")")
+            return [("auto", _("Automatic (looking for GPUs…)")), ("cpu", cpu_device().description)]
+        automatic = ("auto", _("Automatic ({device})").format(device=choose_device("auto", devices).description))
         return [automatic] + [(device.torch_name, device.description) for device in devices]
 
     # -- models ---------------------------------------------------------------------------------------------
@@ -1237,20 +1328,20 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """(model id, label) of every model in the registry; image-only models say they run in a container."""
         choices = []
         for model in self.registry.models():
-            state = self.registry.state(model.id) if model.latest_release.files else "container"
-            choices.append((model.id, f"{model.title} ({state})"))
+            state = self.registry.state(model.id) if model.latest_release.files else _("container")
+            choices.append((model.id, _("{title} ({state})").format(title=model.title, state=state)))
         return choices
 
     def backendChoices(self, modelSpec):
         """(backend, label) pairs the model's version offers: in Slicer's Python first, then its container."""
         if not modelSpec:
             return []
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         return [(backend, self.BACKEND_LABELS[backend]) for backend in version.backends]
 
     def imageParameters(self, modelSpec):
         """The typed parameters of the model's container image (ModelRegistryLib ``ImageParameter``)."""
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         return version.image.parameters if version.image is not None else ()
 
     @classmethod
@@ -1296,9 +1387,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def modelSummary(self, modelId):
         entry = self.registry.find(modelId) if modelId else None
         if entry is None:
-            return "No model selected: add models in the Model Registry module."
-        labels = ", ".join(label.name for label in entry.labels) or "labels listed in the model package"
-        return f"{entry.description or entry.title} Labels: {labels}."
+            return _("No model selected: add models in the Model Registry module.")
+        labels = ", ".join(label.name for label in entry.labels) or _("labels listed in the model package")
+        return _("{description} Labels: {labels}.").format(description=entry.description or entry.title, labels=labels)
 
     def inputNames(self, modelId):
         entry = self.registry.find(modelId) if modelId else None
@@ -1330,8 +1421,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if transformNode is not None:
             if not transformNode.IsTransformToWorldLinear():
                 raise ValueError(
-                    f"Volume '{volumeNode.GetName()}' is under a non-linear transform; harden the transform"
-                    " (Data module, right-click the transform) before segmenting it."
+                    _("Volume '{name}' is under a non-linear transform; harden the transform (Data module, right-click "
+                      "the transform) before segmenting it.").format(
+                        name=volumeNode.GetName())
                 )
             toWorld = vtk.vtkMatrix4x4()
             transformNode.GetMatrixTransformToWorld(toWorld)
@@ -1350,14 +1442,15 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def geometrySummary(self, volumeNode):
         """One line on the input grid as the engine sees it, or what to do when there is no input."""
         if volumeNode is None:
-            return "Select an input volume."
+            return _("Select an input volume.")
         if volumeNode.GetImageData() is None:
-            return f"Volume '{volumeNode.GetName()}' has no voxels."
+            return _("Volume '{name}' has no voxels.").format(name=volumeNode.GetName())
         image = self.imageFromVolumeNode(volumeNode)
         size = "\u00d7".join(str(n) for n in image.GetSize())
         spacing = "\u00d7".join(f"{s:.3g}" for s in image.GetSpacing())
         alignment = "oblique axes" if is_oblique(image) else "axis-aligned"
-        return f"{size} voxels, spacing {spacing} mm, {alignment}"
+        return _("{size} voxels, spacing {spacing} mm, {alignment}").format(
+            size=size, spacing=spacing, alignment=alignment)
 
     # -- running --------------------------------------------------------------------------------------------
 
@@ -1375,9 +1468,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         (no model, a missing input, a parameter out of range) raise here, before any work.
         """
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if not inputNodes or not all(inputNodes):
-            raise ValueError("Select a volume for every model input.")
+            raise ValueError(_("Select a volume for every model input."))
         entry, version = self.registry.resolve(modelSpec)
         backend = version.choose_backend(backend)
         cacheDir = self.registry.store.cache_dir
@@ -1385,7 +1478,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if backend == "container":
             values = version.image.parameter_values(parameters or {})  # a bad value fails here, before any work
             if device not in ("auto", "cpu") and not device.startswith("cuda"):
-                raise ValueError(f"A container can run on the CPU or a CUDA GPU, not on {device}.")
+                raise ValueError(_("A container can run on the CPU or a CUDA GPU, not on {device}.").format(
+                    device=device))
             task = self.service.segment_in_container(
                 images, entry, version, cacheDir, parameters=values,
                 device="cuda" if device.startswith("cuda") else device, settings=self.containerSettings)
@@ -1394,7 +1488,15 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             task = self.service.segment(images, entry, version, cacheDir, device=deviceName, quality=quality.lower(),
                                         threads=threads, precision=precision)
         inputNode = inputNodes[0]
-        task.description = f"segmenting {inputNode.GetName()} with {modelSpec} ({backend})"
+        task.description = _("segmenting {volume} with {model} ({backend})").format(
+            volume=inputNode.GetName(), model=modelSpec, backend=backend)
+        logger.info("Segmenting with %s %s (runtime %s, backend %s, model service worker %s): device %s, quality %s,"
+                    " precision %s, threads %s%s; inputs %s", entry.id, version.version, version.runtime, backend,
+                    task.pid, device, quality, precision, threads or "auto",
+                    f", image parameters {parameters}" if backend == "container" else "",
+                    "; ".join(f"{node.GetName()} {image.GetSize()} voxels of"
+                              f" {tuple(round(spacing, 3) for spacing in image.GetSpacing())} mm"
+                              for node, image in zip(inputNodes, images)))
 
         def toRunResult(done):
             if done.error is None:
@@ -1410,6 +1512,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentationNode.CreateDefaultDisplayNodes()
         self.fillSegmentation(segmentationNode, run.result.labels, run.labels, run.inputNode)
+        logger.info("%s: %d labels into %s", self.timingSummary(run), len(run.labels), segmentationNode.GetName())
         return segmentationNode
 
     def fillSegmentation(self, segmentationNode, labelImage, labels, referenceVolumeNode=None):
@@ -1441,15 +1544,17 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def timingSummary(run):
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.result.timings.items())
-        return f"Segmented in {run.seconds:.1f} s on {run.result.device}, {run.result.precision} ({stages})."
+        return _("Segmented in {seconds} s on {device}, {precision} ({stages}).").format(
+            seconds=f"{run.seconds:.1f}", device=run.result.device, precision=run.result.precision, stages=stages)
 
     @staticmethod
     def failureText(task):
         if task.state == "cancelled":
-            return "Cancelled: the scene was not changed."
+            return _("Cancelled: the scene was not changed.")
         if task.error.kind == "crash":
-            return f"Segmentation failed; the scene was not changed and the next run starts a new service. {task.error}"
-        return f"Segmentation failed: {task.error}"
+            return _("Segmentation failed; the scene was not changed and the next run starts a new service."
+                     " {error}").format(error=task.error)
+        return _("Segmentation failed: {error}").format(error=task.error)
 
     # -- PyTorch ---------------------------------------------------------------------------------------------
 
@@ -1487,7 +1592,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- batch runs ----------------------------------------------------------------------------------------
 
-    BATCH_SOURCES = (("cases", "A case list"), ("images", "A folder of images"), ("dicom", "A folder of DICOM series"))
+    BATCH_SOURCES = (("cases", _("A case list")), ("images", _("A folder of images")),
+                     ("dicom", _("A folder of DICOM series")))
     # Case-list statuses of the cases nobody has annotated yet (the panel's "Only cases not annotated yet").
     NOT_ANNOTATED = (TO_DO, PRE_ANNOTATED)
     BATCH_USER_ERRORS = (ValueError, RegistryError, OSError)
@@ -1507,9 +1613,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         ``HOST:PORT``) runs on that Ray cluster. Bad requests raise here, before any work.
         """
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if not outputFolder:
-            raise ValueError("Choose the output folder.")
+            raise ValueError(_("Choose the output folder."))
         settings = BatchSettings(
             output_format=outputFormat, device=device or "auto", quality=quality, precision=precision,
             workers=int(workers or 0), threads=int(threads or 0), patterns=tuple(parse_case_filter(caseFilter)),
@@ -1525,7 +1631,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 raise
         # The batch's own worker processes run the model: this job coordinates them (and must stop them when
         # cancelled, hence its long grace).
-        return startJob("DeepSegmentLib.batch:run_batch", arguments, f"running {modelSpec} on the cases of {source}",
+        logger.info("Batch: %s over the %s at %s into %s: %s", modelSpec, kind, source, outputFolder, settings)
+        return startJob("DeepSegmentLib.batch:run_batch", arguments,
+                        _("running {model} on the cases of {source}").format(model=modelSpec, source=source),
                         sysPath=[_MODULE_FOLDER], cancel_grace=60.0)
 
     def segmentCohort(self, modelSpec, source, outputFolder, **options):
@@ -1559,6 +1667,11 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     # -- evaluation ----------------------------------------------------------------------------------------
 
     EVALUATION_CASE_COLUMNS = ("Case", "Mean Dice", "Worst label", "Its Dice", "Largest HD95 (mm)", "Notes")
+
+    @staticmethod
+    def evaluationColumnTitles():
+        """The case list's column titles, in ``EVALUATION_CASE_COLUMNS`` order, in the user's language."""
+        return [_("Case"), _("Mean Dice"), _("Worst label"), _("Its Dice"), _("Largest HD95 (mm)"), _("Notes")]
     EVALUATION_USER_ERRORS = (EvaluationError, ValueError, OSError)
     EVALUATION_MEASURES = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("msd_mm", "MSD (mm)"), ("nsd", "NSD"),
                            ("volume_difference_percent", "Volume difference (%)"))
@@ -1573,11 +1686,12 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         the reference segmentation's own geometry (Slicer resamples the prediction there, nearest neighbour).
         """
         if referenceNode is None or predictionNode is None:
-            raise ValueError("Select a reference and a prediction segmentation.")
+            raise ValueError(_("Select a reference and a prediction segmentation."))
         referenceIds, referenceSegments = self._segments(referenceNode)
         predictionIds, predictionSegments = self._segments(predictionNode)
         if not referenceIds:
-            raise ValueError(f"The reference segmentation '{referenceNode.GetName()}' has no segment.")
+            raise ValueError(_("The reference segmentation '{name}' has no segment.").format(
+                name=referenceNode.GetName()))
         matches = match_segments([(s.GetName(), segmentTerminologyEntry(s)) for s in referenceSegments],
                                  [(s.GetName(), segmentTerminologyEntry(s)) for s in predictionSegments])
         geometryNode = referenceVolumeNode or self._referenceGeometryNode(referenceNode)
@@ -1618,7 +1732,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             segmentIds.InsertNextValue(segmentId)
             if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, segmentIds,
                                                                                       labelmap, geometryNode):
-                raise ValueError(f"Segment '{segmentId}' of '{segmentationNode.GetName()}' could not be exported.")
+                raise ValueError(_("Segment '{segmentId}' of '{name}' could not be exported.").format(
+                    segmentId=segmentId, name=segmentationNode.GetName()))
             return slicer.util.arrayFromVolume(labelmap) > 0
         finally:
             DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
@@ -1642,7 +1757,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
                 segmentationNode, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
             DeepSegmentLogic.removeTemporaryLabelmap(labelmap)
-            raise ValueError(f"The segmentation '{segmentationNode.GetName()}' has no geometry to compare on.")
+            raise ValueError(_("The segmentation '{name}' has no geometry to compare on.").format(
+                name=segmentationNode.GetName()))
         return labelmap
 
     def evaluationTask(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
@@ -1658,17 +1774,19 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         process would crawl (the GUI keeps Python's GIL while it idles).
         """
         if bool(reference) == bool(cases):
-            raise ValueError("Give either a reference folder or a case list.")
+            raise ValueError(_("Give either a reference folder or a case list."))
         if not prediction:
-            raise ValueError("Select the prediction folder.")
+            raise ValueError(_("Select the prediction folder."))
         schema = parse_labels(labels)
         pairing = pair_case_list(cases, prediction) if cases else pair_folders(reference, prediction)
         if not pairing.pairs:
-            raise ValueError(f"No prediction in {prediction} matches a reference case.")
+            raise ValueError(_("No prediction in {prediction} matches a reference case.").format(prediction=prediction))
         arguments = {"pairing": pairing, "labels": schema, "tolerance_mm": tolerance, "resample": resample,
                      "report_folder": reportFolder}
+        logger.info("Evaluating %d cases (predictions %s) with tolerance %s mm", len(pairing.pairs), prediction,
+                    tolerance)
         return startJob("DeepSegmentLib.evaluation_cohort:evaluate_and_report", arguments,
-                        f"evaluating {len(pairing.pairs)} cases", sysPath=[_MODULE_FOLDER])
+                        _("evaluating {count} cases").format(count=len(pairing.pairs)), sysPath=[_MODULE_FOLDER])
 
     def evaluateCohort(self, prediction, reference=None, cases=None, labels=None, tolerance=DEFAULT_TOLERANCE_MM,
                        resample=True, reportFolder=""):
@@ -1706,7 +1824,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                     column.InsertNextValue(result.measure(measure) if result is not None else float("nan"))
                 statusColumn.InsertNextValue(case.error or "; ".join(
                     f"{result.name}: {result.status}" for result in case.labels if result.status != BOTH_PRESENT))
-            for column in (caseColumn, numberColumn, *(column for _, _, column in measureColumns), statusColumn):
+            for column in (caseColumn, numberColumn, *(column for *_measure, column in measureColumns), statusColumn):
                 table.AddColumn(column)
         tableNode.Modified()
         if chartNode is None:
@@ -1775,8 +1893,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                       if result.value == label.value and np.isfinite(result.dice)]
             means.append(f"{label.name} {np.mean(values):.3f}" if values else f"{label.name} –")
         measured = len(report.cases) - len(report.failed)
-        return (f"{measured} case{'s' if measured != 1 else ''} measured, {len(report.failed)} failed. "
-                f"Mean Dice: {', '.join(means)}.")
+        text = _("1 case measured") if measured == 1 else _("{count} cases measured").format(count=measured)
+        return text + _(", {failed} failed. Mean Dice: {means}.").format(failed=len(report.failed),
+                                                                          means=", ".join(means))
 
     def loadEvaluatedCase(self, report, caseIndex):
         """Load case ``caseIndex`` of a cohort report: its image (when the case list gives one), the reference
@@ -1787,12 +1906,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
             return {}
         case = report.cases[caseIndex]
         if not os.path.isfile(case.reference) or not os.path.isfile(case.prediction):
-            raise ValueError(f"Case {case.case_id} has no reference and prediction files to load.")
+            raise ValueError(_("Case {case_id} has no reference and prediction files to load.").format(
+                case_id=case.case_id))
         for node in self._evaluatedCaseNodes.values():
             if node is not None and slicer.mrmlScene.IsNodePresent(node):
                 slicer.mrmlScene.RemoveNode(node)
         self._evaluatedCaseNodes = {}
-        reference, prediction, labels, _ = read_case_labels(CasePair(case.case_id, case.reference, case.prediction),
+        reference, prediction, labels, _pair = read_case_labels(CasePair(case.case_id, case.reference, case.prediction),
                                                             report.labels)
         nodes = {"image": slicer.util.loadVolume(case.image, {"name": f"{case.case_id} image"})
                  if case.image and os.path.isfile(case.image) else None}
@@ -1812,7 +1932,7 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         when it is there. ``confirm(text)`` asks the user first (see :meth:`installRequirements`)."""
         if not modelSpec:
             return True
-        _, version = self.registry.resolve(modelSpec)
+        _entry, version = self.registry.resolve(modelSpec)
         missing = missing_requirements(version.runtime)
         if not missing:
             return True
@@ -1826,8 +1946,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         SimpleITK or vtk, nor PyTorch (an install that would is refused by pip and changes nothing). The worker
         processes that run models and trainings use this same Python, so they find what is installed here.
         Returns whether the user agreed."""
-        if not confirm(f"{why} Install now? Packages already installed (Slicer's numpy, SimpleITK, PyTorch...) are"
-                       " kept as they are."):
+        if not confirm(why + " " + _("Install now? Packages already installed (Slicer's numpy, SimpleITK,"
+                                     " PyTorch...) are kept as they are.")):
             return False
         pins = os.path.join(slicer.app.temporaryPath, "DeepSegment-pip-constraints.txt")
         write_text_atomically(pins, "\n".join(pinned_constraints(installed_packages())) + "\n")
@@ -1837,8 +1957,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- training -------------------------------------------------------------------------------------------
 
-    TRAINING_NETWORKS = (("unet", "MONAI U-Net (new)"), ("segresnet", "MONAI SegResNet (new)"),
-                         ("finetune", "Fine-tune a registry model"))
+    TRAINING_NETWORKS = (("unet", _("MONAI U-Net (new)")), ("segresnet", _("MONAI SegResNet (new)")),
+                         ("finetune", _("Fine-tune a registry model")))
     TRAINING_USER_ERRORS = (TrainingError, ValueError, OSError)
     TRAINING_CURVE_COLUMNS = ("Epoch", "Loss", "Validation Dice")
 
@@ -1853,7 +1973,8 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         if not words:
             return None
         if len(words) != 3 or not all(word.isdigit() and int(word) > 0 for word in words):
-            raise ValueError(f"The patch size must be three whole numbers of voxels (x y z), not {text!r}.")
+            raise ValueError(_("The patch size must be three whole numbers of voxels (x y z), not {text}.").format(
+                text=repr(text)))
         return tuple(int(word) for word in words)
 
     def trainingSettings(self, data, output, network="unet", baseModel="", patchSize="", **options):
@@ -1866,14 +1987,14 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         ``ValueError`` (``TrainingError``) saying what to change.
         """
         if not data:
-            raise ValueError("Select the training data: an export folder or a case list.")
+            raise ValueError(_("Select the training data: an export folder or a case list."))
         if not output:
-            raise ValueError("Select the folder the training is kept in.")
+            raise ValueError(_("Select the folder the training is kept in."))
         if isinstance(network, NetworkSettings):
             networkSettings = network
         elif network == "finetune":
             if not baseModel:
-                raise ValueError("Select the registry model to fine-tune.")
+                raise ValueError(_("Select the registry model to fine-tune."))
             networkSettings = NetworkSettings(base_model=baseModel)
         else:
             networkSettings = NetworkSettings(architecture=network)
@@ -1913,10 +2034,13 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         settings = data if isinstance(data, TrainingSettings) else self.trainingSettings(data, output, **options)
         missing = self.missingTrainingRequirements(settings)
         if missing:
-            raise ValueError(f"Training a new network needs {', '.join(missing)}: install it first "
-                             "(installTrainingDependencies()), or fine-tune a registry model.")
+            raise ValueError(_("Training a new network needs {packages}: install it first"
+                               " (installTrainingDependencies()), or fine-tune a registry model.").format(
+                packages=", ".join(missing)))
+        logger.info("Training: %s", settings)
         task = startJob("DeepSegmentLib.training:train_job", {"settings": settings},
-                        f"training on {os.path.basename(os.path.normpath(settings.data))}", sysPath=[_MODULE_FOLDER])
+                        _("training on {data}").format(data=os.path.basename(os.path.normpath(settings.data))),
+                        sysPath=[_MODULE_FOLDER])
         task.when_done(lambda done: self.refreshModels() if done.error is None else None)
         return task
 
@@ -1998,9 +2122,10 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
     def trainingSummary(result):
         """One paragraph on a finished training (a ``TrainingResult``)."""
         dice = ", ".join(f"{name} {value:.3f}" for name, value in result.test_dice.items() if value is not None)
-        return (f"Added {result.model_id} {result.version} to {result.index}: best epoch {result.best_epoch} of"
-                f" {len(result.history)} ({result.stopped}). Held-out Dice: {dice or 'no test case'}. Write its"
-                " intended use and limitations there.")
+        return _("Added {model} {version} to {index}: best epoch {best} of {epochs} ({stopped}). Held-out Dice:"
+                 " {dice}. Write its intended use and limitations there.").format(
+            model=result.model_id, version=result.version, index=result.index, best=result.best_epoch,
+            epochs=len(result.history), stopped=result.stopped, dice=dice or _("no test case"))
 
     # -- live ------------------------------------------------------------------------------------------------
 
@@ -2034,17 +2159,17 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
         """
         self.stopLive()
         if not modelSpec:
-            raise ValueError("Select a model.")
+            raise ValueError(_("Select a model."))
         if inputVolumeNode is None:
-            raise ValueError("Select the volume to follow.")
+            raise ValueError(_("Select the volume to follow."))
         if outputNode is not None and outputNode == inputVolumeNode:
-            raise ValueError("The output cannot be the volume that is followed.")
+            raise ValueError(_("The output cannot be the volume that is followed."))
         if not torch_status().installed:
-            raise ValueError("PyTorch is not installed: install it with the PyTorch extension (installTorch()).")
+            raise ValueError(_("PyTorch is not installed: install it with the PyTorch extension (installTorch())."))
         entry, version = self.registry.resolve(modelSpec)
         if "inprocess" not in version.backends:
-            raise ValueError(f"{entry.id} {version.version} runs only in a container; live mode runs models in"
-                             " Slicer's Python.")
+            raise ValueError(_("{id} {version} runs only in a container; live mode runs models in Slicer's"
+                               " Python.").format(id=entry.id, version=version.version))
         installed = self.registry.store.get(entry.id, version.version)
         if installed is not None:
             try:
@@ -2053,8 +2178,9 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(str(error)) from error
         transformNode = inputVolumeNode.GetParentTransformNode()
         if transformNode is not None and not transformNode.IsTransformToWorldLinear():
-            raise ValueError(f"Volume '{inputVolumeNode.GetName()}' is under a non-linear transform; harden the"
-                             " transform before segmenting it live.")
+            raise ValueError(_("Volume '{name}' is under a non-linear transform; harden the transform before segmenting"
+                               " it live.").format(
+                name=inputVolumeNode.GetName()))
         if outputNode is None:
             name = slicer.mrmlScene.GenerateUniqueName(inputVolumeNode.GetName() + " live labels")
             outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
@@ -2067,14 +2193,20 @@ class DeepSegmentLogic(ScriptedLoadableModuleLogic):
                             python=slicerPythonOnPath())
         self.live = LiveSession(stream, inputVolumeNode, outputNode)
         self.live.start()
+        logger.info("Live segmentation of %s with %s %s into %s: device %s, threads %s, precision %s, quality %s,"
+                    " frames of %s voxels", inputVolumeNode.GetName(), entry.id, version.version, outputNode.GetName(),
+                    device, threads or "auto", precision, quality, warmShape)
         return outputNode
 
-    def stopLive(self, message="Stopped."):
+    def stopLive(self, message=None):
         """Stop live segmentation (the worker process ends, its shared memory is freed; the output keeps the last
-        labels); returns the final status, or None when it was not running."""
+        labels); ``message`` (default "Stopped.") is its final status text; returns the final status, or None when
+        it was not running."""
         if self.live is None or not self.live.statistics().active:
             return None
-        return self.live.stop(message)
+        status = self.live.stop(message or _("Stopped."))
+        logger.info("Live segmentation stopped (%s): %s", message or "by the user", status.summary())
+        return status
 
     def liveStatus(self):
         """Where live segmentation stands (DeepSegmentLib ``LiveStatistics``: ``state``, ``message``, ``received``,
@@ -2134,7 +2266,7 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
 
     def test_ParentTransformIsApplied(self):
         self.delayDisplay("A linear parent transform moves the image the engine reads")
-        node, _, ijkToRAS = self._obliqueVolume()
+        node, _voxels, ijkToRAS = self._obliqueVolume()
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
         shift = vtk.vtkMatrix4x4()
         shift.SetElement(0, 3, 5.0)
@@ -2159,7 +2291,7 @@ class DeepSegmentTest(ScriptedLoadableModuleTest):
             try:
                 phantom = np.zeros((12, 14, 16), np.int16)
                 phantom[3:9, 4:10, 5:12] = 1
-                volume, _, _ = self._obliqueVolume("Phantom bright", phantom)
+                volume, _voxels, _ijkToRAS = self._obliqueVolume("Phantom bright", phantom)
                 widget.updateModelList()
                 self.assertEqual(widget.ui.modelSelector.currentData, "threshold-test")
                 self.assertIs(widget.inputSelectors[0].currentNode(), volume)

@@ -1,22 +1,28 @@
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import types
 import zipfile
 
+import ctk
 import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 from ModelRegistryLib import (
     NOT_INSTALLED,
@@ -36,7 +42,12 @@ from ModelRegistryLib import (
     user_sources,
     worker_python,
 )
+from ModelRegistryLib.jobs import describe_exit
 from ModelRegistryLib.shared_arrays import remove_orphan_segments
+
+# Slicer routes the root logger to its log (Help > Report a bug collects it): what a maintainer needs to
+# diagnose a user's problem goes there; panels show only short status texts.
+logger = logging.getLogger(__name__)
 
 #
 # ModelRegistry
@@ -48,17 +59,17 @@ class ModelRegistry(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Model Registry"
-        self.parent.categories = ["Deep Learning"]
+        self.parent.title = _("Model Registry")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerDeepLearning developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Find deep-learning models in registry indexes, read their model cards, and install, update,"
             " verify or remove them. Downloads are checked against their sha256, resume after an"
             " interruption and can be cancelled; installed models work offline. Indexes are JSON documents"
             " described by the schema in this module's Resources/Schema folder."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Part of the SlicerDeepLearning extension. Its registry design learns from SlicerMONAIAuto3DSeg,"
             " DeepInfer and the MONAI model zoo."
         )
@@ -91,8 +102,10 @@ def startJob(target, kwargs=None, description="", sysPath=(), **options):
     would crawl, and a crashing job would take Slicer down. ``sysPath`` lists the module folders the job
     imports from; ``options`` are ModelRegistryLib.jobs.start_job's (``timeout``, ``cancel_grace``...).
     """
-    return start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
-                     **options)
+    job = start_job(target, kwargs, description=description, python=slicerPythonOnPath(), sys_path=sysPath,
+                    **options)
+    logJobStart(job)
+    return job
 
 
 def processEventsBriefly():
@@ -107,9 +120,52 @@ def waitForJob(job, timeoutSeconds=None):
 
 
 def runJob(job):
-    """Wait for ``job`` (see waitForJob) and return its result, or raise its error."""
+    """Wait for ``job`` (see waitForJob) and return its result, or raise its error; what the job logged goes to
+    Slicer's log (see logJobRecords)."""
     waitForJob(job)
+    logJobRecords(job, job.poll())
+    logJobEnd(job)
     return job.outcome()
+
+
+# Levels of the job protocol's log records (ModelRegistryLib.jobs.JobLog) in Python's logging; others (a worker's
+# error output, training epochs) are information.
+_JOB_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                   "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def logJobRecords(job, records):
+    """Put the log records a worker sent for ``job`` into Slicer's log, each prefixed with the job's description.
+
+    Example::
+
+        job = startJob("ModelRegistryLib.tasks:verify", {"cache_dir": cacheDir, "spec": None}, "Verifying")
+        waitForJob(job)
+        logJobRecords(job, job.poll())   # e.g. "[Verifying] brain-tissue-demo 1.0.0: verified"
+    """
+    for record in records:
+        level = _JOB_LOG_LEVELS.get(record.level, logging.INFO)
+        prefix = "" if record.level in _JOB_LOG_LEVELS else f"({record.level}) "
+        logger.log(level, "[%s] %s%s", job.description, prefix, record.text)
+
+
+def logJobStart(job):
+    """Say in Slicer's log which job started, running what, in which worker process."""
+    logger.info("Started %s: %s in worker process %s", job.description, job.target, job.pid)
+
+
+def logJobEnd(job):
+    """Say in Slicer's log how ``job`` ended, after how long, and how its worker process exited if it has."""
+    process = getattr(job.worker, "process", None)
+    returncode = process.returncode if process is not None else None
+    exitText = f"; {describe_exit(returncode)}" if returncode is not None else ""
+    seconds = time.monotonic() - job.started
+    if job.state == "failed":
+        logger.error("%s failed after %.1f s (worker process %s%s): %s", job.description, seconds, job.pid, exitText,
+                     job.error)
+    else:
+        logger.info("%s %s after %.1f s (worker process %s%s)", job.description, job.state, seconds, job.pid,
+                    exitText)
 
 
 class JobPoller:
@@ -119,7 +175,8 @@ class JobPoller:
     to ``onLog``, the latest progress to ``onProgress`` ("Starting" from when the worker has begun the job
     until the job's first report: ``Job.shown_progress``) and, once the job has ended, the job to
     ``onFinished``. The work runs in the worker; results reach widgets and MRML only through these
-    callbacks, so no panel blocks the GUI or touches MRML from elsewhere.
+    callbacks, so no panel blocks the GUI or touches MRML from elsewhere. Every record also goes to Slicer's log
+    (logJobRecords), with the job's end (logJobEnd; startJob logs its start).
     """
 
     def __init__(self, onProgress, onFinished, onLog=None, intervalMsec=100):
@@ -145,7 +202,9 @@ class JobPoller:
         task = self.task
         if task is None:
             return
-        for record in task.poll():
+        records = task.poll()
+        logJobRecords(task, records)
+        for record in records:
             if self._onLog is not None:
                 self._onLog(record)
         if task.shown_progress is not None:
@@ -154,6 +213,7 @@ class JobPoller:
             return
         self._timer.stop()
         self.task = None
+        logJobEnd(task)
         self._onFinished(task)
 
     def cancel(self):
@@ -184,13 +244,12 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     """Panel: search and filter models, read a model's card, install/update/verify/import in a worker process,
     remove."""
 
-    ANY = "Any"
-
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.ui = None
         self.poller = None
+        self.parameters = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -199,7 +258,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.logic = ModelRegistryLogic()
         self.ui.modelTable.setColumnCount(len(ModelRegistryLogic.TABLE_COLUMNS))
-        self.ui.modelTable.setHorizontalHeaderLabels(ModelRegistryLogic.TABLE_COLUMNS)
+        self.ui.modelTable.setHorizontalHeaderLabels(ModelRegistryLogic.tableColumnTitles())
         header = self.ui.modelTable.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
@@ -224,10 +283,23 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         self.layout.addStretch(1)
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
+        self.parameters = ParameterNodeBinding(lambda: self.logic.getParameterNode(),
+                                               lambda node: self.logic.setDefaultParameters(node))
+        for name, widget in (("searchText", self.ui.searchBox), ("modality", self.ui.modalityFilter),
+                             ("task", self.ui.taskFilter), ("anatomy", self.ui.anatomyFilter),
+                             ("installedOnly", self.ui.installedOnlyCheckBox)):
+            self.parameters.bind(name, widget)
+        self.parameters.bindValue("selectedModel", lambda: self.selectedModelId() or "", self.showSelectedModel,
+                                  [(self.ui.modelTable, "itemSelectionChanged()")])
         self.refresh(offline=True)
+        self.parameters.initialize()
+
+    def enter(self):
+        self.parameters.initialize()
 
     def cleanup(self):
         self.poller.stop()
+        self.parameters.cleanup()
 
     # -- listing ------------------------------------------------------------------------------------------
 
@@ -240,17 +312,22 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         choices = self.logic.filterChoices()
         for combo, key in ((self.ui.modalityFilter, "modality"), (self.ui.taskFilter, "task"),
                            (self.ui.anatomyFilter, "anatomy")):
-            current = combo.currentText
+            current = combo.currentData
             combo.blockSignals(True)
             combo.clear()
-            combo.addItems([self.ANY, *choices[key]])
-            combo.setCurrentIndex(max(0, combo.findText(current)))
+            combo.addItem(_("Any"), "")
+            for choice in choices[key]:
+                combo.addItem(choice, choice)
+            combo.setCurrentIndex(max(0, combo.findData(current)))
             combo.blockSignals(False)
+            # The scene's choice, where the indexes read now offer it.
+            self.parameters.refresh(key)
         self.ui.cacheLabel.text = self.logic.cacheSummary()
         self.updateModelTable()
 
-    def _filterValue(self, combo):
-        return "" if combo.currentText == self.ANY else combo.currentText
+    @staticmethod
+    def _filterValue(combo):
+        return combo.currentData or ""
 
     def updateModelTable(self, _unused=None):
         selected = self.selectedModelId()
@@ -286,6 +363,13 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
                 return True
         return False
 
+    def showSelectedModel(self, modelId):
+        """Select ``modelId`` in the table (none for ""); False if the table does not list it."""
+        if modelId:
+            return self.selectModel(modelId)
+        self.ui.modelTable.clearSelection()
+        return True
+
     def updateSelection(self):
         modelId = self.selectedModelId()
         self.ui.cardBrowser.setHtml(self.logic.cardHtml(modelId) if modelId else "")
@@ -318,7 +402,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.value = int(step.fraction * 1000)
         else:
             self.ui.progressBar.setRange(0, 0)
-        self.ui.progressLabel.text = "Cancelling…" if self.poller.task.cancel_requested else step.text
+        self.ui.progressLabel.text = _("Cancelling…") if self.poller.task.cancel_requested else step.text
 
     def onJobLog(self, record):
         # How files the publisher gives no sha256 for were checked: said when the job ends, never dropped.
@@ -345,7 +429,8 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
             self.importPackage(typed)
             return
         path = qt.QFileDialog.getOpenFileName(
-            self.parent, "Import a model archive", "", "Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)")
+            self.parent, _("Import a model archive"), "",
+            _("Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)"))
         if path:
             self.importPackage(path)
 
@@ -356,16 +441,17 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     def onCancel(self):
         if self.poller.busy:
             self.poller.cancel()
-            self.ui.progressLabel.text = "Cancelling…"
+            self.ui.progressLabel.text = _("Cancelling…")
 
     def onRemove(self):
         modelId = self.selectedModelId()
-        if not slicer.util.confirmOkCancelDisplay(f"Remove every installed version of {modelId}?"):
+        question = _("Remove every installed version of {model}?").format(model=modelId)
+        if not slicer.util.confirmOkCancelDisplay(question):
             return
         # tryWithErrorDisplay shows the error and raises it again, so what must follow a failure too is in
         # ``finally``: a removal that failed half-way has removed some versions.
         try:
-            with slicer.util.tryWithErrorDisplay("Removing the model failed."):
+            with slicer.util.tryWithErrorDisplay(_("Removing the model failed.")):
                 self.ui.progressLabel.text = self.logic.remove(modelId)
         finally:
             self.updateModelTable()
@@ -374,7 +460,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
 
     def onAddSource(self):
         try:
-            with slicer.util.tryWithErrorDisplay("Adding the index failed."):
+            with slicer.util.tryWithErrorDisplay(_("Adding the index failed.")):
                 self.logic.addSource(self.ui.sourceLineEdit.text.strip())
                 self.ui.sourceLineEdit.text = ""
         finally:
@@ -384,7 +470,7 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
     def onRemoveSource(self):
         row = self.ui.sourceList.currentRow
         try:
-            with slicer.util.tryWithErrorDisplay("Removing the index failed."):
+            with slicer.util.tryWithErrorDisplay(_("Removing the index failed.")):
                 self.logic.removeSourceAt(row)
         finally:
             self.refresh(offline=True)
@@ -394,11 +480,12 @@ class ModelRegistryWidget(ScriptedLoadableModuleWidget):
         if not path or path == self.logic.cacheDir or self.poller.busy:
             return
         qt.QSettings().setValue(ModelRegistryLogic.CACHE_DIRECTORY_SETTING, path)
+        logger.info("Model cache folder set to %s", path)
         self.logic = ModelRegistryLogic()
         self.refresh(offline=True)
 
     def onRefresh(self):
-        with slicer.util.tryWithErrorDisplay("Refreshing the indexes failed.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Refreshing the indexes failed."), waitCursor=True):
             self.refresh(offline=False)
 
 
@@ -457,6 +544,223 @@ class PathChoiceWatcher:
         path = self.pathLineEdit.currentPath
         if not path or self._lineEdit.acceptableInput:
             self._onPathChosen(path)
+
+
+#
+# Parameter nodes (shared by the extension's panels)
+#
+
+
+def setMissingParameters(parameterNode, defaults):
+    """Set each parameter of ``defaults`` (name -> string) that ``parameterNode`` does not have yet."""
+    present = set(parameterNode.GetParameterNames())
+    for name, value in defaults.items():
+        if name not in present:
+            parameterNode.SetParameter(name, value)
+
+
+class ParameterNodeBinding(VTKObservationMixin):
+    """Keeps a panel's settings and its module's parameter node (a ``vtkMRMLScriptedModuleNode``) in step.
+
+    The parameter node is saved with the scene (.mrml, .mrb) and is the one node every panel of the module shares,
+    so a reopened scene, or another panel, shows the work where it was. A widget's change is written to the node;
+    a change of the node (a scene loaded, a script, another panel) is shown by the widget. Values are parameter
+    strings; volume and segmentation selectors are node references (role = the parameter's name), so the nodes
+    they name survive saving and loading. As Slicer's scripted-module template does, the binding lets go of the
+    node when the scene starts closing and takes it again, with the Logic's defaults, when the closing ends, after a
+    scene is imported, and each time the module is entered (``initialize``).
+
+    ``getParameterNode()`` returns the node (the Logic's ``getParameterNode``); ``setDefaults(node)`` sets the
+    Logic's defaults for parameters not set yet. A setting that is not set after that takes what its widget shows.
+
+    Example (a panel's ``setup``)::
+
+        self.parameters = ParameterNodeBinding(lambda: self.logic.getParameterNode(), self.logic.setDefaultParameters)
+        self.parameters.bind("quality", self.ui.qualitySelector)     # a combo box: its item data, else its text
+        self.parameters.bind("inputVolume", self.ui.inputSelector)   # a node reference
+        self.parameters.initialize()
+    """
+
+    AFTER_WIDGETS = -10.0
+
+    def __init__(self, getParameterNode, setDefaults=None):
+        VTKObservationMixin.__init__(self)
+        self._getParameterNode = getParameterNode
+        self._setDefaults = setDefaults
+        self.parameterNode = None
+        self._bindings = {}  # name -> (read, write, isReference)
+        self._showing = False  # widgets are being set from the node: their signals write nothing back
+        scene = slicer.mrmlScene
+        self.addObserver(scene, scene.StartCloseEvent, self._onSceneStartClose)
+        # After the widgets have seen the scene's new nodes (a node selector lists an imported node only once it
+        # has handled the import's end; VTK calls observers of lower priority later).
+        self.addObserver(scene, scene.EndCloseEvent, self._onSceneEndClose, priority=self.AFTER_WIDGETS)
+        self.addObserver(scene, scene.EndImportEvent, self._onSceneEndImport, priority=self.AFTER_WIDGETS)
+        self.addObserver(scene, scene.EndBatchProcessEvent, self._onSceneEndBatchProcess, priority=self.AFTER_WIDGETS)
+
+    # -- what is bound --------------------------------------------------------------------------------------
+
+    def bind(self, name, widget):
+        """Keep parameter ``name`` and ``widget`` in step (a node selector, path field, combo or check box, spin box
+        or line edit)."""
+        read, write, signals, isReference = _widgetAccess(widget)
+        self.bindValue(name, read, write, [(widget, signal) for signal in signals], isReference=isReference)
+
+    def bindWidgets(self, ui, widgetNames):
+        """Bind each parameter of ``widgetNames`` (parameter name -> widget name in ``ui``, a panel's
+        ``childWidgetVariables``)."""
+        for name, widgetName in widgetNames.items():
+            self.bind(name, getattr(ui, widgetName))
+
+    def bindValue(self, name, read, write, changes=(), isReference=False):
+        """Keep parameter ``name`` in step with a value the panel shows otherwise (a table's selection...).
+
+        ``read()`` returns the shown value (a string, or a node for a reference; None: nothing chosen, nothing
+        written), ``write(value)`` shows one and returns False when it cannot (not among the choices yet);
+        ``changes`` lists the (object, signal) pairs that say the shown value changed.
+        """
+        self._bindings[name] = (read, write, isReference)
+        for widget, signal in changes:
+            widget.connect(signal, lambda *_unused, name=name: self.storeWidget(name))
+        if self.parameterNode is not None:
+            self.refresh(name)
+
+    def unbind(self, name):
+        """Stop keeping ``name`` in step (its widget is about to be deleted); the node keeps its value."""
+        self._bindings.pop(name, None)
+
+    # -- node and widgets -----------------------------------------------------------------------------------
+
+    def initialize(self):
+        """Take the module's parameter node (defaults set where missing) and show it: on setup and module enter."""
+        node = self._getParameterNode()
+        if self._setDefaults is not None:
+            self._setDefaults(node)
+        self.setParameterNode(node)
+
+    def setParameterNode(self, node):
+        """Follow ``node`` (None: none) and show it; settings it lacks take what their widgets show."""
+        if self.parameterNode is not None:
+            self.removeObserver(self.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onNodeModified)
+        self.parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._onNodeModified)
+            self.refresh()
+
+    def refresh(self, name=None):
+        """Show the node's value of ``name`` (all when None); where it has none, or one the widget cannot show (a
+        choice that no longer exists), store what the widget shows. Panels call it after refilling choices."""
+        if self.parameterNode is None:
+            return
+        for parameter in ([name] if name else list(self._bindings)):
+            if not self._show(parameter):
+                self.storeWidget(parameter)
+
+    def value(self, name):
+        """The node's value of ``name``: a string, or the referenced node."""
+        if self._bindings[name][2]:
+            return self.parameterNode.GetNodeReference(name)
+        return self.parameterNode.GetParameter(name)
+
+    def storeWidget(self, name):
+        """Write what the widget of ``name`` shows to the node (the widget's change signal calls it)."""
+        if self._showing or self.parameterNode is None or name not in self._bindings:
+            return
+        read, _write, isReference = self._bindings[name]
+        shown = read()
+        if isReference:
+            nodeId = shown.GetID() if shown is not None else None
+            if self.parameterNode.GetNodeReferenceID(name) != nodeId:
+                self.parameterNode.SetNodeReferenceID(name, nodeId)
+        elif shown is not None and self.parameterNode.GetParameter(name) != shown:
+            self.parameterNode.SetParameter(name, shown)
+
+    def _show(self, name):
+        """Show the node's value of ``name``; False where it has none or the widget cannot show it."""
+        read, write, isReference = self._bindings[name]
+        if isReference:
+            hasValue = self.parameterNode.GetNodeReferenceID(name) is not None
+        else:
+            hasValue = name in self.parameterNode.GetParameterNames()
+        if not hasValue:
+            return False
+        value = self.value(name)
+        if read() == value:
+            return True
+        self._showing = True
+        try:
+            return write(value) is not False
+        finally:
+            self._showing = False
+
+    def _onNodeModified(self, caller=None, event=None):
+        for name in list(self._bindings):
+            self._show(name)
+
+    def _onSceneStartClose(self, caller=None, event=None):
+        self.setParameterNode(None)
+
+    def _onSceneEndClose(self, caller=None, event=None):
+        self.initialize()
+
+    def _onSceneEndImport(self, caller=None, event=None):
+        self.initialize()
+
+    def _onSceneEndBatchProcess(self, caller=None, event=None):
+        # Slicer's node selectors list the nodes a batch added (a scene imported) only when it ends.
+        self.refresh()
+
+    def cleanup(self):
+        """Stop observing the scene and the node (the panel's cleanup)."""
+        self.removeObservers()
+        self.parameterNode = None
+
+
+def _widgetAccess(widget):
+    """How a widget's value is read, written and watched: (read, write, change signals, is a node reference)."""
+    if isinstance(widget, slicer.qMRMLNodeComboBox):
+        return widget.currentNode, widget.setCurrentNode, ["currentNodeChanged(vtkMRMLNode*)"], True
+    if isinstance(widget, ctk.ctkPathLineEdit):
+        def writePath(path):
+            widget.currentPath = path
+        # An emptied field emits only validInputChanged (see PathChoiceWatcher).
+        return (lambda: widget.currentPath), writePath, ["currentPathChanged(QString)", "validInputChanged(bool)"], \
+            False
+    if isinstance(widget, qt.QComboBox):
+        def readChoice():
+            if widget.currentIndex < 0:
+                return None
+            data = widget.currentData
+            return str(data) if data is not None else widget.currentText
+
+        def writeChoice(value):
+            index = widget.findData(value)
+            index = index if index >= 0 else widget.findText(value)
+            if index < 0:
+                return False
+            widget.setCurrentIndex(index)
+            return True
+        return readChoice, writeChoice, ["currentIndexChanged(int)"], False
+    if isinstance(widget, qt.QAbstractButton):
+        def writeChecked(value):
+            widget.checked = value == "true"
+        return (lambda: "true" if widget.checked else "false"), writeChecked, ["toggled(bool)"], False
+    if isinstance(widget, (qt.QSpinBox, qt.QDoubleSpinBox)):
+        number = int if isinstance(widget, qt.QSpinBox) else float
+
+        def writeNumber(value):
+            try:
+                widget.value = number(value)
+            except ValueError:
+                return False
+            return True
+        return (lambda: repr(widget.value)), writeNumber, ["valueChanged(double)" if number is float
+                                                          else "valueChanged(int)"], False
+    if isinstance(widget, qt.QLineEdit):
+        def writeText(text):
+            widget.text = text
+        return (lambda: widget.text), writeText, ["textChanged(QString)"], False
+    raise TypeError(f"No parameter binding for a {type(widget).__name__}")
 
 
 #
@@ -533,12 +837,24 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
 
     TABLE_COLUMNS = ("Title", "Version", "Modality", "Size", "State")
     CACHE_DIRECTORY_SETTING = "DeepLearning/ModelCacheDirectory"
+    # The panel's settings saved with the scene (its parameter node), and their values before any choice.
+    PARAMETER_DEFAULTS = types.MappingProxyType({"searchText": "", "modality": "", "task": "", "anatomy": "",
+                                                 "installedOnly": "false", "selectedModel": ""})
 
     def __init__(self, cacheDir=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.cacheDir = cacheDir or self.configuredCacheDirectory()
         self.registry = Registry([bundled_source(), *user_sources(self.cacheDir)], self.cacheDir)
         self.registry.refresh(offline=True)
+
+    def setDefaultParameters(self, parameterNode):
+        """Set the panel's settings that ``parameterNode`` lacks to their defaults."""
+        setMissingParameters(parameterNode, self.PARAMETER_DEFAULTS)
+
+    @staticmethod
+    def tableColumnTitles():
+        """The model table's column titles, in ``TABLE_COLUMNS`` order, in the user's language."""
+        return [_("Title"), _("Version"), _("Modality"), _("Size"), _("State")]
 
     @classmethod
     def configuredCacheDirectory(cls):
@@ -553,32 +869,36 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def addSource(self, location, name=""):
         """Add an index (URL, file or folder) after the others, then read it from the network once."""
         if not location:
-            raise ValueError("Enter the URL of an index, or the path of an index file or folder.")
+            raise ValueError(_("Enter the URL of an index, or the path of an index file or folder."))
         sources = user_sources(self.cacheDir)
         if any(source.location == location for source in sources):
-            raise ValueError(f"{location} is already a source.")
+            raise ValueError(_("{location} is already a source.").format(location=location))
         save_user_sources(self.cacheDir, [*sources, IndexSource(location, name=name)])
+        logger.info("Registry index added: %s", location)
         statuses = self.refresh(offline=False)
         failed = [s for s in statuses if s.source.location == location and not s.ok]
         if failed:
-            raise RegistryError(f"Added {location}, but it could not be read: {failed[0].error}")
+            logger.warning("Registry index %s could not be read: %s", location, failed[0].error)
+            raise RegistryError(_("Added {location}, but it could not be read: {error}").format(
+                location=location, error=failed[0].error))
 
     def removeSourceAt(self, row):
         """Remove the user's source shown at ``row`` of the source list (the bundled index stays)."""
         sources = user_sources(self.cacheDir)
         userRow = row - 1
         if not 0 <= userRow < len(sources):
-            raise ValueError("Select an index you added: the bundled index cannot be removed.")
+            raise ValueError(_("Select an index you added: the bundled index cannot be removed."))
         save_user_sources(self.cacheDir, sources[:userRow] + sources[userRow + 1:])
+        logger.info("Registry index removed: %s", sources[userRow].location)
 
     @staticmethod
     def sourceStatusText(status):
         label = status.source.name or status.source.location
         if status.ok and not status.from_cache:
-            return f"{label}: {status.model_count} models"
+            return _("{source}: {count} models").format(source=label, count=status.model_count)
         if status.ok:
-            return f"{label}: {status.model_count} models (offline copy)"
-        return f"{label}: unavailable — {status.error}"
+            return _("{source}: {count} models (offline copy)").format(source=label, count=status.model_count)
+        return _("{source}: unavailable — {error}").format(source=label, error=status.error)
 
     def filterChoices(self):
         models = self.registry.models()
@@ -603,8 +923,8 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def statusText(self, matchCount):
         total = len(self.registry.models())
         if total == 0:
-            return "No models in the registry indexes."
-        return f"{matchCount} of {total} models match."
+            return _("No models in the registry indexes.")
+        return _("{count} of {total} models match.").format(count=matchCount, total=total)
 
     def cardHtml(self, modelId):
         entry = self.registry.find(modelId)
@@ -618,13 +938,14 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
         installed = bool(modelId) and bool(self.registry.store.installed_versions(modelId))
         return {
             "install": state in (NOT_INSTALLED, UPDATE_AVAILABLE),
-            "installLabel": "Update" if state == UPDATE_AVAILABLE else "Install",
+            "installLabel": _("Update") if state == UPDATE_AVAILABLE else _("Install"),
             "remove": installed,
             "verify": installed,
         }
 
     def cacheSummary(self):
-        return f"Models are kept in {self.cacheDir} ({self.registry.store.disk_usage() / 1e6:.1f} MB used)."
+        return _("Models are kept in {folder} ({size} MB used).").format(
+            folder=self.cacheDir, size=f"{self.registry.store.disk_usage() / 1e6:.1f}")
 
     # Install, verify and import run in a worker process of Slicer's Python (ModelRegistryLib.jobs): hashing
     # and unpacking hundreds of MB in a thread of Slicer's process would crawl while the GUI idles, since
@@ -635,24 +956,26 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def installTask(self, modelId):
         """Start installing the newest (or pinned) version of ``modelId`` in a worker; returns the Job."""
         entry, version = self.registry.resolve(modelId)
+        logger.info("Installing %s %s (runtime %s) into %s", entry.id, version.version, version.runtime, self.cacheDir)
         return startJob("ModelRegistryLib.tasks:install",
                         {"cache_dir": self.cacheDir, "entry": entry, "version": version},
-                        f"Installing {entry.id} {version.version}")
+                        _("Installing {model} {version}").format(model=entry.id, version=version.version))
 
     def verifyTask(self, modelId):
         """Start re-hashing the installed files of ``modelId`` (every model when empty) in a worker."""
         return startJob("ModelRegistryLib.tasks:verify", {"cache_dir": self.cacheDir, "spec": modelId or None},
-                        f"Verifying {modelId or 'every model'}")
+                        _("Verifying {model}").format(model=modelId) if modelId else _("Verifying every model"))
 
     def importTask(self, path):
         """Start installing a local archive or folder in a worker: a version the indexes list (recognised by sha256),
         else a model of the field (an nnU-Net v2 results folder or zip, a MONAI bundle, a SlicerMONAIAuto3DSeg
         archive), added to the imported models' index that is read after every other source."""
         if not path or not os.path.exists(path):
-            raise ValueError(f"Nothing to import at {path or '(no path given)'}")
+            raise ValueError(_("Nothing to import at {path}").format(path=path or _("(no path given)")))
+        logger.info("Importing %s into %s", os.path.abspath(path), self.cacheDir)
         return startJob("ModelRegistryLib.tasks:import_package",
                         {"cache_dir": self.cacheDir, "path": os.path.abspath(path), "entries": self.registry.models()},
-                        f"Importing {os.path.basename(os.path.abspath(path))}")
+                        _("Importing {name}").format(name=os.path.basename(os.path.abspath(path))))
 
     def install(self, modelId):
         """Install ``modelId`` (see installTask) and wait; returns the ``InstalledModel``."""
@@ -670,20 +993,23 @@ class ModelRegistryLogic(ScriptedLoadableModuleLogic):
     def taskOutcomeText(task, warnings=()):
         """What the panel says when a job has ended; ``warnings`` (how unverified files were checked) follow."""
         if task.state == "cancelled":
-            return f"{task.description}: cancelled (a later install resumes the download)."
+            return _("{job}: cancelled (a later install resumes the download).").format(job=task.description)
         if task.state == "failed":
-            return f"{task.description} failed: {task.error}"
+            return _("{job} failed: {error}").format(job=task.description, error=task.error)
         if isinstance(task.result, list):  # verify results
-            return " ".join(result.text for result in task.result) or "Nothing installed to verify."
-        return f"{task.description}: done ({task.result.path})." + "".join(f" Warning: {text}." for text in warnings)
+            return " ".join(result.text for result in task.result) or _("Nothing installed to verify.")
+        return _("{job}: done ({path}).").format(job=task.description, path=task.result.path) + "".join(
+            " " + _("Warning: {text}.").format(text=text) for text in warnings)
 
     def remove(self, modelId):
-        return f"Removed {modelId} " + ", ".join(self.registry.remove(modelId)) + "."
+        removed = self.registry.remove(modelId)
+        logger.info("Removed %s versions %s from %s", modelId, ", ".join(removed), self.cacheDir)
+        return _("Removed {model} {versions}.").format(model=modelId, versions=", ".join(removed))
 
 
 def _downloadSizeText(version):
     """The table's size column: the package's download size, or that the version is a container image."""
-    return format_bytes(version.download_size) if version.files else "container"
+    return format_bytes(version.download_size) if version.files else _("container")
 
 
 #

@@ -2,6 +2,7 @@ import copy
 import getpass
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import time
@@ -12,6 +13,8 @@ import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -20,7 +23,16 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from ModelRegistry import JobPoller, PathChoiceWatcher, addLabelSegment, importLabelMap, startJob, waitForJob
+from ModelRegistry import (
+    JobPoller,
+    ParameterNodeBinding,
+    PathChoiceWatcher,
+    addLabelSegment,
+    importLabelMap,
+    runJob,
+    startJob,
+    waitForJob,
+)
 from ModelRegistryLib import JobError
 from ModelRegistryLib.files import backup_path, install_file, temporary_path
 from ModelRegistryLib.shared_arrays import allocate_array, free_blocks, read_shared_array, share_array
@@ -54,6 +66,8 @@ _MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
 # What a user can fix (a file, a setting, a case list cell), or a worker process that would not start; anything
 # else is a bug and should show as one.
 USER_ERRORS = (CaseListError, LabelSchemaError, ExportError, JobError, OSError, ValueError)
+# Slicer routes the root logger to its log: what a maintainer needs (cases, settings, counts) goes there.
+logger = logging.getLogger(__name__)
 # Marks the subject hierarchy folder of an augmentation preview (its value: the case id).
 AUGMENTATION_FOLDER_ATTRIBUTE = "TrainingDataExport.AugmentationPreview"
 
@@ -67,13 +81,13 @@ class TrainingDataExport(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Training Data Export"
-        self.parent.categories = ["Deep Learning"]
+        self.parent.title = _("Training Data Export")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
         # The label schema is the model registry's label format, read with ModelRegistryLib (which also writes every
         # file atomically). DeepSegment depends on this module (case lists, image files), not the other way round.
         self.parent.dependencies = ["ModelRegistry"]
         self.parent.contributors = ["SlicerDeepLearning developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Annotate the cases of a project and export them as training data. The case list (a CSV file next"
             " to the data) holds each case's patient, images, segmentation, status, annotator and time spent;"
             " create it from a folder of images. The label schema (JSON) gives every label's value, name, color"
@@ -82,7 +96,7 @@ class TrainingDataExport(ScriptedLoadableModule):
             " written to a recovery file every minute), and mark it done. Export writes nnU-Net, MONAI, image/label"
             " pairs or 2D slices, split by patient, with a dataset card."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Part of the SlicerDeepLearning extension. Its export formats follow the nnU-Net v2 and MONAI"
             " dataset conventions."
         )
@@ -110,6 +124,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.segmentEditorWidget = None
         self.exportPoller = None
         self.autosaveTimer = None
+        self.parameters = None
         # Questions to the user go through here, so that a self-test can answer them without a modal dialog.
         self.confirm = slicer.util.confirmYesNoDisplay
 
@@ -120,7 +135,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.logic = TrainingDataExportLogic()
         self.ui.caseTable.setColumnCount(len(TrainingDataExportLogic.TABLE_COLUMNS))
-        self.ui.caseTable.setHorizontalHeaderLabels(TrainingDataExportLogic.TABLE_COLUMNS)
+        self.ui.caseTable.setHorizontalHeaderLabels(TrainingDataExportLogic.tableColumnTitles())
         self.ui.caseTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         self.segmentEditorWidget = self.createSegmentEditor()
         self.ui.annotatorLineEdit.text = self.logic.annotator
@@ -166,13 +181,17 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setupAugmentationPreview()
         self.layout.addStretch(1)
         self.updateCaseTable()
+        self.parameters = ParameterNodeBinding(lambda: self.logic.getParameterNode())
+        for name, widget in TrainingDataExportLogic.panelParameters(self.ui):
+            self.parameters.bind(name, widget)
+        self.parameters.initialize()
 
     def createSegmentEditor(self):
         """The Segment Editor, made in code as Slicer's Segment Editor module makes it (no designer plug-in
         needed to load the panel), below the annotation buttons."""
         editor = slicer.qMRMLSegmentEditorWidget()
         editor.setMaximumNumberOfUndoStates(10)
-        editor.toolTip = "The Segment Editor, set to the loaded case's segmentation and first image."
+        editor.toolTip = _("The Segment Editor, set to the loaded case's segmentation and first image.")
         # The parameter node first, so that the selections the editor makes when it gets the scene are kept.
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         editor.setMRMLScene(slicer.mrmlScene)
@@ -181,6 +200,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         return editor
 
     def enter(self):
+        self.parameters.initialize()
         # The editor's keys (1-0 pick an effect, Z/Y undo and redo...) act in the whole main window: only while
         # this module is shown.
         self.segmentEditorWidget.installKeyboardShortcuts()
@@ -218,6 +238,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         # Reload calls cleanup() on an entered panel too: its shortcuts must not outlive it.
         self.releaseSegmentEditor()
         self.removeObservers()
+        self.parameters.cleanup()
         # The editor's selectors observe the scene: a panel deleted while they still do would be called back.
         self.segmentEditorWidget.setMRMLScene(None)
         self.autosaveTimer.stop()
@@ -284,7 +305,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if task.state == "succeeded":
             self.updateCaseTable()  # files changed meanwhile are checked again
         elif task.state == "failed":
-            _showText(self.ui.statusLabel, f"The cases could not be checked: {task.error}")
+            _showText(self.ui.statusLabel, _("The cases could not be checked: {error}").format(error=task.error))
 
     def onCaseEdited(self, row, column):
         """Patient, status and annotator cells are edited in place (F2 or a click on a selected cell)."""
@@ -362,12 +383,12 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         try:
             recovery = load()
             if recovery and self.confirm(
-                f"{os.path.basename(recovery)} holds work newer than the saved segmentation (autosaved before"
-                " Slicer stopped or the case was left unsaved). Restore it?"
+                _("{file} holds work newer than the saved segmentation (autosaved before Slicer stopped or the case"
+                  " was left unsaved). Restore it?").format(file=os.path.basename(recovery))
             ):
                 self.logic.restoreRecovery()
         except USER_ERRORS as error:
-            self._showError("Loading the case failed.", error)
+            self._showError(_("Loading the case failed."), error)
             self.updateCaseTable()
             return
         editor = self.segmentEditorWidget
@@ -382,7 +403,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         try:
             self.logic.saveCase()
         except USER_ERRORS as error:
-            self._showError("Saving the case failed.", error)
+            self._showError(_("Saving the case failed."), error)
             return
         _showText(self.ui.annotationStatusLabel, self.logic.annotationStatusText())
         self.updateCaseTable()
@@ -392,7 +413,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         try:
             self.logic.setStatus(index, status)
         except USER_ERRORS as error:
-            self._showError("Changing the status failed.", error)
+            self._showError(_("Changing the status failed."), error)
             return
         self.updateCaseTable()
 
@@ -401,10 +422,12 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             path = self.logic.autosave()
         except USER_ERRORS as error:
             # Not a dialog: it would pop up every minute while, say, the disk stays full.
-            _showText(self.ui.annotationStatusLabel, f"Autosave failed: {error}")
+            logger.warning("Autosave failed: %s", error)
+            _showText(self.ui.annotationStatusLabel, _("Autosave failed: {error}").format(error=error))
             return
         if path:
-            _showText(self.ui.annotationStatusLabel, f"Work in progress kept in {os.path.basename(path)}.")
+            _showText(self.ui.annotationStatusLabel,
+                      _("Work in progress kept in {file}.").format(file=os.path.basename(path)))
 
     # -- export --------------------------------------------------------------------------------------------
 
@@ -426,7 +449,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onExportButton(self):
         if self.exportPoller.busy:
             self.exportPoller.cancel()
-            self._showStage("Cancelling…")
+            self._showStage(_("Cancelling…"))
             return
         ui = self.ui
         try:
@@ -441,7 +464,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             _showText(ui.exportResultLabel, str(error))
             return
         self.exportPoller.follow(task)
-        ui.exportButton.text = "Cancel"
+        ui.exportButton.text = _("Cancel")
         ui.exportProgressBar.value = 0
         ui.exportProgressBar.visible = True
         self._showStage(task.description)
@@ -450,11 +473,13 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def showExportProgress(self, progress):
         self.ui.exportProgressBar.value = int((progress.fraction or 0.0) * 1000)
-        self._showStage("Cancelling…" if self.exportPoller.task.cancel_requested else progress.text)
+        self._showStage(_("Cancelling…") if self.exportPoller.task.cancel_requested else progress.text)
 
     def onExportFinished(self, task):
-        self.ui.exportButton.text = "Export"
+        self.ui.exportButton.text = _("Export")
         self.ui.exportProgressBar.visible = False
+        if task.state == "succeeded":
+            self.logic.logExportReport(task.result)
         _showText(self.ui.exportResultLabel, self.logic.exportOutcomeText(task))
         self.updateButtonStates()
 
@@ -476,7 +501,7 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         ui = self.ui
         previewing = self.augmentationPoller.busy
         previewed = len(self.logic.augmentationPreviewChoices()) > 1 and not previewing
-        ui.augmentationPreviewButton.text = "Cancel" if previewing else "Preview"
+        ui.augmentationPreviewButton.text = _("Cancel") if previewing else _("Preview")
         ui.augmentationPreviewButton.enabled = previewing or self.logic.caseLoaded()
         ui.augmentationRemoveButton.enabled = previewed
         ui.augmentationShowComboBox.enabled = previewed
@@ -486,13 +511,13 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         ui = self.ui
         if self.augmentationPoller.busy:
             self.augmentationPoller.cancel()
-            _showText(ui.augmentationStatusLabel, "Cancelling…")
+            _showText(ui.augmentationStatusLabel, _("Cancelling…"))
             return
         try:
             count, seed = ui.augmentationCountSpinBox.value, ui.augmentationSeedSpinBox.value
             self.augmentationPoller.follow(self.logic.augmentationPreviewTask(count, seed))
         except USER_ERRORS as error:
-            _showText(ui.augmentationStatusLabel, f"Preview failed: {error}")
+            _showText(ui.augmentationStatusLabel, _("Preview failed: {error}").format(error=error))
         self.updateAugmentationPreviewButtons()
 
     def _showAugmentationProgress(self, progress):
@@ -504,7 +529,8 @@ class TrainingDataExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._fillAugmentationChoices(shown=1)
             return
         _showText(self.ui.augmentationStatusLabel,
-                  "Preview cancelled." if task.state == "cancelled" else f"Preview failed: {task.error}")
+                  _("Preview cancelled.") if task.state == "cancelled"
+                  else _("Preview failed: {error}").format(error=task.error))
         self.updateAugmentationPreviewButtons()
 
     def onAugmentationRemove(self):
@@ -557,6 +583,25 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
     EDITABLE_COLUMNS = types.MappingProxyType({"Patient": "patient_id", "Status": "status", "Annotator": "annotator"})
     FORMATS = FORMATS
     AUTOSAVE_SECONDS = 60
+
+    @staticmethod
+    def panelParameters(ui):
+        """The panel's settings saved with the scene: (parameter name, widget) pairs of its parameter node."""
+        return (("caseListPath", ui.caseListPathLineEdit), ("labelSchemaPath", ui.labelSchemaPathLineEdit),
+                ("imageFolder", ui.imageFolderPathLineEdit), ("outputFolder", ui.outputPathLineEdit),
+                ("exportFormat", ui.formatComboBox), ("resample", ui.spacingCheckBox),
+                ("spacingX", ui.spacingXSpinBox), ("spacingY", ui.spacingYSpinBox), ("spacingZ", ui.spacingZSpinBox),
+                ("crop", ui.cropCheckBox), ("cropMargin", ui.cropMarginSpinBox), ("compression", ui.compressionSpinBox),
+                ("datasetId", ui.datasetIdSpinBox), ("datasetName", ui.datasetNameLineEdit),
+                ("channelNames", ui.channelNamesLineEdit), ("folds", ui.foldsSpinBox),
+                ("testFraction", ui.testFractionSpinBox), ("seed", ui.seedSpinBox),
+                ("augmentationCount", ui.augmentationCountSpinBox), ("augmentationSeed", ui.augmentationSeedSpinBox))
+
+    @staticmethod
+    def tableColumnTitles():
+        """The case table's column titles, in ``TABLE_COLUMNS`` order, in the user's language."""
+        return [_("Case"), _("Patient"), _("Channels"), _("Segmentation"), _("Status"), _("Annotator"),
+                _("Time spent"), _("Check")]
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -740,7 +785,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
     def statusText(self):
         if not self.caseListPath:
-            return "Choose a case list file, or create one from a folder of images."
+            return _("Choose a case list file, or create one from a folder of images.")
         if not os.path.isfile(self.caseListPath):
             return f"{os.path.basename(self.caseListPath)} does not exist yet: create it from a folder of images."
         counts = ", ".join(f"{sum(case.status == s for case in self.cases)} {s}" for s in STATUSES)
@@ -1015,10 +1060,11 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
 
     def annotationStatusText(self):
         if not self.caseLoaded():
-            return "No case loaded."
+            return _("No case loaded.")
         case = self.currentCase()
-        saved = os.path.basename(case.segmentation) if case.segmentation else "not saved yet"
-        return f"Case {case.case_id} ({self.currentIndex + 1} of {len(self.cases)}): {case.status}, {saved}."
+        saved = os.path.basename(case.segmentation) if case.segmentation else _("not saved yet")
+        return _("Case {case} ({number} of {count}): {status}, {saved}.").format(
+            case=case.case_id, number=self.currentIndex + 1, count=len(self.cases), status=case.status, saved=saved)
 
     # -- export --------------------------------------------------------------------------------------------
 
@@ -1058,15 +1104,20 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         panel changes meanwhile does not reach the running export. ``settings`` is an ``ExportSettings``.
         """
         if not self.labels:
-            raise ValueError("Choose the label schema first: the export writes its label values.")
+            raise ValueError(_("Choose the label schema first: the export writes its label values."))
         if not outputDir:
-            raise ValueError("Choose an output folder for the export.")
+            raise ValueError(_("Choose an output folder for the export."))
         arguments = {
             "cases": list(self.cases), "labels": tuple(self.labels), "output_dir": os.path.abspath(outputDir),
             "settings": settings, "folds": folds, "test_fraction": testFraction, "seed": seed, "workers": workers,
         }
+        logger.info("Exporting %d cases (case list %s, %d labels from %s) to %s: %s, folds %d, test fraction %s,"
+                    " seed %d, workers %d", len(self.cases), self.caseListPath or "(not saved)", len(self.labels),
+                    self.labelSchemaPath or "(not saved)", arguments["output_dir"], settings, folds, testFraction,
+                    seed, workers)
         return startJob("TrainingDataExportLib:export_dataset", arguments,
-                        f"Exporting {len(self.cases)} cases as {settings.format}", sysPath=[_MODULE_FOLDER])
+                        _("Exporting {count} cases as {format}").format(count=len(self.cases), format=settings.format),
+                        sysPath=[_MODULE_FOLDER])
 
     def exportDataset(self, settings, outputDir, progress=None, cancel=None, folds=5, testFraction=0.2, seed=0,
                       workers=0):
@@ -1076,23 +1127,30 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         ``threading.Event``) cancels it. Raises ModelRegistryLib's ``JobError`` saying why the export failed
         (every offending case is listed before anything is written) or ``JobCancelledError``.
         """
-        return _outcomeReporting(self.exportTask(settings, outputDir, folds, testFraction, seed, workers), progress,
-                                 cancel)
+        report = _outcomeReporting(self.exportTask(settings, outputDir, folds, testFraction, seed, workers),
+                                   progress, cancel)
+        self.logExportReport(report)
+        return report
+
+    @staticmethod
+    def logExportReport(report):
+        """Say in Slicer's log what an export wrote (an ``ExportReport``)."""
+        logger.info("Export to %s: %d cases written, %d unchanged, %d skipped; dataset card %s", report.output_dir,
+                    len(report.written), len(report.unchanged), len(report.skipped), _cardPath(report) or "(none)")
 
     @staticmethod
     def exportOutcomeText(task):
         if task.state == "cancelled":
-            return "Export cancelled: the files written are complete; export again to finish."
+            return _("Export cancelled: the files written are complete; export again to finish.")
         if task.state == "failed":
-            return f"Export failed: {task.error}"
+            return _("Export failed: {error}").format(error=task.error)
         report = task.result
         cardPath = _cardPath(report)
         root = os.path.dirname(cardPath) or report.output_dir
-        return (
-            f"Exported {len(report.written) + len(report.unchanged)} case(s) ({len(report.written)} written,"
-            f" {len(report.unchanged)} unchanged, {len(report.skipped)} skipped) to {root}."
-            f" Dataset card: {cardPath}"
-        )
+        return _("Exported {count} case(s) ({written} written, {unchanged} unchanged, {skipped} skipped) to {folder}."
+                 " Dataset card: {card}").format(count=len(report.written) + len(report.unchanged),
+                                                 written=len(report.written), unchanged=len(report.unchanged),
+                                                 skipped=len(report.skipped), folder=root, card=cardPath)
 
     # -- augmentation preview ------------------------------------------------------------------------------
 
@@ -1144,12 +1202,12 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         If the case is closed or changed meanwhile, the job fails and the scene is left as it is.
         """
         if not self.augmentationAvailable():
-            raise ValueError(
+            raise ValueError(_(
                 "The augmentation preview needs PyTorch: Deep Segment installs it when it first runs a model, or"
                 " install Slicer's PyTorch extension."
-            )
+            ))
         if not self.caseLoaded():
-            raise ValueError("Load a case first: the preview augments the loaded case.")
+            raise ValueError(_("Load a case first: the preview augments the loaded case."))
         case, reference, segmentationNode = self.currentCase(), self.volumeNodes[0], self.segmentationNode
         segmentation = segmentationNode.GetSegmentation()
         segmentIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
@@ -1170,7 +1228,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
             arguments = {
                 "image": shared(share_array(image[None])), "labels": shared(share_array(labels)),
                 "variants": [(shared(allocate_array((1, *image.shape), np.float32)),
-                              shared(allocate_array(labels.shape, labels.dtype))) for _ in range(count)],
+                              shared(allocate_array(labels.shape, labels.dtype))) for _copy in range(count)],
                 "spacing": tuple(reference.GetSpacing()), "seed": seed, "settings": settings,
                 "direction": tuple(directions.GetElement(row, column) for row in range(3) for column in range(3)),
             }
@@ -1238,11 +1296,11 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         self.augmentationPreview = tuple(preview)
         self._augmentationFolder = folder
         self.showAugmentationPreview(1 if preview else 0)
-        return [(volumeNode, variantNode) for volumeNode, variantNode, _ in preview]
+        return [(volumeNode, variantNode) for volumeNode, variantNode, _description in preview]
 
     def _augmentationPreviewNodes(self):
         """(volume, segmentation) of the case, then of each variant still in the scene."""
-        nodes = [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _ in self.augmentationPreview
+        nodes = [(volumeNode, segmentationNode) for volumeNode, segmentationNode, _text in self.augmentationPreview
                  if volumeNode.GetScene() is not None and segmentationNode.GetScene() is not None]
         return ([(self.volumeNodes[0], self.segmentationNode)] if self.caseLoaded() else []) + nodes
 
@@ -1252,13 +1310,14 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
         nodes = self._augmentationPreviewNodes()
         if not self.caseLoaded() or len(nodes) < 2:
             return []
-        return ["Loaded case"] + [f"Variant {number}" for number in range(1, len(nodes))]
+        return [_("Loaded case")] + [_("Variant {number}").format(number=number) for number in range(1, len(nodes))]
 
     def augmentationPreviewDescription(self, index):
         """What was done to variant ``index`` (0: the case itself)."""
         if index == 0:
-            return "The loaded case, as annotated."
-        return f"Variant {index}: {self.augmentationPreview[index - 1][2]}."
+            return _("The loaded case, as annotated.")
+        return _("Variant {number}: {description}.").format(number=index,
+                                                            description=self.augmentationPreview[index - 1][2])
 
     def showAugmentationPreview(self, index):
         """Show the case (``index`` 0) or variant ``index`` in the slice views, with its segmentation alone."""
@@ -1274,7 +1333,7 @@ class TrainingDataExportLogic(ScriptedLoadableModuleLogic):
     def clearAugmentationPreview(self):
         """Remove the preview's nodes and folder; the case is shown again."""
         hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
-        for volumeNode, segmentationNode, _ in self.augmentationPreview:
+        for volumeNode, segmentationNode, _description in self.augmentationPreview:
             for node in (volumeNode, segmentationNode):
                 if node.GetScene() is not None:
                     node.GetScene().RemoveNode(node)
@@ -1305,7 +1364,7 @@ def _outcomeReporting(task, progress=None, cancel=None):
     while not waitForJob(task, 0.1):
         follow()
     follow()
-    return task.outcome()
+    return runJob(task)  # its log records to Slicer's log, then its result or error
 
 
 def _showText(label, text):

@@ -30,11 +30,16 @@ from .store import InstalledModel, InstallProgress, ModelStore
 
 def _saying_trust(progress, log):
     """Install progress for the job, where how a file without the publisher's sha256 was checked is also logged as
-    a warning: the panel shows only the latest progress, and that must not pass unseen."""
+    a warning: the panel shows only the latest progress, and that must not pass unseen. The first report of each
+    stage (download, unpack, verify, done...) is logged too: the install's steps, for Slicer's log."""
+    stages = []
 
     def report(step: InstallProgress) -> None:
         if step.stage == "trust" and log is not None:
             log(step.text, "warning")
+        elif log is not None and step.stage not in stages:
+            stages.append(step.stage)
+            log(f"{step.stage}: {step.text}", "info")
         if progress is not None:
             progress(step)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zipfile
 
@@ -75,13 +76,24 @@ def test_install_shows_progress_and_cancel_leaves_nothing_installed(panel, packa
     assert panel.ui.installButton.enabled
 
 
-def test_install_verify_and_import_run_in_workers(panel, package, tmp_path):
+def test_install_verify_and_import_run_in_workers(panel, package, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     with served_in_a_process(package) as base_url:
         select(panel, base_url)
         panel.ui.installButton.click()
         assert panel.poller.waitUntilDone(60)
     installed = panel.logic.registry.installed_model("paced")
     assert panel.ui.progressLabel.text == f"Installing paced 1.0.0: done ({installed.path})."
+    # Slicer's log says what ran, where, in which worker, and how it ended.
+    messages = [record.getMessage() for record in caplog.records if record.name == "ModelRegistry"]
+    assert f"Installing paced 1.0.0 (runtime deepsegment) into {panel.logic.cacheDir}" in messages
+    started = [m for m in messages if m.startswith("Started Installing paced 1.0.0: ModelRegistryLib.tasks:install")]
+    assert len(started) == 1 and started[0].split()[-1].isdigit()  # the worker's pid
+    assert any(m.startswith("[Installing paced 1.0.0] download: ") for m in messages), messages  # from the worker
+    assert any(m.startswith("[Installing paced 1.0.0] unpack: ") for m in messages), messages
+    # The worker's exit status follows the pid when the worker has exited by then.
+    assert any(m.startswith("Installing paced 1.0.0 succeeded after ") and f"(worker process {pid}" in m
+               for pid in [started[0].split()[-1]] for m in messages), messages
     panel.ui.verifyButton.click()
     assert panel.poller.waitUntilDone(60)
     assert panel.ui.progressLabel.text == "paced 1.0.0: all files intact"
@@ -92,7 +104,7 @@ def test_install_verify_and_import_run_in_workers(panel, package, tmp_path):
     assert panel.logic.registry.installed_model("paced") is not None
 
 
-def test_the_console_install_waits_and_raises_what_failed(package, tmp_path):
+def test_the_console_install_waits_and_raises_what_failed(package, tmp_path, caplog):
     logic = ModelRegistryLogic(cacheDir=str(tmp_path / "console-cache"))
     with served_in_a_process(package) as base_url:
         logic.addSource(base_url + "/index.json")
@@ -101,3 +113,6 @@ def test_the_console_install_waits_and_raises_what_failed(package, tmp_path):
     assert [result.ok for result in logic.verify("paced")] == [True]
     with pytest.raises(jobs.JobError, match="holds no complete model version"):
         logic.importPackage(str(tmp_path / "console-cache" / "sources.json"))
+    failures = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert failures and failures[-1].getMessage().startswith("Importing sources.json failed after ")
+    assert "holds no complete model version" in failures[-1].getMessage()

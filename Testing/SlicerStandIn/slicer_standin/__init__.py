@@ -6,8 +6,8 @@ process, what Slicer's application does before any scripted module runs:
 - imports the ``qt`` (PySide6 behaving like PythonQt) and ``ctk`` stand-ins from this folder,
 - boots real MRML (scene, application logic, core module logics) from the wheel,
 - creates ``slicer.app`` (with a hidden main window) and sets ``slicer.mrmlScene``, ``slicer.modules``,
-  ``slicer.selfTests``, ``slicer.ScriptedLoadableModule``, ``slicer.testing``, the ``qMRML*`` widgets and
-  Slicer's module classes on ``slicer``,
+  ``slicer.selfTests``, ``slicer.ScriptedLoadableModule``, ``slicer.testing``, ``slicer.i18n``, the ``qMRML*``
+  widgets and Slicer's module classes on ``slicer``,
 - makes every modal dialog fail the test instead of waiting for a user (``dialogs``).
 
 Then ``load_modules(paths)`` loads scripted modules as Slicer's module factory does;
@@ -45,7 +45,7 @@ def boot(state_directory=None):
     import slicer
     import slicer.util
 
-    from . import ScriptedLoadableModule, dialogs, modules, qmrml, testing
+    from . import ScriptedLoadableModule, dialogs, i18n, modules, qmrml, testing
     from .application import StandInApplication
     from .mrml import boot_core_logics
 
@@ -58,7 +58,7 @@ def boot(state_directory=None):
     slicer.mrmlScene = core.scene
     slicer.modules = modules.new_modules_namespace()
     slicer.selfTests = {}
-    for name, module in (("ScriptedLoadableModule", ScriptedLoadableModule), ("testing", testing)):
+    for name, module in (("ScriptedLoadableModule", ScriptedLoadableModule), ("testing", testing), ("i18n", i18n)):
         sys.modules["slicer." + name] = module
         setattr(slicer, name, module)
     for name, widgetClass in qmrml.QMRML_CLASSES.items():

@@ -54,7 +54,7 @@ class StandInApplication(QtWidgets.QApplication):
         QtCore.QSettings.setDefaultFormat(QtCore.QSettings.IniFormat)
         settings_directory = os.path.join(state_directory, "settings")
         QtCore.QSettings.setPath(QtCore.QSettings.IniFormat, QtCore.QSettings.UserScope, settings_directory)
-        self._io_manager = CoreIOManager(core.scene, core.module_logics)
+        self._io_manager = CoreIOManager(core.scene, core.module_logics, core.application_logic)
         self._module_manager = ModuleManager()
         self._major_version, self._minor_version = _slicer_core_version()
         self._testing_enabled = True
