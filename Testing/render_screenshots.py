@@ -51,7 +51,9 @@ def render_panels(output_directory: str) -> list:
     written = []
     for module in modules:
         panel = module.widgetRepresentation()
-        panel.resize(max(PANEL_SIZE[0], panel.minimumSizeHint.width()), PANEL_SIZE[1])
+        # Slicer shows a panel in a scroll area: it is drawn whole, however tall its sections make it.
+        hint = panel.minimumSizeHint
+        panel.resize(max(PANEL_SIZE[0], hint.width()), max(PANEL_SIZE[1], hint.height()))
         panel.show()
         panel.enter()
         app.processEvents()

@@ -25,8 +25,9 @@ Example (what the client does, in one process)::
     ...                      quality="fast")
     >>> labels = read_shared_image(run.label_map)
     >>> for segment in (block, output): segment.close(); segment.unlink()
-    >>> labels.GetSize(), [label.name for label in run.labels], [n.device for n in loaded_models()]
-    ((40, 40, 40), ['Gray matter', 'White matter'], ['cpu'])
+    >>> newest = loaded_models()[0]  # most recently used first: the network that just ran, kept for the next run
+    >>> labels.GetSize(), [label.name for label in run.labels], newest.device, "brain-tissue-demo" in newest.folder
+    ((40, 40, 40), ['Gray matter', 'White matter'], 'cpu', True)
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ def test_each_panel_renders_to_a_png(tmp_path):
     assert names == sorted(name + ".png" for name in ("ModelRegistry", "DeepSegment", "TrainingDataExport"))
     for path in written:
         image = qt.QImage(path)
-        # A panel is never drawn narrower than its widgets need.
-        assert image.width() >= script.PANEL_SIZE[0] and image.height() == script.PANEL_SIZE[1]
+        # A panel is never drawn smaller than its widgets need.
+        assert image.width() >= script.PANEL_SIZE[0] and image.height() >= script.PANEL_SIZE[1]
         # A blank grab is one color; a rendered panel has text, frames and buttons.
         colors = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
         assert len(colors) > 5, f"{path} looks blank"
