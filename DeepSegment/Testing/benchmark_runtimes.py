@@ -15,7 +15,7 @@ interleaved in alternating order, best of ``--repeats``:
     ``initialize_from_trained_model_folder`` and ``predict_from_files_sequential``, mirroring off on both sides;
   - ``auto3dseg``: MONAI's ``LoadImaged`` reading the file, then the pipeline of SlicerMONAIAuto3DSeg's inference
     script (the extension's script itself needs ``fire`` and ``pynrrd``, not in the test environment);
-  - ``deepsegment``: the engine's ``segment()`` on the package, without the dispatch.
+  - ``deepsegment``: the engine's ``segment()`` on the package, without the dispatch, at the same quality.
 
 Both results must hold the same labels, and ours must lie exactly on the input's grid; the ratio of the best times is
 printed (goal: at most 1.1). Timings on a loaded machine vary: compare ratios from one run only.
@@ -115,7 +115,7 @@ def prepare(runtime: str, folder: str, image: sitk.Image, bundle: str) -> tuple:
         zipfile.ZipFile(make_auto3dseg_archive(folder, roi_size=[96, 96, 96])).extractall(installed)
         return (lambda: run_model(installed, [image], device="cpu").result.labels,
                 lambda: auto3dseg_directly(installed, input_path))
-    from DeepSegmentLib.engine import segment
+    from DeepSegmentLib.engine import DEFAULT_QUALITY, quality_options, segment
     from DeepSegmentLib.package import load_package, write_package
 
     class Network(torch.nn.Module):
@@ -141,7 +141,8 @@ def prepare(runtime: str, folder: str, image: sitk.Image, bundle: str) -> tuple:
     write_package(package_folder, Network().eval(), contract)
     package = load_package(package_folder)
     return (lambda: run_model(package_folder, [image], device="cpu").result.labels,
-            lambda: segment([image], package, device="cpu").labels)
+            # The same quality as the dispatch's default: the same windows and work on both sides.
+            lambda: segment([image], package, device="cpu", **quality_options(package, DEFAULT_QUALITY)).labels)
 
 
 def timed(function) -> tuple:
