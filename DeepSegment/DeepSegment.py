@@ -261,7 +261,10 @@ class DeepSegmentWidget(ScriptedLoadableModuleWidget):
         for backend, label in self.logic.backendChoices(modelId):
             self.ui.backendSelector.addItem(label, backend)
         self.ui.backendSelector.blockSignals(False)
-        self.parameters.refresh("backend")
+        if self.parameters.showing:  # the parameter node is being shown (a scene loaded): its backend too
+            self.parameters.refresh("backend")
+        else:  # the user picked another model: the backend it prefers
+            self.parameters.storeWidget("backend")
         self.onBackendChanged()
         for name in self.logic.inputNames(modelId):
             selector = slicer.qMRMLNodeComboBox()

@@ -590,6 +590,9 @@ class ParameterNodeBinding(VTKObservationMixin):
         self.parameterNode = None
         self._bindings = {}  # name -> (read, write, isReference)
         self._showing = False  # widgets are being set from the node: their signals write nothing back
+        # name -> the node's value as last shown or stored: a node modification shows only what changed in the
+        # node, so a widget changed by the user whose signal has not reached storeWidget yet is not undone.
+        self._known = {}
         scene = slicer.mrmlScene
         self.addObserver(scene, scene.StartCloseEvent, self._onSceneStartClose)
         # After the widgets have seen the scene's new nodes (a node selector lists an imported node only once it
@@ -643,6 +646,7 @@ class ParameterNodeBinding(VTKObservationMixin):
         if self.parameterNode is not None:
             self.removeObserver(self.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onNodeModified)
         self.parameterNode = node
+        self._known = {}
         if node is not None:
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._onNodeModified)
             self.refresh()
@@ -655,6 +659,11 @@ class ParameterNodeBinding(VTKObservationMixin):
         for parameter in ([name] if name else list(self._bindings)):
             if not self._show(parameter):
                 self.storeWidget(parameter)
+
+    @property
+    def showing(self):
+        """True while widgets are being set from the node (a scene loaded, the module entered), not by the user."""
+        return self._showing
 
     def value(self, name):
         """The node's value of ``name``: a string, or the referenced node."""
@@ -670,10 +679,19 @@ class ParameterNodeBinding(VTKObservationMixin):
         shown = read()
         if isReference:
             nodeId = shown.GetID() if shown is not None else None
+            self._known[name] = nodeId
             if self.parameterNode.GetNodeReferenceID(name) != nodeId:
                 self.parameterNode.SetNodeReferenceID(name, nodeId)
-        elif shown is not None and self.parameterNode.GetParameter(name) != shown:
-            self.parameterNode.SetParameter(name, shown)
+        elif shown is not None:
+            self._known[name] = shown
+            if self.parameterNode.GetParameter(name) != shown:
+                self.parameterNode.SetParameter(name, shown)
+
+    def _nodeValueKey(self, name):
+        """What the node holds for ``name``, comparable: a node id, a string, or None."""
+        if self._bindings[name][2]:
+            return self.parameterNode.GetNodeReferenceID(name)
+        return self.parameterNode.GetParameter(name) if name in self.parameterNode.GetParameterNames() else None
 
     def _show(self, name):
         """Show the node's value of ``name``; False where it has none or the widget cannot show it."""
@@ -684,18 +702,20 @@ class ParameterNodeBinding(VTKObservationMixin):
             hasValue = name in self.parameterNode.GetParameterNames()
         if not hasValue:
             return False
+        self._known[name] = self._nodeValueKey(name)
         value = self.value(name)
         if read() == value:
             return True
-        self._showing = True
+        previous, self._showing = self._showing, True  # a widget shown may show others (a model's inputs)
         try:
             return write(value) is not False
         finally:
-            self._showing = False
+            self._showing = previous
 
     def _onNodeModified(self, caller=None, event=None):
         for name in list(self._bindings):
-            self._show(name)
+            if self._nodeValueKey(name) != self._known.get(name):
+                self._show(name)
 
     def _onSceneStartClose(self, caller=None, event=None):
         self.setParameterNode(None)

@@ -370,9 +370,12 @@ def _clip_flag(item: dict, field: str) -> bool:
 
 
 def _refuse_unused(item: dict, field: str, kind: str, allowed: tuple) -> None:
-    """A key the step's kind does not use (a typo, a setting of another kind) is refused, never ignored."""
+    """A key the step's kind does not use (a typo, a setting of another kind) is refused, never ignored.
+    ``statistics`` (an object) may go with any step: where its numbers came from, for the reader."""
+    if "statistics" in item:
+        require_object(item["statistics"], f"{field}.statistics")
     for key in item:
-        if key != "kind" and key not in allowed:
+        if key not in ("kind", "statistics") and key not in allowed:
             uses = ", ".join(allowed) or "nothing but its kind"
             raise PackageError(f"{field}.{key}", f"does not apply to {kind!r} normalization (it takes {uses})")
 

@@ -162,6 +162,9 @@ class ExportedNetwork:
     def buffers(self):
         return self.module.buffers()
 
+    def state_dict(self):
+        return self.module.state_dict()
+
     def _refusal(self, shape: Sequence, reason: str = "") -> NetworkInputError:
         names = _AXIS_NAMES.get(len(self.extents))
         axes = f" voxels ({'×'.join(names)})" if names else ""

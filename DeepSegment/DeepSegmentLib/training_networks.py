@@ -158,7 +158,9 @@ def load_base_network(package, channels: int, labels: int, device: str) -> Train
     module = load_network(package, device)
     if package.format == "torchscript":
         return Trainable(module, "torchscript")
-    return Trainable(module, "torch.export", switches_mode=False)
+    # load_network runs a program through ExportedNetwork (shape checks, batch splitting); training needs the
+    # program's module itself.
+    return Trainable(module.module, "torch.export", switches_mode=False)
 
 
 def export_program(module, channels: int, patch_size_zyx: tuple):

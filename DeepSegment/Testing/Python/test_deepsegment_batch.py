@@ -51,7 +51,12 @@ def panel(registry):
     ui.batchSummaryText.clear()
     ui.batchStatusLabel.text = ""
     ui.batchCollapsibleButton.collapsed = True
-    widget.evaluateSection.ui.evaluateCollapsibleButton.collapsed = True
+    evaluate = widget.evaluateSection.ui  # a batch hands its case list and predictions to Evaluate
+    for pathLineEdit in (evaluate.caseListPathLineEdit, evaluate.predictionFolderPathLineEdit,
+                         evaluate.reportFolderPathLineEdit, evaluate.referenceFolderPathLineEdit):
+        pathLineEdit.currentPath = ""
+    evaluate.evaluateModeSelector.setCurrentIndex(0)
+    evaluate.evaluateCollapsibleButton.collapsed = True
 
 
 def test_the_console_runs_a_cohort_and_refuses_bad_requests_before_any_work(registry, tmp_path):

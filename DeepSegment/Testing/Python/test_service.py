@@ -22,6 +22,9 @@ from ModelRegistry import processEventsBriefly, waitForJob
 from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE, HOLD_HOOK_VARIABLE
 
+# Runs stop at "inferring" until cancelled: a cancel or a kill lands mid-run however fast the machine is.
+HOLD_AT_INFERRING = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}
+
 
 class Threshold(torch.nn.Module):
     """Logits of "brighter than 0.5" (or, inverted, of "darker than 0.5")."""
@@ -183,10 +186,12 @@ def test_a_worker_killed_mid_run_fails_the_run_and_the_next_run_starts_a_new_one
     image, _ = phantom((64, 64, 64))
     before = segments_on_disk()
     entry, version = registry.resolve("threshold@1.0.0")
+    service.env = HOLD_AT_INFERRING
     job = service.segment([image], entry, version, registry.store.cache_dir, device="cpu")
     wait_for_stage(job, "inferring")
     killed = job.pid
     os.kill(killed, signal.SIGKILL)
+    service.env = {}
     assert waitForJob(job, 60)
     assert job.state == "failed" and job.error.kind == "crash"
     assert str(job.error).startswith(
@@ -216,7 +221,7 @@ def test_an_aborting_worker_is_reported_and_replaced(registry):
 
 def test_cancel_stops_the_run_and_the_service_lives_on(service, registry):
     image, _ = phantom((64, 64, 64))
-    service.env = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@inferring"}  # cancelled mid-run
+    service.env = HOLD_AT_INFERRING
     before = segments_on_disk()
     entry, version = registry.resolve("threshold@1.0.0")
     job = service.segment([image], entry, version, registry.store.cache_dir, device="cpu")

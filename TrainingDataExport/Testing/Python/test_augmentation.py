@@ -358,14 +358,16 @@ def smooth_volume() -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)[None, None]
 
 
+# No subnormal draws: a library loaded earlier in the test process (compiled with -ffast-math) may have set the
+# processor to flush them to zero, and Hypothesis then refuses to draw them.
 @settings(max_examples=25, deadline=None)
 @given(
-    angles=hnp.arrays(np.float64, 3, elements=st.floats(-0.3, 0.3)),
-    scales=hnp.arrays(np.float64, 3, elements=st.floats(0.9, 1.1)),
-    shear=hnp.arrays(np.float64, 6, elements=st.floats(-0.05, 0.05)),
-    translation=hnp.arrays(np.float64, 3, elements=st.floats(-2.0, 2.0)),
+    angles=hnp.arrays(np.float64, 3, elements=st.floats(-0.3, 0.3, allow_subnormal=False)),
+    scales=hnp.arrays(np.float64, 3, elements=st.floats(0.9, 1.1, allow_subnormal=False)),
+    shear=hnp.arrays(np.float64, 6, elements=st.floats(-0.05, 0.05, allow_subnormal=False)),
+    translation=hnp.arrays(np.float64, 3, elements=st.floats(-2.0, 2.0, allow_subnormal=False)),
     elastic=hnp.arrays(np.float64, (3, *control_point_counts(SHAPE, SPACING, CONTROL_SPACING)),
-                       elements=st.floats(-3.0, 3.0)),
+                       elements=st.floats(-3.0, 3.0, allow_subnormal=False)),
     flips=st.tuples(st.booleans(), st.booleans(), st.booleans()),
 )
 def test_the_composed_grid_equals_the_transforms_applied_one_at_a_time(angles, scales, shear, translation, elastic,
