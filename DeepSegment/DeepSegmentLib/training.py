@@ -286,16 +286,17 @@ def dice_ce_loss(logits, classes):
     return functional.cross_entropy(logits, classes) + 1 - dice[1:].mean()
 
 
-def training_step(module, optimizer, scaler, images, classes, device_type: str, autocast: str) -> float:
+def training_step(module, optimizer, scaler, images, classes, device_type: str, autocast: str,
+                  loss_function: Callable = dice_ce_loss) -> float:
     """One optimization step on a batch: the forward pass under autocast to ``autocast`` (``""``: float32), the
-    loss in float32, the backward pass (scaled by ``scaler``, a ``GradScaler``, for float16) and the update.
-    Returns the loss."""
+    loss (``loss_function(logits, classes)``, default cross-entropy plus Dice) in float32, the backward pass
+    (scaled by ``scaler``, a ``GradScaler``, for float16) and the update. Returns the loss."""
     import torch
 
     dtype = getattr(torch, autocast) if autocast else None
     with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
         logits = module(images)
-    loss = dice_ce_loss(logits.float(), classes)
+    loss = loss_function(logits.float(), classes)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

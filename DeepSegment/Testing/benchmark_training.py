@@ -149,7 +149,6 @@ def monai_loop(folder: str, case_ids: list, patch: int, batch: int, device: str,
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     scaler = torch.amp.GradScaler("cuda") if autocast == "float16" else None
-    dtype = getattr(torch, autocast) if autocast else None
     device_type = device.split(":")[0]
 
     def get_batch():
@@ -165,17 +164,8 @@ def monai_loop(folder: str, case_ids: list, patch: int, batch: int, device: str,
         return images, labels
 
     def step(images, labels):
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            logits = module(images)
-        loss = loss_function(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        # The same step as ours (autocast, loss scaling, update), with MONAI's loss: the loops differ in their data.
+        training_step(module, optimizer, scaler, images, labels, device_type, autocast, loss_function)
 
     return get_batch, step
 
