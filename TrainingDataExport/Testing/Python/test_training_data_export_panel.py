@@ -24,27 +24,21 @@ from TrainingDataExport import TrainingDataExportLogic
 SCHEMA = {"labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}]}
 
 
+def write_project(folder, seed: int):
+    """Two cases of seeded noise, their case list (cases.csv) and a label schema in ``folder``; returns it."""
+    rng = np.random.default_rng(seed)
+    for case_id in ("a", "b"):
+        image = sitk.GetImageFromArray(rng.integers(0, 200, (4, 6, 7)).astype(np.int16))
+        sitk.WriteImage(image, str(folder / f"{case_id}.nrrd"))
+    (folder / "labels.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
+    TrainingDataExportLogic().createCaseListFromFolder(str(folder))
+    return folder
+
+
 @pytest.fixture
 def project(tmp_path):
     """Two seeded cases, their case list (cases.csv) and a label schema in ``tmp_path``."""
-    rng = np.random.default_rng(5)
-    for case_id in ("a", "b"):
-        image = sitk.GetImageFromArray(rng.integers(0, 200, (4, 6, 7)).astype(np.int16))
-        sitk.WriteImage(image, str(tmp_path / f"{case_id}.nrrd"))
-    (tmp_path / "labels.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
-    TrainingDataExportLogic().createCaseListFromFolder(str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def widget():
-    """A panel of its own (with its own logic), cleaned up as the application does."""
-    panel = slicer.modules.trainingdataexport.createNewWidgetRepresentation()
-    yield panel.self()
-    panel.self().logic.closeCase()
-    panel.self().cleanup()
-    panel.deleteLater()
-    slicer.app.processEvents()
+    return write_project(tmp_path, 5)
 
 
 def loadFirstCase(widget, project):

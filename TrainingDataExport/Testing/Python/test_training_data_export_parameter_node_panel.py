@@ -3,41 +3,22 @@ parameter node: saved with the scene, shown again when it is loaded; and what an
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import slicer
 
+from test_training_data_export_panel import write_project
+
 from TrainingDataExport import TrainingDataExportLogic
-
-SCHEMA = {"labels": [{"value": 1, "name": "Liver", "color": "#dd8259"}]}
-
 
 @pytest.fixture
 def project(tmp_path):
     """Two seeded cases, their case list (cases.csv) and a label schema in ``tmp_path/project``."""
     folder = tmp_path / "project"
     folder.mkdir()
-    rng = np.random.default_rng(7)
-    for case_id in ("a", "b"):
-        image = sitk.GetImageFromArray(rng.integers(0, 200, (4, 6, 7)).astype(np.int16))
-        sitk.WriteImage(image, str(folder / f"{case_id}.nrrd"))
-    (folder / "labels.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
-    TrainingDataExportLogic().createCaseListFromFolder(str(folder))
-    return folder
-
-
-@pytest.fixture
-def widget():
-    panel = slicer.modules.trainingdataexport.createNewWidgetRepresentation()
-    yield panel.self()
-    panel.self().logic.closeCase()
-    panel.self().cleanup()
-    panel.deleteLater()
-    slicer.app.processEvents()
+    return write_project(folder, 7)
 
 
 def _choose(widget, project, output):
