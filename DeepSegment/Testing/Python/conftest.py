@@ -159,3 +159,27 @@ def loopback_registry(container_runtime, tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture()
+def threshold_panel(tmp_path):
+    """Deep Segment's panel with a logic of its own over an index holding the threshold test models; the panel's
+    logic, models and model service are put back as they were afterwards."""
+    # Imported here: the Lib tests beside this file also run where there is no slicer (Python 3.9).
+    from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
+
+    import slicer
+    from ModelRegistryLib import IndexSource, Registry
+
+    index = writeThresholdTestModel(str(tmp_path / "models"))
+    registry = Registry([IndexSource(index)], str(tmp_path / "cache"))
+    registry.refresh(offline=True)
+    widget = slicer.modules.deepsegment.widgetRepresentation().self()
+    original = widget.logic
+    widget.logic = DeepSegmentLogic(registry)
+    widget.updateModelList()
+    yield widget
+    widget.poller.stop()
+    widget.logic.service.stop()
+    widget.logic = original
+    widget.updateModelList()

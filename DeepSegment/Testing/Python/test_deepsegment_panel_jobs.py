@@ -9,10 +9,9 @@ import signal
 import numpy as np
 import psutil
 import pytest
-from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
+from DeepSegment import DeepSegmentLogic
 
 import slicer
-from ModelRegistryLib import IndexSource, Registry
 from ModelRegistryLib.worker import ABORT_HOOK_VARIABLE, HOLD_HOOK_VARIABLE
 
 # Runs stop at "inferring" until cancelled: a cancel or a kill lands mid-run however fast the machine is.
@@ -20,18 +19,8 @@ HOLD_AT_INFERRING = {HOLD_HOOK_VARIABLE: "DeepSegmentLib.service:segment_images@
 
 
 @pytest.fixture()
-def panel(tmp_path):
-    index = writeThresholdTestModel(str(tmp_path / "models"))
-    registry = Registry([IndexSource(index)], str(tmp_path / "cache"))
-    registry.refresh(offline=True)
-    widget = slicer.modules.deepsegment.widgetRepresentation().self()
-    original = widget.logic
-    widget.logic = DeepSegmentLogic(registry)
-    yield widget
-    widget.poller.stop()
-    widget.logic.service.stop()
-    widget.logic = original
-    widget.updateModelList()
+def panel(threshold_panel):
+    return threshold_panel
 
 
 def phantom(shape):

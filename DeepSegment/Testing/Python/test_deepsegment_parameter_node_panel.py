@@ -8,26 +8,14 @@ import logging
 
 import numpy as np
 import pytest
-from DeepSegment import DeepSegmentLogic, writeThresholdTestModel
+from DeepSegment import DeepSegmentLogic
 
 import slicer
-from ModelRegistryLib import IndexSource, Registry
 
 
 @pytest.fixture()
-def panel(tmp_path):
-    index = writeThresholdTestModel(str(tmp_path / "models"))
-    registry = Registry([IndexSource(index)], str(tmp_path / "cache"))
-    registry.refresh(offline=True)
-    widget = slicer.modules.deepsegment.widgetRepresentation().self()
-    original = widget.logic
-    widget.logic = DeepSegmentLogic(registry)
-    widget.updateModelList()
-    yield widget
-    widget.poller.stop()
-    widget.logic.service.stop()
-    widget.logic = original
-    widget.updateModelList()
+def panel(threshold_panel):
+    return threshold_panel
 
 
 def phantom(name="phantom"):
