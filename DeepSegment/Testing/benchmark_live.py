@@ -29,7 +29,6 @@ Usage (from the repository root): .venv/bin/python DeepSegment/Testing/benchmark
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -265,22 +264,7 @@ def report(results: list, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="all: the CPU, and CUDA when PyTorch sees a GPU")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the paced stream")
-    parser.add_argument("--loop-frames", type=int, default=150, help="frames of the closed loop")
-    parser.add_argument("--precision", nargs="+", choices=("auto", "float32"), default=["auto", "float32"])
-    parser.add_argument("--format", nargs="+", choices=tuple(benchmark_stream.FORMATS),
-                        default=list(benchmark_stream.FORMATS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved")
-    args = parser.parse_args()
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not torch.cuda.is_available():
-        if args.device == "cuda":
-            parser.error("PyTorch sees no CUDA GPU")
-        devices.remove("cuda")
+    args, devices = benchmark_stream.parse_arguments(__doc__.split("\n\n")[0])
     with tempfile.TemporaryDirectory() as folder:
         boot(os.path.join(folder, "state"))
         from DeepSegment import DeepSegmentLogic

@@ -315,8 +315,9 @@ def report(results: list, args) -> None:
               f" server: {r['summary']}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments(description: str) -> tuple:
+    """(arguments, devices to run on) of this benchmark's command line; benchmark_live.py takes the same."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                         help="all: the CPU, and CUDA when PyTorch sees a GPU")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the paced stream")
@@ -331,6 +332,11 @@ def main() -> None:
         if args.device == "cuda":
             parser.error("PyTorch sees no CUDA GPU")
         devices.remove("cuda")
+    return args, devices
+
+
+def main() -> None:
+    args, devices = parse_arguments(__doc__.split("\n\n")[0])
     with tempfile.TemporaryDirectory() as folder:
         index = write_models(folder)
         configurations = [(device, precision, model_format) for device in devices for precision in args.precision
