@@ -8,7 +8,6 @@ import shutil
 import tempfile
 import time
 import types
-import zipfile
 
 import numpy as np
 import qt
@@ -32,6 +31,7 @@ from DeepSegmentLib import (
     EngineError,
     ModelService,
     PackageError,
+    archive_package,
     choose_device,
     cpu_device,
     ijk_to_ras_from_image,
@@ -2321,7 +2321,6 @@ def writeThresholdTestModel(folder):
 
     Its result is known exactly, so tests of the panel, the console and the command line can check voxels.
     """
-    import hashlib
 
     import torch
 
@@ -2343,18 +2342,12 @@ def writeThresholdTestModel(folder):
     }
     packageFolder = os.path.join(folder, "package")
     write_package(packageFolder, Threshold(), contract)
-    archive = os.path.join(folder, "threshold-test-1.0.0.zip")
-    with zipfile.ZipFile(archive, "w") as package:
-        for name in sorted(os.listdir(packageFolder)):
-            package.write(os.path.join(packageFolder, name), name)
-    with open(archive, "rb") as archiveFile:
-        digest = hashlib.sha256(archiveFile.read()).hexdigest()
+    files = [archive_package(packageFolder, os.path.join(folder, "threshold-test-1.0.0.zip"))]
     index = {"schemaVersion": 1, "models": [{
         "id": "threshold-test", "title": "Threshold test", "task": "segmentation",
         "inputs": [{"name": "Image", "pattern": "phantom"}],
         "labels": [{"value": 1, "name": "Bright", "color": "#ff0000"}],
-        "versions": [{"version": "1.0.0", "files": [
-            {"url": os.path.basename(archive), "sha256": digest, "size": os.path.getsize(archive)}]}],
+        "versions": [{"version": "1.0.0", "files": files}],
     }]}
     indexPath = os.path.join(folder, "index.json")
     with open(indexPath, "w", encoding="utf-8") as indexFile:

@@ -37,7 +37,10 @@ _EXPORTS = {
     "frames": ("FrameError", "FrameSegmenter"),
     "geometry": ("LPS_FROM_RAS", "geometry_mismatch", "ijk_to_ras_from_image", "image_from_array", "is_oblique"),
     "imageio": ("read_volume", "write_labels"),
-    "package": ("ModelPackage", "PackageError", "load_network", "load_package", "parse_contract", "write_package"),
+    "package": (
+        "ModelPackage", "PackageError", "archive_package", "load_network", "load_package", "parse_contract",
+        "write_package"
+    ),
     "pool": ("ModelPool",),
     "programs": ("ExportedNetwork", "NetworkInputError", "export_network"),
     "runtimes": ("ModelRun", "RunOptions", "RuntimeDependencyError", "detect_runtime", "run_model"),

@@ -1192,6 +1192,30 @@ def write_package(folder: str, network_or_program, contract: dict, *, static_bat
     os.replace(partial, os.path.join(folder, CONTRACT_NAME))
 
 
+
+def archive_package(folder: str, archive: str) -> dict:
+    """Zip the files of the package in ``folder`` (flat, sorted) into ``archive``, written atomically, and return
+    the registry index's file entry for it: ``url`` (the archive's name, relative to an index beside it),
+    ``sha256`` and ``size``.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "model.json"), "w") as file:
+    ...     _ = file.write("{}")
+    >>> entry = archive_package(folder, os.path.join(folder, "model-1.0.0.zip"))
+    >>> entry["url"], entry["size"] > 0, len(entry["sha256"])
+    ('model-1.0.0.zip', True, 64)
+    """
+    from ModelRegistryLib.download import file_sha256
+    from ModelRegistryLib.files import atomic_target
+
+    names = sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name)))
+    with atomic_target(archive, suffix=".zip") as temporary, zipfile.ZipFile(temporary, "w") as zipped:
+        for name in names:
+            if os.path.join(folder, name) != os.path.abspath(archive):
+                zipped.write(os.path.join(folder, name), name)
+    return {"url": os.path.basename(archive), "sha256": file_sha256(archive), "size": os.path.getsize(archive)}
+
 def _example_shape(contract: dict) -> tuple:
     """The input a network is exported for: a batch (at least 2), the contract's channels and patch size."""
     try:

@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from stream_test_support import ultrasound_frames  # noqa: E402
 
 from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision  # noqa: E402
-from DeepSegmentLib.package import load_network, load_package, write_package  # noqa: E402
+from DeepSegmentLib.package import archive_package, load_network, load_package, write_package  # noqa: E402
 from DeepSegmentLib.programs import export_network  # noqa: E402
 
 SIZE = 256
@@ -75,9 +75,7 @@ def unet() -> torch.nn.Module:
 
 def write_models(folder: str) -> str:
     """One package per format and a registry index listing them (``unet2d-torchscript``, ...); returns the index."""
-    import hashlib
     import json
-    import zipfile
 
     network = unet()
     example = torch.zeros(1, 1, SIZE, SIZE)
@@ -100,15 +98,9 @@ def write_models(folder: str) -> str:
             exported = export_network(network, (2, *example.shape[1:]))
         package = os.path.join(folder, name)
         write_package(package, exported, contract)
-        archive = os.path.join(folder, f"unet2d-{name}-1.0.0.zip")
-        with zipfile.ZipFile(archive, "w") as zipped:
-            for member in sorted(os.listdir(package)):
-                zipped.write(os.path.join(package, member), member)
-        with open(archive, "rb") as file:
-            digest = hashlib.sha256(file.read()).hexdigest()
-        models.append({"id": f"unet2d-{name.replace('.', '-')}", "title": f"2D U-Net ({name})", "versions": [
-            {"version": "1.0.0", "files": [{"url": os.path.basename(archive), "sha256": digest,
-                                            "size": os.path.getsize(archive)}]}]})
+        files = [archive_package(package, os.path.join(folder, f"unet2d-{name}-1.0.0.zip"))]
+        models.append({"id": f"unet2d-{name.replace('.', '-')}", "title": f"2D U-Net ({name})",
+                       "versions": [{"version": "1.0.0", "files": files}]})
     index = os.path.join(folder, "index.json")
     with open(index, "w", encoding="utf-8") as file:
         json.dump({"schemaVersion": 1, "models": models}, file)

@@ -7,16 +7,14 @@ grids, written as NIfTI files (or as DICOM series).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import zipfile
 
 import numpy as np
 import SimpleITK as sitk
 
 from DeepSegmentLib.geometry import image_from_array
-from DeepSegmentLib.package import write_package
+from DeepSegmentLib.package import archive_package, write_package
 
 MODEL_ID = "batch-threshold"
 LABELS = [{"value": 1, "name": "Bright", "color": "#ff0000"}]
@@ -52,14 +50,8 @@ def write_threshold_model(folder: str, versions: dict | None = None, patch: int 
     for version, scale in (versions or {"1.0.0": 1.0}).items():
         package = os.path.join(folder, f"package-{version}")
         write_package(package, Threshold(scale), threshold_contract(patch))
-        archive = os.path.join(folder, f"{MODEL_ID}-{version}.zip")
-        with zipfile.ZipFile(archive, "w") as zipped:
-            for name in sorted(os.listdir(package)):
-                zipped.write(os.path.join(package, name), name)
-        with open(archive, "rb") as file:
-            digest = hashlib.sha256(file.read()).hexdigest()
-        entries.append({"version": version, "files": [
-            {"url": os.path.basename(archive), "sha256": digest, "size": os.path.getsize(archive)}]})
+        entries.append({"version": version,
+                        "files": [archive_package(package, os.path.join(folder, f"{MODEL_ID}-{version}.zip"))]})
     index = {"schemaVersion": 1, "models": [{"id": MODEL_ID, "title": "Threshold (batch test model)",
                                              "task": "segmentation", "labels": LABELS, "versions": entries}]}
     path = os.path.join(folder, "index.json")

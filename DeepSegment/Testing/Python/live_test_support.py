@@ -3,15 +3,13 @@ a slow variant of it with the same known answer, a 3D model, and a sequence of t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import zipfile
 
 import numpy as np
 from stream_test_support import MODEL_ID, threshold_2d_contract, tracked_matrix, ultrasound_frames
 
-from DeepSegmentLib.package import write_package
+from DeepSegmentLib.package import archive_package, write_package
 
 SLOW_MODEL_ID = "us-threshold-2d-slow"
 MODEL_3D_ID = "threshold-3d"
@@ -46,14 +44,7 @@ def _threshold_network(slow: bool):
 def _zip_version(folder: str, model_id: str, network, contract: dict) -> dict:
     package = os.path.join(folder, model_id)
     write_package(package, network, contract)
-    archive = os.path.join(folder, f"{model_id}-1.0.0.zip")
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for name in sorted(os.listdir(package)):
-            zipped.write(os.path.join(package, name), name)
-    with open(archive, "rb") as file:
-        digest = hashlib.sha256(file.read()).hexdigest()
-    return {"version": "1.0.0", "files": [{"url": os.path.basename(archive), "sha256": digest,
-                                           "size": os.path.getsize(archive)}]}
+    return {"version": "1.0.0", "files": [archive_package(package, os.path.join(folder, f"{model_id}-1.0.0.zip"))]}
 
 
 def write_live_models(folder: str) -> str:

@@ -12,17 +12,15 @@ itself keeps only the newest message per device name).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import threading
 import time
-import zipfile
 
 import numpy as np
 import pyigtl
 
-from DeepSegmentLib.package import write_package
+from DeepSegmentLib.package import archive_package, write_package
 
 CINE = "color3d_jpeg_baseline.dcm"
 # Pixels above this value are labelled 1: the model's window [0, 61] maps it to 0.5 at 30.5, halfway
@@ -94,16 +92,10 @@ def write_threshold_2d_model(folder: str, contract: dict | None = None) -> str:
 
     package = os.path.join(folder, "package")
     write_package(package, Threshold(), contract or threshold_2d_contract())
-    archive = os.path.join(folder, f"{MODEL_ID}-1.0.0.zip")
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for name in sorted(os.listdir(package)):
-            zipped.write(os.path.join(package, name), name)
-    with open(archive, "rb") as file:
-        digest = hashlib.sha256(file.read()).hexdigest()
+    files = [archive_package(package, os.path.join(folder, f"{MODEL_ID}-1.0.0.zip"))]
     index = {"schemaVersion": 1, "models": [{
         "id": MODEL_ID, "title": "Ultrasound threshold (2D test model)", "task": "segmentation",
-        "versions": [{"version": "1.0.0", "files": [
-            {"url": os.path.basename(archive), "sha256": digest, "size": os.path.getsize(archive)}]}],
+        "versions": [{"version": "1.0.0", "files": files}],
     }]}
     path = os.path.join(folder, "index.json")
     with open(path, "w", encoding="utf-8") as file:

@@ -3,11 +3,9 @@ nothing that kills them, and leave no process and no shared memory behind."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import zipfile
 
 import numpy as np
 import psutil
@@ -15,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DeepSegmentLib.package import write_package
+from DeepSegmentLib.package import archive_package, write_package
 from DeepSegmentLib.service_client import SERVICE_NAME, ModelService
 from DeepSegmentLib.shared_images import segment_prefix
 from ModelRegistry import processEventsBriefly, waitForJob
@@ -49,14 +47,8 @@ def write_version(folder, version: str, sign: float) -> dict:
     }
     package = os.path.join(folder, f"package-{version}")
     write_package(package, torch.jit.script(Threshold(sign)), contract)
-    archive = os.path.join(folder, f"threshold-{version}.zip")
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for name in sorted(os.listdir(package)):
-            zipped.write(os.path.join(package, name), name)
-    with open(archive, "rb") as file:
-        digest = hashlib.sha256(file.read()).hexdigest()
-    return {"version": version, "files": [{"url": os.path.basename(archive), "sha256": digest,
-                                           "size": os.path.getsize(archive)}]}
+    return {"version": version,
+            "files": [archive_package(package, os.path.join(folder, f"threshold-{version}.zip"))]}
 
 
 @pytest.fixture(scope="module")
