@@ -18,8 +18,12 @@ input, and keeps the network as it is when a candidate fails or disagrees.
 - ``compiled``: ``torch.compile`` (Inductor) of a torch.export program or a module: the compilation takes
   tens of seconds per window size on a CPU, more than a whole segmentation, so it is measured, not adopted.
 
-CUDA graphs and cuDNN's autotuner (``torch.backends.cudnn.benchmark``) are left out: no GPU was at hand
-to measure them, and this module adopts nothing unmeasured.
+- ``cudnn-autotune``: cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on while the network runs: it
+  times cuDNN's convolution algorithms on the first call of each shape and keeps the fastest. CUDA only.
+- ``cuda-graphs``: the network's kernels captured once per input shape and precision in a CUDA graph and
+  replayed, so launching them costs one call instead of one per kernel. CUDA only.
+
+A candidate is adopted only where the benchmark measured it faster; nothing unmeasured is adopted.
 
 Example::
 
@@ -92,7 +96,95 @@ def compiled(network: Callable) -> Callable:
     return torch.compile(network, dynamic=False)
 
 
-CANDIDATES = {"frozen": frozen, "channels-last": channels_last, "compiled": compiled}
+class CudnnAutotuned:
+    """``network`` run with cuDNN's autotuner on (and the previous setting restored after each call)."""
+
+    def __init__(self, network: Callable) -> None:
+        self.network = network
+
+    def __call__(self, batch):
+        import torch
+
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return self.network(batch)
+        finally:
+            torch.backends.cudnn.benchmark = previous
+
+
+def cudnn_autotuned(network: Callable) -> Callable:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuDNN's autotuner needs a CUDA device")
+    return CudnnAutotuned(network)
+
+
+class CudaGraphs:
+    """``network`` replayed from CUDA graphs, one captured per input shape, dtype and autocast precision.
+
+    The first call of a new kind warms the network up on a side stream (TorchScript's profiling executor and
+    cuDNN's autotuner settle over the first runs) and captures it; later calls copy their input into the
+    graph's own input tensor, replay the graph and return a copy of its output (callers may keep outputs
+    across calls, e.g. mirrored passes). Inputs not on a CUDA device, and kinds beyond ``max_graphs`` (each
+    graph keeps its own memory), run the network as it is.
+    """
+
+    WARM_UP_CALLS = 3
+
+    def __init__(self, network: Callable, max_graphs: int = 4) -> None:
+        self.network, self.max_graphs = network, max_graphs
+        self._graphs: dict = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, batch):
+        import torch
+
+        if batch.device.type != "cuda":
+            return self.network(batch)
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (tuple(batch.shape), batch.dtype, autocast, batch.device)
+        with self._lock:
+            captured = self._graphs.get(key)
+            if captured is None:
+                if len(self._graphs) >= self.max_graphs:
+                    return self.network(batch)
+                captured = self._graphs[key] = self._capture(batch, autocast)
+            inputs, graph, outputs = captured
+            inputs.copy_(batch)
+            graph.replay()
+            return outputs.clone()
+
+    def _capture(self, batch, autocast) -> tuple:
+        import torch
+
+        inputs = batch.clone()
+        # Autocast's cast-weight cache would hold tensors freed after capture: capture without it.
+        context = (torch.autocast("cuda", dtype=autocast, cache_enabled=False) if autocast is not None
+                   else contextlib.nullcontext())
+        side = torch.cuda.Stream(batch.device)
+        side.wait_stream(torch.cuda.current_stream(batch.device))
+        with torch.cuda.stream(side), context:
+            for _ in range(self.WARM_UP_CALLS):
+                self.network(inputs)
+        torch.cuda.current_stream(batch.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), context:
+            outputs = self.network(inputs)
+        return inputs, graph, outputs
+
+
+def cuda_graphs(network: Callable) -> Callable:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA graphs need a CUDA device")
+    return CudaGraphs(network)
+
+
+CANDIDATES = {"frozen": frozen, "channels-last": channels_last, "compiled": compiled,
+              "cudnn-autotune": cudnn_autotuned, "cuda-graphs": cuda_graphs}
 
 
 def windows_per_call(device, autocast: str, batch_size: int) -> int:
@@ -148,5 +240,5 @@ def tuned_network(network: Callable, device, autocast: str, example_shape: tuple
     return answer
 
 
-__all__ = ["ADOPTED", "CANDIDATES", "ChannelsLast", "channels_last", "compiled", "frozen", "has_batch_norm",
-           "tuned_network", "windows_per_call"]
+__all__ = ["ADOPTED", "CANDIDATES", "ChannelsLast", "CudaGraphs", "CudnnAutotuned", "channels_last", "compiled",
+           "cuda_graphs", "cudnn_autotuned", "frozen", "has_batch_norm", "tuned_network", "windows_per_call"]

@@ -81,7 +81,8 @@ from DeepSegmentLib.engine import (  # noqa: E402
     segment,
     window_voxel_limit,
 )
-from DeepSegmentLib.forward_pass import CANDIDATES  # noqa: E402
+from DeepSegmentLib import forward_pass  # noqa: E402
+from DeepSegmentLib.forward_pass import CANDIDATES, cuda_graphs, cudnn_autotuned  # noqa: E402
 from DeepSegmentLib.package import load_network, load_package  # noqa: E402
 from DeepSegmentLib.resample import Grid, model_grid, resample  # noqa: E402
 from DeepSegmentLib.window_plan import accepted_multiple, plan_windows  # noqa: E402
@@ -297,7 +298,7 @@ def nnunet_predictor(case: Case, network, device):
     return predictor
 
 
-def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | None) -> dict:
+def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | None, adopt: tuple = ()) -> dict:
     """name → a function running the method once and returning (labels, voxels through the network, windows)."""
     from monai.inferers import sliding_window_inference
 
@@ -352,17 +353,36 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
     methods[f"ours, {DEFAULT_QUALITY}"] = ours(planned, windows=options["windows"],
                                                skip_background=options["skip_background"],
                                                fast_forward=options["fast_forward"])
+    if adopt:
+        tuned = ours(planned, windows=options["windows"], skip_background=options["skip_background"],
+                     fast_forward=True)
+        methods[f"ours, {DEFAULT_QUALITY}, +{'+'.join(adopt)}"] = lambda: with_adopted(device, precision, adopt, tuned)
     return methods
 
 
-def run_speed(case: Case, device, precisions: list, repeats: int) -> None:
+def with_adopted(device, precision: str, adopt: tuple, method):
+    """Run ``method`` with the forward-pass candidates ``adopt`` adopted for ``device`` and ``precision`` (what
+    ``--adopt`` measures before the engine adopts them)."""
+    key = (device.type, precision)
+    before = forward_pass.ADOPTED.get(key)
+    forward_pass.ADOPTED[key] = (*(before or ()), *((name, lambda network: True) for name in adopt))
+    try:
+        return method()
+    finally:
+        if before is None:
+            del forward_pass.ADOPTED[key]
+        else:
+            forward_pass.ADOPTED[key] = before
+
+
+def run_speed(case: Case, device, precisions: list, repeats: int, adopt: tuple = ()) -> None:
     print(f"\n== speed: {case.description}")
     patch = tuple(reversed(case.package.inference.patch_size))
     multiple = accepted_multiple(case.network, int(case.volume.shape[0]), patch, device)
     volume_voxels = case.volume[0].numel()
     ours_name = f"ours, {DEFAULT_QUALITY}"
     for precision in precisions:
-        methods = speed_methods(case, device, precision, multiple)
+        methods = speed_methods(case, device, precision, multiple, adopt)
         first_runs = {}  # untimed: TorchScript optimizes over its first runs of each new shape; ours also
         for _ in range(WARM_UP_ROUNDS):  # probes and tunes the network on its first run, once
             for name in [*(n for n in methods if n != ours_name), ours_name]:
@@ -389,6 +409,10 @@ def run_speed(case: Case, device, precisions: list, repeats: int) -> None:
             print(f"  {precision}: {ours_name} vs {other} {theirs.wall / ours.wall:.2f}× [CPU "
                   f"{theirs.cpu / ours.cpu:.2f}×] (goal ≥ {SPEED_GOAL}×); ours, exact (the same windows) vs "
                   f"{other} {theirs.wall / exact.wall:.2f}× [CPU {theirs.cpu / exact.cpu:.2f}×]")
+        for name in (n for n in timings if n.startswith(f"{ours_name}, +")):
+            print(f"  {precision}: {name} vs MONAI {timings['MONAI'].wall / timings[name].wall:.2f}×, vs nnU-Net "
+                  f"{timings['nnU-Net'].wall / timings[name].wall:.2f}×, vs {ours_name} "
+                  f"{ours.wall / timings[name].wall:.2f}×")
         if ours.voxels < exact.voxels:
             print(f"  {precision}: {ours_name} does less work: {ours.voxels / exact.voxels:.2f}× the voxels through"
                   " the network (see part accuracy for what it costs)")
@@ -465,6 +489,8 @@ def run_forward(case: Case, device, precisions: list, repeats: int, compile_too:
     padded = padded_to_multiple(case.volume, size)
     batch = padded[(slice(None), *(slice(0, n) for n in size))][None].repeat(plan.window.batch_size, 1, 1, 1, 1)
     candidates = {name: build for name, build in CANDIDATES.items() if name != "compiled"}
+    if device.type == "cuda":  # the two CUDA candidates together: graphs captured after the autotuner chose
+        candidates["cudnn-autotune+cuda-graphs"] = lambda network: cuda_graphs(cudnn_autotuned(network))
     for precision in precisions:
         networks = {"as loaded": case.copy_of_network()}
         if len(batch) > 1:  # the same windows, handed over one per call
@@ -512,6 +538,9 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=("speed", "accuracy", "forward"),
                         default=["speed", "accuracy", "forward"])
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile in part forward")
+    parser.add_argument("--adopt", nargs="+", default=[], choices=[n for n in CANDIDATES if n != "compiled"],
+                        help="part speed: also time the default quality with these forward-pass candidates "
+                        "adopted (for every network and precision), before the engine adopts them")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "deepsegment-benchmark"),
                         help="where the MNI template is unpacked if nilearn is not installed")
     args = parser.parse_args()
@@ -531,7 +560,7 @@ def main() -> None:
             cases = [builders[name]() for name in args.networks]
         if "speed" in args.parts:
             for case in cases:
-                run_speed(case, device, precisions, args.repeats)
+                run_speed(case, device, precisions, args.repeats, tuple(args.adopt))
         if "forward" in args.parts:
             for case in cases:
                 run_forward(case, device, precisions, args.repeats, args.compile)

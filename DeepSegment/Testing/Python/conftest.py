@@ -16,9 +16,12 @@ import sys
 import pytest
 from container_test_images import ensure_base_image
 
-# The model registry's test server (a real HTTP server on 127.0.0.1) serves DeepSegment's tests too.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))), "ModelRegistry", "Testing", "Python"))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# The model registry's test server (a real HTTP server on 127.0.0.1) serves DeepSegment's tests too; the demo's
+# scripts (its template and training data) serve the speed-option and CUDA tests.
+sys.path[:0] = [os.path.join(REPOSITORY, "ModelRegistry", "Testing", "Python"), os.path.join(REPOSITORY, "DeepSegment",
+                                                                                            "Demo")]
+DEMO_ARCHIVE = os.path.join(REPOSITORY, "ModelRegistry", "Resources", "Registry", "brain-tissue-demo-1.0.0.zip")
 
 CONTRACT_TEST_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Containers",
                                     "contract-test")
@@ -183,3 +186,30 @@ def threshold_panel(tmp_path):
     widget.logic.service.stop()
     widget.logic = original
     widget.updateModelList()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The bundled demo model (1.0.0, TorchScript) and a seeded test volume: (package, network on the CPU, the
+    volume, the exact quality's labels on the CPU in float32 as an array). The volume is a held-out validation
+    variant of a real brain (the MNI template, augmented by the augmentation engine's defaults, as in the
+    demo's validation)."""
+    import zipfile
+
+    import SimpleITK as sitk
+    from mni_template import template_folder
+    from train_brain_tissue_demo import VALIDATION_SEED, TrainingData, sample_seed
+
+    from DeepSegmentLib.engine import quality_options, segment
+    from DeepSegmentLib.package import load_network, load_package
+    from TrainingDataExportLib.augmentation import AugmentationSettings
+
+    folder = str(tmp_path_factory.mktemp("demo-model"))
+    with zipfile.ZipFile(DEMO_ARCHIVE) as archive:
+        archive.extractall(folder)
+    package = load_package(folder)
+    network = load_network(package, "cpu")
+    data = TrainingData(template_folder(str(tmp_path_factory.mktemp("template-cache"))))
+    image, _ = data.variant(sample_seed(VALIDATION_SEED, 0, 7), AugmentationSettings())
+    exact = segment([image], package, network, device="cpu", precision="float32", **quality_options(package, "exact"))
+    return package, network, image, sitk.GetArrayFromImage(exact.labels)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from DeepSegmentLib import forward_pass
-from DeepSegmentLib.forward_pass import CANDIDATES, channels_last, frozen, tuned_network
+from DeepSegmentLib.forward_pass import CANDIDATES, CudaGraphs, channels_last, frozen, tuned_network
 
 CPU = torch.device("cpu")
 
@@ -59,3 +59,22 @@ def test_channels_last_hands_over_the_same_values():
     batch = torch.randn(2, 1, 8, 9, 10)
     with torch.inference_mode():
         torch.testing.assert_close(channels_last(network)(batch), network(batch))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA (test_cuda.py covers CUDA)")
+@pytest.mark.parametrize("name", ["cudnn-autotune", "cuda-graphs"])
+def test_the_cuda_candidates_refuse_without_cuda_and_the_engine_runs_the_network_as_it_is(name, monkeypatch):
+    network = conv_bn_network()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        CANDIDATES[name](network)
+    monkeypatch.setitem(forward_pass.ADOPTED, ("cpu", "float32"), ((name, lambda n: True),))
+    assert tuned_network(network, CPU, "", (1, 1, 8, 8, 8)) == (network, "")
+
+
+def test_cuda_graphs_run_inputs_off_the_gpu_as_they_are():
+    network = conv_bn_network()
+    graphs = CudaGraphs(network)
+    batch = torch.rand(2, 1, 8, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(graphs(batch), network(batch))
+    assert graphs._graphs == {}

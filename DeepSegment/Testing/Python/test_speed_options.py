@@ -6,9 +6,6 @@ Times are not asserted; ``Testing/benchmark_inference.py`` measures them.
 
 from __future__ import annotations
 
-import os
-import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,36 +14,13 @@ import torch
 
 from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision
 from DeepSegmentLib.engine import QUALITY_PRESETS, EngineError, quality_options, segment
-from DeepSegmentLib.package import load_network, load_package, write_package
+from DeepSegmentLib.package import load_package, write_package
 
-REPOSITORY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-DEMO_ARCHIVE = os.path.join(REPOSITORY, "ModelRegistry", "Resources", "Registry", "brain-tissue-demo-1.0.0.zip")
-sys.path.insert(0, os.path.join(REPOSITORY, "DeepSegment", "Demo"))
-
-from mni_template import dice_scores, template_folder  # noqa: E402
-from train_brain_tissue_demo import VALIDATION_SEED, TrainingData, sample_seed  # noqa: E402
-
-from TrainingDataExportLib.augmentation import AugmentationSettings  # noqa: E402
+from mni_template import dice_scores
 
 # The Dice against the exact quality each option must keep, per label (the README states the measured values).
 DICE_BAR = 0.99
 FAST_DICE_BAR = 0.98  # fast also shrinks the overlap of the model's own windows to a quarter
-# Seed of the test volume: a held-out validation variant of the demo's training (its run seed is VALIDATION_SEED).
-SEED = sample_seed(VALIDATION_SEED, 0, 7)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """(package, network, seeded test volume, the exact quality's label array)."""
-    folder = str(tmp_path_factory.mktemp("demo-model"))
-    with zipfile.ZipFile(DEMO_ARCHIVE) as archive:
-        archive.extractall(folder)
-    package = load_package(folder)
-    network = load_network(package, "cpu")
-    data = TrainingData(template_folder(str(tmp_path_factory.mktemp("template-cache"))))
-    image, _ = data.variant(SEED, AugmentationSettings())  # the augmentation engine's default settings
-    exact = segment([image], package, network, device="cpu", precision="float32", **quality_options(package, "exact"))
-    return package, network, image, sitk.GetArrayFromImage(exact.labels)
 
 
 def options_under_test(package) -> dict:
