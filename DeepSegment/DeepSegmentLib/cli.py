@@ -28,7 +28,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
@@ -225,17 +224,16 @@ def _stream_command(arguments) -> int:
         if listener is not None:
             listener.close()
         raise
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The network runs on this thread, which loaded and warmed it up (see StreamServer.start).
     server = StreamServer(segmenter, output_device=arguments.output_device, log=_stream_log,
-                          report_seconds=arguments.report_interval).start()
+                          report_seconds=arguments.report_interval).start(inference_thread=False)
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     try:
         if listener is not None:
             server.listen(listener)
         if connect:
             server.connect(*connect, relay=listener is not None)
-        while not stop.wait(0.5):  # a timed wait, so that Ctrl-C (KeyboardInterrupt) is delivered
-            pass
+        server.serve()
     except KeyboardInterrupt:
         pass
     finally:

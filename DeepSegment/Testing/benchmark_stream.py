@@ -14,8 +14,8 @@ thread timestamps each reply as its last byte arrives) measures:
   (dropped as stale by the server's newest-frame policy);
 - **closed loop**: the next frame sent when the previous reply arrived: latency without any waiting, and
   the most frames per second one stream gets;
-- the network's forward pass alone, in a thread of this process with the same threads and precision (as
-  the server's inference thread runs it): the floor;
+- the network's forward pass alone, in this process's main thread with the same threads and precision (as
+  the server runs it, on the thread that loaded it): the floor;
 - CPU time per frame of the server process (all its threads) and of the network alone: their difference is
   what the stream costs on top of the network (reading, normalizing, argmax, packing, sockets), and unlike
   wall time it hardly changes with other work on the machine.
@@ -205,8 +205,8 @@ def closed_loop(client: Client, messages: list) -> dict:
 
 
 def network_alone(package_folder: str, device: str, precision: str, threads: int, repeats: int = 60) -> dict:
-    """The network's forward pass on one 256×256 window as the server runs it (in a thread other than the main
-    one, same threads and precision): wall p50 and p99 in ms, and CPU ms per pass."""
+    """The network's forward pass on one 256×256 window as the server runs it (on the thread that loaded it, the
+    main one; same threads and precision): wall p50 and p99 in ms, and CPU ms per pass."""
     torch.set_num_threads(threads)
     compute = choose_device(device, available_devices())
     network = load_network(load_package(package_folder), compute.torch_name)
@@ -226,9 +226,7 @@ def network_alone(package_folder: str, device: str, precision: str, threads: int
                     times.append(time.perf_counter() - began)
                     cpu.append(time.process_time() - began_cpu)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
+    run()
     p50, p99 = percentiles(times)
     return {"p50": p50, "p99": p99, "cpu_ms": 1000 * float(np.mean(cpu))}
 

@@ -152,6 +152,44 @@ def test_a_client_gets_each_frame_segmented_with_its_geometry_and_timestamp(mode
     assert log.wait_for("disconnected (45 frames, ")
 
 
+class ThreadRecordingNetwork:
+    """The threshold network, recording the threads that call it."""
+
+    def __init__(self, network) -> None:
+        self.network, self.threads = network, set()
+
+    def __call__(self, windows):
+        self.threads.add(threading.current_thread())
+        return self.network(windows)
+
+
+def test_serve_runs_the_network_on_the_calling_thread_until_asked_to_stop(model):
+    """What the command line does (on its main thread, which loaded the network): no inference thread of its own."""
+    _, package = model
+    network = ThreadRecordingNetwork(load_network(package, "cpu"))
+    segmenter = FrameSegmenter(package, network, device="cpu", quality="fast")
+    serving = threading.Thread(target=lambda: server.serve(), name="the caller")
+    server = StreamServer(segmenter, log=LogLines(), report_seconds=0).start(inference_thread=False)
+    frames, spacing = ultrasound_frames(6)
+    try:
+        port = server.listen(bind_listener("127.0.0.1", 0))[1]
+        serving.start()
+        client, replies = recording_client(port)
+        try:
+            sent = stream_frames(client, frames, spacing)
+            wait_for_reply_to(replies, sent[-1])
+        finally:
+            client.stop()
+        assert network.threads == {serving}
+        server.request_stop()
+        serving.join(10)
+        assert not serving.is_alive(), "serve() did not return after request_stop()"
+    finally:
+        statistics = server.stop()
+    check_replies(replies.items, sent, frames)
+    assert statistics.segmented == len(replies.items) > 0
+
+
 def test_a_model_slower_than_the_stream_drops_stale_frames(model):
     _, package = model
     frames, spacing = ultrasound_frames(60)
