@@ -119,6 +119,10 @@ def require_2d_model(package) -> None:
 class FrameSegmenter:
     """A 2D model ready to segment frame after frame (see the module documentation).
 
+    Call :meth:`segment` on the thread that created and warmed it up: on the CPU, PyTorch's OpenMP threads
+    belong to the thread that started them, and the same network run from another thread took twice as long
+    per frame (see ``StreamServer.start``).
+
     Args:
         package: a 2D model package (``dimensions`` 2); a 3D model raises ``EngineError``.
         network: the network (N×C×H×W slices in, N×K×H×W logits out, H and W in the package's ``axisOrder``);
