@@ -5,6 +5,8 @@
   with ``EFBIG``, as a write to a full disk fails with ``ENOSPC``, without needing a small file system.
 - :func:`read_only` makes a folder read-only for the duration of a ``with`` block: by its permissions, or, for
   root (whom permissions do not stop), by a read-only bind mount; the test is skipped where neither works.
+- :func:`interruptible_children`: children started in its ``with`` block take Ctrl-C (SIGINT) as a terminal's
+  foreground program does, even where the test run itself ignores it.
 
 Example::
 
@@ -85,3 +87,18 @@ def read_only(folder):
         if mounted or os.path.ismount(folder):
             subprocess.run(["umount", folder], capture_output=True)
         os.chmod(folder, mode)
+
+
+@contextlib.contextmanager
+def interruptible_children():
+    """Children started inside the block get SIGINT's default action, so a test's Ctrl-C reaches them.
+
+    A shell without job control starts background commands with SIGINT ignored, an ignored signal stays ignored
+    across ``exec``, and Python then never raises KeyboardInterrupt: a test run started so (``.ci/run &``) would
+    see its Ctrl-C tests hang. A handler set here is reset to the default action in the child. Main thread only.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pyigtl
 import pytest
+from fault_injection import interruptible_children
 from stream_test_support import (
     MODEL_ID,
     LogLines,
@@ -461,11 +462,13 @@ def _next_line_matching(lines: queue.Queue, pattern: str, seen: list, timeout: f
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_command_serves_until_stopped_by_a_signal(model, tmp_path, stop_signal):
     index, _ = model
-    process = subprocess.Popen(
-        [sys.executable, "-m", "DeepSegmentLib", "stream", "--model", MODEL_ID, "--listen", "0", "--device", "cpu",
-         "--threads", "1", "--report-interval", "0.5", "--index", index, "--cache-dir", str(tmp_path / "cache")],
-        cwd=MODULE_FOLDER, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
+    with interruptible_children():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "DeepSegmentLib", "stream", "--model", MODEL_ID, "--listen", "0", "--device",
+             "cpu", "--threads", "1", "--report-interval", "0.5", "--index", index, "--cache-dir",
+             str(tmp_path / "cache")],
+            cwd=MODULE_FOLDER, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
     seen: list = []
     try:
         lines = _stderr_lines(process)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from fault_injection import child_environment
+from fault_injection import child_environment, interruptible_children
 from training_cases import write_case_list, write_export
 
 from DeepSegmentLib.cli import main
@@ -66,8 +66,9 @@ def test_a_training_interrupted_with_ctrl_c_continues_and_its_model_runs(case_li
     output, registry, cache = (str(tmp_path / name) for name in ("run", "registry", "cache"))
     command = ["train", "--data", export, "--output", output, "--epochs", "4", "--steps-per-epoch", "3", *SMALL,
                "--registry", registry, "--cache-dir", cache, "--model-id", "cli-organs"]
-    child = subprocess.Popen([sys.executable, "-m", "DeepSegmentLib", *command], cwd=DEEPSEGMENT,
-                             env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with interruptible_children():
+        child = subprocess.Popen([sys.executable, "-m", "DeepSegmentLib", *command], cwd=DEEPSEGMENT,
+                                 env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None and not epochs_done(output):
         time.sleep(0.2)  # the child process trains meanwhile
