@@ -417,12 +417,19 @@ def _percentile(values, percent: float) -> float:
     return float(values.reshape(-1).kthvalue(min(max(k, 1), values.numel())).values)
 
 
-def _foreground_percentiles(channel, normalization) -> tuple:
-    """The ``percentiles`` (low, high) of the step's foreground voxels of ``channel``."""
+def _foreground_values(channel, normalization, statistic: str) -> tuple:
+    """(mask, values): the step's foreground of ``channel`` (None: every voxel) and its voxels' values;
+    EngineError when it has none to compute ``statistic`` (words for the user) from."""
     mask = _foreground(channel, normalization)
     values = channel if mask is None else channel[mask]
     if values.numel() == 0:
-        raise EngineError("The volume has no foreground voxels to compute intensity percentiles from")
+        raise EngineError(f"The volume has no foreground voxels to compute {statistic} from")
+    return mask, values
+
+
+def _foreground_percentiles(channel, normalization) -> tuple:
+    """The ``percentiles`` (low, high) of the step's foreground voxels of ``channel``."""
+    _, values = _foreground_values(channel, normalization, "intensity percentiles")
     return tuple(_percentile(values, p) for p in normalization.percentiles)
 
 
@@ -439,10 +446,7 @@ def _linear_map(channel, low: float, high: float, normalization):
 def _z_score(channel, normalization):
     if getattr(normalization, "mean", None) is not None:
         return channel.sub_(float(normalization.mean)).div_(float(normalization.std))
-    mask = _foreground(channel, normalization)
-    values = channel if mask is None else channel[mask]
-    if values.numel() == 0:
-        raise EngineError("The volume has no foreground voxels to compute the intensity mean from")
+    mask, values = _foreground_values(channel, normalization, "the intensity mean")
     mean = float(values.mean())
     std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
     channel.sub_(mean).div_(std if std > 1e-8 else 1.0)
@@ -503,6 +507,14 @@ def non_finite_value(package) -> float | None:
     return getattr(package.preprocessing, "non_finite_value", None)
 
 
+def replace_non_finite(tensor, value: float):
+    """``tensor`` with its NaN and infinite values replaced by ``value`` (in place)."""
+    import torch
+
+    value = float(value)
+    return torch.nan_to_num_(tensor, nan=value, posinf=value, neginf=value)
+
+
 def _normalizations(package, channels: int) -> list:
     steps = list(package.preprocessing.normalization)
     if len(steps) == 1:
@@ -523,6 +535,16 @@ def _label_lookup(package) -> np.ndarray:
     return np.array([0, *values], dtype=dtype)
 
 
+def _most_probable_above(scores, limits) -> tuple:
+    """(index of the most probable channel among those at least their ``limits``, whether any is): per voxel of
+    ``scores`` (K×Z×Y×X probabilities; ``limits`` one per channel)."""
+    import torch
+
+    above = scores >= limits[:, None, None, None]
+    best = torch.where(above, scores, torch.full_like(scores, -1.0)).max(dim=0).indices
+    return best, above.any(dim=0)
+
+
 def _argmax_with_thresholds(scores, thresholded, limits):
     """Argmax indices where the ``thresholded`` channels (a long tensor) count only where their probability is at
     least their ``limits``: the most probable of those that are, else the most probable other channel."""
@@ -530,10 +552,8 @@ def _argmax_with_thresholds(scores, thresholded, limits):
 
     others = scores.clone()
     others[thresholded] = -1.0
-    candidates = scores[thresholded]
-    above = candidates >= limits[:, None, None, None]
-    best = torch.where(above, candidates, torch.full_like(candidates, -1.0)).max(dim=0).indices
-    return torch.where(above.any(dim=0), thresholded[best], others.max(dim=0).indices)
+    best, any_above = _most_probable_above(scores[thresholded], limits)
+    return torch.where(any_above, thresholded[best], others.max(dim=0).indices)
 
 
 def _indices(probabilities, package):
@@ -572,9 +592,8 @@ def _indices(probabilities, package):
                 block[scores[channel] >= threshold] = index
             indices[z0 : z0 + slab] = block
         elif thresholds is not None:
-            above = scores >= thresholds[:, None, None, None]
-            best = torch.where(above, scores, torch.full_like(scores, -1.0)).max(dim=0).indices
-            indices[z0 : z0 + slab] = torch.where(above.any(dim=0), best + 1, torch.zeros_like(best))
+            best, any_above = _most_probable_above(scores, thresholds)
+            indices[z0 : z0 + slab] = torch.where(any_above, best + 1, torch.zeros_like(best))
         elif thresholded is not None:
             indices[z0 : z0 + slab] = _argmax_with_thresholds(scores, thresholded, limits)
         else:
@@ -636,8 +655,7 @@ def _read(images: Sequence, names: list, device, non_finite_value: float | None 
         tensor = torch.from_numpy(np.array(array, dtype=np.float32)).to(device)
         if array.dtype.kind == "f":
             if non_finite_value is not None:
-                value = float(non_finite_value)
-                torch.nan_to_num_(tensor, nan=value, posinf=value, neginf=value)
+                replace_non_finite(tensor, non_finite_value)
             elif not bool(torch.isfinite(tensor).all()):
                 raise EngineError(
                     f"Input '{name}' contains NaN or infinite voxels; fix or mask them before segmenting (the"
@@ -1203,6 +1221,7 @@ __all__ = [
     "non_finite_value",
     "normalize",
     "quality_options",
+    "replace_non_finite",
     "segment",
     "window_patch_size",
     "window_voxel_limit",

@@ -70,6 +70,7 @@ from .engine import (
     non_finite_value,
     normalize,
     quality_options,
+    replace_non_finite,
 )
 from .geometry import LPS_FROM_RAS
 from .postprocess import postprocess_steps
@@ -258,8 +259,7 @@ class FrameSegmenter:
                 channels = np.ascontiguousarray(np.moveaxis(pixels, 3, 0), dtype=np.float32)
                 volume = torch.from_numpy(channels).to(self.device)
                 if self.non_finite_value is not None:
-                    value = self.non_finite_value
-                    torch.nan_to_num_(volume, nan=value, posinf=value, neginf=value)
+                    replace_non_finite(volume, self.non_finite_value)
                 if not plan.same:
                     volume = resample(volume, plan.source, plan.grid)
                 for c, step in enumerate(self.normalizations):

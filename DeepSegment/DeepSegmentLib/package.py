@@ -1192,7 +1192,6 @@ def write_package(folder: str, network_or_program, contract: dict, *, static_bat
     os.replace(partial, os.path.join(folder, CONTRACT_NAME))
 
 
-
 def archive_package(folder: str, archive: str) -> dict:
     """Zip the files of the package in ``folder`` (flat, sorted) into ``archive``, written atomically, and return
     the registry index's file entry for it: ``url`` (the archive's name, relative to an index beside it),
@@ -1215,6 +1214,7 @@ def archive_package(folder: str, archive: str) -> dict:
             if os.path.join(folder, name) != os.path.abspath(archive):
                 zipped.write(os.path.join(folder, name), name)
     return {"url": os.path.basename(archive), "sha256": file_sha256(archive), "size": os.path.getsize(archive)}
+
 
 def _example_shape(contract: dict) -> tuple:
     """The input a network is exported for: a batch (at least 2), the contract's channels and patch size."""

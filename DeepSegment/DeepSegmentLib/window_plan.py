@@ -162,7 +162,6 @@ def network_operations(network: Callable) -> list | None:
 
     if isinstance(getattr(network, "module", None), torch.fx.GraphModule):
         network = network.module
-
     if isinstance(network, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
         return [_base_name(kind) for kind in _torchscript_operations(network) if not kind.startswith("prim::")]
     if isinstance(network, torch.fx.GraphModule):
