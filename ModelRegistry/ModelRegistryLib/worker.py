@@ -31,8 +31,8 @@ A persistent worker can also do housekeeping while idle: :func:`call_when_idle`.
 Test hook: when the environment variable ``SLICER_DEEPLEARNING_WORKER_ABORT`` names a job target, the worker
 calls ``os.abort()`` at that job's first progress report, so tests can crash a worker mid-run for real.
 When ``SLICER_DEEPLEARNING_WORKER_HOLD`` is ``target@stage text``, that job stops at its first progress report
-with that text until it is cancelled (at most :data:`HOLD_LIMIT_SECONDS`): a test cancels mid-run however fast
-the machine finishes the work.
+whose text begins with that text until it is cancelled (at most :data:`HOLD_LIMIT_SECONDS`): a test cancels
+mid-run however fast the machine finishes the work (a report's end may vary: "1 of 6 cases; about 2 s left").
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class _Reporter:
         self._last_text, self._last_time = text, now
         fraction = None if fraction is None else min(1.0, max(0.0, float(fraction)))
         self.protocol.send({"id": self.job_id, "type": "progress", "fraction": fraction, "text": text})
-        if self.hold_at is not None and text == self.hold_at:
+        if self.hold_at is not None and str(text).startswith(self.hold_at):
             self.hold_at = None
             self.cancel.wait(HOLD_LIMIT_SECONDS)
 

@@ -17,6 +17,7 @@ from DeepSegmentLib.batch import BatchError
 from DeepSegmentLib.evaluation import label_map_metrics
 from ModelRegistry import runJob
 from ModelRegistryLib import IndexSource, Registry
+from ModelRegistryLib.worker import HOLD_HOOK_VARIABLE
 from TrainingDataExportLib import Case, ExportSettings, read_case_list, write_case_list
 
 MODEL = "threshold-test"
@@ -150,7 +151,7 @@ def wait_for(section):
     assert section.poller.waitUntilDone(300), "the batch did not finish"
 
 
-def test_the_panel_runs_on_all_cases_shows_the_summary_and_cancels(panel, tmp_path):
+def test_the_panel_runs_on_all_cases_shows_the_summary_and_cancels(panel, tmp_path, monkeypatch):
     section = panel.batchSection
     ui = section.ui
     assert ui.batchCollapsibleButton.text == "Run on all cases" and ui.batchCollapsibleButton.collapsed
@@ -184,6 +185,8 @@ def test_the_panel_runs_on_all_cases_shows_the_summary_and_cancels(panel, tmp_pa
     ui.batchOutputPathLineEdit.currentPath = str(tmp_path / "out")
     ui.batchCaseFilterLineEdit.text = ""
     ui.batchWorkersSpinBox.value = 1
+    # The run stops once a case is done until it is cancelled, so the cancel lands mid-run on any machine.
+    monkeypatch.setenv(HOLD_HOOK_VARIABLE, "DeepSegmentLib.batch:run_batch@1 of 6 cases")
     ui.batchRunButton.click()
     while section.poller.busy and not ui.batchStatusLabel.text.startswith(("1 of 6", "2 of 6", "3 of 6")):
         section.poller.waitUntilDone(0.05)
