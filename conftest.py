@@ -130,15 +130,14 @@ def fail_on_errors_in_slots(monkeypatch):
 def no_worker_process_left_running():
     """Every worker process a test starts (a panel's job, a model service, a server) has ended after it."""
     yield
-    import qt
-
-    import slicer
     from ModelRegistryLib import jobs
 
     deadline = time.monotonic() + 10.0
     while jobs.live_workers() and time.monotonic() < deadline:
-        slicer.app.processEvents()
-        qt.QThread.msleep(20)
+        # Qt delivers a panel's job results; a test run without Qt (the GPU machine has no PySide6) has none.
+        if "slicer" in sys.modules:
+            sys.modules["slicer"].app.processEvents()
+        time.sleep(0.02)
     left = jobs.live_workers()
     if left:
         jobs.stop_all_workers()

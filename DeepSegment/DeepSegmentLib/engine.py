@@ -758,11 +758,7 @@ def _window_plan(volume, model: Callable, network: Callable, package, window: Wi
         voxel_limit: the most voxels one larger window may hold.
     """
     shape = tuple(volume.shape[1:])
-    background = background_mask(volume) if skip_background else None
     notes = []
-    if background is not None and bool(background.any()) and not _labels_background(volume, model, package, window):
-        notes.append("the network does not label background input as background, so no window is skipped")
-        background = None
     multiple = None
     if windows == "largest":
         wide = window_wide_operation(network)
@@ -775,8 +771,18 @@ def _window_plan(volume, model: Callable, network: Callable, package, window: Wi
                                          cache_key=network)
             if multiple is None:
                 notes.append("the network accepts no window size but the model's own")
-    plan = plan_windows(shape, window, multiple=multiple, max_window_voxels=voxel_limit, background=background)
-    return plan, notes
+    plan = plan_windows(shape, window, multiple=multiple, max_window_voxels=voxel_limit)
+    background = background_mask(volume) if skip_background else None
+    if background is None:
+        return plan, notes
+    skipping = plan_windows(shape, window, multiple=multiple, max_window_voxels=voxel_limit, background=background)
+    # The probe runs a window through the network: only when the background changes which windows run.
+    if (skipping.window, skipping.origins) == (plan.window, plan.origins):
+        return plan, notes
+    if not _labels_background(volume, model, package, window):
+        notes.append("the network does not label background input as background, so no window is skipped")
+        return plan, notes
+    return skipping, notes
 
 
 def _labels_background(volume, model: Callable, package, window: Window) -> bool:

@@ -279,6 +279,17 @@ def padded_to_multiple(volume: torch.Tensor, multiple: tuple) -> torch.Tensor:
     return torch.nn.functional.pad(volume, pads)
 
 
+@contextlib.contextmanager
+def nnunet_autotuner(device):
+    """cuDNN's autotuner as nnU-Net sets it (on, on CUDA) within the block, PyTorch's setting restored after."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def nnunet_predictor(case: Case, network, device):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -289,7 +300,9 @@ def nnunet_predictor(case: Case, network, device):
              "configurations": {"3d_fullres": {"patch_size": patch, "architecture": {}}}}
     labels = {"background": 0, **{label.name: i + 1 for i, label in enumerate(case.package.labels)}}
     dataset = {"labels": labels, "channel_names": {"0": "MR"}, "file_ending": ".nii.gz"}
-    with contextlib.redirect_stdout(io.StringIO()):  # it announces its settings
+    # nnU-Net turns cuDNN's autotuner on for the whole process when it is set up on CUDA: it is on for
+    # nnU-Net's own runs only (nnunet_autotuner), so the other methods run with PyTorch's defaults.
+    with contextlib.redirect_stdout(io.StringIO()), nnunet_autotuner(device):  # it announces its settings
         predictor = nnUNetPredictor(tile_step_size=1.0 - inference.overlap, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, allow_tqdm=False)
@@ -330,7 +343,7 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
         return (argmax(scores), *tiled)
 
     def nnunet():
-        with autocast(device, precision), contextlib.redirect_stdout(io.StringIO()):
+        with autocast(device, precision), contextlib.redirect_stdout(io.StringIO()), nnunet_autotuner(device):
             scores = predictor.predict_sliding_window_return_logits(volume)
         return (argmax(scores), *tiled)
 
@@ -397,7 +410,7 @@ def run_speed(case: Case, device, precisions: list, repeats: int, adopt: tuple =
         print(f"-- {precision}, best of {repeats}: wall s [CPU s]; voxels through the network / the volume's")
         for name, timing in timings.items():
             agreement = 100.0 * float(np.mean(timing.labels == reference))
-            print(f"  {name:16s} {timing.wall:7.2f} s [{timing.cpu:7.2f}]  {timing.voxels / volume_voxels:4.1f}× "
+            print(f"  {name:16s} {timing.wall:7.3f} s [{timing.cpu:7.3f}]  {timing.voxels / volume_voxels:4.1f}× "
                   f"voxels  peak {timing.peak_bytes / 2**20:6.0f} MiB  argmax as exact's on {agreement:6.2f}%  "
                   f"{timing.windows}")
         firsts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in first_runs.items())

@@ -334,7 +334,13 @@ def main() -> None:
         best: dict = {}
         for _ in range(args.repeats):
             for configuration in configurations:
+                began = time.perf_counter()
                 result = run_configuration(index, folder, *configuration, args)
+                # A line per run as it ends: a run cut short by a time limit still shows what it measured.
+                print(f"{'/'.join(configuration)}: paced p50 / p99 {result['paced']['p50']:.1f} /"
+                      f" {result['paced']['p99']:.1f} ms, closed loop p50 {result['loop']['p50']:.1f} ms,"
+                      f" network alone p50 {result['network']['p50']:.1f} ms"
+                      f" ({time.perf_counter() - began:.0f} s with the server's start)", file=sys.stderr, flush=True)
                 if configuration not in best or result["paced"]["p99"] < best[configuration]["paced"]["p99"]:
                     best[configuration] = result
     report([best[configuration] for configuration in configurations], args)

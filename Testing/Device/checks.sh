@@ -37,11 +37,11 @@ for stage in "${STAGES[@]}"; do
         DeepSegment/Testing/Python/test_training.py TrainingDataExport/Testing/Python/test_augmentation.py \
         2>&1 | tee "$OUT/tests.log" ;;
     inference)
-      timeout 200 python3 DeepSegment/Testing/benchmark_inference.py --device cuda --threads 2 --repeats 5 \
+      timeout 110 python3 DeepSegment/Testing/benchmark_inference.py --device cuda --threads 2 --repeats 5 \
         --parts speed forward accuracy --adopt cudnn-autotune cuda-graphs 2>&1 | tee "$OUT/inference.log" ;;
     stream)
-      timeout 130 python3 DeepSegment/Testing/benchmark_stream.py --device cuda --seconds 4 --loop-frames 120 \
-        --repeats 2 2>&1 | tee "$OUT/stream.log" ;;
+      timeout 120 python3 DeepSegment/Testing/benchmark_stream.py --device cuda --seconds 3 --loop-frames 100 \
+        --repeats 1 2>&1 | tee "$OUT/stream.log" ;;
     *) echo "unknown stage $stage"; false ;;
   esac
   code=$?

@@ -33,7 +33,8 @@ MODULE_FOLDERS = [os.path.join(REPOSITORY, name) for name in ("ModelRegistry", "
 
 def child_environment() -> dict:
     """The environment of a child Python that imports the modules' Libs."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(MODULE_FOLDERS)}
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []  # e.g. a GPU machine's packages
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*MODULE_FOLDERS, *inherited])}
 
 
 def run_python(code: str, *, file_size_limit: int | None = None, cwd: str | None = None, timeout: float = 300):

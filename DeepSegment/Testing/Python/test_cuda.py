@@ -9,6 +9,7 @@ for voxel, except where the model's answer is far from any decision boundary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 
@@ -101,8 +102,22 @@ def test_cuda_graphs_return_copies_capture_each_shape_and_run_the_rest_as_they_a
             halved = graphs(first)  # beyond max_graphs: run as it is, still right
         assert len(graphs._graphs) == 2 and halved.dtype == torch.float16
         torch.testing.assert_close(halved.float(), network(first), atol=2e-2, rtol=2e-2)
+        on_cpu = CudaGraphs(network.cpu())
         cpu = torch.rand(1, 1, 8, 8, 8)
-        torch.testing.assert_close(graphs(cpu), network.cpu()(cpu))  # not on the GPU: no graph
+        torch.testing.assert_close(on_cpu(cpu), network(cpu))  # not on the GPU: run as it is, no graph
+        assert not on_cpu._graphs
+
+
+@pytest.mark.parametrize("autocast", ["", "float16"])
+def test_the_engine_freezes_a_batch_norm_network_on_cuda(demo, autocast):
+    """As adopted for CUDA: the demo network (batch norm) runs frozen, with the network's own outputs."""
+    network = load_network(demo[0], "cuda")
+    tuned, applied = tuned_network(network, torch.device("cuda"), autocast, (2, 1, 64, 64, 64))
+    assert applied == "frozen"
+    probe = torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1)).cuda()
+    context = torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
+    with torch.inference_mode(), context:
+        torch.testing.assert_close(tuned(probe).float(), network(probe).float(), atol=2e-2, rtol=2e-2)
 
 
 def test_the_engine_keeps_a_cuda_candidate_only_where_it_agrees(demo, monkeypatch):

@@ -54,6 +54,21 @@ def test_a_candidate_that_fails_or_disagrees_is_not_applied(monkeypatch):
     assert tuned.network is network
 
 
+@pytest.mark.parametrize(("autocast", "kept"), [("", False), ("bfloat16", True)])
+def test_a_candidate_is_held_to_the_rounding_of_the_precision_it_runs_in(monkeypatch, autocast, kept):
+    """Off by 0.5% of the outputs' largest magnitude: more than float32 arithmetic explains, less than
+    bfloat16's (a folded batch norm in float16 already moves outputs by 0.16%)."""
+    network = conv_bn_network()
+
+    def off_by_half_a_percent(net):
+        return lambda batch: (lambda out: out + 0.005 * out.abs().max())(net(batch))
+
+    monkeypatch.setitem(CANDIDATES, "rounded", off_by_half_a_percent)
+    monkeypatch.setitem(forward_pass.ADOPTED, ("cpu", autocast or "float32"), (("rounded", lambda net: True),))
+    _, how = tuned_network(network, CPU, autocast, (1, 1, 6, 6, 6))
+    assert how == ("rounded" if kept else "")
+
+
 def test_channels_last_hands_over_the_same_values():
     network = conv_bn_network()
     batch = torch.randn(2, 1, 8, 9, 10)

