@@ -63,11 +63,11 @@ ADOPTED = {("cpu", "float32"): (("frozen", has_batch_norm),),
            ("cuda", "float32"): (("frozen", has_batch_norm),),
            ("cuda", "float16"): (("frozen", has_batch_norm),)}
 # A tuned network must give the network's outputs to this tolerance, relative to their largest magnitude, per
-# arithmetic: float32 ("") is exact to 1e-6 here, so 1e-3 leaves room; float16 keeps 10 mantissa bits, and the
+# arithmetic: float32 is exact to 1e-6 here, so 1e-3 leaves room; float16 keeps 10 mantissa bits, and the
 # demo network frozen in float16 differed from itself unfrozen by 1.6e-3 (CPU; CUDA refused it at 1e-3), as
 # float32 convolutions on CUDA in TF32 (PyTorch's default) may; bfloat16 keeps 7. A candidate that computes
 # something else differs by the order of the outputs.
-_RELATIVE_TOLERANCE = {"": 1e-3, "tf32": 1e-2, "float16": 1e-2, "bfloat16": 5e-2}
+_RELATIVE_TOLERANCE = {"float32": 1e-3, "tf32": 1e-2, "float16": 1e-2, "bfloat16": 5e-2}
 _tuned = PerNetwork()
 
 
@@ -218,13 +218,13 @@ def _agrees(tuned: Callable, network: Callable, example_shape: tuple, device, au
 
 
 def _arithmetic(device, autocast: str) -> str:
-    """The precision the network's convolutions compute in: ``autocast``'s, else float32 ("") or, on CUDA
-    with cuDNN allowed to, TF32."""
+    """The precision the network's convolutions compute in: ``autocast``'s, else float32 or, on CUDA with
+    cuDNN allowed to, TF32."""
     import torch
 
     if autocast:
         return autocast
-    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else ""
+    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "float32"
 
 
 def tuned_network(network: Callable, device, autocast: str, example_shape: tuple) -> tuple:
@@ -233,14 +233,13 @@ def tuned_network(network: Callable, device, autocast: str, example_shape: tuple
     network, each kept only if it applies to it and agrees with it on a seeded input of ``example_shape``
     (a window as the network takes it: N×C×Z×Y×X, or in the package's axis order). Kept per network object,
     so a network from the model pool is tuned once."""
-    precision = autocast or "float32"
-    return _tuned.get(network, (str(device), precision, tuple(example_shape)),
-                      lambda: _tuned_for(network, device, autocast, precision, example_shape))
+    return _tuned.get(network, (str(device), autocast, tuple(example_shape)),
+                      lambda: _tuned_for(network, device, autocast, example_shape))
 
 
-def _tuned_for(network: Callable, device, autocast: str, precision: str, example_shape: tuple) -> tuple:
+def _tuned_for(network: Callable, device, autocast: str, example_shape: tuple) -> tuple:
     result, applied = network, []
-    for name, suits in ADOPTED.get((device.type, precision), ()):
+    for name, suits in ADOPTED.get((device.type, autocast or "float32"), ()):
         try:
             if not suits(network):
                 continue
