@@ -61,6 +61,7 @@ from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
 from .window_plan import (
     FirstWindowCheck,
+    PerNetwork,
     WindowRefusedError,
     accepted_multiple,
     background_mask,
@@ -779,19 +780,24 @@ def _window_plan(volume, model: Callable, network: Callable, package, window: Wi
     # The probe runs a window through the network: only when the background changes which windows run.
     if (skipping.window, skipping.origins) == (plan.window, plan.origins):
         return plan, notes
-    if not _labels_background(volume, model, package, window):
+    darkest = volume.reshape(int(volume.shape[0]), -1).min(dim=1).values
+    probed = (tuple(darkest.tolist()), window.patch_size, window.autocast, str(volume.device))
+    if not _background_answers.get(network, probed, lambda: _labels_background(darkest, model, package, window)):
         notes.append("the network does not label background input as background, so no window is skipped")
         return plan, notes
     return skipping, notes
 
 
-def _labels_background(volume, model: Callable, package, window: Window) -> bool:
-    """Whether the network gives one window of background input (every channel at its darkest value in
-    ``volume``) the background label everywhere: what skipping background windows takes for granted. A model
+# The probe's answer per network, darkest values, window and precision: volumes normalized alike (percentile
+# scaling, clipped CT) share their darkest values, so a cohort or a live stream probes once, not every run.
+_background_answers = PerNetwork()
+
+
+def _labels_background(darkest, model: Callable, package, window: Window) -> bool:
+    """Whether the network gives one window of background input (every channel at its ``darkest`` value in
+    the volume) the background label everywhere: what skipping background windows takes for granted. A model
     that labels air, or one that marks what lies outside an organ, must run every window."""
-    channels = int(volume.shape[0])
-    darkest = volume.reshape(channels, -1).min(dim=1).values
-    probe = darkest[:, None, None, None].expand(channels, *window.patch_size).contiguous()
+    probe = darkest[:, None, None, None].expand(len(darkest), *window.patch_size).contiguous()
     probabilities = sliding_window(probe, model, replace(window, mirror_dims=()),
                                    activation=package.inference.activation,
                                    output_channels=int(package.inference.output_channels))

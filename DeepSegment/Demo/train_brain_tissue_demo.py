@@ -33,6 +33,12 @@ A smoke run that leaves the bundled model and index alone::
 
     .venv/bin/python DeepSegment/Demo/train_brain_tissue_demo.py --steps 3 --validation-variants 1 \
         --archive /tmp/brain-tissue-demo.zip --index ''
+
+The same network with instance norm, trained the same way, to measure what the engine's speed options cost a
+network that normalizes each window (``benchmark_inference.py --parts accuracy --accuracy-model``)::
+
+    .venv/bin/python DeepSegment/Demo/train_brain_tissue_demo.py --norm instance --minutes 10 --seed 0 \
+        --validation-variants 2 --archive /tmp/brain-tissue-instance-norm.zip --index ''
 """
 
 from __future__ import annotations
@@ -113,10 +119,15 @@ INPUTS = [{"name": "T1", "modality": "MR", "pattern": "t1|mprage|mni"}]
 
 # -- network -------------------------------------------------------------------------------------------------
 
-def _two_convolutions(inputs: int, outputs: int) -> nn.Sequential:
+# The published model uses batch norm; instance norm (as nnU-Net and MONAI's networks use) is here to measure
+# what the engine's speed options cost a network that normalizes each window (README, Quality and speed).
+NORMS = {"batch": nn.BatchNorm3d, "instance": lambda channels: nn.InstanceNorm3d(channels, affine=True)}
+
+
+def _two_convolutions(inputs: int, outputs: int, norm: str) -> nn.Sequential:
     layers = []
     for channels_in in (inputs, outputs):
-        layers += [nn.Conv3d(channels_in, outputs, 3, padding=1, bias=False), nn.BatchNorm3d(outputs),
+        layers += [nn.Conv3d(channels_in, outputs, 3, padding=1, bias=False), NORMS[norm](outputs),
                    nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
@@ -125,17 +136,19 @@ class TissueUNet(nn.Module):
     """A 3D UNet: two 3×3×3 convolutions (batch norm, ReLU) per level, max pooling down, transposed
     convolutions up, skip connections; input sizes must be multiples of 2^(levels - 1).
 
-    Batch norm (with running statistics at inference) rather than instance norm keeps the network a
-    fixed function of its input window, so sliding-window stitching is seamless.
+    Batch norm (``norm="batch"``, with running statistics at inference) rather than instance norm keeps the
+    network a fixed function of its input window, so sliding-window stitching is seamless and larger windows
+    give the same scores.
     """
 
-    def __init__(self, channels: Sequence[int] = CHANNELS, inputs: int = 1, classes: int = 3) -> None:
+    def __init__(self, channels: Sequence[int] = CHANNELS, inputs: int = 1, classes: int = 3,
+                 norm: str = "batch") -> None:
         super().__init__()
         widths = [inputs, *channels]
-        self.encoders = nn.ModuleList([_two_convolutions(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.encoders = nn.ModuleList([_two_convolutions(a, b, norm) for a, b in zip(widths[:-1], widths[1:])])
         deep_first = list(reversed(channels))
         self.ups = nn.ModuleList([nn.ConvTranspose3d(a, b, 2, stride=2) for a, b in zip(deep_first, deep_first[1:])])
-        self.decoders = nn.ModuleList([_two_convolutions(2 * b, b) for b in deep_first[1:]])
+        self.decoders = nn.ModuleList([_two_convolutions(2 * b, b, norm) for b in deep_first[1:]])
         self.head = nn.Conv3d(channels[0], classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -419,14 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         " instead of training")
     parser.add_argument("--archive", help="default: brain-tissue-demo-<version>.zip in the bundled registry")
     parser.add_argument("--index", default=INDEX_PATH, help="index to write the entry into ('' to skip)")
+    parser.add_argument("--norm", choices=tuple(NORMS), default="batch",
+                        help="instance: a variant to measure speed options on (needs --archive and --index '')")
     args = parser.parse_args(argv)
+    if args.norm != "batch" and not (args.archive and not args.index):
+        parser.error("--norm instance makes a variant, not the published model: give --archive and --index ''")
     archive = args.archive or os.path.join(REGISTRY_FOLDER, f"{MODEL_ID}-{args.version}.zip")
 
     torch.set_num_threads(args.threads)
     # Adam drives some weights towards denormal floats, which slow CPU arithmetic many times over.
     torch.set_flush_denormal(True)
     data = TrainingData(template_folder(args.cache_dir, args.nilearn_wheel))
-    network = TissueUNet()
+    network = TissueUNet(norm=args.norm)
     parameters = sum(p.numel() for p in network.parameters())
     print(f"template at 2 mm: {data.t1.shape[::-1]} voxels; network: {parameters:,} parameters", flush=True)
     if args.weights_from:

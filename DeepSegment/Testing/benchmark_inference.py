@@ -28,6 +28,9 @@ Part "accuracy": Dice per label of each speed option against the exact quality, 
 ``segment()``, with the demo model on real anatomy: the demo's test volume, the MNI template itself (1 mm)
 and a real brain EPI (nibabel's ``example4d.nii.gz``, first frame; not a T1, so the model is unsure on
 much of it). As a yardstick, the exact quality against itself with its windows moved (overlap 0.55).
+``--accuracy-model`` measures another archive, e.g. the demo network with instance norm
+(``train_brain_tissue_demo.py --norm instance``); for a network that normalizes each window, the part also
+measures the larger windows the engine refuses it, to show what they would cost.
 
 Part "forward": the forward-pass candidates of ``forward_pass.py`` against the network as loaded, on the
 windows our default plan runs (and the same windows handed over one per call, where the model batches
@@ -43,7 +46,7 @@ Requires ``monai`` and ``nnunetv2`` (benchmark-only; the engine imports neither)
 repository root::
 
     .venv/bin/python DeepSegment/Testing/benchmark_inference.py --threads 2 [--device cpu|cuda] [--repeats 3]
-        [--networks monai-unet demo] [--parts speed accuracy forward] [--compile]
+        [--networks monai-unet demo] [--parts speed accuracy forward] [--compile] [--accuracy-model ARCHIVE]
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ from DeepSegmentLib.engine import (  # noqa: E402
     segment,
     window_voxel_limit,
 )
-from DeepSegmentLib import forward_pass  # noqa: E402
+from DeepSegmentLib import engine, forward_pass  # noqa: E402
 from DeepSegmentLib.forward_pass import CANDIDATES, cuda_graphs, cudnn_autotuned  # noqa: E402
 from DeepSegmentLib.package import load_network, load_package  # noqa: E402
 from DeepSegmentLib.resample import Grid, model_grid, resample  # noqa: E402
@@ -131,8 +134,8 @@ class Timing:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def demo_package(folder: str):
-    with zipfile.ZipFile(DEMO_ARCHIVE) as archive:
+def demo_package(folder: str, archive_path: str = DEMO_ARCHIVE):
+    with zipfile.ZipFile(archive_path) as archive:
         archive.extractall(folder)
     return load_package(folder)
 
@@ -455,26 +458,45 @@ def accuracy_options(package) -> dict:
     return options
 
 
-def run_accuracy(device, cache: str, folder: str) -> None:
+@contextlib.contextmanager
+def every_network_counted_local(network):
+    """The engine runs larger windows for ``network`` even if it normalizes each window: to measure what they
+    would cost such a network (the engine itself keeps its windows, since ``window_wide_operation`` says why)."""
+    counted = engine.window_wide_operation
+    engine.window_wide_operation = lambda candidate: "" if candidate is network else counted(candidate)
+    try:
+        yield
+    finally:
+        engine.window_wide_operation = counted
+
+
+def run_accuracy(device, cache: str, folder: str, archive_path: str) -> None:
     from mni_template import dice_scores, template_folder
     from run_demo import build_test_case
 
-    package = demo_package(folder)
+    package = demo_package(folder, archive_path)
     network = load_network(package, str(device))
     volumes = {"demo test volume": build_test_case(template_folder(cache))[0],
                "MNI template 1 mm": template_images(cache)["t1"], "EPI (nibabel example4d)": epi_image()}
     names = {label.value: label.name for label in package.labels}
-    print(f"\n== accuracy: Dice per label against the exact quality, brain-tissue-demo, float32 unless said "
-          f"(goal ≥ {DICE_GOAL}); device {device}")
+    normalizes_windows = engine.window_wide_operation(network)
+    print(f"\n== accuracy: Dice per label against the exact quality, {os.path.basename(archive_path)} "
+          f"({normalizes_windows or 'local operations only'}), float32 unless said (goal ≥ {DICE_GOAL}); "
+          f"device {device}")
     exact_options = quality_options(package, "exact")
+    options = accuracy_options(package)
+    if normalizes_windows:
+        options[f"larger windows, despite {normalizes_windows}"] = {"windows": "largest", "counted_local": True}
     worst = {}
     for volume_name, image in volumes.items():
         exact = segment([image], package, network, device=str(device), precision="float32", **exact_options)
         reference = sitk.GetArrayFromImage(exact.labels)
         print(f"-- {volume_name}: exact {exact.timings['inferring']:.2f} s, {exact.windows}")
-        for option, keywords in accuracy_options(package).items():
+        for option, keywords in options.items():
             keywords = {**exact_options, "precision": "float32", **keywords}
-            result = segment([image], package, network, device=str(device), **keywords)
+            forced = keywords.pop("counted_local", False)
+            with every_network_counted_local(network) if forced else contextlib.nullcontext():
+                result = segment([image], package, network, device=str(device), **keywords)
             scores = dice_scores(sitk.GetArrayFromImage(result.labels), reference, list(names))
             changed = 100.0 * float(np.mean(sitk.GetArrayFromImage(result.labels) != reference))
             text = ", ".join(f"{names[v]} {s:.4f}" for v, s in scores.items())
@@ -554,6 +576,9 @@ def main() -> None:
     parser.add_argument("--adopt", nargs="+", default=[], choices=[n for n in CANDIDATES if n != "compiled"],
                         help="part speed: also time the default quality with these forward-pass candidates "
                         "adopted (for every network and precision), before the engine adopts them")
+    parser.add_argument("--accuracy-model", default=DEMO_ARCHIVE,
+                        help="part accuracy: the model archive measured (default the demo; e.g. its instance-norm "
+                        "variant, made by train_brain_tissue_demo.py --norm instance)")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "deepsegment-benchmark"),
                         help="where the MNI template is unpacked if nilearn is not installed")
     args = parser.parse_args()
@@ -578,7 +603,7 @@ def main() -> None:
             for case in cases:
                 run_forward(case, device, precisions, args.repeats, args.compile)
         if "accuracy" in args.parts:
-            run_accuracy(device, args.cache_dir, os.path.join(folder, "accuracy"))
+            run_accuracy(device, args.cache_dir, os.path.join(folder, "accuracy"), args.accuracy_model)
     print(f"\nload average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 

@@ -50,3 +50,21 @@ def test_training_runs_steps_on_augmented_crops(data):
     network = demo.TissueUNet(channels=(4, 8))
     curve = demo.train(network, data, minutes=10.0, seed=1, batch=1, settings=demo.AUGMENTATION, steps=2)
     assert [step for step, _, _ in curve] == [2] and np.isfinite(curve[0][2])
+
+
+@pytest.mark.parametrize("norm, window_wide", [("batch", ""), ("instance", "instance_norm")])
+def test_the_published_network_is_local_and_its_instance_norm_variant_is_not(norm, window_wide):
+    from DeepSegmentLib.window_plan import window_wide_operation
+
+    network = demo.TissueUNet(channels=(4, 8), norm=norm).eval()
+    assert window_wide_operation(torch.jit.script(network)) == window_wide
+
+
+def test_the_instance_norm_variant_never_replaces_the_published_model(monkeypatch):
+    def no_training(*args):  # were the run to go on, it would stop here, before writing anything
+        raise AssertionError("the script went on to train")
+
+    monkeypatch.setattr(demo, "TrainingData", no_training)
+    with pytest.raises(SystemExit) as refused:
+        demo.main(["--norm", "instance", "--steps", "1"])
+    assert refused.value.code == 2

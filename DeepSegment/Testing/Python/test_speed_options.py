@@ -14,7 +14,7 @@ import torch
 
 from DeepSegmentLib.devices import available_devices, choose_device, reduced_precision
 from DeepSegmentLib.engine import QUALITY_PRESETS, EngineError, quality_options, segment
-from DeepSegmentLib.package import load_package, write_package
+from DeepSegmentLib.package import load_network, load_package, write_package
 
 from mni_template import dice_scores
 
@@ -168,23 +168,52 @@ def test_background_windows_are_skipped_only_where_the_network_labels_them_backg
                                                                                       block, probed, expected):
     """The probe (one window of background through the network) decides; it runs only when some window holds
     nothing but background, and skipping never changes the labels."""
-    from DeepSegmentLib import engine
-
-    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 2}
-    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
-                "inputs": [{"name": "image"}], "inference": inference, "postprocessing": {"mode": "argmax"},
-                "labels": [{"value": 1, "name": "bright", "color": "#ffffff"}],
-                "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
-    write_package(str(tmp_path), torch.jit.script(ThresholdAt(level)), contract)
-    package = load_package(str(tmp_path))
-    voxels = np.zeros((32, 32, 32), np.float32)
-    voxels[block] = np.random.default_rng(2).uniform(0.2, 1.0, voxels[block].shape)
-    image = sitk.GetImageFromArray(voxels)
-    probes = []
-    probe = engine._labels_background
-    monkeypatch.setattr(engine, "_labels_background", lambda *args: probes.append(args) or probe(*args))
+    package = threshold_package(tmp_path, level)
+    image = sitk.GetImageFromArray(block_on_background(block))
+    probes = counted_probes(monkeypatch)
     skipping = segment([image], package, device="cpu", windows="model", skip_background=True, mirror_axes=())
     assert skipping.windows.startswith(expected), skipping.windows
     assert bool(probes) == probed
     exact = segment([image], package, device="cpu", **quality_options(package, "exact"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(skipping.labels), sitk.GetArrayFromImage(exact.labels))
+
+
+def test_the_background_probe_runs_once_per_network_and_darkest_value(tmp_path, monkeypatch):
+    package = threshold_package(tmp_path, 0.5)
+    network = load_network(package, "cpu")
+    probes = counted_probes(monkeypatch)
+    voxels = block_on_background((slice(2, 14),) * 3)
+    for background in (0.0, 0.0, -0.5, -0.5):
+        voxels[voxels < 0.2] = background
+        result = segment([sitk.GetImageFromArray(voxels)], package, network, device="cpu", windows="model",
+                         skip_background=True, mirror_axes=())
+        assert "19 skipped as background" in result.windows
+    assert [float(args[0][0]) for args in probes] == [0.0, -0.5]
+
+
+def threshold_package(folder, level: float):
+    """A 3D package of ``ThresholdAt(level)`` on 16³ windows, its input used as it is (no normalization)."""
+    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 2}
+    contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
+                "inputs": [{"name": "image"}], "inference": inference, "postprocessing": {"mode": "argmax"},
+                "labels": [{"value": 1, "name": "bright", "color": "#ffffff"}],
+                "preprocessing": {"spacing": None, "orientation": "native", "normalization": [{"kind": "none"}]}}
+    write_package(str(folder), torch.jit.script(ThresholdAt(level)), contract)
+    return load_package(str(folder))
+
+
+def block_on_background(block: tuple) -> np.ndarray:
+    """A 32³ volume of zeros with seeded bright voxels (0.2 to 1) in ``block``."""
+    voxels = np.zeros((32, 32, 32), np.float32)
+    voxels[block] = np.random.default_rng(2).uniform(0.2, 1.0, voxels[block].shape)
+    return voxels
+
+
+def counted_probes(monkeypatch) -> list:
+    """The arguments of every background probe the engine runs from now on."""
+    from DeepSegmentLib import engine
+
+    probes = []
+    probe = engine._labels_background
+    monkeypatch.setattr(engine, "_labels_background", lambda *args: probes.append(args) or probe(*args))
+    return probes
