@@ -824,8 +824,8 @@ def _infer_whole(volume, package, network: Callable, window: Window, fast_forwar
         if target != shape:
             inputs = functional.interpolate(volume[None], size=target, mode="trilinear", align_corners=False)[0]
         summary = f"resized {_sizes(shape)} to {_sizes(target)} voxels and back"
-        if fast_forward:  # a fixed shape: the tuned network is checked once on it
-            example = network_window_shape(package, int(volume.shape[0]), size=package.inference.shape)
+        if fast_forward:  # a fixed shape: the tuned network is checked once on it, one volume per call
+            example = (1, *network_window_shape(package, int(volume.shape[0]), size=package.inference.shape)[1:])
             runs, applied = tuned_network(network, volume.device, window.autocast, example)
             if applied:
                 notes.append(f"forward pass: {applied}")
@@ -909,7 +909,9 @@ def infer(
         runs, applied = tuned_network(network, volume.device, window.autocast, example)
         if applied:
             notes.append(f"forward pass: {applied}")
-        window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size))
+        across_threads = "windows-across-threads" in applied.split("+")
+        window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size,
+                                                             across_threads))
     model = engine_network(runs, package)
     plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
     notes = planned + notes

@@ -47,6 +47,7 @@ repository root::
 
     .venv/bin/python DeepSegment/Testing/benchmark_inference.py --threads 2 [--device cpu|cuda] [--repeats 3]
         [--networks monai-unet demo] [--parts speed accuracy forward] [--compile] [--accuracy-model ARCHIVE]
+        [--adopt CANDIDATE ...] [--without CANDIDATE ...] [--windows-across-threads-here]
 """
 
 from __future__ import annotations
@@ -314,7 +315,8 @@ def nnunet_predictor(case: Case, network, device):
     return predictor
 
 
-def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | None, adopt: tuple = ()) -> dict:
+def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | None, adopt: tuple = (),
+                  without: tuple = ()) -> dict:
     """name → a function running the method once and returning (labels, voxels through the network, windows)."""
     from monai.inferers import sliding_window_inference
 
@@ -369,19 +371,23 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
     methods[f"ours, {DEFAULT_QUALITY}"] = ours(planned, windows=options["windows"],
                                                skip_background=options["skip_background"],
                                                fast_forward=options["fast_forward"])
-    if adopt:
-        tuned = ours(planned, windows=options["windows"], skip_background=options["skip_background"],
-                     fast_forward=True)
-        methods[f"ours, {DEFAULT_QUALITY}, +{'+'.join(adopt)}"] = lambda: with_adopted(device, precision, adopt, tuned)
+    for sign, names in (("+", adopt), ("−", without)):
+        if names:
+            tuned = ours(planned, windows=options["windows"], skip_background=options["skip_background"],
+                         fast_forward=True)
+            methods[f"ours, {DEFAULT_QUALITY}, {sign}{sign.join(names)}"] = (
+                lambda names=names, tuned=tuned, sign=sign: with_adoption(
+                    device, precision, names if sign == "+" else (), names if sign == "−" else (), tuned))
     return methods
 
 
-def with_adopted(device, precision: str, adopt: tuple, method):
-    """Run ``method`` with the forward-pass candidates ``adopt`` adopted for ``device`` and ``precision`` (what
-    ``--adopt`` measures before the engine adopts them)."""
+def with_adoption(device, precision: str, adopt: tuple, without: tuple, method):
+    """Run ``method`` with the forward-pass candidates ``adopt`` adopted and those ``without`` not, for ``device``
+    and ``precision`` (what ``--adopt`` measures before the engine adopts them, ``--without`` after)."""
     key = (device.type, precision)
     before = forward_pass.ADOPTED.get(key)
-    forward_pass.ADOPTED[key] = (*(before or ()), *((name, lambda network: True) for name in adopt))
+    kept = tuple(entry for entry in before or () if entry[0] not in without)
+    forward_pass.ADOPTED[key] = (*kept, *((name, lambda network, shape: True) for name in adopt))
     try:
         return method()
     finally:
@@ -391,14 +397,14 @@ def with_adopted(device, precision: str, adopt: tuple, method):
             forward_pass.ADOPTED[key] = before
 
 
-def run_speed(case: Case, device, precisions: list, repeats: int, adopt: tuple = ()) -> None:
+def run_speed(case: Case, device, precisions: list, repeats: int, adopt: tuple = (), without: tuple = ()) -> None:
     print(f"\n== speed: {case.description}")
     patch = tuple(reversed(case.package.inference.patch_size))
     multiple = accepted_multiple(case.network, int(case.volume.shape[0]), patch, device)
     volume_voxels = case.volume[0].numel()
     ours_name = f"ours, {DEFAULT_QUALITY}"
     for precision in precisions:
-        methods = speed_methods(case, device, precision, multiple, adopt)
+        methods = speed_methods(case, device, precision, multiple, adopt, without)
         first_runs = {}  # untimed: TorchScript optimizes over its first runs of each new shape; ours also
         for _ in range(WARM_UP_ROUNDS):  # probes and tunes the network on its first run, once
             for name in [*(n for n in methods if n != ours_name), ours_name]:
@@ -425,7 +431,7 @@ def run_speed(case: Case, device, precisions: list, repeats: int, adopt: tuple =
             print(f"  {precision}: {ours_name} vs {other} {theirs.wall / ours.wall:.2f}× [CPU "
                   f"{theirs.cpu / ours.cpu:.2f}×] (goal ≥ {SPEED_GOAL}×); ours, exact (the same windows) vs "
                   f"{other} {theirs.wall / exact.wall:.2f}× [CPU {theirs.cpu / exact.cpu:.2f}×]")
-        for name in (n for n in timings if n.startswith(f"{ours_name}, +")):
+        for name in (n for n in timings if n.startswith((f"{ours_name}, +", f"{ours_name}, −"))):
             print(f"  {precision}: {name} vs MONAI {timings['MONAI'].wall / timings[name].wall:.2f}×, vs nnU-Net "
                   f"{timings['nnU-Net'].wall / timings[name].wall:.2f}×, vs {ours_name} "
                   f"{ours.wall / timings[name].wall:.2f}×")
@@ -579,10 +585,17 @@ def main() -> None:
     parser.add_argument("--accuracy-model", default=DEMO_ARCHIVE,
                         help="part accuracy: the model archive measured (default the demo; e.g. its instance-norm "
                         "variant, made by train_brain_tissue_demo.py --norm instance)")
+    parser.add_argument("--without", nargs="+", default=[], choices=[n for n in CANDIDATES if n != "compiled"],
+                        help="part speed: also time the default quality without these adopted candidates")
+    parser.add_argument("--windows-across-threads-here", action="store_true",
+                        help="run windows across threads at this --threads count too, where the engine does not "
+                        "yet (to measure it there, with --without windows-across-threads)")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "deepsegment-benchmark"),
                         help="where the MNI template is unpacked if nilearn is not installed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.windows_across_threads_here:
+        forward_pass._WINDOWS_ACROSS_THREADS_MEASURED = (args.threads,)
     compute = choose_device(args.device, available_devices())
     device = torch.device(compute.torch_name)
     reduced = reduced_precision(compute)
@@ -598,7 +611,7 @@ def main() -> None:
             cases = [builders[name]() for name in args.networks]
         if "speed" in args.parts:
             for case in cases:
-                run_speed(case, device, precisions, args.repeats, tuple(args.adopt))
+                run_speed(case, device, precisions, args.repeats, tuple(args.adopt), tuple(args.without))
         if "forward" in args.parts:
             for case in cases:
                 run_forward(case, device, precisions, args.repeats, args.compile)

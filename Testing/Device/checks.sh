@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, run on a lent GPU machine from the repository root, in one call:
-#   Testing/Device/checks.sh [inference] [stream] [tests]      (default: all three)
+#   Testing/Device/checks.sh [inference] [stream] [tests] [cpu-threads]   (default: the first three)
 # with .device-site/site.tar.xz (Testing/Device/pack_site.sh) carried beside the repository. Each stage's
 # log goes to $OUT (the device tool brings that folder back); a stage that fails does not stop the others.
 # - tests: the CUDA tests (DeepSegment/Testing/Python/test_cuda.py) and the Lib tests whose "auto" device is
 #   the GPU there (engine, frames, sliding window, forward pass, speed options, batch, training, augmentation);
 # - inference: benchmark_inference.py on CUDA (speed with the CUDA forward-pass candidates, forward, accuracy);
-# - stream: benchmark_stream.py on CUDA (issue #14's latency table).
+# - stream: benchmark_stream.py on CUDA (issue #14's latency table);
+# - cpu-threads: on the machine's CPU cores (not the GPU), windows across threads against windows together at
+#   4, 8 and 16 threads, where the engine does not share windows out until this has been measured.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-checks}
@@ -42,6 +44,12 @@ for stage in "${STAGES[@]}"; do
     stream)
       timeout 120 python3 DeepSegment/Testing/benchmark_stream.py --device cuda --seconds 3 --loop-frames 100 \
         --repeats 1 2>&1 | tee "$OUT/stream.log" ;;
+    cpu-threads)
+      for threads in 4 8 16; do
+        timeout 100 python3 DeepSegment/Testing/benchmark_inference.py --device cpu --threads "$threads" \
+          --repeats 2 --networks monai-unet --parts speed --without windows-across-threads \
+          --windows-across-threads-here
+      done 2>&1 | tee "$OUT/cpu-threads.log" ;;
     *) echo "unknown stage $stage"; false ;;
   esac
   code=$?

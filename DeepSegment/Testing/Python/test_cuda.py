@@ -127,7 +127,7 @@ def test_the_engine_keeps_a_cuda_candidate_only_where_it_agrees(demo, monkeypatc
 
     network = load_network(demo[0], "cuda")
     monkeypatch.setitem(forward_pass.ADOPTED, ("cuda", "float16"),
-                        (("cudnn-autotune", lambda n: True), ("cuda-graphs", lambda n: True)))
+                        (("cudnn-autotune", lambda n, shape: True), ("cuda-graphs", lambda n, shape: True)))
     _, applied = tuned_network(network, torch.device("cuda"), "float16", (2, 1, 64, 64, 64))
     assert applied == "cudnn-autotune+cuda-graphs"
     monkeypatch.setitem(forward_pass.CANDIDATES, "cuda-graphs", lambda n: (lambda batch: 2 * n(batch)))
