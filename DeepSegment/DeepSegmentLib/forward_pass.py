@@ -12,16 +12,17 @@ input, and keeps the network as it is when a candidate fails or disagrees.
   UNet (instance norm, nothing to fold); so it is adopted for networks with batch norm only. On the CPU
   in float32 only: the optimized graph refuses bfloat16 inputs under autocast. On CUDA (float32 and
   float16) the demo model's forward pass ran 2.6 to 2.75 times faster frozen: adopted for batch norm too.
-- one window per call on the CPU under bfloat16 autocast (:func:`windows_per_call`): per window, 1.2 to 1.4
-  times faster than the models' batches of 2 or 4 on 2 cores (in float32 the batches of 2 were faster than
-  one window, and are kept).
+- one window per call on the CPU under bfloat16 autocast (:func:`windows_per_call`; one per thread group
+  where windows run across threads): per window, 1.2 to 1.4 times faster than the models' batches of 2 or 4
+  on 2 cores (in float32 the batches of 2 were faster than one window, and are kept).
 - ``windows-across-threads``: each call's windows split into groups run side by side, one per CPU thread,
   instead of two threads sharing each window's convolutions (on 2 cores, those reached 73% of twice one
   thread's speed). On 2 cores, MONAI's UNet (instance norm, 4 windows of 96³ per call): 1.20 to 1.32 times
   faster per call in float32 (outputs within 4e-6 of the network's: one thread sums in another order);
   whole runs, side by side without it (``--without windows-across-threads``), 1.18 to 1.26 times faster in
-  float32 and 1.04 to 1.07 times in bfloat16 (one window per thread instead of one window per call). Adopted on the CPU in float32 and
-  bfloat16 at the thread counts measured (``_WINDOWS_ACROSS_THREADS_MEASURED``).
+  float32 and 1.04 to 1.07 times in bfloat16 (one window per thread instead of one window per call).
+  Adopted on the CPU in float32 and bfloat16 for calls of several windows, at the thread counts measured
+  (``_WINDOWS_ACROSS_THREADS_MEASURED``).
 - ``channels-last``: windows handed over in the channels-last 3D memory layout: no gain measured.
 - ``compiled``: ``torch.compile`` (Inductor) of a torch.export program or a module: the compilation takes
   tens of seconds per window size on a CPU, more than a whole segmentation, so it is measured, not adopted.
@@ -43,8 +44,8 @@ Example::
     >>> network = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1),
     ...                                                torch.nn.BatchNorm3d(4), torch.nn.ReLU()).eval())
     >>> tuned, how = tuned_network(network, torch.device("cpu"), "", (1, 1, 8, 8, 8))
-    >>> "frozen" in how.split("+")  # and "windows-across-threads" on 2 CPU threads
-    True
+    >>> how  # one window per call: nothing to share out across threads
+    'frozen'
     >>> probe = torch.rand(1, 1, 8, 8, 8)
     >>> bool(torch.allclose(tuned(probe), network(probe), atol=1e-5))
     True
