@@ -125,7 +125,8 @@ class ThreadsSeen(torch.nn.Module):
 
     def forward(self, batch):
         self.calls.append((threading.current_thread().name, torch.get_num_threads(), len(batch),
-                           torch.is_autocast_enabled("cpu"), torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+                           torch.is_autocast_enabled("cpu"), torch.is_inference_mode_enabled(),
+                           torch.is_grad_enabled()))
         return self.network(batch)
 
 
