@@ -246,8 +246,6 @@ class WindowsAcrossThreads:
 
     def __init__(self, network: Callable) -> None:
         self.network = network
-        self._pools: dict = {}
-        self._lock = threading.Lock()
 
     def __call__(self, batch):
         import torch
@@ -265,33 +263,38 @@ class WindowsAcrossThreads:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad), context:
                 return self.network(windows)
 
-        pool = self._pool(threads, groups)
-        return torch.cat(list(pool.map(run, batch.tensor_split(groups))))
+        return torch.cat(list(_group_threads(threads, groups).map(run, batch.tensor_split(groups))))
 
-    def _pool(self, threads: int, groups: int):
-        """Threads for ``groups`` groups, each set to its share of ``threads``. Setting a thread's count also
-        sets the count new threads start with, so the caller's count is set again once all have theirs."""
-        import concurrent.futures
 
-        import torch
+# Threads for groups of windows, per (CPU threads, groups): shared by every network, which they hold no state of.
+_group_pools: dict = {}
+_group_pools_lock = threading.Lock()
 
-        with self._lock:
-            pool = self._pools.get((threads, groups))
-            if pool is None:
-                pool = concurrent.futures.ThreadPoolExecutor(groups, thread_name_prefix="windows")
-                started = threading.Barrier(groups)
 
-                def share(_):
-                    # A thread takes the process's count on its first parallel call: take it now, so that
-                    # what is set next stays this thread's.
-                    torch.get_num_threads()
-                    torch.set_num_threads(max(1, threads // groups))
-                    started.wait()
+def _group_threads(threads: int, groups: int):
+    """A pool of ``groups`` threads, each set to its share of ``threads``. Setting a thread's count also sets
+    the count new threads start with, so the caller's count is set again once all have theirs."""
+    import concurrent.futures
 
-                list(pool.map(share, range(groups)))
-                torch.set_num_threads(threads)
-                self._pools[(threads, groups)] = pool
-            return pool
+    import torch
+
+    with _group_pools_lock:
+        pool = _group_pools.get((threads, groups))
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(groups, thread_name_prefix="windows")
+            started = threading.Barrier(groups)
+
+            def share(_):
+                # A thread takes the process's count on its first parallel call: take it now, so that what
+                # is set next stays this thread's.
+                torch.get_num_threads()
+                torch.set_num_threads(max(1, threads // groups))
+                started.wait()
+
+            list(pool.map(share, range(groups)))
+            torch.set_num_threads(threads)
+            _group_pools[(threads, groups)] = pool
+        return pool
 
 
 def windows_across_threads(network: Callable) -> Callable:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import os
@@ -371,13 +372,12 @@ def speed_methods(case: Case, device, precision: str, floor_multiple: tuple | No
     methods[f"ours, {DEFAULT_QUALITY}"] = ours(planned, windows=options["windows"],
                                                skip_background=options["skip_background"],
                                                fast_forward=options["fast_forward"])
-    for sign, names in (("+", adopt), ("−", without)):
-        if names:
+    for label, adopted, dropped in (("+" + "+".join(adopt), adopt, ()), ("−" + "−".join(without), (), without)):
+        if adopted or dropped:
             tuned = ours(planned, windows=options["windows"], skip_background=options["skip_background"],
                          fast_forward=True)
-            methods[f"ours, {DEFAULT_QUALITY}, {sign}{sign.join(names)}"] = (
-                lambda names=names, tuned=tuned, sign=sign: with_adoption(
-                    device, precision, names if sign == "+" else (), names if sign == "−" else (), tuned))
+            methods[f"ours, {DEFAULT_QUALITY}, {label}"] = functools.partial(with_adoption, device, precision,
+                                                                             adopted, dropped, tuned)
     return methods
 
 
@@ -491,8 +491,9 @@ def run_accuracy(device, cache: str, folder: str, archive_path: str) -> None:
           f"device {device}")
     exact_options = quality_options(package, "exact")
     options = accuracy_options(package)
+    forced = f"larger windows, despite {normalizes_windows}"
     if normalizes_windows:
-        options[f"larger windows, despite {normalizes_windows}"] = {"windows": "largest", "counted_local": True}
+        options[forced] = {"windows": "largest"}
     worst = {}
     for volume_name, image in volumes.items():
         exact = segment([image], package, network, device=str(device), precision="float32", **exact_options)
@@ -500,8 +501,7 @@ def run_accuracy(device, cache: str, folder: str, archive_path: str) -> None:
         print(f"-- {volume_name}: exact {exact.timings['inferring']:.2f} s, {exact.windows}")
         for option, keywords in options.items():
             keywords = {**exact_options, "precision": "float32", **keywords}
-            forced = keywords.pop("counted_local", False)
-            with every_network_counted_local(network) if forced else contextlib.nullcontext():
+            with every_network_counted_local(network) if option == forced else contextlib.nullcontext():
                 result = segment([image], package, network, device=str(device), **keywords)
             scores = dice_scores(sitk.GetArrayFromImage(result.labels), reference, list(names))
             changed = 100.0 * float(np.mean(sitk.GetArrayFromImage(result.labels) != reference))
