@@ -55,7 +55,7 @@ except ImportError:  # pragma: no cover
     resource = None
 
 from .devices import ComputeDevice, available_devices, choose_device, reduced_precision
-from .forward_pass import tuned_network, windows_per_call
+from .forward_pass import WindowsAcrossThreads, tuned_network, windows_per_call
 from .postprocess import largest_component, postprocess_steps
 from .resample import Grid, model_grid, resample, same_grid
 from .sliding_window import OutOfDeviceMemoryError, Window, sliding_window
@@ -825,7 +825,7 @@ def _infer_whole(volume, package, network: Callable, window: Window, fast_forwar
             inputs = functional.interpolate(volume[None], size=target, mode="trilinear", align_corners=False)[0]
         summary = f"resized {_sizes(shape)} to {_sizes(target)} voxels and back"
         if fast_forward:  # a fixed shape: the tuned network is checked once on it, one volume per call
-            example = (1, *network_window_shape(package, int(volume.shape[0]), size=package.inference.shape)[1:])
+            example = network_window_shape(package, int(volume.shape[0]), size=package.inference.shape)
             runs, applied = tuned_network(network, volume.device, window.autocast, example)
             if applied:
                 notes.append(f"forward pass: {applied}")
@@ -905,13 +905,16 @@ def infer(
         return _infer_whole(volume, package, network, window, fast_forward, progress, cancelled)
     runs, notes = network, []
     if fast_forward:
-        example = network_window_shape(package, int(volume.shape[0]))
+        # Checked on as many windows per call as the run may hand over: with windows across threads, at least
+        # one per thread group.
+        most = windows_per_call(volume.device, window.autocast, window.batch_size, across_threads=True)
+        example = network_window_shape(package, int(volume.shape[0]), batch=most)
         runs, applied = tuned_network(network, volume.device, window.autocast, example)
         if applied:
             notes.append(f"forward pass: {applied}")
-        across_threads = "windows-across-threads" in applied.split("+")
+        # Windows across threads is the last candidate adopted, so where applied it wraps the others.
         window = replace(window, batch_size=windows_per_call(volume.device, window.autocast, window.batch_size,
-                                                             across_threads))
+                                                             isinstance(runs, WindowsAcrossThreads)))
     model = engine_network(runs, package)
     plan, planned = _window_plan(volume, model, network, package, window, windows, skip_background, voxel_limit)
     notes = planned + notes

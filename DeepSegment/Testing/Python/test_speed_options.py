@@ -7,6 +7,8 @@ Times are not asserted; ``Testing/benchmark_inference.py`` measures them.
 from __future__ import annotations
 
 
+import threading
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -191,9 +193,9 @@ def test_the_background_probe_runs_once_per_network_and_darkest_value(tmp_path, 
     assert [float(args[0][0]) for args in probes] == [0.0, -0.5]
 
 
-def threshold_package(folder, level: float):
+def threshold_package(folder, level: float, batch_size: int = 2):
     """A 3D package of ``ThresholdAt(level)`` on 16³ windows, its input used as it is (no normalization)."""
-    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": 2}
+    inference = {"patchSize": [16, 16, 16], "activation": "softmax", "outputChannels": 2, "batchSize": batch_size}
     contract = {"schemaVersion": 1, "format": "torchscript", "weights": "model.pt", "dimensions": 3,
                 "inputs": [{"name": "image"}], "inference": inference, "postprocessing": {"mode": "argmax"},
                 "labels": [{"value": 1, "name": "bright", "color": "#ffffff"}],
@@ -217,3 +219,31 @@ def counted_probes(monkeypatch) -> list:
     probe = engine._labels_background
     monkeypatch.setattr(engine, "_labels_background", lambda *args: probes.append(args) or probe(*args))
     return probes
+
+
+def test_on_two_threads_a_one_window_model_gets_a_window_per_thread(tmp_path):
+    """The default quality shares windows out across 2 CPU threads: a model that takes one window per call is
+    handed two, one per thread, and gives the labels of its exact run."""
+    package = threshold_package(tmp_path, 0.5, batch_size=1)
+    network = load_network(package, "cpu")
+    calls = []
+
+    def recorded(batch):
+        calls.append((threading.current_thread().name, len(batch)))
+        return network(batch)
+
+    image = sitk.GetImageFromArray(block_on_background((slice(2, 30),) * 3))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = segment([image], package, recorded, device="cpu", windows="model", fast_forward=True,
+                         mirror_axes=())
+    finally:
+        torch.set_num_threads(previous)
+    assert "forward pass: windows-across-threads" in result.windows
+    shared_out = [size for name, size in calls if name.startswith("windows")]
+    # 27 windows: 13 calls of two, one per thread, and the last alone; before them, the check of the tuned
+    # network against the network itself on two windows.
+    assert shared_out == [1] * (2 + 26)
+    exact = segment([image], package, network, device="cpu", **quality_options(package, "exact"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(exact.labels))
