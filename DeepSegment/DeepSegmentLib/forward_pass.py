@@ -19,8 +19,9 @@ input, and keeps the network as it is when a candidate fails or disagrees.
   instead of two threads sharing each window's convolutions (on 2 cores, those reached 73% of twice one
   thread's speed). On 2 cores, MONAI's UNet (instance norm, 4 windows of 96³ per call): 1.20 to 1.32 times
   faster per call in float32 (outputs within 4e-6 of the network's: one thread sums in another order);
-  whole runs, side by side without it (``--without windows-across-threads``), 1.18 to 1.26 times faster in
-  float32 and 1.04 to 1.07 times in bfloat16 (one window per thread instead of one window per call). A
+  whole runs, side by side without it (``--without windows-across-threads``), over five runs 1.04 to 1.26
+  times faster in float32 (median 1.13) and 0.99 to 1.12 times in bfloat16 (median 1.04, within the noise:
+  one window per thread instead of one window per call). A
   model taking one window per call gets one per thread: 0.167 s per window against 0.200 s (float32).
   Adopted on the CPU in float32 and bfloat16 for calls of several windows, at the thread counts measured
   (``_WINDOWS_ACROSS_THREADS_MEASURED``).
